@@ -1,0 +1,235 @@
+"""Volunteer fan-out: who is eligible, in what order, and how many to ring in each wave.
+
+A search rings a first wave at once, then a larger wave every interval, until someone accepts or
+the maximum wait passes. A wave that finds nobody left in the call's language widens the search
+to the recipient's next language. Each ring takes one unit of the volunteer's daily ring budget
+through the store's atomic ``reserve_ring``, so two nodes can never ring one volunteer twice.
+
+The ranking and wave shape are a ``Policy``: a small strategy object. The server runs
+``GrowingWaves``; the simulator runs it and the alternatives it is compared with.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Sequence
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker.clock import Clock
+from broker.events import Event, Ring, Status
+from broker.model import Call, CallState, Candidate, primary_language
+from broker.store.base import Store
+
+# Timer names. Timers are data in the store: "<kind>|<call>[|<user>]".
+WAVE = "wave"
+EXPIRE = "expire"
+RING = "ring"
+
+
+def timer(kind: str, *parts: str) -> str:
+    return "|".join((kind, *parts))
+
+
+class DispatchSettings(BaseModel):
+    """Every number of the search; each is configuration (``VABROKER_DISPATCH__...``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    first_wave: int = Field(default=5, ge=1, le=1000, description="volunteers in the first wave")
+    wave_growth: float = Field(
+        default=2.0, ge=1.0, le=10.0, description="each wave is this much larger"
+    )
+    max_wave: int = Field(default=40, ge=1, le=5000, description="no wave is larger than this")
+    wave_interval_s: float = Field(default=8.0, gt=0, le=600, description="seconds between waves")
+    ring_timeout_s: float = Field(default=45.0, gt=0, le=600, description="how long one ring lasts")
+    max_wait_s: float = Field(
+        default=180.0, gt=0, le=3600, description="search gives up after this"
+    )
+
+
+class Policy(Protocol):
+    """How many to ring in each wave, when, and whom first."""
+
+    name: str
+
+    def wave_size(self, wave: int) -> int:
+        """How many to ring in wave ``wave`` (the first wave is 0)."""
+        ...
+
+    def wave_interval(self, wave: int) -> float:
+        """Seconds from wave ``wave`` to the next."""
+        ...
+
+    def pick(
+        self, eligible: Sequence[Candidate], call: Call, k: int, rng: random.Random
+    ) -> list[Candidate]:
+        """The best ``k`` of ``eligible``, best first."""
+        ...
+
+
+class GrowingWaves:
+    """The default: growing waves, fairest first.
+
+    Ranked by fewest calls in the last 30 days (so that everyone gets calls), then longest since
+    last rung (so that nobody is rung over and over), ties at random.
+    """
+
+    name = "default"
+
+    def __init__(self, settings: DispatchSettings) -> None:
+        self.settings = settings
+
+    def wave_size(self, wave: int) -> int:
+        s = self.settings
+        return min(s.max_wave, max(1, round(s.first_wave * s.wave_growth**wave)))
+
+    def wave_interval(self, wave: int) -> float:
+        return self.settings.wave_interval_s
+
+    def pick(
+        self, eligible: Sequence[Candidate], call: Call, k: int, rng: random.Random
+    ) -> list[Candidate]:
+        recipient = call.recipient_id
+        keyed = [
+            (recipient not in c.favourite_of, c.calls_30d, c.last_rung_at, rng.random(), i)
+            for i, c in enumerate(eligible)
+        ]
+        return [eligible[key[-1]] for key in heapq.nsmallest(k, keyed)]
+
+
+def ineligible(
+    c: Candidate, call: Call, recipient_blocked: frozenset[str], rung: set[str]
+) -> str | None:
+    """Why a candidate may not be rung for this call, or None. Language, duty, reachability and
+    ring window are the store's filter (``Store.candidates``); these are the per-call rules."""
+    if c.user_id == call.recipient_id:
+        return "self"
+    if c.busy:
+        return "busy"
+    if c.user_id in rung:
+        return "rung_before"
+    if c.rings_today >= c.daily_ring_cap:
+        return "over_cap"
+    if c.user_id in recipient_blocked or call.recipient_id in c.blocked:
+        return "blocked"
+    return None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        settings: DispatchSettings,
+        policy: Policy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = settings
+        self.policy: Policy = policy or GrowingWaves(settings)
+        self.rng = rng or random.Random()
+
+    async def start(self, call: Call) -> tuple[Call, list[Event]]:
+        """Begin the search for a call just created: the maximum-wait timer and wave 0."""
+        await self.store.schedule(
+            timer(EXPIRE, call.id), call.requested_at + self.settings.max_wait_s
+        )
+        return await self.wave(call)
+
+    async def wave(self, call: Call) -> tuple[Call, list[Event]]:
+        """Ring the next wave of ``call`` and schedule the one after. Returns the call as updated
+        and the rings (plus a status for the recipient when the search moved)."""
+        now = self.clock.now()
+        if call.state is not CallState.SEARCHING:
+            return call, []
+        size = self.policy.wave_size(call.wave)
+        profile = await self.store.get_profile(call.recipient_id)
+        blocked = profile.blocked if profile else frozenset()
+        rung = await self.store.rung(call.id)
+        rings: list[Event] = []
+        language_index = call.language_index
+        widened = False
+        while True:
+            language = call.languages[language_index]
+            eligible = [
+                c
+                for c in await self.store.candidates(language, now)
+                if ineligible(c, call, blocked, rung) is None
+            ]
+            if eligible or language_index + 1 >= len(call.languages):
+                break
+            language_index += 1
+            widened = True
+        expires_at = min(
+            now + self.settings.ring_timeout_s, call.requested_at + self.settings.max_wait_s
+        )
+        rest = eligible
+        while len(rings) < size and rest:
+            chosen = self.policy.pick(rest, call, size - len(rings), self.rng)
+            chosen_ids = {c.user_id for c in chosen}
+            rest = [c for c in rest if c.user_id not in chosen_ids]
+            for c in chosen:
+                if await self.store.reserve_ring(
+                    call.id, c.user_id, c.ring_day, c.daily_ring_cap, now
+                ):
+                    await self.store.schedule(timer(RING, call.id, c.user_id), expires_at)
+                    rings.append(self._ring(call, c.user_id, expires_at, language))
+        fields: dict[str, object] = {"wave": call.wave + 1, "language_index": language_index}
+        if rings:
+            fields["notified"] = call.notified + len(rings)
+            if call.first_ring_at is None:
+                fields["first_ring_at"] = now
+        await self.store.update_call(call.id, **fields)
+        call = call.model_copy(update=fields)
+        next_at = now + self.policy.wave_interval(call.wave - 1)
+        if next_at < call.requested_at + self.settings.max_wait_s:
+            await self.store.schedule(timer(WAVE, call.id), next_at)
+        events: list[Event] = list(rings)
+        if call.wave > 1 and (rings or widened):
+            events.append(
+                Status(
+                    to=call.recipient_id,
+                    call_id=call.id,
+                    state=CallState.SEARCHING,
+                    notified=call.notified,
+                    language=call.languages[language_index],
+                )
+            )
+        return call, events
+
+    def _ring(self, call: Call, user_id: str, expires_at: float, language: str) -> Ring:
+        return Ring(
+            to=user_id,
+            call_id=call.id,
+            language=language,
+            requester_name=call.recipient_name,
+            expires_at=expires_at,
+            topic=call.topic,
+            note=call.note,
+            org=call.org,
+            queue=call.queue,
+        )
+
+    async def pending_ring(self, call: Call, user_id: str) -> Ring:
+        """The ring a volunteer should see again after resuming, with its original expiry."""
+        expires_at = await self.store.deadline(timer(RING, call.id, user_id))
+        if expires_at is None:
+            expires_at = self.clock.now()
+        return self._ring(call, user_id, expires_at, call.languages[call.language_index])
+
+
+def search_languages(requested: str | None, profile_languages: Sequence[str]) -> list[str]:
+    """The order in which a search widens: the requested language, then the recipient's other
+    languages, each primary language once."""
+    order: list[str] = []
+    seen: set[str] = set()
+    for tag in ([requested] if requested else []) + list(profile_languages):
+        primary = primary_language(tag)
+        if primary not in seen:
+            seen.add(primary)
+            order.append(tag)
+    return order or ["en"]

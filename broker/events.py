@@ -1,0 +1,65 @@
+"""What the broker asks the edge to tell people.
+
+Every entry point of the broker returns a list of these. The signalling edge turns each into a
+wire message for the user's WebSocket, and ``notify`` turns rings and withdrawals into pushes for
+users who are not connected. Times are absolute (``expires_at``) so that a message delivered
+late, or re-sent on resume, still tells the truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.model import CallState, EndReason, Role, WithdrawReason
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    to: str
+    call_id: str
+    language: str
+    requester_name: str
+    expires_at: float
+    topic: str | None = None
+    note: str | None = None
+    org: str | None = None
+    queue: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    to: str
+    call_id: str
+    reason: WithdrawReason
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    to: str
+    call_id: str
+    state: CallState
+    notified: int | None = None
+    language: str | None = None
+    position: int | None = None
+    eta_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    to: str
+    call_id: str
+    peer_name: str
+    offerer: bool
+    resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    to: str
+    call_id: str
+    reason: EndReason
+    by: Role | None = None
+    party: Role = Role.RECIPIENT  # the role of ``to`` in the call
+
+
+Event = Ring | Withdrawn | Status | Assigned | Ended

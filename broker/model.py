@@ -1,0 +1,255 @@
+"""The domain's values: who people are, what a call is, and why things end.
+
+Everything here is plain data. The store keeps it, the dispatcher reads and changes it through
+the store's atomic operations, and the signalling edge turns it into wire messages.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from datetime import datetime, time
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+
+class Role(enum.StrEnum):
+    RECIPIENT = "recipient"
+    VOLUNTEER = "volunteer"
+    AGENT = "agent"
+    ADMIN = "admin"
+
+    @property
+    def is_helper(self) -> bool:
+        return self in (Role.VOLUNTEER, Role.AGENT)
+
+
+class CallState(enum.StrEnum):
+    """The call lifecycle. Transitions only go forward:
+
+    searching -> assigned -> ended, queued -> assigned -> ended, or straight to ended.
+    ``connected`` is not a state of its own: media is a fact about an assigned call
+    (``media_at``), because the parties may reconnect media without the call changing hands.
+    """
+
+    SEARCHING = "searching"
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    ENDED = "ended"
+
+    @property
+    def is_open(self) -> bool:
+        return self is not CallState.ENDED
+
+
+class EndReason(enum.StrEnum):
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    NO_ANSWER = "no_answer"
+    PEER_LOST = "peer_lost"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class WithdrawReason(enum.StrEnum):
+    ANSWERED = "answered"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class ErrorCode(enum.StrEnum):
+    BAD_MESSAGE = "bad_message"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    RATE_LIMITED = "rate_limited"
+    ORG_CLOSED = "org_closed"
+    QUEUE_FULL = "queue_full"
+    UNAVAILABLE = "unavailable"
+    TOO_LARGE = "too_large"
+
+
+class BrokerError(Exception):
+    """A refusal the client should hear about, with a code from the protocol."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- validated scalar types -------------------------------------------------------------------
+
+# BCP 47, loosely: a primary language subtag and optional subtags ("en", "pt-BR", "zh-Hant-TW").
+_BCP47 = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+
+
+def _check_language(tag: str) -> str:
+    if not _BCP47.match(tag):
+        raise ValueError(f"{tag!r} is not a BCP 47 language tag such as 'en' or 'pt-BR'")
+    return tag
+
+
+def _check_timezone(name: str) -> str:
+    if name not in _known_zones():
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{name!r} is not an IANA time zone such as 'Europe/London'") from exc
+    return name
+
+
+_ZONES: frozenset[str] | None = None
+
+
+def _known_zones() -> frozenset[str]:
+    global _ZONES
+    if _ZONES is None:
+        _ZONES = frozenset(available_timezones())
+    return _ZONES
+
+
+Language = Annotated[str, AfterValidator(_check_language)]
+TimeZone = Annotated[str, AfterValidator(_check_timezone)]
+
+
+def local_datetime(timezone: str, ts: float) -> datetime:
+    """The wall-clock time at ``ts`` in an IANA zone; zoneinfo gets DST right both ways."""
+    return datetime.fromtimestamp(ts, ZoneInfo(timezone))
+
+
+def primary_language(tag: str) -> str:
+    """'pt-BR' -> 'pt': volunteers are matched on the primary subtag, case-insensitively."""
+    return tag.split("-", 1)[0].lower()
+
+
+class RingWindow(BaseModel):
+    """Local hours in which a volunteer accepts rings. ``end`` before ``start`` spans midnight."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start: time = time(8, 0)
+    end: time = time(22, 0)
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _parse_hhmm(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+                raise ValueError(f"{value!r} is not a time of day written HH:MM")
+            hours, minutes = value.split(":")
+            return time(int(hours), int(minutes))
+        return value
+
+    def contains(self, local: time) -> bool:
+        if self.start == self.end:
+            return True  # a window of zero length means "any time"
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+    def as_wire(self) -> dict[str, str]:
+        return {"start": self.start.strftime("%H:%M"), "end": self.end.strftime("%H:%M")}
+
+
+class Profile(BaseModel):
+    """What the broker knows of a user. Created from the token's claims on first sign-in."""
+
+    user_id: str
+    role: Role
+    org: str | None = None
+    display_name: str = ""
+    languages: list[Language] = Field(default_factory=lambda: ["en"])
+    timezone: TimeZone = "UTC"
+    ring_window: RingWindow = Field(default_factory=RingWindow)
+    daily_ring_cap: int = Field(default=10, ge=0, le=1000)
+    note: str | None = None
+    blocked: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A volunteer as the dispatcher sees them when choosing whom to ring.
+
+    The store returns volunteers who are on duty, reachable, speak the language and are inside
+    their ring window; the dispatcher applies the per-call rules and ranks them. A plain
+    dataclass, not a pydantic model: thousands are built for every wave.
+    """
+
+    user_id: str
+    timezone: str = "UTC"
+    calls_30d: int = 0
+    last_rung_at: float = 0.0
+    rings_today: int = 0
+    ring_day: str = ""  # the local date that ``rings_today`` counts, YYYY-MM-DD
+    daily_ring_cap: int = 10
+    busy: bool = False  # in a call, or ringing for one
+    blocked: frozenset[str] = frozenset()
+    favourite_of: frozenset[str] = frozenset()
+
+
+class Call(BaseModel):
+    """A request for help, from the tap on "call" to its end."""
+
+    id: str
+    recipient_id: str
+    recipient_name: str = ""
+    language: str
+    languages: list[str] = Field(default_factory=list)  # the search order, widened as it goes
+    language_index: int = 0
+    topic: str | None = None
+    note: str | None = None
+    org: str | None = None
+    queue: str | None = None
+    state: CallState = CallState.SEARCHING
+    helper_id: str | None = None
+    helper_name: str = ""
+    helper_role: Role | None = None
+    wave: int = 0
+    notified: int = 0
+    requested_at: float
+    first_ring_at: float | None = None
+    assigned_at: float | None = None
+    media_at: float | None = None
+    ended_at: float | None = None
+    end_reason: EndReason | None = None
+    ended_by: Role | None = None
+
+    def party_of(self, user_id: str) -> Role | None:
+        if user_id == self.recipient_id:
+            return Role.RECIPIENT
+        if user_id == self.helper_id:
+            return self.helper_role or Role.VOLUNTEER
+        return None
+
+    def peer_of(self, user_id: str) -> str | None:
+        if user_id == self.recipient_id:
+            return self.helper_id
+        if user_id == self.helper_id:
+            return self.recipient_id
+        return None
+
+    @property
+    def answer_time_s(self) -> float | None:
+        if self.assigned_at is None:
+            return None
+        return self.assigned_at - self.requested_at
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.assigned_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.assigned_at
+
+
+class Feedback(BaseModel):
+    call_id: str
+    user_id: str
+    rating: str
+    report: str | None = None
+    comment: str | None = None
+    at: float

@@ -1,0 +1,398 @@
+"""The broker: every decision the edge asks for, in one place.
+
+The signalling edge calls one method per thing a user did (asked for help, accepted, hung up,
+lost their connection) and one per tick of its timer loop (``fire_due``). Each method returns the
+``Event``s to deliver; none touches a socket or sleeps. The simulator and the tests call the very
+same methods with a virtual clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker.clock import Clock
+from broker.dispatch import (
+    EXPIRE,
+    RING,
+    WAVE,
+    Dispatcher,
+    DispatchSettings,
+    Policy,
+    search_languages,
+    timer,
+)
+from broker.events import Assigned, Ended, Event, Status, Withdrawn
+from broker.model import (
+    BrokerError,
+    Call,
+    CallState,
+    EndReason,
+    ErrorCode,
+    Feedback,
+    Profile,
+    Role,
+    WithdrawReason,
+)
+from broker.store.base import Store
+
+log = logging.getLogger("vabroker.broker")
+
+GRACE = "grace"
+
+
+class LimitSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    requests_per_hour: int = Field(
+        default=30, ge=1, description="call requests per recipient per hour"
+    )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A method's result: the call it concerns (if any) and what to tell whom."""
+
+    call: Call | None
+    events: list[Event]
+
+
+def new_call_id() -> str:
+    return "c_" + secrets.token_urlsafe(12)
+
+
+class Broker:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        dispatch: DispatchSettings | None = None,
+        limits: LimitSettings | None = None,
+        policy: Policy | None = None,
+        rng: random.Random | None = None,
+        new_id: Callable[[], str] = new_call_id,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = dispatch or DispatchSettings()
+        self.limits = limits or LimitSettings()
+        self.dispatcher = Dispatcher(store, clock, self.settings, policy, rng)
+        self.new_id = new_id
+
+    # --- helpers' availability ---------------------------------------------------------------
+    async def set_available(self, profile: Profile, available: bool) -> None:
+        if profile.role is not Role.VOLUNTEER:
+            raise BrokerError(
+                ErrorCode.FORBIDDEN, "Only volunteers set their availability this way."
+            )
+        await self.store.set_on_duty(profile.user_id, available)
+
+    # --- asking for help ---------------------------------------------------------------------
+    async def request(
+        self,
+        profile: Profile,
+        language: str | None = None,
+        topic: str | None = None,
+        note: str | None = None,
+        org: str | None = None,
+        queue: str | None = None,
+    ) -> Outcome:
+        if profile.role is not Role.RECIPIENT:
+            raise BrokerError(ErrorCode.FORBIDDEN, "Only recipients can ask for help.")
+        if org is not None:
+            raise BrokerError(ErrorCode.NOT_FOUND, f"There is no partner organisation {org!r}.")
+        now = self.clock.now()
+        if await self.store.current_call(profile.user_id):
+            raise BrokerError(
+                ErrorCode.RATE_LIMITED,
+                "You already have a call open. End or cancel it before asking again.",
+            )
+        hits = await self.store.hit(f"request|{profile.user_id}", now, 3600.0)
+        if hits > self.limits.requests_per_hour:
+            raise BrokerError(
+                ErrorCode.RATE_LIMITED,
+                "Too many calls in the last hour. Please wait a few minutes and try again.",
+            )
+        languages = search_languages(language, profile.languages)
+        call = Call(
+            id=self.new_id(),
+            recipient_id=profile.user_id,
+            recipient_name=profile.display_name,
+            language=languages[0],
+            languages=languages,
+            topic=topic,
+            note=note if note is not None else profile.note,
+            state=CallState.SEARCHING,
+            requested_at=now,
+        )
+        if not await self.store.create_call(call):
+            raise BrokerError(
+                ErrorCode.RATE_LIMITED,
+                "You already have a call open. End or cancel it before asking again.",
+            )
+        log.info("call requested", extra={"call": call.id, "language": call.language})
+        call, events = await self.dispatcher.start(call)
+        return Outcome(call, events)
+
+    async def cancel(self, user_id: str, call_id: str) -> Outcome:
+        call = await self._own_call(user_id, call_id)
+        if call.recipient_id != user_id:
+            raise BrokerError(ErrorCode.FORBIDDEN, "Only the person who asked for help can cancel.")
+        if call.state is CallState.ASSIGNED:
+            raise BrokerError(ErrorCode.CONFLICT, "The call was already answered; hang up instead.")
+        return await self._finish(call_id, EndReason.CANCELLED, Role.RECIPIENT)
+
+    # --- a ring ------------------------------------------------------------------------------
+    async def accept(self, profile: Profile, call_id: str) -> Outcome:
+        if not profile.role.is_helper:
+            raise BrokerError(ErrorCode.FORBIDDEN, "Only volunteers and agents answer calls.")
+        now = self.clock.now()
+        won = await self.store.assign(
+            call_id, profile.user_id, profile.display_name, profile.role, now
+        )
+        if won is None:
+            call = await self.store.get_call(call_id)
+            if call is None:
+                raise BrokerError(ErrorCode.NOT_FOUND, "That call does not exist.")
+            if call.state is CallState.ASSIGNED:
+                raise BrokerError(ErrorCode.CONFLICT, "Someone else answered this call first.")
+            if call.state is CallState.ENDED:
+                raise BrokerError(ErrorCode.CONFLICT, "This call has already ended.")
+            if profile.user_id in await self.store.rung(call_id):
+                raise BrokerError(ErrorCode.CONFLICT, "Your ring for this call has expired.")
+            raise BrokerError(ErrorCode.FORBIDDEN, "You were not rung for this call.")
+        call = won.call
+        for key in (timer(WAVE, call_id), timer(EXPIRE, call_id)):
+            await self.store.unschedule(key)
+        for user_id in (*won.withdrawn, profile.user_id):
+            await self.store.unschedule(timer(RING, call_id, user_id))
+        events: list[Event] = [
+            Withdrawn(to=u, call_id=call_id, reason=WithdrawReason.ANSWERED) for u in won.withdrawn
+        ]
+        events += self._assigned(call)
+        log.info(
+            "call assigned",
+            extra={"call": call_id, "answer_s": round(now - call.requested_at, 3)},
+        )
+        return Outcome(call, events)
+
+    async def decline(self, user_id: str, call_id: str) -> Outcome:
+        if not await self.store.release_ring(call_id, user_id):
+            call = await self.store.get_call(call_id)
+            if call is None or user_id not in await self.store.rung(call_id):
+                raise BrokerError(ErrorCode.NOT_FOUND, "You are not being rung for that call.")
+            return Outcome(call, [])  # already withdrawn or lapsed: declining it again is harmless
+        await self.store.unschedule(timer(RING, call_id, user_id))
+        call = await self.store.get_call(call_id)
+        # Nobody else ringing: bring the next wave forward rather than leave the recipient waiting.
+        if (
+            call is not None
+            and call.state is CallState.SEARCHING
+            and not await self.store.ringing(call_id)
+        ):
+            await self.store.schedule(timer(WAVE, call_id), self.clock.now())
+        return Outcome(call, [])
+
+    # --- the call ----------------------------------------------------------------------------
+    async def peer(self, user_id: str, call_id: str) -> str:
+        """The other party of an assigned call, for relaying signals. Anyone else, and any call
+        id that does not exist, gets the same ``forbidden``: the broker does not reveal calls."""
+        call = await self.store.get_call(call_id)
+        peer = call.peer_of(user_id) if call and call.state is CallState.ASSIGNED else None
+        if peer is None:
+            raise BrokerError(ErrorCode.FORBIDDEN, "You are not a party of that call.")
+        return peer
+
+    async def media(self, user_id: str, call_id: str, connected: bool) -> Outcome:
+        call = await self._own_call(user_id, call_id)
+        if call.state is not CallState.ASSIGNED:
+            raise BrokerError(ErrorCode.CONFLICT, "That call is not in progress.")
+        if connected and await self.store.mark_media(call_id, self.clock.now()):
+            call = await self.store.get_call(call_id) or call
+            if call.media_at is not None and call.assigned_at is not None:
+                log.info(
+                    "media connected",
+                    extra={
+                        "call": call_id,
+                        "time_to_media_s": round(call.media_at - call.assigned_at, 3),
+                    },
+                )
+        elif not connected:
+            log.warning("media failed", extra={"call": call_id, "user": user_id})
+        return Outcome(call, [])
+
+    async def end(self, user_id: str, call_id: str) -> Outcome:
+        call = await self._own_call(user_id, call_id)
+        role = call.party_of(user_id)
+        if call.state is CallState.ENDED:
+            raise BrokerError(ErrorCode.CONFLICT, "That call has already ended.")
+        if call.state is not CallState.ASSIGNED:
+            return await self._finish(call_id, EndReason.CANCELLED, role)
+        return await self._finish(call_id, EndReason.COMPLETED, role)
+
+    async def feedback(
+        self,
+        user_id: str,
+        call_id: str,
+        rating: str,
+        report: str | None = None,
+        comment: str | None = None,
+    ) -> None:
+        call = await self._own_call(user_id, call_id)
+        if call.state is not CallState.ENDED:
+            raise BrokerError(ErrorCode.CONFLICT, "Feedback is given after the call has ended.")
+        entry = Feedback(
+            call_id=call_id,
+            user_id=user_id,
+            rating=rating,
+            report=report,
+            comment=comment,
+            at=self.clock.now(),
+        )
+        if not await self.store.add_feedback(entry):
+            raise BrokerError(ErrorCode.CONFLICT, "You have already given feedback on this call.")
+        other = call.peer_of(user_id)
+        if report and other:
+            # A report means "never match me with this person again".
+            await self.store.block(user_id, other)
+
+    # --- connections -------------------------------------------------------------------------
+    async def disconnected(self, user_id: str, session_id: str, grace_s: float) -> None:
+        """A connection dropped: the user has ``grace_s`` to resume before their call ends."""
+        await self.store.schedule(timer(GRACE, user_id, session_id), self.clock.now() + grace_s)
+
+    async def resumed(self, user_id: str, session_id: str) -> list[Event]:
+        """The user came back within the grace period: what they must be told again."""
+        await self.store.unschedule(timer(GRACE, user_id, session_id))
+        return await self.replay(user_id)
+
+    async def replay(self, user_id: str) -> list[Event]:
+        events: list[Event] = []
+        call_id = await self.store.current_call(user_id)
+        call = await self.store.get_call(call_id) if call_id else None
+        if call is not None and call.state is CallState.ASSIGNED:
+            events += [e for e in self._assigned(call, resumed=True) if e.to == user_id]
+        elif call is not None and call.state is CallState.SEARCHING:
+            events.append(
+                Status(to=user_id, call_id=call.id, state=call.state, notified=call.notified)
+            )
+        ring_call_id = await self.store.ring_of(user_id)
+        ring_call = await self.store.get_call(ring_call_id) if ring_call_id else None
+        if ring_call is not None and ring_call.state.is_open:
+            events.append(await self.dispatcher.pending_ring(ring_call, user_id))
+        return events
+
+    async def lost(self, user_id: str) -> list[Event]:
+        """The grace period passed without the user coming back."""
+        if await self.store.is_connected(user_id):
+            return []  # they came back on a new connection
+        events: list[Event] = []
+        ring_call = await self.store.ring_of(user_id)
+        if ring_call is not None and not await self.store.has_devices(user_id):
+            events += (await self.decline(user_id, ring_call)).events
+        call_id = await self.store.current_call(user_id)
+        call = await self.store.get_call(call_id) if call_id else None
+        if call is not None and call.state.is_open:
+            role = call.party_of(user_id)
+            reason = (
+                EndReason.PEER_LOST if call.state is CallState.ASSIGNED else EndReason.CANCELLED
+            )
+            events += (await self._finish(call.id, reason, role)).events
+        return events
+
+    # --- timers ------------------------------------------------------------------------------
+    async def fire_due(self, limit: int = 100) -> list[Event]:
+        """Fire every timer that is due (claimed so that only one node fires each)."""
+        events: list[Event] = []
+        for key in await self.store.claim_due(self.clock.now(), limit):
+            kind, *args = key.split("|")
+            try:
+                events += await self._fire(kind, args)
+            except BrokerError:
+                log.exception("timer %s failed", key)
+        return events
+
+    async def _fire(self, kind: str, args: list[str]) -> list[Event]:
+        if kind == WAVE:
+            call = await self.store.get_call(args[0])
+            return (await self.dispatcher.wave(call))[1] if call else []
+        if kind == EXPIRE:
+            return (await self._finish(args[0], EndReason.NO_ANSWER, None)).events
+        if kind == RING:
+            call_id, user_id = args
+            if not await self.store.release_ring(call_id, user_id):
+                return []
+            events: list[Event] = [
+                Withdrawn(to=user_id, call_id=call_id, reason=WithdrawReason.EXPIRED)
+            ]
+            call = await self.store.get_call(call_id)
+            if (
+                call is not None
+                and call.state is CallState.SEARCHING
+                and not await self.store.ringing(call_id)
+            ):
+                await self.store.schedule(timer(WAVE, call_id), self.clock.now())
+            return events
+        if kind == GRACE:
+            return await self.lost(args[0])
+        log.error("unknown timer kind %r", kind)
+        return []
+
+    # --- internals ---------------------------------------------------------------------------
+    async def _own_call(self, user_id: str, call_id: str) -> Call:
+        call = await self.store.get_call(call_id)
+        if call is None or call.party_of(user_id) is None:
+            raise BrokerError(ErrorCode.NOT_FOUND, "You have no call with that id.")
+        return call
+
+    async def _finish(self, call_id: str, reason: EndReason, by: Role | None) -> Outcome:
+        done = await self.store.finish(call_id, reason, by, self.clock.now())
+        if done is None:
+            return Outcome(await self.store.get_call(call_id), [])
+        call = done.call
+        for key in (timer(WAVE, call_id), timer(EXPIRE, call_id)):
+            await self.store.unschedule(key)
+        withdraw = (
+            WithdrawReason.CANCELLED if reason is EndReason.CANCELLED else WithdrawReason.EXPIRED
+        )
+        events: list[Event] = []
+        for user_id in done.withdrawn:
+            await self.store.unschedule(timer(RING, call_id, user_id))
+            events.append(Withdrawn(to=user_id, call_id=call_id, reason=withdraw))
+        events.append(Ended(to=call.recipient_id, call_id=call_id, reason=reason, by=by))
+        if call.helper_id is not None:
+            events.append(
+                Ended(
+                    to=call.helper_id,
+                    call_id=call_id,
+                    reason=reason,
+                    by=by,
+                    party=call.helper_role or Role.VOLUNTEER,
+                )
+            )
+        log.info("call ended", extra={"call": call_id, "reason": reason.value})
+        return Outcome(call, events)
+
+    def _assigned(self, call: Call, resumed: bool = False) -> list[Event]:
+        assert call.helper_id is not None
+        return [
+            Assigned(
+                to=call.recipient_id,
+                call_id=call.id,
+                peer_name=call.helper_name,
+                offerer=True,
+                resumed=resumed,
+            ),
+            Assigned(
+                to=call.helper_id,
+                call_id=call.id,
+                peer_name=call.recipient_name,
+                offerer=False,
+                resumed=resumed,
+            ),
+        ]

@@ -1,0 +1,169 @@
+"""The state store contract.
+
+Everything the broker must share between nodes lives behind this interface: profiles,
+availability, calls, rings, timers, resume tokens and history. Two implementations honour it:
+``MemoryStore`` (one process, the default) and the Redis store (many nodes). One contract test
+suite runs against both.
+
+Operations that race between nodes are single atomic steps here, never read-modify-write in the
+caller: ``create_call`` (one open call per recipient), ``reserve_ring`` (the ring budget and
+"not already ringing"), ``assign`` (first accept wins), ``finish`` (a call ends once) and
+``claim_due`` (a timer fires on one node only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from broker.model import Call, Candidate, EndReason, Feedback, Profile, Role
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached. Nothing was written; the caller may retry later."""
+
+
+@dataclass(slots=True)
+class Assignment:
+    """The result of an accept: the call as assigned, and whom else to withdraw the ring from."""
+
+    call: Call
+    withdrawn: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Finish:
+    """The result of ending a call: the call as ended, and who was still ringing for it."""
+
+    call: Call
+    withdrawn: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeTicket:
+    user_id: str
+    session_id: str
+
+
+class Store(Protocol):
+    # --- lifecycle -------------------------------------------------------------------------
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers."""
+
+    async def close(self) -> None: ...
+
+    # --- profiles --------------------------------------------------------------------------
+    async def get_profile(self, user_id: str) -> Profile | None: ...
+
+    async def put_profile(self, profile: Profile) -> None:
+        """Create or replace a profile, and re-index the volunteer for matching."""
+
+    # --- availability ----------------------------------------------------------------------
+    async def set_on_duty(self, user_id: str, on_duty: bool) -> None: ...
+
+    async def is_on_duty(self, user_id: str) -> bool: ...
+
+    async def set_connected(self, user_id: str, connected: bool) -> None:
+        """Whether the user holds a live WebSocket somewhere (counted per connection)."""
+
+    async def is_connected(self, user_id: str) -> bool: ...
+
+    async def candidates(self, language: str, now: float) -> list[Candidate]:
+        """Volunteers who speak ``language`` (primary subtag), are on duty, reachable
+        (connected, or with a push device) and inside their ring window at ``now``.
+
+        Per-call rules (busy, rung before, cap, blocks) are the dispatcher's: the store only
+        reports the facts it needs in each ``Candidate``.
+        """
+
+    # --- devices (push) --------------------------------------------------------------------
+    async def has_devices(self, user_id: str) -> bool: ...
+
+    # --- calls -----------------------------------------------------------------------------
+    async def create_call(self, call: Call) -> bool:
+        """Store a new open call, unless its recipient already has one open (then False)."""
+
+    async def get_call(self, call_id: str) -> Call | None: ...
+
+    async def update_call(self, call_id: str, **fields: Any) -> None:
+        """Set fields of a call other than its state, helper and end (those change only through
+        ``assign`` and ``finish``), so that a concurrent accept is never overwritten."""
+
+    async def current_call(self, user_id: str) -> str | None:
+        """The open call a user is a party of: requested, or assigned to them."""
+
+    async def assign(
+        self, call_id: str, helper_id: str, helper_name: str, helper_role: Role, now: float
+    ) -> Assignment | None:
+        """First accept wins: assign the call to ``helper_id`` if it is still searching or
+        queued and the helper is ringing for it. Clears every other ring of the call (returned in
+        ``withdrawn``), marks the helper busy and counts the call for their fairness record.
+        None when someone else won, the call ended, or the helper was not ringing."""
+
+    async def finish(
+        self, call_id: str, reason: EndReason, by: Role | None, now: float
+    ) -> Finish | None:
+        """End an open call once: release its rings and its parties, and file it in both
+        parties' history. None if it had already ended (or never existed)."""
+
+    async def mark_media(self, call_id: str, now: float) -> bool:
+        """Record the first time media connected; False if it was already recorded."""
+
+    # --- rings -----------------------------------------------------------------------------
+    async def reserve_ring(
+        self, call_id: str, user_id: str, day: str, cap: int, now: float
+    ) -> bool:
+        """Atomically take one ring of the volunteer's budget for ``day`` (their local date):
+        only if the call is still searching or queued, they are not busy, were not rung for
+        this call before and are under ``cap``.
+        Marks them ringing for the call and records when they were rung."""
+
+    async def release_ring(self, call_id: str, user_id: str) -> bool:
+        """Stop a volunteer ringing for a call; False if they were not ringing for it."""
+
+    async def ringing(self, call_id: str) -> list[str]: ...
+
+    async def ring_of(self, user_id: str) -> str | None:
+        """The call a volunteer is ringing for, if any."""
+
+    async def rung(self, call_id: str) -> set[str]:
+        """Everyone ever rung for this call."""
+
+    # --- feedback and blocks ---------------------------------------------------------------
+    async def add_feedback(self, feedback: Feedback) -> bool:
+        """Keep one piece of feedback per party per call; False for a second one."""
+
+    async def block(self, user_id: str, other_id: str) -> None:
+        """``user_id`` never wants to be matched with ``other_id`` again."""
+
+    # --- timers ----------------------------------------------------------------------------
+    async def schedule(self, key: str, at: float) -> None:
+        """Set (or move) the deadline of a named timer."""
+
+    async def unschedule(self, key: str) -> None: ...
+
+    async def claim_due(self, now: float, limit: int = 100) -> list[str]:
+        """Remove and return timers whose deadline has passed, earliest first. A timer is
+        claimed by exactly one caller, however many nodes ask."""
+
+    async def next_deadline(self) -> float | None: ...
+
+    async def deadline(self, key: str) -> float | None:
+        """When a named timer is due, or None if it is not set."""
+
+    # --- rate limits -----------------------------------------------------------------------
+    async def hit(self, key: str, now: float, window_s: float) -> int:
+        """Count one event under ``key`` and return how many fell in the last ``window_s``."""
+
+    # --- resume ----------------------------------------------------------------------------
+    async def put_resume(self, token: str, ticket: ResumeTicket, expires_at: float) -> None: ...
+
+    async def take_resume(self, token: str, now: float) -> ResumeTicket | None:
+        """Use a resume token once; None if unknown, used or expired."""
+
+    # --- history ---------------------------------------------------------------------------
+    async def calls_of(self, user_id: str, limit: int = 1000) -> list[Call]:
+        """Ended calls the user took part in, newest first."""
+
+    async def ended_calls(self, since: float, until: float) -> list[Call]:
+        """Every call that ended in ``[since, until)``, for statistics."""

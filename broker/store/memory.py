@@ -1,0 +1,348 @@
+"""The embedded store: everything in this process's memory.
+
+Each method runs to completion without awaiting anything, so on one event loop every method is
+an atomic step; that is all the contract's atomic operations need. Values go in and out as
+copies, so a caller that changes what it read cannot change the store behind its back (the Redis
+store behaves the same way by construction).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict, deque
+from typing import Any
+
+from broker.model import (
+    Call,
+    CallState,
+    Candidate,
+    EndReason,
+    Feedback,
+    Profile,
+    RingWindow,
+    Role,
+    local_datetime,
+    primary_language,
+)
+from broker.store.base import Assignment, Finish, ResumeTicket
+
+THIRTY_DAYS = 30 * 86400.0
+_LOCKED_FIELDS = frozenset(
+    {"id", "state", "helper_id", "helper_role", "assigned_at", "ended_at", "end_reason", "ended_by"}
+)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._profiles: dict[str, Profile] = {}
+        self._on_duty: set[str] = set()
+        self._connections: dict[str, int] = defaultdict(int)
+        self._devices: dict[str, int] = defaultdict(int)
+        # primary language -> on-duty volunteers who speak it
+        self._by_language: dict[str, set[str]] = defaultdict(set)
+        self._calls: dict[str, Call] = {}
+        self._open_call: dict[str, str] = {}
+        self._ring_of: dict[str, str] = {}
+        self._ringing: dict[str, set[str]] = defaultdict(set)
+        self._rung: dict[str, set[str]] = defaultdict(set)
+        self._ring_count: dict[str, tuple[str, int]] = {}
+        self._last_rung: dict[str, float] = {}
+        self._answered: dict[str, deque[float]] = defaultdict(deque)
+        self._history: dict[str, list[str]] = defaultdict(list)
+        self._ended: list[str] = []
+        self._feedback: set[tuple[str, str]] = set()
+        self._feedback_log: list[Feedback] = []
+        self._timers: dict[str, float] = {}
+        self._timer_heap: list[tuple[float, str]] = []
+        self._resume: dict[str, tuple[ResumeTicket, float]] = {}
+        self._hits: dict[str, deque[float]] = defaultdict(deque)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # --- profiles --------------------------------------------------------------------------
+    async def get_profile(self, user_id: str) -> Profile | None:
+        profile = self._profiles.get(user_id)
+        return profile.model_copy(deep=True) if profile else None
+
+    async def put_profile(self, profile: Profile) -> None:
+        old = self._profiles.get(profile.user_id)
+        if old is not None:
+            self._unindex(old)
+        self._profiles[profile.user_id] = profile.model_copy(deep=True)
+        self._index(profile.user_id)
+
+    def _index(self, user_id: str) -> None:
+        profile = self._profiles.get(user_id)
+        if profile is None or profile.role is not Role.VOLUNTEER or user_id not in self._on_duty:
+            return
+        for tag in profile.languages:
+            self._by_language[primary_language(tag)].add(user_id)
+
+    def _unindex(self, profile: Profile) -> None:
+        for tag in profile.languages:
+            self._by_language[primary_language(tag)].discard(profile.user_id)
+
+    # --- availability ----------------------------------------------------------------------
+    async def set_on_duty(self, user_id: str, on_duty: bool) -> None:
+        if on_duty:
+            self._on_duty.add(user_id)
+            self._index(user_id)
+        else:
+            self._on_duty.discard(user_id)
+            profile = self._profiles.get(user_id)
+            if profile is not None:
+                self._unindex(profile)
+
+    async def is_on_duty(self, user_id: str) -> bool:
+        return user_id in self._on_duty
+
+    async def set_connected(self, user_id: str, connected: bool) -> None:
+        if connected:
+            self._connections[user_id] += 1
+        elif self._connections.get(user_id, 0) > 1:
+            self._connections[user_id] -= 1
+        else:
+            self._connections.pop(user_id, None)
+
+    async def is_connected(self, user_id: str) -> bool:
+        return self._connections.get(user_id, 0) > 0
+
+    async def candidates(self, language: str, now: float) -> list[Candidate]:
+        # One zoneinfo conversion per distinct (zone, window), not per volunteer.
+        local: dict[tuple[str, RingWindow], tuple[bool, str]] = {}
+        horizon = now - THIRTY_DAYS
+        out: list[Candidate] = []
+        for user_id in self._by_language.get(primary_language(language), ()):
+            if not (self._connections.get(user_id) or self._devices.get(user_id)):
+                continue
+            profile = self._profiles[user_id]
+            key = (profile.timezone, profile.ring_window)
+            seen = local.get(key)
+            if seen is None:
+                moment = local_datetime(profile.timezone, now)
+                seen = (profile.ring_window.contains(moment.time()), moment.date().isoformat())
+                local[key] = seen
+            inside, day = seen
+            if not inside:
+                continue
+            ring_day, count = self._ring_count.get(user_id, ("", 0))
+            answered = self._answered.get(user_id)
+            if answered:
+                while answered and answered[0] < horizon:
+                    answered.popleft()
+            out.append(
+                Candidate(
+                    user_id=user_id,
+                    timezone=profile.timezone,
+                    calls_30d=len(answered) if answered else 0,
+                    last_rung_at=self._last_rung.get(user_id, 0.0),
+                    rings_today=count if ring_day == day else 0,
+                    ring_day=day,
+                    daily_ring_cap=profile.daily_ring_cap,
+                    busy=user_id in self._ring_of or user_id in self._open_call,
+                    blocked=profile.blocked,
+                )
+            )
+        return out
+
+    # --- devices ---------------------------------------------------------------------------
+    async def has_devices(self, user_id: str) -> bool:
+        return self._devices.get(user_id, 0) > 0
+
+    # --- calls -----------------------------------------------------------------------------
+    async def create_call(self, call: Call) -> bool:
+        if call.recipient_id in self._open_call or call.id in self._calls:
+            return False
+        self._calls[call.id] = call.model_copy(deep=True)
+        self._open_call[call.recipient_id] = call.id
+        return True
+
+    async def get_call(self, call_id: str) -> Call | None:
+        call = self._calls.get(call_id)
+        return call.model_copy(deep=True) if call else None
+
+    async def update_call(self, call_id: str, **fields: Any) -> None:
+        locked = _LOCKED_FIELDS.intersection(fields)
+        if locked:
+            raise ValueError(f"update_call cannot set {sorted(locked)}: use assign or finish")
+        call = self._calls.get(call_id)
+        if call is None:
+            return
+        self._calls[call_id] = call.model_copy(update=fields)
+
+    async def current_call(self, user_id: str) -> str | None:
+        return self._open_call.get(user_id)
+
+    async def assign(
+        self, call_id: str, helper_id: str, helper_name: str, helper_role: Role, now: float
+    ) -> Assignment | None:
+        call = self._calls.get(call_id)
+        if call is None or call.state not in (CallState.SEARCHING, CallState.QUEUED):
+            return None
+        if self._ring_of.get(helper_id) != call_id or helper_id in self._open_call:
+            return None
+        withdrawn = [u for u in self._ringing.pop(call_id, set()) if u != helper_id]
+        for user_id in (*withdrawn, helper_id):
+            self._ring_of.pop(user_id, None)
+        call = call.model_copy(
+            update={
+                "state": CallState.ASSIGNED,
+                "helper_id": helper_id,
+                "helper_name": helper_name,
+                "helper_role": helper_role,
+                "assigned_at": now,
+            }
+        )
+        self._calls[call_id] = call
+        self._open_call[helper_id] = call_id
+        self._answered[helper_id].append(now)
+        return Assignment(call=call.model_copy(deep=True), withdrawn=sorted(withdrawn))
+
+    async def finish(
+        self, call_id: str, reason: EndReason, by: Role | None, now: float
+    ) -> Finish | None:
+        call = self._calls.get(call_id)
+        if call is None or not call.state.is_open:
+            return None
+        withdrawn = sorted(self._ringing.pop(call_id, set()))
+        for user_id in withdrawn:
+            if self._ring_of.get(user_id) == call_id:
+                del self._ring_of[user_id]
+        call = call.model_copy(
+            update={"state": CallState.ENDED, "ended_at": now, "end_reason": reason, "ended_by": by}
+        )
+        self._calls[call_id] = call
+        for party in (call.recipient_id, call.helper_id):
+            if party is None:
+                continue
+            if self._open_call.get(party) == call_id:
+                del self._open_call[party]
+            self._history[party].append(call_id)
+        self._ended.append(call_id)
+        self._rung.pop(call_id, None)
+        return Finish(call=call.model_copy(deep=True), withdrawn=withdrawn)
+
+    async def mark_media(self, call_id: str, now: float) -> bool:
+        call = self._calls.get(call_id)
+        if call is None or call.media_at is not None:
+            return False
+        self._calls[call_id] = call.model_copy(update={"media_at": now})
+        return True
+
+    # --- rings -----------------------------------------------------------------------------
+    async def reserve_ring(
+        self, call_id: str, user_id: str, day: str, cap: int, now: float
+    ) -> bool:
+        call = self._calls.get(call_id)
+        if call is None or call.state not in (CallState.SEARCHING, CallState.QUEUED):
+            return False
+        if user_id in self._ring_of or user_id in self._open_call:
+            return False
+        if user_id in self._rung[call_id]:
+            return False
+        ring_day, count = self._ring_count.get(user_id, (day, 0))
+        if ring_day != day:
+            count = 0
+        if count >= cap:
+            return False
+        self._ring_count[user_id] = (day, count + 1)
+        self._ring_of[user_id] = call_id
+        self._ringing[call_id].add(user_id)
+        self._rung[call_id].add(user_id)
+        self._last_rung[user_id] = now
+        return True
+
+    async def release_ring(self, call_id: str, user_id: str) -> bool:
+        if self._ring_of.get(user_id) != call_id:
+            return False
+        del self._ring_of[user_id]
+        self._ringing[call_id].discard(user_id)
+        return True
+
+    async def ringing(self, call_id: str) -> list[str]:
+        return sorted(self._ringing.get(call_id, ()))
+
+    async def ring_of(self, user_id: str) -> str | None:
+        return self._ring_of.get(user_id)
+
+    async def rung(self, call_id: str) -> set[str]:
+        return set(self._rung.get(call_id, ()))
+
+    # --- feedback and blocks ---------------------------------------------------------------
+    async def add_feedback(self, feedback: Feedback) -> bool:
+        key = (feedback.call_id, feedback.user_id)
+        if key in self._feedback:
+            return False
+        self._feedback.add(key)
+        self._feedback_log.append(feedback.model_copy())
+        return True
+
+    async def block(self, user_id: str, other_id: str) -> None:
+        profile = self._profiles.get(user_id)
+        if profile is not None:
+            self._profiles[user_id] = profile.model_copy(
+                update={"blocked": profile.blocked | {other_id}}
+            )
+
+    # --- timers ----------------------------------------------------------------------------
+    async def schedule(self, key: str, at: float) -> None:
+        self._timers[key] = at
+        heapq.heappush(self._timer_heap, (at, key))
+
+    async def unschedule(self, key: str) -> None:
+        self._timers.pop(key, None)
+
+    async def claim_due(self, now: float, limit: int = 100) -> list[str]:
+        due: list[str] = []
+        heap = self._timer_heap
+        while heap and len(due) < limit and heap[0][0] <= now:
+            at, key = heapq.heappop(heap)
+            if self._timers.get(key) == at:  # else moved or cancelled: a stale heap entry
+                del self._timers[key]
+                due.append(key)
+        return due
+
+    async def next_deadline(self) -> float | None:
+        heap = self._timer_heap
+        while heap and self._timers.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    # --- rate limits -----------------------------------------------------------------------
+    async def hit(self, key: str, now: float, window_s: float) -> int:
+        hits = self._hits[key]
+        while hits and hits[0] <= now - window_s:
+            hits.popleft()
+        hits.append(now)
+        return len(hits)
+
+    async def deadline(self, key: str) -> float | None:
+        return self._timers.get(key)
+
+    # --- resume ----------------------------------------------------------------------------
+    async def put_resume(self, token: str, ticket: ResumeTicket, expires_at: float) -> None:
+        self._resume[token] = (ticket, expires_at)
+
+    async def take_resume(self, token: str, now: float) -> ResumeTicket | None:
+        entry = self._resume.pop(token, None)
+        if entry is None or entry[1] < now:
+            return None
+        return entry[0]
+
+    # --- history ---------------------------------------------------------------------------
+    async def calls_of(self, user_id: str, limit: int = 1000) -> list[Call]:
+        ids = self._history.get(user_id, [])[-limit:]
+        return [self._calls[i].model_copy(deep=True) for i in reversed(ids)]
+
+    async def ended_calls(self, since: float, until: float) -> list[Call]:
+        out = []
+        for call_id in self._ended:
+            call = self._calls[call_id]
+            if call.ended_at is not None and since <= call.ended_at < until:
+                out.append(call.model_copy(deep=True))
+        return out

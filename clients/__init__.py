@@ -1,0 +1,1 @@
+"""What users run: the command line, the Python SDK and bots, and the browser clients."""

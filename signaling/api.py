@@ -1,0 +1,290 @@
+"""The HTTP API: health, metrics, the user's profile and history, ICE servers, statistics."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from broker.model import Call, Language, Profile, RingWindow, Role, TimeZone
+from broker.store.base import StoreUnavailable
+from signaling.app import CONTEXT, Context
+from signaling.auth import AuthError, Claims
+
+
+def problem(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except ApiError as exc:
+        return problem(exc.status, exc.code, exc.message)
+    except StoreUnavailable:
+        return problem(
+            503, "unavailable", "The service is briefly unavailable. Please try again in a moment."
+        )
+
+
+async def authenticate(request: web.Request) -> tuple[Context, Claims, Profile]:
+    ctx = request.app[CONTEXT]
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthenticated", "Send 'Authorization: Bearer <token>'.")
+    try:
+        claims = ctx.auth.verify(token.strip())
+    except AuthError as exc:
+        raise ApiError(401, "unauthenticated", str(exc)) from None
+    return ctx, claims, await ctx.profile_for(claims)
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise ApiError(
+            400, "bad_request", "Send a JSON body with 'Content-Type: application/json'."
+        )
+    try:
+        return json.loads(await request.read())
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", f"The body is not valid JSON: {exc}.") from None
+
+
+def validation_problem(exc: ValidationError) -> ApiError:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return ApiError(400, "bad_request", "; ".join(parts))
+
+
+# --- health and metrics -----------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "node": request.app[CONTEXT].node_id})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    try:
+        await ctx.store.ping()
+    except StoreUnavailable as exc:
+        return web.json_response({"status": "unavailable", "store": str(exc)}, status=503)
+    return web.json_response({"status": "ready", "node": ctx.node_id})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[CONTEXT].metrics.render()
+    return web.Response(
+        body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
+
+
+# --- profile ----------------------------------------------------------------------------------
+
+
+class ProfileUpdate(BaseModel):
+    """``PUT /v1/me/profile``: replaces the fields it names. Unknown fields are an error, so a
+    misspelt field is reported rather than silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    display_name: str | None = Field(default=None, min_length=1, max_length=120)
+    languages: list[Language] | None = Field(default=None, min_length=1, max_length=10)
+    timezone: TimeZone | None = None
+    ring_window: RingWindow | None = None
+    daily_ring_cap: int | None = Field(default=None, ge=0, le=1000)
+    note: str | None = Field(default=None, max_length=1000)
+
+
+def profile_body(profile: Profile) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": profile.user_id,
+        "role": profile.role.value,
+        "display_name": profile.display_name,
+        "languages": list(profile.languages),
+        "timezone": profile.timezone,
+    }
+    if profile.org:
+        body["org"] = profile.org
+    if profile.role is Role.VOLUNTEER:
+        body["ring_window"] = profile.ring_window.as_wire()
+        body["daily_ring_cap"] = profile.daily_ring_cap
+    if profile.role is Role.RECIPIENT:
+        body["note"] = profile.note
+    return body
+
+
+async def get_profile(request: web.Request) -> web.Response:
+    _, _, profile = await authenticate(request)
+    return web.json_response(profile_body(profile))
+
+
+async def put_profile(request: web.Request) -> web.Response:
+    ctx, _, profile = await authenticate(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "The body must be a JSON object of profile fields.")
+    try:
+        update = ProfileUpdate.model_validate(body)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+    fields = update.model_dump(exclude_unset=True)
+    volunteer_only = {"ring_window", "daily_ring_cap"} & fields.keys()
+    if volunteer_only and profile.role is not Role.VOLUNTEER:
+        raise ApiError(
+            400, "bad_request", f"{', '.join(sorted(volunteer_only))}: only volunteers have these."
+        )
+    if "note" in fields and profile.role is not Role.RECIPIENT:
+        raise ApiError(400, "bad_request", "note: only recipients leave a note for helpers.")
+    if "ring_window" in fields:
+        fields["ring_window"] = update.ring_window
+    profile = profile.model_copy(update=fields)
+    await ctx.store.put_profile(profile)
+    return web.json_response(profile_body(profile))
+
+
+# --- history ----------------------------------------------------------------------------------
+
+CSV_COLUMNS = [
+    "call",
+    "role",
+    "language",
+    "topic",
+    "requested",
+    "answered",
+    "ended",
+    "reason",
+    "duration_s",
+    "answer_s",
+]
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else None
+
+
+def call_row(call: Call, user_id: str) -> dict[str, Any]:
+    role = call.party_of(user_id)
+    duration = call.duration_s
+    answer = call.answer_time_s
+    return {
+        "call": call.id,
+        "role": role.value if role else None,
+        "language": call.language,
+        "topic": call.topic,
+        "requested": _iso(call.requested_at),
+        "answered": _iso(call.assigned_at),
+        "ended": _iso(call.ended_at),
+        "reason": call.end_reason.value if call.end_reason else None,
+        "duration_s": round(duration, 1) if duration is not None else None,
+        "answer_s": round(answer, 1) if answer is not None else None,
+    }
+
+
+async def my_calls(request: web.Request) -> web.StreamResponse:
+    ctx, claims, _ = await authenticate(request)
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ApiError(400, "bad_request", "format must be json or csv.")
+    rows = [call_row(c, claims.sub) for c in await ctx.store.calls_of(claims.sub)]
+    if fmt == "json":
+        return web.json_response({"calls": rows})
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return web.Response(
+        text=out.getvalue(),
+        content_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="calls.csv"'},
+    )
+
+
+async def my_ice_servers(request: web.Request) -> web.Response:
+    ctx, claims, _ = await authenticate(request)
+    return web.json_response(
+        {"ice_servers": ctx.ice_servers(claims.sub), "ttl_s": ctx.settings.turn_ttl_s}
+    )
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0], 2)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1], 2)
+
+
+def summarise(calls: list[Call]) -> dict[str, Any]:
+    answered = [c for c in calls if c.assigned_at is not None]
+    completed = [c for c in calls if c.end_reason is not None and c.end_reason.value == "completed"]
+    waits = sorted(c.answer_time_s for c in answered if c.answer_time_s is not None)
+    return {
+        "created": len(calls),
+        "answered": len(answered),
+        "completed": len(completed),
+        "completed_pct": round(100.0 * len(completed) / len(calls), 1) if calls else None,
+        "answer_s": {
+            "p50": _percentile(waits, 50),
+            "p90": _percentile(waits, 90),
+            "p99": _percentile(waits, 99),
+        },
+    }
+
+
+async def stats(request: web.Request) -> web.Response:
+    ctx, claims, _ = await authenticate(request)
+    if claims.role is not Role.ADMIN:
+        raise ApiError(403, "forbidden", "Statistics are for administrators.")
+    try:
+        since = float(request.query.get("since", "0"))
+        until = float(request.query.get("until", str(ctx.clock.now() + 1)))
+    except ValueError:
+        raise ApiError(400, "bad_request", "since and until are Unix times in seconds.") from None
+    calls = await ctx.store.ended_calls(since, until)
+    by_month: dict[str, list[Call]] = defaultdict(list)
+    by_language: dict[str, list[Call]] = defaultdict(list)
+    for call in calls:
+        by_month[datetime.fromtimestamp(call.requested_at, UTC).strftime("%Y-%m")].append(call)
+        by_language[call.language].append(call)
+    return web.json_response(
+        {
+            "total": summarise(calls),
+            "by_month": {k: summarise(v) for k, v in sorted(by_month.items())},
+            "by_language": {k: summarise(v) for k, v in sorted(by_language.items())},
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.middlewares.append(errors)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/me/profile", get_profile)
+    app.router.add_put("/v1/me/profile", put_profile)
+    app.router.add_get("/v1/me/calls", my_calls)
+    app.router.add_get("/v1/ice-servers", my_ice_servers)
+    app.router.add_get("/v1/stats", stats)

@@ -1,0 +1,126 @@
+"""The aiohttp application: wiring of settings, store, broker, hub and routes."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from broker.clock import Clock, RealClock
+from broker.model import Profile
+from broker.service import Broker
+from broker.store import Store, open_store
+from signaling.auth import Authenticator, Claims
+from signaling.config import Settings
+from signaling.hub import Hub
+from signaling.metrics import Metrics
+from signaling.turn import ice_servers
+
+log = logging.getLogger("vabroker.app")
+
+
+@dataclass
+class Context:
+    """Everything a request handler needs; one per server."""
+
+    settings: Settings
+    store: Store
+    clock: Clock
+    broker: Broker
+    auth: Authenticator
+    metrics: Metrics
+    hub: Hub
+    node_id: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def ice_servers(self, user_id: str) -> list[dict[str, Any]]:
+        s = self.settings
+        secret = s.turn_secret.get_secret_value() if s.turn_secret else None
+        return ice_servers(
+            s.stun_urls, s.turn_urls, secret, user_id, self.clock.now(), s.turn_ttl_s
+        )
+
+    async def profile_for(self, claims: Claims) -> Profile:
+        """The user's profile, created from the token's claims on first sign-in. The token is
+        the authority on role and organisation; the profile on everything the user edits."""
+        profile = await self.store.get_profile(claims.sub)
+        if profile is None:
+            languages = claims.languages or ([claims.locale] if claims.locale else ["en"])
+            profile = Profile(
+                user_id=claims.sub,
+                role=claims.role,
+                org=claims.org,
+                display_name=claims.name or claims.sub,
+                languages=languages,
+                timezone=claims.zoneinfo or "UTC",
+                ring_window=self.settings.ring_window(),
+                daily_ring_cap=self.settings.daily_ring_cap,
+            )
+            await self.store.put_profile(profile)
+        elif profile.role is not claims.role or profile.org != claims.org:
+            profile = profile.model_copy(update={"role": claims.role, "org": claims.org})
+            await self.store.put_profile(profile)
+        return profile
+
+
+CONTEXT = web.AppKey("context", Context)
+
+
+def build_context(
+    settings: Settings, store: Store | None = None, clock: Clock | None = None
+) -> Context:
+    clock = clock or RealClock()
+    store = store or open_store(settings.store_url)
+    broker = Broker(store, clock, settings.dispatch(), settings.limits())
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    auth = Authenticator(
+        secret=secret,
+        public_key=settings.public_key_pem(),
+        algorithms=list(settings.jwt_algorithms),
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+    metrics = Metrics()
+    ctx_holder: dict[str, Context] = {}
+    hub = Hub(
+        broker,
+        store,
+        metrics,
+        lambda user: ctx_holder["ctx"].ice_servers(user),
+        settings.heartbeat_s,
+    )
+    node_id = settings.node_id or "node-" + secrets.token_hex(4)
+    ctx = Context(settings, store, clock, broker, auth, metrics, hub, node_id)
+    ctx_holder["ctx"] = ctx
+    return ctx
+
+
+def create_app(
+    settings: Settings, store: Store | None = None, clock: Clock | None = None
+) -> web.Application:
+    from signaling import api, ws  # the route modules import this one for Context
+
+    ctx = build_context(settings, store, clock)
+    app = web.Application(client_max_size=256 * 1024)
+    app[CONTEXT] = ctx
+    app.router.add_get("/v1/ws", ws.handle)
+    api.add_routes(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await ctx.store.ping()
+        ctx.hub.start()
+        log.info("broker ready", extra={"node": ctx.node_id, "store": settings.store_url})
+        yield
+        await ctx.hub.stop()
+        await ctx.store.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await ctx.hub.shutdown()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
+    return app

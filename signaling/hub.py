@@ -1,0 +1,229 @@
+"""Sessions on this node, and delivery of the broker's events to them.
+
+A ``Session`` is one authenticated WebSocket. Its outgoing messages go through a bounded queue
+drained by one writer task, so a slow client can never stall the broker or another client: when
+its queue is full it is disconnected (and may resume). The ``Hub`` knows every session of this
+node by user, runs the timer loop that fires the store's due timers, and pings every session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from broker.events import Assigned, Event, Ring, Withdrawn
+from broker.model import Profile
+from broker.service import Broker
+from broker.store.base import Store, StoreUnavailable
+from signaling.messages import Message, Reconnect, event_message
+from signaling.metrics import Metrics
+
+log = logging.getLogger("vabroker.hub")
+
+OUTBOX_LIMIT = 1000
+PARKED_LIMIT = 200
+CLOSE_SLOW = 4008  # private-use code: the client did not read fast enough
+CLOSE_RESTART = 1012  # service restart: reconnect elsewhere and resume
+
+
+class Session:
+    def __init__(
+        self, session_id: str, profile: Profile, ws: web.WebSocketResponse, resume_token: str
+    ) -> None:
+        self.id = session_id
+        self.profile = profile
+        self.ws = ws
+        self.resume_token = resume_token
+        self.last_seen = time.monotonic()
+        self._out: asyncio.Queue[str | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self._writer = asyncio.create_task(self._write(), name=f"writer-{session_id}")
+
+    @property
+    def user_id(self) -> str:
+        return self.profile.user_id
+
+    def send(self, message: Message | dict[str, Any]) -> None:
+        data = message.wire() if isinstance(message, Message) else message
+        try:
+            self._out.put_nowait(json.dumps(data, separators=(",", ":")))
+        except asyncio.QueueFull:
+            log.warning("session too slow, disconnecting", extra={"user": self.user_id})
+            self._out = asyncio.Queue(1)
+            asyncio.get_running_loop().create_task(
+                self.ws.close(code=CLOSE_SLOW, message=b"too slow")
+            )
+
+    async def _write(self) -> None:
+        while True:
+            text = await self._out.get()
+            if text is None or self.ws.closed:
+                return
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def close(self) -> None:
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+
+
+# Called for an event whose user has no session on this node (push delivery hooks in here).
+Undelivered = Callable[[Event], Awaitable[None]]
+
+
+class Hub:
+    def __init__(
+        self,
+        broker: Broker,
+        store: Store,
+        metrics: Metrics,
+        ice_servers: Callable[[str], list[dict[str, Any]]],
+        heartbeat_s: float,
+    ) -> None:
+        self.broker = broker
+        self.store = store
+        self.metrics = metrics
+        self.ice_servers = ice_servers
+        self.heartbeat_s = heartbeat_s
+        self.sessions: dict[str, set[Session]] = defaultdict(set)
+        self.parked: dict[str, deque[Message]] = {}
+        self.undelivered: list[Undelivered] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[object]] = set()
+
+    # --- sessions ----------------------------------------------------------------------------
+    def attach(self, session: Session) -> None:
+        self.sessions[session.user_id].add(session)
+        self.metrics.connected.labels(session.profile.role.value).inc()
+
+    def detach(self, session: Session, park: bool) -> None:
+        sessions = self.sessions.get(session.user_id)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self.sessions[session.user_id]
+        self.metrics.connected.labels(session.profile.role.value).dec()
+        if park and session.user_id not in self.sessions:
+            self.parked.setdefault(session.user_id, deque(maxlen=PARKED_LIMIT))
+
+    def unpark(self, user_id: str) -> list[Message]:
+        return list(self.parked.pop(user_id, ()))
+
+    def is_here(self, user_id: str) -> bool:
+        return user_id in self.sessions
+
+    # --- delivery ----------------------------------------------------------------------------
+    def send(self, user_id: str, message: Message) -> bool:
+        """Send to every session of a user on this node; park it if they are reconnecting."""
+        sessions = self.sessions.get(user_id)
+        if sessions:
+            for session in sessions:
+                session.send(message)
+            return True
+        parked = self.parked.get(user_id)
+        if parked is not None:
+            parked.append(message)
+        return False
+
+    def deliver(
+        self, events: list[Event], answer: tuple[str, str, str | None] | None = None
+    ) -> None:
+        """Send each event to its user. ``answer`` = (user, wire type, ref): the first such
+        message to that user is the direct answer to a client message and carries its ref."""
+        if not events:
+            return
+        self.metrics.count_events(events)
+        now = self.broker.clock.now()
+        for event in events:
+            message = event_message(
+                event, now, self.ice_servers(event.to) if isinstance(event, Assigned) else []
+            )
+            if answer is not None and event.to == answer[0] and message.wire()["type"] == answer[1]:
+                message = message.model_copy(update={"ref": answer[2]})
+                answer = None
+            if not self.send(event.to, message) and isinstance(event, Ring | Withdrawn):
+                for hook in self.undelivered:
+                    self._spawn(hook(event))
+        self._wake.set()
+
+    def _spawn(self, coro: Awaitable[object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def wake(self) -> None:
+        """A timer may have been scheduled earlier than the loop's next look."""
+        self._wake.set()
+
+    # --- background loops --------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._timer_loop(), name="timers"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for bg in list(self._background):
+            bg.cancel()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            delay = 0.25
+            try:
+                self.deliver(await self.broker.fire_due())
+                next_at = await self.store.next_deadline()
+                if next_at is not None:
+                    delay = min(delay, max(0.0, next_at - self.broker.clock.now()))
+            except StoreUnavailable:
+                delay = 1.0
+            except Exception:
+                log.exception("timer loop")
+                delay = 1.0
+            self._wake.clear()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            limit = time.monotonic() - 2 * self.heartbeat_s
+            for sessions in list(self.sessions.values()):
+                for session in list(sessions):
+                    if session.last_seen < limit:
+                        log.info(
+                            "no pong for two heartbeats, dropping", extra={"user": session.user_id}
+                        )
+                        self._spawn(
+                            session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"no heartbeat")
+                        )
+                    else:
+                        with contextlib.suppress(ConnectionError, RuntimeError):
+                            await session.ws.ping()
+
+    async def shutdown(self) -> None:
+        """Tell every client to reconnect elsewhere, then close their sockets."""
+        closing = []
+        for sessions in list(self.sessions.values()):
+            for session in list(sessions):
+                session.send(Reconnect())
+                closing.append(session.ws.close(code=CLOSE_RESTART, message=b"server restarting"))
+        if closing:
+            await asyncio.sleep(0.05)  # let the writers flush the reconnect message
+            await asyncio.gather(*closing, return_exceptions=True)

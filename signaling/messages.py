@@ -1,0 +1,379 @@
+"""Protocol v1 messages: one pydantic model per message, both directions.
+
+This module is the one definition of the wire format. The server parses client frames with
+``parse_client``; the Python SDK parses server frames with ``parse_server``. Unknown fields are
+ignored (clients and servers may be newer than each other); a wrong type or a missing field is a
+``bad_message``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from broker.events import Assigned, Ended, Event, Ring, Status, Withdrawn
+from broker.model import Language
+
+MAX_FRAME = 65_536
+
+Ref = Annotated[str, Field(max_length=64)]
+CallId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    ref: Ref | None = None
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# --- client -> server --------------------------------------------------------------------------
+
+
+class Hello(Message):
+    type: Literal["hello"]
+    token: str = Field(min_length=1, max_length=8192)
+    client: str | None = Field(default=None, max_length=128)
+    resume: str | None = Field(default=None, max_length=256)
+
+
+class Ping(Message):
+    type: Literal["ping"]
+
+
+class Availability(Message):
+    type: Literal["availability"]
+    available: bool
+
+
+class AgentStatus(Message):
+    type: Literal["agent.status"]
+    state: Literal["available", "away"]
+
+
+class CallRequest(Message):
+    type: Literal["call.request"]
+    language: Language | None = None
+    topic: str | None = Field(default=None, max_length=200)
+    note: str | None = Field(default=None, max_length=1000)
+    org: str | None = Field(default=None, max_length=64)
+    queue: str | None = Field(default=None, max_length=64)
+
+
+class CallCancel(Message):
+    type: Literal["call.cancel"]
+    call: CallId
+
+
+class CallAccept(Message):
+    type: Literal["call.accept"]
+    call: CallId
+
+
+class CallDecline(Message):
+    type: Literal["call.decline"]
+    call: CallId
+
+
+class SessionDescription(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: Literal["offer", "answer", "pranswer", "rollback"]
+    sdp: str = Field(default="", max_length=60_000)
+
+
+class SignalData(BaseModel):
+    """``{"sdp": {...}}`` or ``{"candidate": {...} | null}``; relayed unchanged."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    sdp: SessionDescription | None = None
+    candidate: dict[str, Any] | None = None
+
+    @field_validator("candidate", mode="before")
+    @classmethod
+    def _candidate(cls, value: object) -> object:
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("candidate must be an RTCIceCandidateInit object or null")
+        return value
+
+
+class Signal(Message):
+    type: Literal["signal"]
+    call: CallId
+    data: dict[str, Any]
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "sdp" not in value and "candidate" not in value:
+            raise ValueError("data must hold 'sdp' or 'candidate'")
+        SignalData.model_validate(value)
+        return value
+
+
+class CallMedia(Message):
+    type: Literal["call.media"]
+    call: CallId
+    state: Literal["connected", "failed"]
+
+
+class CallEnd(Message):
+    type: Literal["call.end"]
+    call: CallId
+
+
+class CallFeedback(Message):
+    type: Literal["call.feedback"]
+    call: CallId
+    rating: Literal["up", "down"]
+    report: str | None = Field(default=None, max_length=64)
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+ClientMessage = Annotated[
+    Hello
+    | Ping
+    | Availability
+    | AgentStatus
+    | CallRequest
+    | CallCancel
+    | CallAccept
+    | CallDecline
+    | Signal
+    | CallMedia
+    | CallEnd
+    | CallFeedback,
+    Field(discriminator="type"),
+]
+_client = TypeAdapter[ClientMessage](ClientMessage)
+
+
+# --- server -> client --------------------------------------------------------------------------
+
+
+class UserInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    role: str
+    org: str | None = None
+    display_name: str = ""
+
+
+class Welcome(Message):
+    type: Literal["welcome"] = "welcome"
+    user: UserInfo
+    session: str
+    resume: str
+    heartbeat_s: float
+    ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Error(Message):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+class Pong(Message):
+    type: Literal["pong"] = "pong"
+
+
+class Ack(Message):
+    type: Literal["ack"] = "ack"
+
+
+class AvailabilityState(Message):
+    type: Literal["availability"] = "availability"
+    available: bool
+
+
+class AgentState(Message):
+    type: Literal["agent.status"] = "agent.status"
+    state: str
+
+
+class CallStatus(Message):
+    type: Literal["call.status"] = "call.status"
+    call: str
+    state: str
+    notified: int | None = None
+    language: str | None = None
+    position: int | None = None
+    eta_s: int | None = None
+
+
+class Requester(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    display_name: str = ""
+
+
+class CallRing(Message):
+    type: Literal["call.ring"] = "call.ring"
+    call: str
+    language: str
+    topic: str | None = None
+    note: str | None = None
+    org: str | None = None
+    queue: str | None = None
+    requester: Requester
+    expires_in_s: float
+
+
+class CallWithdrawn(Message):
+    type: Literal["call.withdrawn"] = "call.withdrawn"
+    call: str
+    reason: str
+
+
+class Peer(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    display_name: str = ""
+
+
+class CallAssigned(Message):
+    type: Literal["call.assigned"] = "call.assigned"
+    call: str
+    peer: Peer
+    ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    offerer: bool
+    resumed: bool | None = None
+
+
+class SignalRelay(Message):
+    type: Literal["signal"] = "signal"
+    call: str
+    data: dict[str, Any]
+
+
+class CallEnded(Message):
+    type: Literal["call.ended"] = "call.ended"
+    call: str
+    reason: str
+    by: str | None = None
+
+
+class Reconnect(Message):
+    """The node is shutting down: connect again (elsewhere) and resume."""
+
+    type: Literal["reconnect"] = "reconnect"
+    after_s: float = 0.0
+
+
+ServerMessage = Annotated[
+    Welcome
+    | Error
+    | Pong
+    | Ack
+    | AvailabilityState
+    | AgentState
+    | CallStatus
+    | CallRing
+    | CallWithdrawn
+    | CallAssigned
+    | SignalRelay
+    | CallEnded
+    | Reconnect,
+    Field(discriminator="type"),
+]
+_server = TypeAdapter[ServerMessage](ServerMessage)
+
+
+class BadMessage(ValueError):
+    """A frame that is not a valid message; ``str()`` says what was wrong, for a person."""
+
+    def __init__(self, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.ref = ref
+
+
+def _decode(frame: str | bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(frame)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadMessage(f"The message is not valid JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise BadMessage("A message must be a JSON object with a 'type'.")
+    return data
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(
+            str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-"))
+        )
+        parts.append(f"{where or 'message'}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_client(frame: str | bytes) -> ClientMessage:
+    data = _decode(frame)
+    raw_ref = data.get("ref")
+    ref = raw_ref if isinstance(raw_ref, str) and len(raw_ref) <= 64 else None
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise BadMessage("A message needs a string field 'type'.", ref)
+    try:
+        return _client.validate_python(data)
+    except ValidationError as exc:
+        if any(e["type"] == "union_tag_invalid" for e in exc.errors()):
+            raise BadMessage(f"Unknown message type {kind!r}.", ref) from None
+        raise BadMessage(f"Bad {kind!r} message: {_explain(exc)}.", ref) from None
+
+
+def parse_server(frame: str | bytes) -> ServerMessage:
+    data = _decode(frame)
+    try:
+        return _server.validate_python(data)
+    except ValidationError as exc:
+        raise BadMessage(f"Bad server message: {_explain(exc)}.") from None
+
+
+def event_message(event: Event, now: float, ice_servers: list[dict[str, Any]]) -> Message:
+    """The wire message for a broker event, as sent at ``now``."""
+    match event:
+        case Ring():
+            return CallRing(
+                call=event.call_id,
+                language=event.language,
+                topic=event.topic,
+                note=event.note,
+                org=event.org,
+                queue=event.queue,
+                requester=Requester(display_name=event.requester_name),
+                expires_in_s=max(0.0, round(event.expires_at - now, 3)),
+            )
+        case Withdrawn():
+            return CallWithdrawn(call=event.call_id, reason=event.reason.value)
+        case Status():
+            return CallStatus(
+                call=event.call_id,
+                state=event.state.value,
+                notified=event.notified,
+                language=event.language,
+                position=event.position,
+                eta_s=event.eta_s,
+            )
+        case Assigned():
+            return CallAssigned(
+                call=event.call_id,
+                peer=Peer(display_name=event.peer_name),
+                ice_servers=ice_servers,
+                offerer=event.offerer,
+                resumed=True if event.resumed else None,
+            )
+        case Ended():
+            return CallEnded(
+                call=event.call_id,
+                reason=event.reason.value,
+                by=event.by.value if event.by else None,
+            )
+    raise TypeError(f"no wire message for {event!r}")

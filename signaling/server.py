@@ -1,0 +1,56 @@
+"""Running the server: ``vabroker serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+
+from aiohttp import web
+
+from signaling.app import create_app
+from signaling.config import Settings
+
+log = logging.getLogger("vabroker.server")
+
+
+def secret_or_generated(settings: Settings) -> Settings:
+    """Without a configured secret (or public key), generate one for this run and say how to mint
+    tokens with it. Unsigned tokens are never accepted."""
+    if settings.jwt_secret is not None or settings.jwt_public_key is not None:
+        return settings
+    secret = secrets.token_urlsafe(32)
+    print(
+        "No VABROKER_JWT_SECRET configured: generated one for this run.\n"
+        f"  export VABROKER_JWT_SECRET={secret}\n"
+        "  vabroker token --role volunteer --sub vol1 --name 'Val' --lang en --tz Europe/London\n"
+        "mints a development token for it (set the same variable in that shell first).",
+        file=sys.stderr,
+        flush=True,
+    )
+    return settings.model_copy(update={"jwt_secret": secret})
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    settings = secret_or_generated(settings)
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    for sock in runner.addresses:
+        log.info("listening", extra={"address": str(sock)})
+    print(
+        f"vabroker listening on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down: closing sessions so that clients reconnect elsewhere")
+    await runner.cleanup()

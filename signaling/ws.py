@@ -1,0 +1,314 @@
+"""``GET /v1/ws``: one WebSocket session, from ``hello`` to close.
+
+Every frame is parsed into a message model here; the broker is called with typed values only,
+and its events go back out through the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+
+from aiohttp import WSMsgType, web
+
+from broker.model import BrokerError, ErrorCode, Role
+from broker.store.base import ResumeTicket, StoreUnavailable
+from signaling.app import CONTEXT, Context
+from signaling.auth import AuthError
+from signaling.hub import Session
+from signaling.messages import (
+    MAX_FRAME,
+    Ack,
+    AgentState,
+    AgentStatus,
+    Availability,
+    AvailabilityState,
+    BadMessage,
+    CallAccept,
+    CallCancel,
+    CallDecline,
+    CallEnd,
+    CallFeedback,
+    CallMedia,
+    CallRequest,
+    CallStatus,
+    ClientMessage,
+    Error,
+    Hello,
+    Ping,
+    Pong,
+    Signal,
+    SignalRelay,
+    UserInfo,
+    Welcome,
+    parse_client,
+)
+
+log = logging.getLogger("vabroker.ws")
+
+CLOSE_UNAUTHENTICATED = 4401
+SESSION_TOKEN_TTL_S = 86400.0
+
+
+class TokenBucket:
+    """Per-connection message rate limit: ``rate`` per second, bursts up to ``burst``."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+async def handle(request: web.Request) -> web.WebSocketResponse:
+    ctx = request.app[CONTEXT]
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=False)
+    await ws.prepare(request)
+    session = await _hello(ctx, ws)
+    if session is None:
+        return ws
+    try:
+        await _serve(ctx, session)
+    finally:
+        await _goodbye(ctx, session)
+    return ws
+
+
+async def _refuse(ws: web.WebSocketResponse, message: str, ref: str | None = None) -> None:
+    error = Error(code=ErrorCode.UNAUTHENTICATED.value, message=message, ref=ref)
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_json(error.wire())
+    await ws.close(code=CLOSE_UNAUTHENTICATED, message=b"unauthenticated")
+
+
+async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
+    s = ctx.settings
+    deadline = time.monotonic() + s.hello_timeout_s
+    while True:
+        try:
+            msg = await ws.receive(timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            await _refuse(ws, f"Say hello with a token within {s.hello_timeout_s:g} seconds.")
+            return None
+        if msg.type == WSMsgType.PING:
+            await ws.pong(msg.data)
+            continue
+        if msg.type == WSMsgType.PONG:
+            continue
+        break
+    if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+        return None
+    if msg.type != WSMsgType.TEXT:
+        await _refuse(ws, "Messages are JSON text frames; the first must be hello.")
+        return None
+    try:
+        hello = parse_client(msg.data)
+    except BadMessage as exc:
+        await _refuse(ws, f"The first message must be hello. {exc}", exc.ref)
+        return None
+    if not isinstance(hello, Hello):
+        await _refuse(ws, "The first message must be hello, with a token.", hello.ref)
+        return None
+    try:
+        claims = ctx.auth.verify(hello.token)
+    except AuthError as exc:
+        await _refuse(ws, str(exc), hello.ref)
+        return None
+    try:
+        profile = await ctx.profile_for(claims)
+        ticket = (
+            await ctx.store.take_resume(hello.resume, ctx.clock.now()) if hello.resume else None
+        )
+        resumed = ticket is not None and ticket.user_id == claims.sub
+        session_id = ticket.session_id if ticket and resumed else "s_" + secrets.token_urlsafe(12)
+        token = secrets.token_urlsafe(24)
+        await ctx.store.put_resume(
+            token, ResumeTicket(claims.sub, session_id), ctx.clock.now() + SESSION_TOKEN_TTL_S
+        )
+        session = Session(session_id, profile, ws, token)
+        ctx.hub.attach(session)
+        await ctx.store.set_connected(profile.user_id, True)
+    except StoreUnavailable:
+        error = Error(code=ErrorCode.UNAVAILABLE.value, message=_UNAVAILABLE, ref=hello.ref)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_json(error.wire())
+        await ws.close(code=1013, message=b"try again later")
+        return None
+    session.send(
+        Welcome(
+            ref=hello.ref,
+            user=UserInfo(
+                id=profile.user_id,
+                role=profile.role.value,
+                org=profile.org,
+                display_name=profile.display_name,
+            ),
+            session=session_id,
+            resume=token,
+            heartbeat_s=ctx.settings.heartbeat_s,
+            ice_servers=ctx.ice_servers(profile.user_id),
+        )
+    )
+    parked = ctx.hub.unpark(profile.user_id)
+    try:
+        if resumed:
+            events = await ctx.broker.resumed(profile.user_id, session_id)
+        else:
+            events = await ctx.broker.replay(profile.user_id)
+    except StoreUnavailable:
+        events = []
+    ctx.hub.deliver(events)
+    # What happened while they were away, less what the replay just told them again.
+    for message in parked:
+        if message.wire()["type"] not in ("call.ring", "call.assigned", "call.status"):
+            session.send(message)
+    log.info(
+        "session open",
+        extra={"user": profile.user_id, "role": profile.role.value, "resumed": resumed},
+    )
+    return session
+
+
+_UNAVAILABLE = "The service is briefly unavailable. Please try again in a moment."
+
+
+async def _serve(ctx: Context, session: Session) -> None:
+    ws = session.ws
+    bucket = TokenBucket(ctx.settings.messages_per_s, ctx.settings.message_burst)
+    async for msg in ws:
+        session.last_seen = time.monotonic()
+        if msg.type == WSMsgType.PING:
+            await ws.pong(msg.data)
+            continue
+        if msg.type == WSMsgType.PONG:
+            continue
+        if msg.type == WSMsgType.BINARY:
+            _error(
+                ctx, session, ErrorCode.BAD_MESSAGE, "Messages are JSON text frames, not binary."
+            )
+            continue
+        if msg.type != WSMsgType.TEXT:
+            break
+        if not bucket.take():
+            _error(ctx, session, ErrorCode.RATE_LIMITED, "Too many messages; slow down.")
+            continue
+        try:
+            message = parse_client(msg.data)
+        except BadMessage as exc:
+            _error(ctx, session, ErrorCode.BAD_MESSAGE, str(exc), exc.ref)
+            continue
+        ctx.metrics.messages.labels(message.type).inc()
+        try:
+            await _dispatch(ctx, session, message)
+        except BrokerError as exc:
+            _error(ctx, session, exc.code, exc.message, message.ref)
+        except StoreUnavailable:
+            _error(ctx, session, ErrorCode.UNAVAILABLE, _UNAVAILABLE, message.ref)
+        ctx.hub.wake()
+
+
+def _error(
+    ctx: Context, session: Session, code: ErrorCode, text: str, ref: str | None = None
+) -> None:
+    ctx.metrics.errors.labels(code.value).inc()
+    session.send(Error(code=code.value, message=text, ref=ref))
+
+
+async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> None:
+    broker = ctx.broker
+    user = session.user_id
+    profile = session.profile
+    ref = message.ref
+    match message:
+        case Ping():
+            session.send(Pong(ref=ref))
+        case Hello():
+            raise BrokerError(ErrorCode.CONFLICT, "You are already signed in on this connection.")
+        case Availability():
+            await broker.set_available(profile, message.available)
+            session.send(AvailabilityState(available=message.available, ref=ref))
+        case AgentStatus():
+            if profile.role is not Role.AGENT:
+                raise BrokerError(ErrorCode.FORBIDDEN, "Only agents set an agent status.")
+            session.send(AgentState(state=message.state, ref=ref))
+        case CallRequest():
+            fresh = await ctx.store.get_profile(user) or profile
+            outcome = await broker.request(
+                fresh, message.language, message.topic, message.note, message.org, message.queue
+            )
+            call = outcome.call
+            assert call is not None
+            ctx.metrics.calls_requested.inc()
+            session.send(
+                CallStatus(call=call.id, state=call.state.value, notified=call.notified, ref=ref)
+            )
+            ctx.hub.deliver(outcome.events)
+        case CallCancel():
+            outcome = await broker.cancel(user, message.call)
+            ctx.hub.deliver(outcome.events, answer=(user, "call.ended", ref))
+        case CallAccept():
+            fresh = await ctx.store.get_profile(user) or profile
+            outcome = await broker.accept(fresh, message.call)
+            if outcome.call and outcome.call.answer_time_s is not None:
+                ctx.metrics.answer_time.observe(outcome.call.answer_time_s)
+            ctx.hub.deliver(outcome.events, answer=(user, "call.assigned", ref))
+        case CallDecline():
+            outcome = await broker.decline(user, message.call)
+            session.send(Ack(ref=ref))
+            ctx.hub.deliver(outcome.events)
+        case Signal():
+            peer = await broker.peer(user, message.call)
+            ctx.hub.send(peer, SignalRelay(call=message.call, data=message.data))
+            ctx.metrics.relayed.inc()
+        case CallMedia():
+            outcome = await broker.media(user, message.call, message.state == "connected")
+            call = outcome.call
+            if message.state == "connected" and call and call.media_at and call.assigned_at:
+                ctx.metrics.time_to_media.observe(call.media_at - call.assigned_at)
+            session.send(Ack(ref=ref))
+        case CallEnd():
+            outcome = await broker.end(user, message.call)
+            ctx.hub.deliver(outcome.events, answer=(user, "call.ended", ref))
+        case CallFeedback():
+            await broker.feedback(
+                user, message.call, message.rating, message.report, message.comment
+            )
+            session.send(Ack(ref=ref))
+
+
+async def _goodbye(ctx: Context, session: Session) -> None:
+    user = session.user_id
+    ctx.hub.detach(session, park=ctx.settings.grace_s > 0)
+    await session.close()
+    try:
+        await ctx.store.set_connected(user, False)
+        if ctx.hub.is_here(user):
+            return  # another session of the same user is still open
+        now = ctx.clock.now()
+        if ctx.settings.grace_s > 0:
+            await ctx.store.put_resume(
+                session.resume_token, ResumeTicket(user, session.id), now + ctx.settings.grace_s
+            )
+            await ctx.broker.disconnected(user, session.id, ctx.settings.grace_s)
+            ctx.hub.wake()
+        else:
+            ctx.hub.deliver(await ctx.broker.lost(user))
+    except StoreUnavailable:
+        log.warning("store unavailable while closing a session", extra={"user": user})
+    except asyncio.CancelledError:
+        raise
+    log.info("session closed", extra={"user": user})
