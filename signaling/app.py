@@ -92,6 +92,7 @@ def build_context(
         metrics,
         lambda user: ctx_holder["ctx"].ice_servers(user),
         settings.heartbeat_s,
+        settings.grace_s,
     )
     node_id = settings.node_id or "node-" + secrets.token_hex(4)
     ctx = Context(settings, store, clock, broker, auth, metrics, hub, node_id)

@@ -29,7 +29,7 @@ class Claims(BaseModel):
     role: Role
     org: str | None = Field(default=None, max_length=64)
     name: str | None = Field(default=None, max_length=120)
-    exp: int
+    exp: float  # NumericDate: RFC 7519 allows a fraction
     # OpenID Connect's own claims for a first profile: locale (BCP 47) and zoneinfo (IANA).
     locale: Language | None = None
     zoneinfo: TimeZone | None = None

@@ -89,14 +89,17 @@ class Hub:
         metrics: Metrics,
         ice_servers: Callable[[str], list[dict[str, Any]]],
         heartbeat_s: float,
+        grace_s: float = 20.0,
     ) -> None:
         self.broker = broker
         self.store = store
         self.metrics = metrics
         self.ice_servers = ice_servers
         self.heartbeat_s = heartbeat_s
+        self.grace_s = grace_s
         self.sessions: dict[str, set[Session]] = defaultdict(set)
-        self.parked: dict[str, deque[Message]] = {}
+        # Messages for users who dropped and may resume: (when they dropped, messages).
+        self.parked: dict[str, tuple[float, deque[Message]]] = {}
         self.undelivered: list[Undelivered] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,10 +118,16 @@ class Hub:
                 del self.sessions[session.user_id]
         self.metrics.connected.labels(session.profile.role.value).dec()
         if park and session.user_id not in self.sessions:
-            self.parked.setdefault(session.user_id, deque(maxlen=PARKED_LIMIT))
+            self.parked[session.user_id] = (time.monotonic(), deque(maxlen=PARKED_LIMIT))
 
     def unpark(self, user_id: str) -> list[Message]:
-        return list(self.parked.pop(user_id, ()))
+        entry = self.parked.pop(user_id, None)
+        return list(entry[1]) if entry else []
+
+    def _purge_parked(self) -> None:
+        limit = time.monotonic() - self.grace_s
+        for user_id in [u for u, (since, _) in self.parked.items() if since < limit]:
+            del self.parked[user_id]
 
     def is_here(self, user_id: str) -> bool:
         return user_id in self.sessions
@@ -133,7 +142,7 @@ class Hub:
             return True
         parked = self.parked.get(user_id)
         if parked is not None:
-            parked.append(message)
+            parked[1].append(message)
         return False
 
     def deliver(
@@ -203,6 +212,7 @@ class Hub:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
+            self._purge_parked()
             limit = time.monotonic() - 2 * self.heartbeat_s
             for sessions in list(self.sessions.values()):
                 for session in list(sessions):

@@ -23,7 +23,8 @@ CallId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Strict: "yes" is not a boolean and 1 is not a string; a client that sends them is told.
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
     ref: Ref | None = None
 

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from broker.model import BrokerError, ErrorCode, Role
 from broker.store.base import ResumeTicket, StoreUnavailable
@@ -76,7 +76,8 @@ class TokenBucket:
 
 async def handle(request: web.Request) -> web.WebSocketResponse:
     ctx = request.app[CONTEXT]
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=False)
+    # aiohttp's own limit is a backstop; frames over MAX_FRAME are refused below with a reason.
+    ws = web.WebSocketResponse(max_msg_size=2 * MAX_FRAME, autoping=False)
     await ws.prepare(request)
     session = await _hello(ctx, ws)
     if session is None:
@@ -93,6 +94,20 @@ async def _refuse(ws: web.WebSocketResponse, message: str, ref: str | None = Non
     with contextlib.suppress(ConnectionError, RuntimeError):
         await ws.send_json(error.wire())
     await ws.close(code=CLOSE_UNAUTHENTICATED, message=b"unauthenticated")
+
+
+def _too_large(text: str) -> bool:
+    # Characters are at most 4 bytes: only long texts need encoding to be measured.
+    return len(text) * 4 > MAX_FRAME and len(text.encode()) > MAX_FRAME
+
+
+async def _close_too_large(ws: web.WebSocketResponse) -> None:
+    error = Error(
+        code=ErrorCode.TOO_LARGE.value, message=f"Messages are limited to {MAX_FRAME} bytes."
+    )
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_json(error.wire())
+    await ws.close(code=WSCloseCode.MESSAGE_TOO_BIG, message=b"message too big")
 
 
 async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
@@ -114,6 +129,9 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
         return None
     if msg.type != WSMsgType.TEXT:
         await _refuse(ws, "Messages are JSON text frames; the first must be hello.")
+        return None
+    if _too_large(msg.data):
+        await _close_too_large(ws)
         return None
     try:
         hello = parse_client(msg.data)
@@ -202,6 +220,9 @@ async def _serve(ctx: Context, session: Session) -> None:
             )
             continue
         if msg.type != WSMsgType.TEXT:
+            break
+        if _too_large(msg.data):
+            await _close_too_large(ws)
             break
         if not bucket.take():
             _error(ctx, session, ErrorCode.RATE_LIMITED, "Too many messages; slow down.")

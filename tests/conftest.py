@@ -32,7 +32,14 @@ def store() -> MemoryStore:
 
 @pytest.fixture
 def settings() -> DispatchSettings:
-    return DispatchSettings(first_wave=2, wave_growth=2.0, max_wave=8, wave_interval_s=10, ring_timeout_s=45, max_wait_s=120)
+    return DispatchSettings(
+        first_wave=2,
+        wave_growth=2.0,
+        max_wave=8,
+        wave_interval_s=10,
+        ring_timeout_s=45,
+        max_wait_s=120,
+    )
 
 
 @pytest.fixture

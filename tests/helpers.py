@@ -38,21 +38,28 @@ class Server:
     def token(self, sub: str, role: str = "volunteer", **claims: Any) -> str:
         return mint(SECRET, sub, role, **claims)
 
-    async def connect(self, sub: str, role: str = "volunteer", hello: bool = True, **claims: Any) -> Client:
+    async def connect(
+        self, sub: str, role: str = "volunteer", hello: bool = True, **claims: Any
+    ) -> Client:
         ws = await websockets.connect(self.ws_url, proxy=None, max_size=2**20)
         client = Client(ws, sub)
         if hello:
-            welcome = await client.request({"type": "hello", "token": self.token(sub, role, **claims)})
+            welcome = await client.request(
+                {"type": "hello", "token": self.token(sub, role, **claims)}
+            )
             assert welcome["type"] == "welcome", welcome
             client.welcome = welcome
         return client
 
 
-
-
 @contextlib.asynccontextmanager
 async def start_server(**overrides: Any) -> AsyncIterator[Server]:
-    values: dict[str, Any] = {"jwt_secret": SECRET, "host": "127.0.0.1", "port": 0, "log_json": False}
+    values: dict[str, Any] = {
+        "jwt_secret": SECRET,
+        "host": "127.0.0.1",
+        "port": 0,
+        "log_json": False,
+    }
     values.update(overrides)
     settings = Settings(**values)
     app = create_app(settings)
