@@ -86,7 +86,9 @@ def _token(args: argparse.Namespace) -> int:
         Claims.model_validate(jwt.decode(token, options={"verify_signature": False}))
     except ValidationError as exc:
         err = exc.errors()[0]
-        print(f"vabroker: --{err['loc'][0]}: {err['msg']}", file=sys.stderr)
+        claim = str(err["loc"][0])
+        flag = {"locale": "lang", "languages": "lang", "zoneinfo": "tz"}.get(claim, claim)
+        print(f"vabroker: --{flag} ({claim} claim): {err['msg']}", file=sys.stderr)
         return 2
     print(token)
     return 0

@@ -16,6 +16,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from broker.dispatch import DispatchSettings
@@ -174,3 +175,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         return Settings.model_validate(_Layered(**overrides).model_dump())
     except ValidationError as exc:
         raise ConfigError(_explain(exc, source)) from None
+    except SettingsError as exc:  # e.g. a list variable that is not JSON
+        raise ConfigError(
+            f"invalid configuration ({source}): {exc}; lists are JSON, e.g. "
+            "VABROKER_STUN_URLS='[\"stun:stun.example.org:3478\"]'"
+        ) from None

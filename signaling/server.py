@@ -9,6 +9,7 @@ import signal
 import sys
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from signaling.app import create_app
 from signaling.config import Settings
@@ -30,7 +31,7 @@ def secret_or_generated(settings: Settings) -> Settings:
         file=sys.stderr,
         flush=True,
     )
-    return settings.model_copy(update={"jwt_secret": secret})
+    return settings.model_copy(update={"jwt_secret": SecretStr(secret)})
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:

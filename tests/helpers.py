@@ -38,6 +38,9 @@ class Server:
     def token(self, sub: str, role: str = "volunteer", **claims: Any) -> str:
         return mint(SECRET, sub, role, **claims)
 
+    def auth(self, sub: str, role: str = "volunteer", **claims: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(sub, role, **claims)}"}
+
     async def connect(
         self, sub: str, role: str = "volunteer", hello: bool = True, **claims: Any
     ) -> Client:
@@ -54,11 +57,15 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def start_server(**overrides: Any) -> AsyncIterator[Server]:
+    # Ring windows open all day by default, so that tests pass at any hour of the real clock;
+    # tests of the window set one explicitly.
     values: dict[str, Any] = {
         "jwt_secret": SECRET,
         "host": "127.0.0.1",
         "port": 0,
         "log_json": False,
+        "ring_window_start": "00:00",
+        "ring_window_end": "00:00",
     }
     values.update(overrides)
     settings = Settings(**values)
