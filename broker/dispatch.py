@@ -170,14 +170,19 @@ class Dispatcher:
         rest = eligible
         while len(rings) < size and rest:
             chosen = self.policy.pick(rest, call, size - len(rings), self.rng)
-            chosen_ids = {c.user_id for c in chosen}
-            rest = [c for c in rest if c.user_id not in chosen_ids]
+            lost_race = False
             for c in chosen:
                 if await self.store.reserve_ring(
                     call.id, c.user_id, c.ring_day, c.daily_ring_cap, now
                 ):
                     await self.store.schedule(timer(RING, call.id, c.user_id), expires_at)
                     rings.append(self._ring(call, c.user_id, expires_at, language))
+                else:
+                    lost_race = True  # rung by another call meanwhile: take the next best
+            if not lost_race:
+                break
+            chosen_ids = {c.user_id for c in chosen}
+            rest = [c for c in rest if c.user_id not in chosen_ids]
         fields: dict[str, object] = {"wave": call.wave + 1, "language_index": language_index}
         if rings:
             fields["notified"] = call.notified + len(rings)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict, deque
+from datetime import time
 from typing import Any
 
 from broker.model import (
@@ -27,6 +28,14 @@ from broker.model import (
 from broker.store.base import Assignment, Finish, ResumeTicket
 
 THIRTY_DAYS = 30 * 86400.0
+
+_WindowKey = tuple[str, time, time]
+
+
+def _window_key(profile: Profile) -> _WindowKey:
+    return (profile.timezone, profile.ring_window.start, profile.ring_window.end)
+
+
 _LOCKED_FIELDS = frozenset(
     {"id", "state", "helper_id", "helper_role", "assigned_at", "ended_at", "end_reason", "ended_by"}
 )
@@ -38,8 +47,14 @@ class MemoryStore:
         self._on_duty: set[str] = set()
         self._connections: dict[str, int] = defaultdict(int)
         self._devices: dict[str, int] = defaultdict(int)
-        # primary language -> on-duty volunteers who speak it
-        self._by_language: dict[str, set[str]] = defaultdict(set)
+        # primary language -> (zone, window start, window end) -> on-duty volunteers, so that a
+        # wave converts local time once per group and skips whole groups outside their window
+        self._by_language: dict[str, dict[_WindowKey, set[str]]] = defaultdict(
+            lambda: defaultdict(set)
+        )
+        # The last Candidate built for each volunteer, dropped whenever one of its facts changes
+        # (profile, ring, call), with the time its 30-day call count next needs recounting.
+        self._candidate: dict[str, tuple[Candidate, float]] = {}
         self._calls: dict[str, Call] = {}
         self._open_call: dict[str, str] = {}
         self._ring_of: dict[str, str] = {}
@@ -74,18 +89,24 @@ class MemoryStore:
         if old is not None:
             self._unindex(old)
         self._profiles[profile.user_id] = profile.model_copy(deep=True)
+        self._changed(profile.user_id)
         self._index(profile.user_id)
 
     def _index(self, user_id: str) -> None:
         profile = self._profiles.get(user_id)
         if profile is None or profile.role is not Role.VOLUNTEER or user_id not in self._on_duty:
             return
+        key = _window_key(profile)
         for tag in profile.languages:
-            self._by_language[primary_language(tag)].add(user_id)
+            self._by_language[primary_language(tag)][key].add(user_id)
 
     def _unindex(self, profile: Profile) -> None:
+        key = _window_key(profile)
         for tag in profile.languages:
-            self._by_language[primary_language(tag)].discard(profile.user_id)
+            group = self._by_language[primary_language(tag)].get(key)
+            if group is not None:
+                group.discard(profile.user_id)
+        self._candidate.pop(profile.user_id, None)
 
     # --- availability ----------------------------------------------------------------------
     async def set_on_duty(self, user_id: str, on_duty: bool) -> None:
@@ -113,42 +134,52 @@ class MemoryStore:
         return self._connections.get(user_id, 0) > 0
 
     async def candidates(self, language: str, now: float) -> list[Candidate]:
-        # One zoneinfo conversion per distinct (zone, window), not per volunteer.
-        local: dict[tuple[str, RingWindow], tuple[bool, str]] = {}
-        horizon = now - THIRTY_DAYS
         out: list[Candidate] = []
-        for user_id in self._by_language.get(primary_language(language), ()):
-            if not (self._connections.get(user_id) or self._devices.get(user_id)):
+        connections, devices, cache = self._connections, self._devices, self._candidate
+        for (zone, start, end), members in self._by_language.get(
+            primary_language(language), {}
+        ).items():
+            if not members:
                 continue
-            profile = self._profiles[user_id]
-            key = (profile.timezone, profile.ring_window)
-            seen = local.get(key)
-            if seen is None:
-                moment = local_datetime(profile.timezone, now)
-                seen = (profile.ring_window.contains(moment.time()), moment.date().isoformat())
-                local[key] = seen
-            inside, day = seen
-            if not inside:
+            moment = local_datetime(zone, now)
+            if not RingWindow(start=start, end=end).contains(moment.time()):
                 continue
-            ring_day, count = self._ring_count.get(user_id, ("", 0))
-            answered = self._answered.get(user_id)
-            if answered:
-                while answered and answered[0] < horizon:
-                    answered.popleft()
-            out.append(
-                Candidate(
-                    user_id=user_id,
-                    timezone=profile.timezone,
-                    calls_30d=len(answered) if answered else 0,
-                    last_rung_at=self._last_rung.get(user_id, 0.0),
-                    rings_today=count if ring_day == day else 0,
-                    ring_day=day,
-                    daily_ring_cap=profile.daily_ring_cap,
-                    busy=user_id in self._ring_of or user_id in self._open_call,
-                    blocked=profile.blocked,
-                )
-            )
+            day = moment.date().isoformat()
+            for user_id in members:
+                if not (connections.get(user_id) or devices.get(user_id)):
+                    continue
+                cached = cache.get(user_id)
+                if cached is None or cached[1] <= now or cached[0].ring_day != day:
+                    cached = self._build_candidate(user_id, day, now)
+                    cache[user_id] = cached
+                out.append(cached[0])
         return out
+
+    def _build_candidate(self, user_id: str, day: str, now: float) -> tuple[Candidate, float]:
+        profile = self._profiles[user_id]
+        ring_day, count = self._ring_count.get(user_id, ("", 0))
+        answered = self._answered.get(user_id)
+        horizon = now - THIRTY_DAYS
+        while answered and answered[0] < horizon:
+            answered.popleft()
+        recount_at = answered[0] + THIRTY_DAYS if answered else float("inf")
+        candidate = Candidate(
+            user_id=user_id,
+            timezone=profile.timezone,
+            calls_30d=len(answered) if answered else 0,
+            last_rung_at=self._last_rung.get(user_id, 0.0),
+            rings_today=count if ring_day == day else 0,
+            ring_day=day,
+            daily_ring_cap=profile.daily_ring_cap,
+            busy=user_id in self._ring_of or user_id in self._open_call,
+            blocked=profile.blocked,
+        )
+        return candidate, recount_at
+
+    def _changed(self, *user_ids: str | None) -> None:
+        for user_id in user_ids:
+            if user_id is not None:
+                self._candidate.pop(user_id, None)
 
     # --- devices ---------------------------------------------------------------------------
     async def has_devices(self, user_id: str) -> bool:
@@ -189,6 +220,7 @@ class MemoryStore:
         withdrawn = [u for u in self._ringing.pop(call_id, set()) if u != helper_id]
         for user_id in (*withdrawn, helper_id):
             self._ring_of.pop(user_id, None)
+        self._changed(*withdrawn, helper_id)
         call = call.model_copy(
             update={
                 "state": CallState.ASSIGNED,
@@ -213,6 +245,7 @@ class MemoryStore:
         for user_id in withdrawn:
             if self._ring_of.get(user_id) == call_id:
                 del self._ring_of[user_id]
+        self._changed(*withdrawn, call.recipient_id, call.helper_id)
         call = call.model_copy(
             update={"state": CallState.ENDED, "ended_at": now, "end_reason": reason, "ended_by": by}
         )
@@ -252,6 +285,7 @@ class MemoryStore:
             return False
         self._ring_count[user_id] = (day, count + 1)
         self._ring_of[user_id] = call_id
+        self._changed(user_id)
         self._ringing[call_id].add(user_id)
         self._rung[call_id].add(user_id)
         self._last_rung[user_id] = now
@@ -262,6 +296,7 @@ class MemoryStore:
             return False
         del self._ring_of[user_id]
         self._ringing[call_id].discard(user_id)
+        self._changed(user_id)
         return True
 
     async def ringing(self, call_id: str) -> list[str]:
@@ -288,6 +323,7 @@ class MemoryStore:
             self._profiles[user_id] = profile.model_copy(
                 update={"blocked": profile.blocked | {other_id}}
             )
+            self._changed(user_id)
 
     # --- timers ----------------------------------------------------------------------------
     async def schedule(self, key: str, at: float) -> None:
