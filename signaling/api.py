@@ -40,6 +40,13 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return problem(
             503, "unavailable", "The service is briefly unavailable. Please try again in a moment."
         )
+    except web.HTTPException as exc:
+        if exc.status < 400 or request.path == "/v1/ws":
+            raise
+        code = {401: "unauthenticated", 403: "forbidden", 404: "not_found"}.get(
+            exc.status, "bad_request"
+        )
+        return problem(exc.status, code, exc.reason)
 
 
 async def authenticate(request: web.Request) -> tuple[Context, Claims, Profile]:

@@ -212,3 +212,15 @@ async def test_statistics_for_admins_only(server: Server) -> None:
         100.0,
     )
     assert list(stats["by_language"]) == ["en"] and len(stats["by_month"]) == 1
+
+
+async def test_errors_are_json(server: Server) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url + "/v1/nothing-here") as resp:
+            assert resp.status == 404 and (await resp.json())["error"] == "not_found"
+        async with http.delete(server.url + "/v1/me/profile") as resp:
+            assert resp.status == 405 and (await resp.json())["error"] == "bad_request"
+        big = b"{" + b" " * (300 * 1024) + b"}"
+        headers = {**server.auth("v1"), "Content-Type": "application/json"}
+        async with http.put(server.url + "/v1/me/profile", data=big, headers=headers) as resp:
+            assert resp.status == 413
