@@ -77,7 +77,9 @@ class TokenBucket:
 async def handle(request: web.Request) -> web.WebSocketResponse:
     ctx = request.app[CONTEXT]
     # aiohttp's own limit is a backstop; frames over MAX_FRAME are refused below with a reason.
-    ws = web.WebSocketResponse(max_msg_size=2 * MAX_FRAME, autoping=False)
+    # No permessage-deflate: messages are small, and a zlib context per connection costs far
+    # more memory than it saves bandwidth.
+    ws = web.WebSocketResponse(max_msg_size=2 * MAX_FRAME, autoping=False, compress=False)
     await ws.prepare(request)
     session = await _hello(ctx, ws)
     if session is None:
