@@ -44,6 +44,19 @@ class CallState(enum.StrEnum):
     def is_open(self) -> bool:
         return self is not CallState.ENDED
 
+    def can_become(self, other: CallState) -> bool:
+        return other in _TRANSITIONS[self]
+
+
+# The only moves a call makes. A queued call may go back to searching when its organisation
+# overflows it to volunteers. The stores check every state change against this table.
+_TRANSITIONS: dict[CallState, frozenset[CallState]] = {
+    CallState.SEARCHING: frozenset({CallState.ASSIGNED, CallState.ENDED}),
+    CallState.QUEUED: frozenset({CallState.ASSIGNED, CallState.ENDED, CallState.SEARCHING}),
+    CallState.ASSIGNED: frozenset({CallState.ENDED}),
+    CallState.ENDED: frozenset(),
+}
+
 
 class EndReason(enum.StrEnum):
     COMPLETED = "completed"

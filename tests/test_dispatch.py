@@ -554,3 +554,11 @@ def test_ring_window_contains() -> None:
     for bad in ("8:00", "24:00", "12:60", "noon"):
         with pytest.raises(ValueError):
             RingWindow.model_validate({"start": bad})
+
+
+def test_call_state_machine() -> None:
+    S = CallState
+    assert S.SEARCHING.can_become(S.ASSIGNED) and S.SEARCHING.can_become(S.ENDED)
+    assert S.QUEUED.can_become(S.SEARCHING) and S.ASSIGNED.can_become(S.ENDED)
+    assert not S.ASSIGNED.can_become(S.SEARCHING) and not S.SEARCHING.can_become(S.QUEUED)
+    assert not any(S.ENDED.can_become(other) for other in S)

@@ -213,7 +213,7 @@ class MemoryStore:
         self, call_id: str, helper_id: str, helper_name: str, helper_role: Role, now: float
     ) -> Assignment | None:
         call = self._calls.get(call_id)
-        if call is None or call.state not in (CallState.SEARCHING, CallState.QUEUED):
+        if call is None or not call.state.can_become(CallState.ASSIGNED):
             return None
         if self._ring_of.get(helper_id) != call_id or helper_id in self._open_call:
             return None
@@ -239,7 +239,7 @@ class MemoryStore:
         self, call_id: str, reason: EndReason, by: Role | None, now: float
     ) -> Finish | None:
         call = self._calls.get(call_id)
-        if call is None or not call.state.is_open:
+        if call is None or not call.state.can_become(CallState.ENDED):
             return None
         withdrawn = sorted(self._ringing.pop(call_id, set()))
         for user_id in withdrawn:
