@@ -188,15 +188,7 @@ class Broker:
                 raise BrokerError(ErrorCode.NOT_FOUND, "You are not being rung for that call.")
             return Outcome(call, [])  # already withdrawn or lapsed: declining it again is harmless
         await self.store.unschedule(timer(RING, call_id, user_id))
-        call = await self.store.get_call(call_id)
-        # Nobody else ringing: bring the next wave forward rather than leave the recipient waiting.
-        if (
-            call is not None
-            and call.state is CallState.SEARCHING
-            and not await self.store.ringing(call_id)
-        ):
-            await self.store.schedule(timer(WAVE, call_id), self.clock.now())
-        return Outcome(call, [])
+        return Outcome(await self._ring_freed(call_id), [])
 
     # --- the call ----------------------------------------------------------------------------
     async def peer(self, user_id: str, call_id: str) -> str:
@@ -330,20 +322,26 @@ class Broker:
             events: list[Event] = [
                 Withdrawn(to=user_id, call_id=call_id, reason=WithdrawReason.EXPIRED)
             ]
-            call = await self.store.get_call(call_id)
-            if (
-                call is not None
-                and call.state is CallState.SEARCHING
-                and not await self.store.ringing(call_id)
-            ):
-                await self.store.schedule(timer(WAVE, call_id), self.clock.now())
+            await self._ring_freed(call_id)
             return events
         if kind == GRACE:
             return await self.lost(args[0])
         log.error("unknown timer kind %r", kind)
         return []
 
-    # --- internals ---------------------------------------------------------------------------
+    # --- internals -----------------------------------------------------------------------------
+    async def _ring_freed(self, call_id: str) -> Call | None:
+        """A ring of the call ended without an answer. With nobody else ringing, bring the next
+        wave forward rather than leave the recipient waiting for its interval."""
+        call = await self.store.get_call(call_id)
+        if (
+            call is not None
+            and call.state is CallState.SEARCHING
+            and not await self.store.ringing(call_id)
+        ):
+            await self.store.schedule(timer(WAVE, call_id), self.clock.now())
+        return call
+
     async def _own_call(self, user_id: str, call_id: str) -> Call:
         call = await self.store.get_call(call_id)
         if call is None or call.party_of(user_id) is None:

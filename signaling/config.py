@@ -106,14 +106,7 @@ class Settings(BaseSettings):
         return self
 
     def dispatch(self) -> DispatchSettings:
-        return DispatchSettings(
-            first_wave=self.first_wave,
-            wave_growth=self.wave_growth,
-            max_wave=self.max_wave,
-            wave_interval_s=self.wave_interval_s,
-            ring_timeout_s=self.ring_timeout_s,
-            max_wait_s=self.max_wait_s,
-        )
+        return DispatchSettings(**self.model_dump(include=set(DispatchSettings.model_fields)))
 
     def limits(self) -> LimitSettings:
         return LimitSettings(requests_per_hour=self.requests_per_hour)
