@@ -144,8 +144,11 @@ class Dispatcher:
         """Ring the next wave of ``call`` and schedule the one after. Returns the call as updated
         and the rings (plus a status for the recipient when the search moved)."""
         now = self.clock.now()
-        if call.state is not CallState.SEARCHING:
-            return call, []
+        if (
+            call.state is not CallState.SEARCHING
+            or now >= call.requested_at + self.settings.max_wait_s
+        ):
+            return call, []  # a late timer (a node that lagged or died): the search is over
         size = self.policy.wave_size(call.wave)
         profile = await self.store.get_profile(call.recipient_id)
         blocked = profile.blocked if profile else frozenset()

@@ -286,7 +286,8 @@ class Broker:
         events: list[Event] = []
         ring_call = await self.store.ring_of(user_id)
         if ring_call is not None and not await self.store.has_devices(user_id):
-            events += (await self.decline(user_id, ring_call)).events
+            await self.decline(user_id, ring_call)
+            events.append(Withdrawn(to=user_id, call_id=ring_call, reason=WithdrawReason.EXPIRED))
         call_id = await self.store.current_call(user_id)
         call = await self.store.get_call(call_id) if call_id else None
         if call is not None and call.state.is_open:

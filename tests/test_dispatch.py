@@ -562,3 +562,15 @@ def test_call_state_machine() -> None:
     assert S.QUEUED.can_become(S.SEARCHING) and S.ASSIGNED.can_become(S.ENDED)
     assert not S.ASSIGNED.can_become(S.SEARCHING) and not S.SEARCHING.can_become(S.QUEUED)
     assert not any(S.ENDED.can_become(other) for other in S)
+
+
+async def test_a_late_wave_rings_nobody_after_the_maximum_wait(
+    store: MemoryStore, broker: Broker, clock: VirtualClock
+) -> None:
+    rec = await recipient(store)
+    call_id = (await broker.request(rec)).call.id  # type: ignore[union-attr]
+    await volunteer(store, "val")
+    clock.advance(3600)  # the node was away: every timer of the call is long overdue
+    events = await broker.fire_due()
+    assert rings(events) == []
+    assert of(events, Ended, "rec") == [Ended("rec", call_id, EndReason.NO_ANSWER)]
