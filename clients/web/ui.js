@@ -1,0 +1,98 @@
+// What the three pages share on screen: the live region, switching between a page's states,
+// moving focus, and signing in.
+
+import { demoSignIn, forgetToken, tokenFromLocation, tokenFromMessage } from "./protocol.js";
+
+export const $ = (selector) => document.querySelector(selector);
+
+// Every state change is said in the page's live region (role="status"). Clearing it first
+// makes a screen reader announce a repeated sentence again.
+export function announce(text) {
+  const region = $("#live");
+  region.textContent = "";
+  // The next frame, so that assistive technology sees a change even for the same text.
+  requestAnimationFrame(() => {
+    region.textContent = text;
+  });
+  region.dataset.said = text;
+}
+
+// Shows the <section data-state=NAME> of the page and hides the others; focus goes to the
+// element marked data-focus in it (or its heading), so keyboard and screen-reader users land
+// where the next thing to do is.
+export function showState(name, { focus = true } = {}) {
+  document.body.dataset.state = name;
+  for (const section of document.querySelectorAll("section[data-state]")) {
+    section.hidden = !section.dataset.state.split(" ").includes(name);
+  }
+  if (focus) {
+    const target =
+      document.querySelector(`section[data-state~="${name}"] [data-focus="${name}"]`) ||
+      document.querySelector(`section[data-state~="${name}"] h2`);
+    if (target) target.focus();
+  }
+}
+
+export function minutes(seconds) {
+  const m = Math.max(1, Math.round(seconds / 60));
+  return m === 1 ? "about 1 minute" : `about ${m} minutes`;
+}
+
+export const LANGUAGES = {
+  en: "English",
+  fr: "French",
+  de: "German",
+  es: "Spanish",
+  it: "Italian",
+  nl: "Dutch",
+  pt: "Portuguese",
+  pl: "Polish",
+  ar: "Arabic",
+  zh: "Chinese",
+  ja: "Japanese",
+  hi: "Hindi",
+};
+
+export function languageName(tag) {
+  const primary = String(tag).split("-")[0].toLowerCase();
+  return LANGUAGES[primary] || tag;
+}
+
+// Resolves with a token: from the fragment or this tab's storage, from a postMessage, or from
+// the demo sign-in button (shown only when the broker runs in demo mode: the button asks, and
+// the broker's answer says whether it does).
+export function signIn(role) {
+  const token = tokenFromLocation();
+  if (token) return Promise.resolve(token);
+  showState("signed-out");
+  announce("Please sign in.");
+  return new Promise((resolve) => {
+    tokenFromMessage().then(resolve);
+    const button = $("#demo-sign-in");
+    if (!button) return;
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        resolve(await demoSignIn(role));
+      } catch (err) {
+        announce(err.message);
+        $("#sign-in-error").textContent = err.message;
+        button.disabled = false;
+      }
+    });
+  });
+}
+
+export function signOut() {
+  forgetToken();
+  location.reload();
+}
+
+export function connectionNotice(state) {
+  if (state === "reconnecting") announce("Connection lost. Reconnecting…");
+  else if (state === "signed-out") {
+    forgetToken();
+    showState("signed-out");
+    announce("You have been signed out. Please sign in again.");
+  }
+}
