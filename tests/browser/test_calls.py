@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Callable
 
 import pytest
 from playwright.async_api import Browser, expect
 
+from tests.browser.bot import Bot
 from tests.browser.pages import live, open_as, presented_frames
 from tests.helpers import Server
 
@@ -46,3 +49,94 @@ async def test_recipient_page_calls_volunteer_page(browser: Browser, broker_serv
     await expect(live(rec)).to_have_text("Call ended. The helper ended the call.")
     for tab in (vol, rec):
         await tab.context.close()
+
+
+async def test_recipient_hangs_up_and_both_pages_end(
+    browser: Browser, broker_server: Server
+) -> None:
+    vol = await open_as(browser, broker_server, "volunteer", "vol-page-2", "volunteer", name="Vic")
+    await expect(live(vol)).to_have_text(re.compile("Signed in as Vic"))
+    await vol.click("#duty")
+    await expect(live(vol)).to_have_text("You are on duty. Waiting for a call.")
+    rec = await open_as(browser, broker_server, "recipient", "rec-page-2", "recipient", name="Ros")
+    await expect(live(rec)).to_have_text(re.compile("Signed in as Ros"))
+    await rec.click("#call")
+    await expect(live(vol)).to_have_text(re.compile("Call from Ros, in English"))
+    await vol.click("#accept")
+    await expect(live(rec)).to_have_text("Connected to Vic. They can see your camera now.")
+    await rec.click("#hang-up")
+    await expect(live(rec)).to_have_text("Call ended. You hung up.")
+    await expect(live(vol)).to_have_text(
+        "Call ended. The caller ended the call. You are on duty. Waiting for a call."
+    )
+    # Both pages let go of the camera, the microphone and the peer connection.
+    assert await rec.evaluate("() => window.vabrokerPage.media === null")
+    assert await vol.evaluate("() => window.vabrokerPage.media === null")
+    assert await rec.evaluate("() => document.querySelector('#preview').srcObject === null")
+    # The volunteer's history shows the call, and the CSV export downloads it.
+    await expect(vol.locator("#history table tbody tr")).to_have_count(1)
+    async with vol.expect_download() as download_info:
+        await vol.click("#export-csv")
+    download = await download_info.value
+    path = await download.path()
+    text = path.read_text()
+    assert text.splitlines()[0].startswith("call,role,language")
+    assert ",volunteer,en," in text and ",completed," in text
+    await expect(live(vol)).to_have_text("Your calls were downloaded as calls.csv.")
+    for tab in (vol, rec):
+        await tab.context.close()
+
+
+async def test_recipient_page_with_an_aiortc_volunteer(
+    browser: Browser, broker_server: Server, loopback_ice: None
+) -> None:
+    client = await broker_server.connect("bot-1", "volunteer", name="Bot", languages=["en"])
+    assert (await client.request({"type": "availability", "available": True}))["available"]
+    bot = Bot(client)
+    answering = asyncio.ensure_future(bot.answer_first_ring())
+    rec = await open_as(browser, broker_server, "recipient", "rec-bot-1", "recipient", name="Ria")
+    try:
+        await expect(live(rec)).to_have_text(re.compile("Signed in as Ria"))
+        await rec.click("#call")
+        await expect(live(rec)).to_have_text("Connected to Bot. They can see your camera now.")
+        # Decoded frames of the page's fake camera arrive at the bot.
+        await wait_for(lambda: bot.frames >= 20, 10, lambda: f"{bot.frames} frames")
+        assert bot.sizes == {(640, 480)}
+        # The bot's tone reaches the page: the page's inbound audio is loud, not silence.
+        level = 0.0
+        for _ in range(100):
+            level = await rec.evaluate(INBOUND_AUDIO_LEVEL)
+            if level > 0.1:
+                break
+            await asyncio.sleep(0.1)
+        assert level > 0.1, f"the page hears the bot's tone at level {level}"
+        await rec.keyboard.press("Enter")  # focus is on Hang up
+        await expect(live(rec)).to_have_text("Call ended. You hung up.")
+        await asyncio.wait_for(bot.ended.wait(), 5)
+        await asyncio.wait_for(answering, 5)
+    finally:
+        answering.cancel()
+        await bot.close()
+        await rec.context.close()
+
+
+INBOUND_AUDIO_LEVEL = """async () => {
+    const stats = await window.vabrokerPage.media.pc.getStats();
+    let level = 0;
+    stats.forEach((s) => {
+        if (s.type === "inbound-rtp" && s.kind === "audio" && s.totalSamplesReceived > 0) {
+            level = s.audioLevel || 0;
+        }
+    });
+    return level;
+}"""
+
+
+async def wait_for(
+    condition: Callable[[], bool], timeout: float, describe: Callable[[], str]
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s: {describe()}")
+        await asyncio.sleep(0.05)
