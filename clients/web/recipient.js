@@ -83,7 +83,7 @@ async function onAssigned(assigned) {
   page.assigned = true;
   page.peer = assigned.peer.display_name || "your helper";
   showState("in-call");
-  $("#call-detail").textContent = `${page.peer} answered.`;
+  $("#call-detail").textContent = `You are talking with ${page.peer}.`;
   announce(`${page.peer} answered. Connecting…`);
   page.media = new MediaCall(page.session, assigned, {
     localStream: page.stream,

@@ -44,6 +44,12 @@ async def test_recipient_page_calls_volunteer_page(browser: Browser, broker_serv
     )
     assert size == [640, 480]
 
+    # The recipient asked for the rear camera (a phone's back camera shows what they point at).
+    constraints = await rec.evaluate(
+        "window.vabrokerPage.stream.getVideoTracks()[0].getConstraints()"
+    )
+    assert constraints["facingMode"] in ("environment", {"ideal": "environment"})
+
     await vol.click("#hang-up")
     await expect(live(vol)).to_have_text(re.compile("Call ended. You hung up."))
     await expect(live(rec)).to_have_text("Call ended. The helper ended the call.")

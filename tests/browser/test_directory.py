@@ -1,0 +1,108 @@
+"""The recipient's partner directory and the agent's live queue, rendered from the documented
+shapes of ``GET /v1/orgs`` and ``GET /v1/orgs/{id}/queue``.
+
+Those routes belong to the partner-queues work; until the broker serves them, these tests answer
+the two requests in the browser (Playwright's request routing) so that the pages' rendering,
+wording and accessibility are checked now. Everything else on the page talks to the real broker.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from playwright.async_api import Browser, Route, expect
+
+from tests.browser.pages import axe_violations, explain, live, open_as
+from tests.helpers import Server
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+DIRECTORY = {
+    "orgs": [
+        {
+            "id": "bank",
+            "name": "High Street Bank",
+            "description": "Help with cards, statements and cash machines.",
+            "languages": ["en"],
+            "queues": [{"id": "cards", "name": "Cards"}],
+            "open_now": True,
+            "next_opening": None,
+        },
+        {
+            "id": "pharmacy",
+            "name": "Corner Pharmacy",
+            "description": "Reading prescriptions and medicine labels.",
+            "languages": ["en"],
+            "queues": [],
+            "open_now": False,
+            "next_opening": "2026-06-16T08:00:00+00:00",
+        },
+    ]
+}
+
+QUEUE = {
+    "org": "acme",
+    "waiting": [
+        {"call": "c_1", "position": 1, "wait_s": 125, "language": "en", "topic": "card blocked"},
+        {"call": "c_2", "position": 2, "wait_s": 40, "language": "fr"},
+    ],
+    "agents": [{"display_name": "Ada", "state": "available"}],
+}
+
+
+async def test_directory_lists_open_and_closed_partners(
+    browser: Browser, broker_server: Server
+) -> None:
+    rec = await open_as(browser, broker_server, "recipient", "rec-dir", "recipient", name="Dan")
+
+    async def directory(route: Route) -> None:
+        assert route.request.headers["authorization"].startswith("Bearer ")
+        await route.fulfill(status=200, content_type="application/json", body=json.dumps(DIRECTORY))
+
+    await rec.route("**/v1/orgs", directory)
+    await rec.reload()  # the token stays in this tab's session storage
+    await expect(live(rec)).to_have_text(re.compile("Signed in as Dan"))
+    partners = rec.locator("#partners li")
+    await expect(partners).to_have_count(2)
+    await expect(partners.nth(0)).to_contain_text("Open now.")
+    await expect(partners.nth(1)).to_contain_text(re.compile(r"Closed\. Opens \w+"))
+    # Only an open partner can be called; the broker (without partner queues) refuses, and the
+    # refusal is said.
+    await expect(rec.get_by_role("button", name="Call Corner Pharmacy")).to_have_count(0)
+    violations = await axe_violations(rec)
+    assert violations == [], explain(violations)
+    await rec.get_by_role("button", name="Call High Street Bank").click()
+    await expect(live(rec)).to_have_text("There is no partner organisation 'bank'.")
+    await expect(rec.locator("body")).to_have_attribute("data-state", "idle")
+    await rec.context.close()
+
+
+async def test_agent_console_shows_the_live_queue(browser: Browser, broker_server: Server) -> None:
+    agent = await open_as(
+        browser, broker_server, "agent", "agent-q", "agent", name="Ada", org="acme"
+    )
+
+    async def queue(route: Route) -> None:
+        await route.fulfill(status=200, content_type="application/json", body=json.dumps(QUEUE))
+
+    await agent.route("**/v1/orgs/acme/queue", queue)
+    await agent.reload()
+    await expect(live(agent)).to_have_text("Signed in as Ada of acme. You are away.")
+    rows = agent.locator("#queue tbody tr")
+    await expect(rows).to_have_count(2)
+    await expect(rows.nth(0)).to_contain_text("card blocked")
+    await expect(rows.nth(1)).to_contain_text("French")
+    await expect(agent.locator("#queue")).to_contain_text("Ada: available")
+    violations = await axe_violations(agent)
+    assert violations == [], explain(violations)
+    # Keyboard: the status radios are the first stop; arrow keys choose, the broker confirms.
+    assert await agent.evaluate("document.activeElement.value") == "away"
+    await agent.keyboard.press("ArrowUp")
+    await expect(live(agent)).to_have_text(
+        "You are available. Calls from the queue will come to you."
+    )
+    await agent.keyboard.press("ArrowDown")
+    await expect(live(agent)).to_have_text("You are away. No calls will come to you.")
+    await agent.context.close()
