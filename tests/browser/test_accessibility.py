@@ -63,6 +63,10 @@ async def test_every_page_in_every_state_has_no_axe_violations(
     await expect(live(rec)).to_have_text(re.compile("Signed in as Rae"))
     await expect(rec.locator("#partners")).to_contain_text("does not offer help from partner")
     await assert_accessible(rec, "idle")
+    # The dark colour scheme meets the same contrast rules.
+    await rec.emulate_media(color_scheme="dark")
+    await assert_accessible(rec, "idle")
+    await rec.emulate_media(color_scheme="light")
     # Searching with nobody on duty.
     await rec.click("#call")
     await expect(live(rec)).to_have_text("No volunteer is free just now. Still looking…")
@@ -86,6 +90,9 @@ async def test_every_page_in_every_state_has_no_axe_violations(
     await assert_accessible(rec, "searching")
     await expect(live(vol)).to_have_text(re.compile("^Call from Rae"))
     await assert_accessible(vol, "ringing")
+    await vol.emulate_media(color_scheme="dark")
+    await assert_accessible(vol, "ringing")
+    await vol.emulate_media(color_scheme="light")
     # The ring's pulse stops for people who ask for reduced motion.
     assert (
         await vol.evaluate("getComputedStyle(document.querySelector('.ring')).animationName")
