@@ -9,25 +9,13 @@ import {
   announce,
   connectionNotice,
   languageName,
-  minutes,
+  progressText,
   showState,
   signIn,
 } from "./ui.js";
 
 const page = { session: null, callId: null, media: null, stream: null, peer: "", assigned: false };
 window.vabrokerPage = page; // for diagnostics and the browser tests
-
-function searchText(status) {
-  if (status.state === "queued") {
-    const place = status.position ? `You are number ${status.position} in the queue` : "You are in the queue";
-    return status.eta_s ? `${place}, ${minutes(status.eta_s)}.` : `${place}.`;
-  }
-  if (status.notified > 0) {
-    const who = status.notified === 1 ? "1 volunteer" : `${status.notified} volunteers`;
-    return `Ringing ${who}.`;
-  }
-  return "No volunteer is free just now. Still looking…";
-}
 
 const ENDED = {
   completed: (by) => (by === "recipient" ? "You hung up." : "The helper ended the call."),
@@ -65,7 +53,7 @@ async function request(extra) {
     page.assigned = false;
     showState("searching");
     $("#search-detail").textContent = `Language: ${languageName(language)}.`;
-    announce(searchText(status));
+    announce(progressText(status));
   } catch (err) {
     stopStream(page.stream);
     page.stream = null;
@@ -75,7 +63,7 @@ async function request(extra) {
 
 function onStatus(status) {
   if (status.call !== page.callId || document.body.dataset.state !== "searching") return;
-  announce(searchText(status));
+  announce(progressText(status));
 }
 
 async function onAssigned(assigned) {

@@ -38,6 +38,19 @@ export function minutes(seconds) {
   return m === 1 ? "about 1 minute" : `about ${m} minutes`;
 }
 
+// What a recipient hears as the search or the queue moves (call.status).
+export function progressText(status) {
+  if (status.state === "queued") {
+    const place = status.position ? `You are number ${status.position} in the queue` : "You are in the queue";
+    return status.eta_s ? `${place}, ${minutes(status.eta_s)}.` : `${place}.`;
+  }
+  if (status.notified > 0) {
+    const who = status.notified === 1 ? "1 volunteer" : `${status.notified} volunteers`;
+    return `Ringing ${who}.`;
+  }
+  return "No volunteer is free just now. Still looking…";
+}
+
 export const LANGUAGES = {
   en: "English",
   fr: "French",

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, Route, expect
+import pytest_asyncio
+from playwright.async_api import Browser, Page, Route, expect
 
 from tests.browser.pages import axe_violations, explain, live, open_as
 from tests.helpers import Server
@@ -106,3 +108,37 @@ async def test_agent_console_shows_the_live_queue(browser: Browser, broker_serve
     await agent.keyboard.press("ArrowDown")
     await expect(live(agent)).to_have_text("You are away. No calls will come to you.")
     await agent.context.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def ui_module_page(browser: Browser, broker_server: Server) -> AsyncIterator[Page]:
+    """A page of the site, to import the pages' own modules into."""
+    page = await open_as(browser, broker_server, "index", "rec-words", "recipient")
+    yield page
+    await page.context.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        ({"state": "searching", "notified": 12}, "Ringing 12 volunteers."),
+        ({"state": "searching", "notified": 1}, "Ringing 1 volunteer."),
+        ({"state": "searching", "notified": 0}, "No volunteer is free just now. Still looking…"),
+        (
+            {"state": "queued", "position": 3, "eta_s": 230},
+            "You are number 3 in the queue, about 4 minutes.",
+        ),
+        (
+            {"state": "queued", "position": 1, "eta_s": 50},
+            "You are number 1 in the queue, about 1 minute.",
+        ),
+        ({"state": "queued", "position": 2}, "You are number 2 in the queue."),
+    ],
+)
+async def test_what_the_recipient_hears_as_the_search_moves(
+    ui_module_page: Page, status: dict[str, object], said: str
+) -> None:
+    text = await ui_module_page.evaluate(
+        "async (status) => (await import('./ui.js')).progressText(status)", status
+    )
+    assert text == said
