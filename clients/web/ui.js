@@ -101,9 +101,16 @@ export function signOut() {
   location.reload();
 }
 
+let reconnecting = false;
+
 export function connectionNotice(state) {
-  if (state === "reconnecting") announce("Connection lost. Reconnecting…");
-  else if (state === "signed-out") {
+  if (state === "reconnecting") {
+    if (!reconnecting) announce("Connection lost. Reconnecting…");
+    reconnecting = true;
+  } else if (state === "open" && reconnecting) {
+    reconnecting = false;
+    announce("Reconnected.");
+  } else if (state === "signed-out") {
     forgetToken();
     showState("signed-out");
     announce("You have been signed out. Please sign in again.");

@@ -44,6 +44,9 @@ function onRing(ring) {
   $("#ring-language").textContent = languageName(ring.language);
   $("#ring-topic").textContent = ring.topic || "Not given";
   $("#ring-note").textContent = ring.note || "None";
+  // Said once, not counted down aloud: a ticking live region would drown the screen reader.
+  const until = new Date(Date.now() + ring.expires_in_s * 1000);
+  $("#ring-expires").textContent = `This ring lasts until ${until.toLocaleTimeString([], { hour: "numeric", minute: "2-digit", second: "2-digit" })}.`;
   showState("ringing");
   const topic = ring.topic ? ` about ${ring.topic}` : "";
   announce(`Call from ${ring.requester.display_name || "a caller"}${topic}, in ${languageName(ring.language)}. Accept or decline.`);

@@ -146,3 +146,55 @@ async def wait_for(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout} s: {describe()}")
         await asyncio.sleep(0.05)
+
+
+async def test_a_dropped_connection_resumes_and_the_call_goes_on(
+    browser: Browser, broker_server: Server
+) -> None:
+    vol = await open_as(browser, broker_server, "volunteer", "vol-resume", "volunteer", name="Uma")
+    await expect(live(vol)).to_have_text(re.compile("Signed in as Uma"))
+    await vol.keyboard.press("Space")
+    await expect(live(vol)).to_have_text("You are on duty. Waiting for a call.")
+    rec = await open_as(browser, broker_server, "recipient", "rec-resume", "recipient", name="Ike")
+    await expect(live(rec)).to_have_text(re.compile("Signed in as Ike"))
+    await rec.keyboard.press("Enter")
+    await expect(live(vol)).to_have_text(re.compile("^Call from Ike"))
+    await expect(vol.locator("#ring-expires")).to_have_text(re.compile("^This ring lasts until"))
+    await vol.keyboard.press("Enter")
+    await expect(live(vol)).to_have_text("Connected to Ike. You can see their camera.")
+    first_session = await vol.evaluate("window.vabrokerPage.session.welcome.session")
+
+    # The volunteer's WebSocket drops (as on a network change); the page resumes its session.
+    await vol.evaluate("window.vabrokerPage.session.ws.close(3000)")
+    await expect(live(vol)).to_have_text("Reconnected.")
+    assert await vol.evaluate("window.vabrokerPage.session.welcome.session") == first_session
+    # Media never went through the broker, so it kept flowing; and the call is still there.
+    frames = await presented_frames(vol, "#remote-video", 1.0)
+    assert frames >= 5, f"{frames} frames after the reconnect"
+    await vol.keyboard.press("Enter")  # focus stayed on Hang up
+    await expect(live(rec)).to_have_text("Call ended. The helper ended the call.")
+    await expect(live(vol)).to_have_text(re.compile("^Call ended. You hung up."))
+    for tab in (vol, rec):
+        await tab.context.close()
+
+
+async def test_volunteer_declines_by_keyboard(browser: Browser, broker_server: Server) -> None:
+    vol = await open_as(browser, broker_server, "volunteer", "vol-decl", "volunteer", name="Dot")
+    await expect(live(vol)).to_have_text(re.compile("Signed in as Dot"))
+    await vol.keyboard.press("Space")
+    await expect(live(vol)).to_have_text("You are on duty. Waiting for a call.")
+    rec = await open_as(browser, broker_server, "recipient", "rec-decl", "recipient", name="Eve")
+    await expect(live(rec)).to_have_text(re.compile("Signed in as Eve"))
+    await rec.keyboard.press("Enter")
+    await expect(live(vol)).to_have_text(re.compile("^Call from Eve"))
+    await vol.keyboard.press("Tab")
+    assert await vol.evaluate("document.activeElement.id") == "decline"
+    await vol.keyboard.press("Enter")
+    await expect(live(vol)).to_have_text("Declined. You are on duty. Waiting for a call.")
+    assert await vol.evaluate("document.activeElement.id") == "duty"
+    # The search goes on (nobody else is on duty); the recipient cancels it.
+    assert await rec.evaluate("document.activeElement.id") == "cancel"
+    await rec.keyboard.press("Enter")
+    await expect(live(rec)).to_have_text("Call ended. The call was cancelled.")
+    for tab in (vol, rec):
+        await tab.context.close()
