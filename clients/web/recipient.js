@@ -62,8 +62,15 @@ async function request(extra) {
 }
 
 function onStatus(status) {
+  // After a reload the broker re-sends the open search: take it up so that it can be cancelled.
+  if (!page.callId && !status.ref && ["searching", "queued"].includes(status.state)) {
+    page.callId = status.call;
+    page.assigned = false;
+    showState("searching");
+  }
   if (status.call !== page.callId || document.body.dataset.state !== "searching") return;
-  announce(progressText(status));
+  page.progress = progressText(status);
+  announce(page.progress);
 }
 
 async function onAssigned(assigned) {
@@ -228,9 +235,16 @@ async function main() {
     showState("idle");
     announce("Ready. Press Call a volunteer when you need help.");
   });
-  showState("idle", { focus: false });
-  $("#call").focus();
-  announce(`Signed in as ${page.session.welcome.user.display_name}. Ready to call a volunteer.`);
+  const name = page.session.welcome.user.display_name;
+  if (page.callId) {
+    // A search taken up after a reload (see onStatus).
+    showState("searching");
+    announce(`Signed in as ${name}. ${page.progress}`);
+  } else {
+    showState("idle", { focus: false });
+    $("#call").focus();
+    announce(`Signed in as ${name}. Ready to call a volunteer.`);
+  }
   partners();
 }
 

@@ -198,3 +198,21 @@ async def test_volunteer_declines_by_keyboard(browser: Browser, broker_server: S
     await expect(live(rec)).to_have_text("Call ended. The call was cancelled.")
     for tab in (vol, rec):
         await tab.context.close()
+
+
+async def test_a_reloaded_recipient_page_takes_up_its_open_search(
+    browser: Browser, broker_server: Server
+) -> None:
+    rec = await open_as(browser, broker_server, "recipient", "rec-reload", "recipient", name="Ola")
+    await expect(live(rec)).to_have_text(re.compile("Signed in as Ola"))
+    await rec.keyboard.press("Enter")
+    await expect(live(rec)).to_have_text("No volunteer is free just now. Still looking…")
+    await rec.reload()
+    await expect(live(rec)).to_have_text(
+        "Signed in as Ola. No volunteer is free just now. Still looking…"
+    )
+    assert await rec.evaluate("document.activeElement.id") == "cancel"
+    await expect(rec.locator("body")).to_have_attribute("data-state", "searching")
+    await rec.click("#cancel")
+    await expect(live(rec)).to_have_text("Call ended. The call was cancelled.")
+    await rec.context.close()
