@@ -1,8 +1,8 @@
 // The agent console: available or away, the organisation's live queue, take the next call,
 // the call itself, and wrap-up before the next one.
 
-import { MediaCall, Session, stopStream } from "./protocol.js";
-import { $, announce, connectionNotice, languageName, minutes, showState, signIn } from "./ui.js";
+import { MediaCall, stopStream } from "./protocol.js";
+import { $, announce, languageName, minutes, showState, startSession } from "./ui.js";
 
 const page = { session: null, ring: null, callId: null, media: null, mic: null, status: "away", queue: null };
 window.vabrokerPage = page; // for diagnostics and the browser tests
@@ -192,36 +192,28 @@ async function ready() {
   announce("You are available. Calls from the queue will come to you.");
 }
 
+// The broker may set an agent away on its own (e.g. after missed rings): say so.
+function onStatusFromBroker(message) {
+  if (message.ref || message.state === page.status) return;
+  page.status = message.state;
+  for (const radio of document.querySelectorAll('input[name="status"]')) {
+    radio.checked = radio.value === page.status;
+  }
+  announce(message.state === "away" ? "You were set to away." : `Your status is now ${message.state}.`);
+}
+
 async function main() {
-  const token = await signIn("agent");
-  page.session = new Session(token, { onConnection: connectionNotice });
-  page.session
-    .on("call.ring", onRing)
-    .on("call.withdrawn", onWithdrawn)
-    .on("call.assigned", onAssigned)
-    .on("signal", onSignal)
-    .on("call.ended", onEnded)
-    .on("queue.update", renderQueue)
-    .on("agent.status", (message) => {
-      // The broker may set an agent away (e.g. after missed rings): say so.
-      if (message.ref || message.state === page.status) return;
-      page.status = message.state;
-      for (const radio of document.querySelectorAll('input[name="status"]')) radio.checked = radio.value === page.status;
-      announce(message.state === "away" ? "You were set to away." : `Your status is now ${message.state}.`);
-    });
-  let welcome;
-  try {
-    welcome = await page.session.connect();
-  } catch (err) {
-    connectionNotice("signed-out");
-    announce(err.message);
-    return;
-  }
-  if (welcome.user.role !== "agent") {
-    showState("signed-out");
-    announce("This console is for agents of a partner organisation.");
-    return;
-  }
+  page.session = await startSession("agent", (session) => {
+    session
+      .on("call.ring", onRing)
+      .on("call.withdrawn", onWithdrawn)
+      .on("call.assigned", onAssigned)
+      .on("signal", onSignal)
+      .on("call.ended", onEnded)
+      .on("queue.update", renderQueue)
+      .on("agent.status", onStatusFromBroker);
+  });
+  const welcome = page.session.welcome;
   $("#org-name").textContent = `— ${welcome.user.org}`;
   for (const radio of document.querySelectorAll('input[name="status"]')) {
     radio.addEventListener("change", () => radio.checked && setStatus(radio.value));

@@ -2,16 +2,15 @@
 // give feedback. Usable with a screen reader alone: every change is said in the live region
 // and focus moves to the one thing to do next.
 
-import { MediaCall, ProtocolError, Session, stopStream } from "./protocol.js";
+import { MediaCall, ProtocolError, stopStream } from "./protocol.js";
 import {
   $,
   LANGUAGES,
   announce,
-  connectionNotice,
   languageName,
   progressText,
   showState,
-  signIn,
+  startSession,
 } from "./ui.js";
 
 const page = { session: null, callId: null, media: null, stream: null, peer: "", assigned: false };
@@ -212,20 +211,13 @@ async function languages() {
 }
 
 async function main() {
-  const token = await signIn("recipient");
-  page.session = new Session(token, { onConnection: connectionNotice });
-  page.session
-    .on("call.status", onStatus)
-    .on("call.assigned", onAssigned)
-    .on("signal", onSignal)
-    .on("call.ended", onEnded);
-  try {
-    await page.session.connect();
-  } catch (err) {
-    connectionNotice("signed-out");
-    announce(err.message);
-    return;
-  }
+  page.session = await startSession("recipient", (session) => {
+    session
+      .on("call.status", onStatus)
+      .on("call.assigned", onAssigned)
+      .on("signal", onSignal)
+      .on("call.ended", onEnded);
+  });
   await languages();
   $("#call").addEventListener("click", () => request({}));
   $("#cancel").addEventListener("click", () => hangUp("call.cancel"));

@@ -1,7 +1,7 @@
 // What the three pages share on screen: the live region, switching between a page's states,
 // moving focus, and signing in.
 
-import { demoSignIn, forgetToken, tokenFromLocation, tokenFromMessage } from "./protocol.js";
+import { Session, demoSignIn, forgetToken, tokenFromLocation, tokenFromMessage } from "./protocol.js";
 
 export const $ = (selector) => document.querySelector(selector);
 
@@ -73,17 +73,18 @@ export function languageName(tag) {
 
 // Resolves with a token: from the fragment or this tab's storage, from a postMessage, or from
 // the demo sign-in button (shown only when the broker runs in demo mode: the button asks, and
-// the broker's answer says whether it does).
-export function signIn(role) {
-  const token = tokenFromLocation();
+// the broker's answer says whether it does). ``problem`` says why a previous token failed.
+export function signIn(role, problem = "") {
+  const token = problem ? null : tokenFromLocation();
   if (token) return Promise.resolve(token);
   showState("signed-out");
-  announce("Please sign in.");
+  $("#sign-in-error").textContent = problem;
+  announce(problem ? `Please sign in. ${problem}` : "Please sign in.");
   return new Promise((resolve) => {
     tokenFromMessage().then(resolve);
     const button = $("#demo-sign-in");
-    if (!button) return;
-    button.addEventListener("click", async () => {
+    button.disabled = false;
+    button.onclick = async () => {
       button.disabled = true;
       try {
         resolve(await demoSignIn(role));
@@ -92,8 +93,39 @@ export function signIn(role) {
         $("#sign-in-error").textContent = err.message;
         button.disabled = false;
       }
-    });
+    };
   });
+}
+
+const ROLE_NAMES = { recipient: "recipients", volunteer: "volunteers", agent: "agents" };
+
+// Signs in and opens the session, registering the page's handlers with ``register`` first.
+// A refused token sends the person back to sign-in, saying why; a token for another role
+// too. An unreachable broker is retried with the same token.
+export async function startSession(role, register) {
+  let problem = "";
+  for (;;) {
+    const token = await signIn(role, problem);
+    const session = new Session(token, { onConnection: connectionNotice });
+    register(session);
+    try {
+      const welcome = await session.connect();
+      if (welcome.user.role === role) return session;
+      session.close();
+      problem = `This page is for ${ROLE_NAMES[role]}, and you signed in as a ${welcome.user.role}.`;
+    } catch (err) {
+      if (err.code === "unauthenticated") {
+        problem = err.message;
+      } else {
+        announce(`${err.message} Trying again…`);
+        await new Promise((wake) => setTimeout(wake, 2000));
+        problem = "";
+        sessionStorage.setItem("vabroker.token", token);
+        continue;
+      }
+    }
+    forgetToken();
+  }
 }
 
 export function signOut() {
@@ -111,8 +143,8 @@ export function connectionNotice(state) {
     reconnecting = false;
     announce("Reconnected.");
   } else if (state === "signed-out") {
+    // The broker refused the token on a reconnect (it expired): start again at sign-in.
     forgetToken();
-    showState("signed-out");
-    announce("You have been signed out. Please sign in again.");
+    location.reload();
   }
 }

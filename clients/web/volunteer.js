@@ -1,8 +1,8 @@
 // The volunteer's page: go on duty, hear and see a ring, accept or decline, see the caller's
 // camera and talk back, and look at past calls.
 
-import { MediaCall, Session, stopStream } from "./protocol.js";
-import { $, announce, connectionNotice, languageName, showState, signIn } from "./ui.js";
+import { MediaCall, stopStream } from "./protocol.js";
+import { $, announce, languageName, showState, startSession } from "./ui.js";
 
 const page = { session: null, ring: null, callId: null, media: null, mic: null, onDuty: false };
 window.vabrokerPage = page; // for diagnostics and the browser tests
@@ -199,21 +199,14 @@ async function exportCsv() {
 }
 
 async function main() {
-  const token = await signIn("volunteer");
-  page.session = new Session(token, { onConnection: connectionNotice });
-  page.session
-    .on("call.ring", onRing)
-    .on("call.withdrawn", onWithdrawn)
-    .on("call.assigned", onAssigned)
-    .on("signal", onSignal)
-    .on("call.ended", onEnded);
-  try {
-    await page.session.connect();
-  } catch (err) {
-    connectionNotice("signed-out");
-    announce(err.message);
-    return;
-  }
+  page.session = await startSession("volunteer", (session) => {
+    session
+      .on("call.ring", onRing)
+      .on("call.withdrawn", onWithdrawn)
+      .on("call.assigned", onAssigned)
+      .on("signal", onSignal)
+      .on("call.ended", onEnded);
+  });
   $("#duty").addEventListener("click", () => setDuty(!page.onDuty));
   $("#accept").addEventListener("click", accept);
   $("#decline").addEventListener("click", decline);

@@ -262,15 +262,6 @@ async def test_demo_sign_in_only_in_demo_mode(browser: Browser, broker_server: S
         await context.close()
 
 
-async def test_token_in_fragment_is_removed_from_the_address(
-    browser: Browser, broker_server: Server
-) -> None:
-    tab = await open_as(browser, broker_server, "recipient", "rec-frag", "recipient", name="Fay")
-    await expect(live(tab)).to_have_text(re.compile("Signed in as Fay"))
-    assert "token" not in tab.url
-    await tab.context.close()
-
-
 async def test_the_axe_check_can_fail(browser: Browser, broker_server: Server) -> None:
     """The check above is real: the same helper reports a broken page."""
     tab = await open_as(browser, broker_server, "recipient", "rec-broken", "recipient")
@@ -282,4 +273,45 @@ async def test_the_axe_check_can_fail(browser: Browser, broker_server: Server) -
     )
     ids = {v["id"] for v in await axe_violations(tab)}
     assert {"image-alt", "button-name"} <= ids, ids
+    await tab.context.close()
+
+
+async def test_a_refused_token_sends_the_person_back_to_sign_in(
+    browser: Browser, broker_server: Server
+) -> None:
+    context = await new_context(browser)
+    tab = await open_page(context, broker_server, "recipient", "not-a-token")
+    await expect(live(tab)).to_have_text("Please sign in. The token is not a JWT.")
+    assert await tab.evaluate("sessionStorage.getItem('vabroker.token')") is None
+    assert await focused(tab) == "demo-sign-in"
+    await tab.keyboard.press("Enter")  # demo mode is on for this broker
+    await expect(live(tab)).to_have_text(re.compile(r"^Signed in as Demo recipient"))
+    # A volunteer's token on the recipient's page is refused with a reason.
+    tab = await open_page(
+        context, broker_server, "recipient", broker_server.token("v-wrong", "volunteer")
+    )
+    await expect(live(tab)).to_have_text(
+        "Please sign in. This page is for recipients, and you signed in as a volunteer."
+    )
+    await context.close()
+
+
+async def test_sign_in_by_fragment_or_post_message_never_query_string(
+    browser: Browser, broker_server: Server
+) -> None:
+    token = broker_server.token("rec-qs", "recipient", name="Quin")
+    context = await new_context(browser)
+    tab = await context.new_page()
+    await tab.goto(f"{broker_server.url}/app/recipient.html?token={token}")
+    await expect(live(tab)).to_have_text("Please sign in.")
+    # The deployment's sign-in page (same origin) posts the token.
+    await tab.evaluate(
+        "(token) => window.postMessage({type: 'vabroker.token', token}, location.origin)", token
+    )
+    await expect(live(tab)).to_have_text("Signed in as Quin. Ready to call a volunteer.")
+    await context.close()
+
+    tab = await open_as(browser, broker_server, "recipient", "rec-frag", "recipient", name="Fay")
+    await expect(live(tab)).to_have_text(re.compile("Signed in as Fay"))
+    assert "token" not in tab.url
     await tab.context.close()
