@@ -146,6 +146,17 @@ export class Session {
     this.closedByUs = false;
     this.ws = null;
     this.retries = 0;
+    this.reconnectAfterS = null;
+    // A phone that slept may hold a socket that is dead without knowing it: when the page is
+    // shown again, a ping that goes unanswered for 5 s closes it, and the session resumes.
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState !== "visible" || !this.ws) return;
+      if (this.ws.readyState !== WebSocket.OPEN) return;
+      const ws = this.ws;
+      this.ping(5000).catch(() => {
+        if (this.ws === ws && !this.closedByUs) ws.close(3001);
+      });
+    });
   }
 
   on(type, handler) {
@@ -204,7 +215,9 @@ export class Session {
           this.onConnection("signed-out");
           return;
         }
-        this.reconnect(0.5);
+        const afterS = this.reconnectAfterS ?? 0.5;
+        this.reconnectAfterS = null;
+        this.reconnect(Math.max(afterS, 0.1));
       };
     });
   }
@@ -231,7 +244,8 @@ export class Session {
       if (message.type === "error" || message.type === "ack" || message.type === "pong") return;
     }
     if (message.type === "reconnect") {
-      this.closedByUs = false;
+      // The broker node is going away: come back (to another node) after after_s and resume.
+      this.reconnectAfterS = message.after_s || 0;
       this.ws.close(1000);
       return;
     }
@@ -259,8 +273,8 @@ export class Session {
     });
   }
 
-  ping() {
-    return this.request({ type: "ping" });
+  ping(timeoutMs = 10000) {
+    return this.request({ type: "ping" }, timeoutMs);
   }
 
   close() {

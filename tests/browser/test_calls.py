@@ -11,7 +11,7 @@ from playwright.async_api import Browser, expect
 
 from tests.browser.bot import Bot
 from tests.browser.pages import live, open_as, presented_frames
-from tests.helpers import Server
+from tests.helpers import Server, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -216,3 +216,18 @@ async def test_a_reloaded_recipient_page_takes_up_its_open_search(
     await rec.click("#cancel")
     await expect(live(rec)).to_have_text("Call ended. The call was cancelled.")
     await rec.context.close()
+
+
+async def test_a_page_follows_the_brokers_reconnect(browser: Browser) -> None:
+    """A broker node shutting down tells its clients to reconnect; the page comes back and
+    resumes its session (here the same server, which keeps running)."""
+    async with start_server() as srv:
+        vol = await open_as(browser, srv, "volunteer", "vol-restart", "volunteer", name="Rey")
+        await expect(live(vol)).to_have_text(re.compile("Signed in as Rey"))
+        session = await vol.evaluate("window.vabrokerPage.session.welcome.session")
+        await srv.ctx.hub.shutdown()
+        await expect(live(vol)).to_have_text("Reconnected.")
+        assert await vol.evaluate("window.vabrokerPage.session.welcome.session") == session
+        await vol.keyboard.press("Space")
+        await expect(live(vol)).to_have_text("You are on duty. Waiting for a call.")
+        await vol.context.close()
