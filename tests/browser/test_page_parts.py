@@ -1,9 +1,11 @@
-"""The recipient's partner directory and the agent's live queue, rendered from the documented
-shapes of ``GET /v1/orgs`` and ``GET /v1/orgs/{id}/queue``.
+"""Parts of the pages that need no second person: the recipient's partner directory and the
+agent's live queue (rendered from the documented shapes of ``GET /v1/orgs`` and
+``GET /v1/orgs/{id}/queue``), what a recipient hears as the search moves, and the protocol
+module's checking of server messages.
 
-Those routes belong to the partner-queues work; until the broker serves them, these tests answer
-the two requests in the browser (Playwright's request routing) so that the pages' rendering,
-wording and accessibility are checked now. Everything else on the page talks to the real broker.
+The two org routes belong to the partner-queues work; until the broker serves them, these tests
+answer those two requests in the browser (Playwright's request routing) so that the pages'
+rendering, wording and accessibility are checked now. Everything else talks to the real broker.
 """
 
 from __future__ import annotations
@@ -142,3 +144,55 @@ async def test_what_the_recipient_hears_as_the_search_moves(
         "async (status) => (await import('./ui.js')).progressText(status)", status
     )
     assert text == said
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        ("not json", "The broker sent something that is not JSON."),
+        ('{"call": "c_1"}', "The broker sent a message without a type."),
+        ('{"type": "call.ring", "call": 7}', "The broker's call.ring has a bad call."),
+        (
+            '{"type": "call.assigned", "call": "c", "peer": {}, "ice_servers": [], "offerer": "yes"}',
+            "The broker's call.assigned has a bad offerer.",
+        ),
+        (
+            '{"type": "call.status", "call": "c", "state": "queued", "position": "3"}',
+            "bad position",
+        ),
+    ],
+)
+async def test_the_pages_check_every_server_message(
+    ui_module_page: Page, frame: str, problem: str
+) -> None:
+    said = await ui_module_page.evaluate(
+        """async (frame) => {
+            const { parseServer } = await import('./protocol.js');
+            try { parseServer(frame); return 'accepted'; } catch (err) { return err.message; }
+        }""",
+        frame,
+    )
+    assert problem in said
+
+
+async def test_the_pages_accept_good_and_newer_messages(ui_module_page: Page) -> None:
+    kinds = await ui_module_page.evaluate(
+        """async () => {
+            const { parseServer } = await import('./protocol.js');
+            return [
+                '{"type": "call.withdrawn", "call": "c", "reason": "answered", "extra": 1}',
+                '{"type": "call.ended", "call": "c", "reason": "completed"}',
+                '{"type": "something.new", "x": 1}',
+            ].map((f) => parseServer(f).type);
+        }"""
+    )
+    assert kinds == ["call.withdrawn", "call.ended", "something.new"]
+
+
+async def test_ping_is_answered(browser: Browser, broker_server: Server) -> None:
+    rec = await open_as(browser, broker_server, "recipient", "rec-ping", "recipient")
+    await expect(live(rec)).to_have_text(re.compile("Signed in as"))
+    assert (
+        await rec.evaluate("async () => (await window.vabrokerPage.session.ping()).type") == "pong"
+    )
+    await rec.context.close()
