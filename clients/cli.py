@@ -19,6 +19,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument("--store", help="state store URL: memory:// (default) or redis://host:port/db")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        default=None,
+        help="add a demo sign-in to the browser pages (mints tokens for demo users)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -28,7 +34,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides = {
         k: v
-        for k, v in {"host": args.host, "port": args.port, "store_url": args.store}.items()
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "store_url": args.store,
+            "demo": args.demo,
+        }.items()
         if v is not None
     }
     try:

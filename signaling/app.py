@@ -103,13 +103,14 @@ def build_context(
 def create_app(
     settings: Settings, store: Store | None = None, clock: Clock | None = None
 ) -> web.Application:
-    from signaling import api, ws  # the route modules import this one for Context
+    from signaling import api, pages, ws  # the route modules import this one for Context
 
     ctx = build_context(settings, store, clock)
     app = web.Application(client_max_size=256 * 1024)
     app[CONTEXT] = ctx
     app.router.add_get("/v1/ws", ws.handle)
     api.add_routes(app)
+    pages.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ctx.store.ping()

@@ -46,6 +46,13 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     print(
         f"vabroker listening on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True
     )
+    if settings.demo:
+        print(
+            f"demo mode: open http://{settings.host}:{settings.port}/app/ in two tabs and use the "
+            "demo sign-in (never run --demo where real people sign in)",
+            file=sys.stderr,
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,225 @@
+// The volunteer's page: go on duty, hear and see a ring, accept or decline, see the caller's
+// camera and talk back, and look at past calls.
+
+import { MediaCall, stopStream } from "./protocol.js";
+import { $, announce, languageName, showState, startSession } from "./ui.js";
+
+const page = { session: null, ring: null, callId: null, media: null, mic: null, onDuty: false };
+window.vabrokerPage = page; // for diagnostics and the browser tests
+
+const WITHDRAWN = {
+  answered: "Someone else answered that call. Thank you for being there.",
+  cancelled: "The caller cancelled.",
+  expired: "The ring ended without an answer.",
+};
+
+const ENDED = {
+  completed: (by) => (by === "volunteer" || by === "agent" ? "You hung up." : "The caller ended the call."),
+  cancelled: () => "The call was cancelled.",
+  peer_lost: () => "The connection to the caller was lost.",
+  failed: () => "The call failed.",
+};
+
+function waitingText() {
+  return page.onDuty ? "You are on duty. Waiting for a call." : "You are off duty.";
+}
+
+async function setDuty(onDuty) {
+  try {
+    const answer = await page.session.request({ type: "availability", available: onDuty });
+    page.onDuty = answer.available;
+  } catch (err) {
+    announce(err.message);
+    return;
+  }
+  const button = $("#duty");
+  button.setAttribute("aria-checked", String(page.onDuty));
+  announce(waitingText());
+}
+
+function onRing(ring) {
+  if (page.callId) return; // busy: the broker does not ring someone in a call
+  page.ring = ring;
+  $("#ring-from").textContent = ring.requester.display_name || "A caller";
+  $("#ring-language").textContent = languageName(ring.language);
+  $("#ring-topic").textContent = ring.topic || "Not given";
+  $("#ring-note").textContent = ring.note || "None";
+  // Said once, not counted down aloud: a ticking live region would drown the screen reader.
+  const until = new Date(Date.now() + ring.expires_in_s * 1000);
+  $("#ring-expires").textContent = `This ring lasts until ${until.toLocaleTimeString([], { hour: "numeric", minute: "2-digit", second: "2-digit" })}.`;
+  showState("ringing");
+  const topic = ring.topic ? ` about ${ring.topic}` : "";
+  announce(`Call from ${ring.requester.display_name || "a caller"}${topic}, in ${languageName(ring.language)}. Accept or decline.`);
+}
+
+function onWithdrawn(message) {
+  if (!page.ring || message.call !== page.ring.call) return;
+  page.ring = null;
+  showState("idle");
+  announce(WITHDRAWN[message.reason] || "The ring ended.");
+}
+
+async function accept() {
+  const ring = page.ring;
+  if (!ring) return;
+  announce("Accepting…");
+  try {
+    page.mic = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+  } catch (err) {
+    announce(`Your microphone could not be started (${err.name}). The caller will not hear you.`);
+  }
+  try {
+    await page.session.request({ type: "call.accept", call: ring.call });
+  } catch (err) {
+    stopStream(page.mic);
+    page.mic = null;
+    page.ring = null;
+    showState("idle");
+    announce(err.code === "conflict" ? WITHDRAWN.answered : err.message);
+  }
+}
+
+async function decline() {
+  const ring = page.ring;
+  if (!ring) return;
+  page.ring = null;
+  await page.session.request({ type: "call.decline", call: ring.call }).catch(() => {});
+  showState("idle");
+  announce(`Declined. ${waitingText()}`);
+}
+
+function onAssigned(assigned) {
+  if (page.media) return;
+  page.ring = null;
+  page.callId = assigned.call;
+  const name = assigned.peer.display_name || "the caller";
+  showState("in-call");
+  $("#call-detail").textContent = `You are helping ${name}.`;
+  announce(`Connecting to ${name}…`);
+  page.media = new MediaCall(page.session, assigned, {
+    localStream: page.mic,
+    onRemoteTrack: (track, stream) => {
+      const video = $("#remote-video");
+      if (video.srcObject !== stream) video.srcObject = stream || new MediaStream([track]);
+    },
+    onMediaState: (state) => {
+      if (state === "connected") announce(`Connected to ${name}. You can see their camera.`);
+      else if (state === "failed") announce("The video connection failed. You can hang up.");
+    },
+  });
+  page.media.start();
+}
+
+function onSignal(message) {
+  if (page.media && message.call === page.callId) {
+    page.media.handleSignal(message.data).catch((err) => console.warn(err));
+  }
+}
+
+function onEnded(message) {
+  if (message.call !== page.callId) return;
+  if (page.media) page.media.close();
+  page.media = null;
+  stopStream(page.mic);
+  page.mic = null;
+  page.callId = null;
+  $("#remote-video").srcObject = null;
+  const text = (ENDED[message.reason] || (() => "The call ended."))(message.by);
+  $("#ended-detail").textContent = text;
+  showState("ended");
+  announce(`Call ended. ${text} ${waitingText()}`);
+  history();
+}
+
+async function hangUp() {
+  if (!page.callId) return;
+  await page.session.request({ type: "call.end", call: page.callId }).catch((err) => {
+    if (err.code !== "conflict") announce(err.message);
+  });
+}
+
+const COLUMNS = [
+  ["requested", "Requested"],
+  ["language", "Language"],
+  ["topic", "Topic"],
+  ["duration_s", "Length (s)"],
+  ["reason", "Outcome"],
+];
+
+async function history() {
+  const box = $("#history");
+  const response = await page.session.api("/v1/me/calls").catch(() => null);
+  if (!response || !response.ok) {
+    box.innerHTML = "<p>Your calls could not be loaded.</p>";
+    return;
+  }
+  const { calls } = await response.json();
+  if (!calls.length) {
+    box.innerHTML = '<p class="muted">No calls yet.</p>';
+    return;
+  }
+  const table = document.createElement("table");
+  table.createCaption().textContent = `${calls.length} call${calls.length === 1 ? "" : "s"}`;
+  const head = table.createTHead().insertRow();
+  for (const [, title] of COLUMNS) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = title;
+    head.append(th);
+  }
+  const body = table.createTBody();
+  for (const call of calls) {
+    const row = body.insertRow();
+    for (const [key] of COLUMNS) {
+      let value = call[key];
+      if (key === "requested" && value) value = new Date(value).toLocaleString();
+      if (key === "language" && value) value = languageName(value);
+      row.insertCell().textContent = value ?? "";
+    }
+  }
+  box.replaceChildren(table);
+}
+
+async function exportCsv() {
+  const response = await page.session.api("/v1/me/calls?format=csv", { accept: "text/csv" }).catch(() => null);
+  if (!response || !response.ok) {
+    announce("Your calls could not be exported.");
+    return;
+  }
+  // The API needs the token in a header, so the file is fetched here and handed to the browser.
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = "calls.csv";
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  announce("Your calls were downloaded as calls.csv.");
+}
+
+async function main() {
+  page.session = await startSession("volunteer", (session) => {
+    session
+      .on("call.ring", onRing)
+      .on("call.withdrawn", onWithdrawn)
+      .on("call.assigned", onAssigned)
+      .on("signal", onSignal)
+      .on("call.ended", onEnded);
+  });
+  $("#duty").addEventListener("click", () => setDuty(!page.onDuty));
+  $("#accept").addEventListener("click", accept);
+  $("#decline").addEventListener("click", decline);
+  $("#hang-up").addEventListener("click", hangUp);
+  $("#refresh-history").addEventListener("click", async () => {
+    await history();
+    announce("Your calls are up to date.");
+  });
+  $("#export-csv").addEventListener("click", exportCsv);
+  showState("idle", { focus: false });
+  $("#duty").focus();
+  announce(`Signed in as ${page.session.welcome.user.display_name}. You are off duty.`);
+  history();
+}
+
+main();

@@ -1,0 +1,94 @@
+"""Helpers of the browser tests and the screenshot script: Chromium, signed-in pages, axe-core,
+and counting the frames a <video> element really presents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Browser, BrowserContext, Locator, Page
+
+from tests.helpers import Server
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; a downloaded browser is never used
+CHROMIUM_ARGS = [
+    "--use-fake-device-for-media-stream",  # a synthetic 640x480 camera at 20 fps and a beep
+    "--use-fake-ui-for-media-stream",  # camera and microphone permission granted
+    "--allow-loopback-in-peer-connection",  # gather 127.0.0.1 candidates
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+AXE = Path(__file__).parent / ".axe" / "node_modules" / "axe-core" / "axe.min.js"
+WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"]
+
+
+async def new_context(browser: Browser) -> BrowserContext:
+    context = await browser.new_context(viewport={"width": 900, "height": 1100})
+    await context.grant_permissions(["camera", "microphone"])
+    return context
+
+
+async def open_page(
+    context: BrowserContext, server: Server, page: str, token: str | None = None
+) -> Page:
+    """``page`` (recipient, volunteer, agent) signed in with ``token`` in the URL fragment."""
+    tab = await context.new_page()
+    tab.set_default_timeout(15_000)
+    fragment = f"#token={token}" if token else ""
+    await tab.goto(f"{server.url}/app/{page}.html{fragment}")
+    return tab
+
+
+async def open_as(
+    browser: Browser, server: Server, page: str, sub: str, role: str, **claims: Any
+) -> Page:
+    context = await new_context(browser)
+    return await open_page(context, server, page, server.token(sub, role, **claims))
+
+
+def live(page: Page) -> Locator:
+    """The page's ARIA live region: everything the page says to a screen reader."""
+    return page.locator("#live")
+
+
+async def axe_violations(page: Page) -> list[dict[str, Any]]:
+    """axe-core's WCAG 2.2 A/AA (and best-practice) violations on the page as it is now."""
+    if not await page.evaluate("typeof window.axe !== 'undefined'"):
+        # Evaluated rather than added as a <script>: the pages' CSP forbids inline scripts.
+        await page.evaluate(AXE.read_text() + "\n;true")
+    result = await page.evaluate(
+        "async (tags) => (await axe.run(document, {runOnly: {type: 'tag', values: tags}}))"
+        ".violations.map(v => ({id: v.id, impact: v.impact, help: v.help,"
+        " nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}))",
+        WCAG_TAGS,
+    )
+    return list(result)
+
+
+def explain(violations: list[dict[str, Any]]) -> str:
+    return json.dumps(violations, indent=1)
+
+
+async def presented_frames(page: Page, selector: str, seconds: float) -> int:
+    """Frames the <video> presents within ``seconds``, counted with requestVideoFrameCallback
+    (decoded and composited frames, not just bytes received)."""
+    count: int = await page.evaluate(
+        """([selector, ms]) => new Promise((resolve) => {
+            const video = document.querySelector(selector);
+            let frames = 0;
+            const start = performance.now();
+            const tick = () => {
+                frames += 1;
+                if (performance.now() - start < ms) video.requestVideoFrameCallback(tick);
+            };
+            video.requestVideoFrameCallback(tick);
+            setTimeout(() => resolve(frames), ms);
+        })""",
+        [selector, seconds * 1000],
+    )
+    return count

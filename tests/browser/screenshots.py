@@ -1,0 +1,75 @@
+"""Screenshots of the pages in their main states, for the README.
+
+    .venv/bin/python -m tests.browser.screenshots [OUT_DIR]   (default docs/screenshots)
+
+Starts a broker on 127.0.0.1, drives the pages in Debian's headless Chromium with the fake
+camera (the same helpers as the browser tests), and writes one PNG per page and state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from pathlib import Path
+
+from playwright.async_api import Page, async_playwright, expect
+
+from tests.browser.pages import CHROMIUM, CHROMIUM_ARGS, live, open_as
+from tests.helpers import start_server
+
+
+async def shoot(page: Page, out: Path, name: str) -> None:
+    path = out / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    print(path)
+
+
+async def main(out: Path) -> None:
+    async with start_server(demo=True) as server, async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        vol = await open_as(browser, server, "volunteer", "vol-shot", "volunteer", name="Val")
+        await expect(live(vol)).to_have_text(re.compile("Signed in as"))
+        await vol.click("#duty")
+        await expect(live(vol)).to_have_text("You are on duty. Waiting for a call.")
+        await shoot(vol, out, "volunteer-on-duty")
+
+        rec = await open_as(browser, server, "recipient", "rec-shot", "recipient", name="Rae")
+        await expect(live(rec)).to_have_text(re.compile("Signed in as"))
+        await expect(rec.locator("#partners")).not_to_contain_text("Loading")
+        await shoot(rec, out, "recipient-idle")
+        await rec.fill("#topic", "reading a medicine label")
+        await rec.click("#call")
+        await expect(live(rec)).to_have_text("Ringing 1 volunteer.")
+        await rec.wait_for_function("document.querySelector('#preview').readyState >= 2")
+        await shoot(rec, out, "recipient-searching")
+        await expect(live(vol)).to_have_text(re.compile("^Call from Rae"))
+        await vol.emulate_media(reduced_motion="reduce")  # a still frame of the ring
+        await shoot(vol, out, "volunteer-ringing")
+        await vol.click("#accept")
+        await expect(live(vol)).to_have_text(re.compile("^Connected"))
+        await expect(live(rec)).to_have_text(re.compile("^Connected"))
+        await vol.wait_for_function("document.querySelector('#remote-video').readyState >= 2")
+        await asyncio.sleep(0.5)  # a few frames in, so the picture is not the first one
+        await shoot(vol, out, "volunteer-in-call")
+        await shoot(rec, out, "recipient-in-call")
+        await rec.click("#hang-up")
+        await expect(live(rec)).to_have_text("Call ended. You hung up.")
+        await shoot(rec, out, "recipient-ended")
+
+        agent = await open_as(
+            browser, server, "agent", "agent-shot", "agent", name="Ada", org="acme"
+        )
+        await expect(live(agent)).to_have_text(re.compile("Signed in as"))
+        await agent.check('input[value="available"]')
+        await expect(live(agent)).to_have_text(re.compile("^You are available"))
+        await shoot(agent, out, "agent-available")
+        await browser.close()
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/screenshots")
+    target.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main(target))

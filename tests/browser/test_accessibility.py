@@ -1,0 +1,317 @@
+"""WCAG 2.2 AA checks of every page in each of its states (axe-core), keyboard-only runs of the
+main flows with the live region asserted at each step, reflow at 320 px (400% zoom of a 1280 px
+window, which covers 200%), reduced motion and target sizes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.async_api import Browser, Page, expect
+
+from broker.store.memory import MemoryStore
+from tests.browser.pages import (
+    axe_violations,
+    explain,
+    live,
+    new_context,
+    open_as,
+    open_page,
+)
+from tests.helpers import Server, start_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def assert_accessible(page: Page, state: str) -> None:
+    await expect(page.locator("body")).to_have_attribute("data-state", state)
+    violations = await axe_violations(page)
+    assert violations == [], f"{page.url.split('#')[0]} in state {state}:\n{explain(violations)}"
+    # Every visible control is a large target (WCAG 2.5.8 asks for 24 px; these are 44+).
+    small = await page.evaluate(
+        """() => [...document.querySelectorAll('button, select, input, textarea, a.button')]
+            .filter((el) => el.offsetParent !== null)
+            .map((el) => [el.id || el.textContent.trim(), el.getBoundingClientRect()])
+            .filter(([, r]) => r.width < 24 || r.height < 24)
+            .map(([name, r]) => `${name}: ${r.width}x${r.height}`)"""
+    )
+    assert small == [], f"small targets in state {state}: {small}"
+
+
+async def focused(page: Page) -> str:
+    return str(
+        await page.evaluate("() => document.activeElement.id || document.activeElement.tagName")
+    )
+
+
+async def test_every_page_in_every_state_has_no_axe_violations(
+    browser: Browser, broker_server: Server
+) -> None:
+    # Signed out (no token): the sign-in state of each page.
+    context = await new_context(browser)
+    for name in ("recipient", "volunteer", "agent"):
+        tab = await open_page(context, broker_server, name)
+        await expect(live(tab)).to_have_text("Please sign in.")
+        await assert_accessible(tab, "signed-out")
+        await tab.close()
+    index = await open_page(context, broker_server, "index")
+    violations = await axe_violations(index)
+    assert violations == [], explain(violations)
+    await context.close()
+
+    rec = await open_as(browser, broker_server, "recipient", "rec-axe", "recipient", name="Rae")
+    await expect(live(rec)).to_have_text(re.compile("Signed in as Rae"))
+    await expect(rec.locator("#partners")).to_contain_text("does not offer help from partner")
+    await assert_accessible(rec, "idle")
+    # The dark colour scheme meets the same contrast rules.
+    await rec.emulate_media(color_scheme="dark")
+    await assert_accessible(rec, "idle")
+    await rec.emulate_media(color_scheme="light")
+    # Searching with nobody on duty.
+    await rec.click("#call")
+    await expect(live(rec)).to_have_text("No volunteer is free just now. Still looking…")
+    await assert_accessible(rec, "searching")
+    await rec.click("#cancel")
+    await expect(live(rec)).to_have_text("Call ended. The call was cancelled.")
+    await assert_accessible(rec, "ended")
+    await rec.click("#again")
+    await expect(live(rec)).to_have_text(re.compile("^Ready"))
+
+    vol = await open_as(browser, broker_server, "volunteer", "vol-axe", "volunteer", name="Val")
+    await expect(live(vol)).to_have_text(re.compile("Signed in as Val"))
+    await assert_accessible(vol, "idle")
+    await vol.click("#duty")
+    await expect(live(vol)).to_have_text("You are on duty. Waiting for a call.")
+    await assert_accessible(vol, "idle")
+
+    # Ringing: the recipient's search and the volunteer's ring.
+    await rec.click("#call")
+    await expect(live(rec)).to_have_text("Ringing 1 volunteer.")
+    await assert_accessible(rec, "searching")
+    await expect(live(vol)).to_have_text(re.compile("^Call from Rae"))
+    await assert_accessible(vol, "ringing")
+    await vol.emulate_media(color_scheme="dark")
+    await assert_accessible(vol, "ringing")
+    await vol.emulate_media(color_scheme="light")
+    # The ring's pulse stops for people who ask for reduced motion.
+    assert (
+        await vol.evaluate("getComputedStyle(document.querySelector('.ring')).animationName")
+        == "pulse"
+    )
+    await vol.emulate_media(reduced_motion="reduce")
+    assert (
+        await vol.evaluate("getComputedStyle(document.querySelector('.ring')).animationName")
+        == "none"
+    )
+
+    # In call, on both pages.
+    await vol.click("#accept")
+    await expect(live(vol)).to_have_text("Connected to Rae. You can see their camera.")
+    await expect(live(rec)).to_have_text("Connected to Val. They can see your camera now.")
+    await assert_accessible(vol, "in-call")
+    await assert_accessible(rec, "in-call")
+
+    # Ended, on both pages (the recipient with the feedback form).
+    await rec.click("#hang-up")
+    await expect(live(rec)).to_have_text("Call ended. You hung up.")
+    await expect(live(vol)).to_have_text(re.compile("^Call ended. The caller ended the call."))
+    await assert_accessible(rec, "ended")
+    await assert_accessible(vol, "ended")
+    await expect(rec.locator("#feedback")).to_be_visible()
+
+    agent = await open_as(
+        browser, broker_server, "agent", "agent-axe", "agent", name="Ada", org="acme"
+    )
+    await expect(live(agent)).to_have_text("Signed in as Ada of acme. You are away.")
+    await expect(agent.locator("#queue")).to_contain_text("does not run a queue")
+    await assert_accessible(agent, "idle")
+    for tab in (rec, vol, agent):
+        await tab.context.close()
+
+
+async def test_pages_reflow_at_320_css_pixels(browser: Browser, broker_server: Server) -> None:
+    """400% zoom of a 1280 px window is a 320 px viewport: no sideways scrolling (WCAG 1.4.10)."""
+    for name, role, extra in (
+        ("recipient", "recipient", {}),
+        ("volunteer", "volunteer", {}),
+        ("agent", "agent", {"org": "acme"}),
+    ):
+        context = await browser.new_context(viewport={"width": 320, "height": 640})
+        tab = await open_page(
+            context, broker_server, name, broker_server.token(f"{name}-zoom", role, **extra)
+        )
+        await expect(live(tab)).to_have_text(re.compile("Signed in as"))
+        width = await tab.evaluate("document.documentElement.scrollWidth")
+        assert width <= 320, f"{name} page is {width} px wide at a 320 px viewport"
+        await context.close()
+
+
+async def test_keyboard_only_call_accept_and_hang_up(
+    browser: Browser, broker_server: Server
+) -> None:
+    vol = await open_as(browser, broker_server, "volunteer", "vol-kb", "volunteer", name="Kay")
+    await expect(live(vol)).to_have_text("Signed in as Kay. You are off duty.")
+    assert await focused(vol) == "duty"
+    # The focus ring is visible on the focused control.
+    outline = await vol.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"
+    await vol.keyboard.press("Space")
+    await expect(live(vol)).to_have_text("You are on duty. Waiting for a call.")
+    await expect(vol.locator("#duty")).to_have_attribute("aria-checked", "true")
+
+    rec = await open_as(browser, broker_server, "recipient", "rec-kb", "recipient", name="Lee")
+    await expect(live(rec)).to_have_text("Signed in as Lee. Ready to call a volunteer.")
+    # From the top of the page, Tab order reaches the language, the topic, then the big button.
+    await rec.keyboard.press("Shift+Tab")
+    assert await focused(rec) == "topic"
+    await rec.keyboard.type("my post")
+    await rec.keyboard.press("Tab")
+    assert await focused(rec) == "call"
+    await rec.keyboard.press("Enter")
+    await expect(live(rec)).to_have_text("Ringing 1 volunteer.")
+    assert await focused(rec) == "cancel"
+
+    await expect(live(vol)).to_have_text(
+        "Call from Lee about my post, in English. Accept or decline."
+    )
+    assert await focused(vol) == "accept"
+    await vol.keyboard.press("Enter")
+    await expect(live(vol)).to_have_text("Connected to Lee. You can see their camera.")
+    assert await focused(vol) == "hang-up"
+    await expect(live(rec)).to_have_text("Connected to Kay. They can see your camera now.")
+    assert await focused(rec) == "hang-up"
+
+    await rec.keyboard.press("Enter")
+    await expect(live(rec)).to_have_text("Call ended. You hung up.")
+    assert await focused(rec) == "h-ended"
+    await expect(live(vol)).to_have_text(
+        "Call ended. The caller ended the call. You are on duty. Waiting for a call."
+    )
+    assert await focused(vol) == "h-ended"
+
+    # Feedback by keyboard: the first radio ("Yes, it helped") is checked; choose "No",
+    # report nothing, submit.
+    await rec.keyboard.press("Tab")
+    assert await rec.evaluate("document.activeElement.name") == "rating"
+    await rec.keyboard.press("ArrowDown")
+    assert await rec.evaluate("document.activeElement.value") == "down"
+    for _ in range(3):  # report, comment, send
+        await rec.keyboard.press("Tab")
+    assert await focused(rec) == "send-feedback"
+    await rec.keyboard.press("Enter")
+    await expect(live(rec)).to_have_text("Thank you. Your feedback was sent.")
+    assert await focused(rec) == "again"
+    call_id = await rec.evaluate("window.vabrokerPage.callId")
+    store = broker_server.ctx.store
+    assert isinstance(store, MemoryStore)
+    given = [(f.user_id, f.rating, f.report) for f in store._feedback_log if f.call_id == call_id]
+    assert given == [("rec-kb", "down", None)]
+    await rec.keyboard.press("Enter")
+    await expect(live(rec)).to_have_text("Ready. Press Call a volunteer when you need help.")
+    assert await focused(rec) == "call"
+    for tab in (vol, rec):
+        await tab.context.close()
+
+
+async def test_volunteer_hears_someone_else_answered(
+    browser: Browser, broker_server: Server
+) -> None:
+    first = await open_as(browser, broker_server, "volunteer", "vol-w1", "volunteer", name="Wes")
+    second = await open_as(browser, broker_server, "volunteer", "vol-w2", "volunteer", name="Xia")
+    for tab in (first, second):
+        await expect(live(tab)).to_have_text(re.compile("You are off duty"))
+        await tab.keyboard.press("Space")
+        await expect(live(tab)).to_have_text("You are on duty. Waiting for a call.")
+    rec = await open_as(browser, broker_server, "recipient", "rec-w", "recipient", name="Yan")
+    await expect(live(rec)).to_have_text(re.compile("Signed in as Yan"))
+    await rec.keyboard.press("Enter")
+    await expect(live(rec)).to_have_text("Ringing 2 volunteers.")
+    await expect(live(first)).to_have_text(re.compile("^Call from Yan"))
+    await expect(live(second)).to_have_text(re.compile("^Call from Yan"))
+    await first.keyboard.press("Enter")
+    await expect(live(second)).to_have_text(
+        "Someone else answered that call. Thank you for being there."
+    )
+    assert await focused(second) == "duty"
+    await expect(live(rec)).to_have_text("Connected to Wes. They can see your camera now.")
+    await first.keyboard.press("Enter")
+    await expect(live(rec)).to_have_text("Call ended. The helper ended the call.")
+    for tab in (first, second, rec):
+        await tab.context.close()
+
+
+async def test_demo_sign_in_only_in_demo_mode(browser: Browser, broker_server: Server) -> None:
+    context = await new_context(browser)
+    tab = await open_page(context, broker_server, "volunteer")
+    await expect(live(tab)).to_have_text("Please sign in.")
+    assert await focused(tab) == "demo-sign-in"
+    await tab.keyboard.press("Enter")
+    await expect(live(tab)).to_have_text(re.compile(r"^Signed in as Demo volunteer \w+\."))
+    # The fragment never holds the token after sign-in, and a reload keeps this tab signed in.
+    await tab.reload()
+    await expect(live(tab)).to_have_text(re.compile(r"^Signed in as Demo volunteer"))
+    await context.close()
+
+    async with start_server() as plain:
+        context = await new_context(browser)
+        tab = await open_page(context, plain, "recipient")
+        await expect(live(tab)).to_have_text("Please sign in.")
+        await tab.keyboard.press("Enter")
+        await expect(live(tab)).to_have_text(re.compile("^Demo sign-in is off on this broker"))
+        assert await tab.evaluate("sessionStorage.getItem('vabroker.token')") is None
+        await context.close()
+
+
+async def test_the_axe_check_can_fail(browser: Browser, broker_server: Server) -> None:
+    """The check above is real: the same helper reports a broken page."""
+    tab = await open_as(browser, broker_server, "recipient", "rec-broken", "recipient")
+    await expect(live(tab)).to_have_text(re.compile("Signed in as"))
+    await tab.evaluate(
+        "() => { const img = document.createElement('img'); img.src = 'data:,';"
+        " document.querySelector('main').append(img);"
+        " document.querySelector('#call').textContent = ''; }"
+    )
+    ids = {v["id"] for v in await axe_violations(tab)}
+    assert {"image-alt", "button-name"} <= ids, ids
+    await tab.context.close()
+
+
+async def test_a_refused_token_sends_the_person_back_to_sign_in(
+    browser: Browser, broker_server: Server
+) -> None:
+    context = await new_context(browser)
+    tab = await open_page(context, broker_server, "recipient", "not-a-token")
+    await expect(live(tab)).to_have_text("Please sign in. The token is not a JWT.")
+    assert await tab.evaluate("sessionStorage.getItem('vabroker.token')") is None
+    assert await focused(tab) == "demo-sign-in"
+    await tab.keyboard.press("Enter")  # demo mode is on for this broker
+    await expect(live(tab)).to_have_text(re.compile(r"^Signed in as Demo recipient"))
+    # A volunteer's token on the recipient's page is refused with a reason.
+    tab = await open_page(
+        context, broker_server, "recipient", broker_server.token("v-wrong", "volunteer")
+    )
+    await expect(live(tab)).to_have_text(
+        "Please sign in. This page is for recipients, and you signed in as a volunteer."
+    )
+    await context.close()
+
+
+async def test_sign_in_by_fragment_or_post_message_never_query_string(
+    browser: Browser, broker_server: Server
+) -> None:
+    token = broker_server.token("rec-qs", "recipient", name="Quin")
+    context = await new_context(browser)
+    tab = await context.new_page()
+    await tab.goto(f"{broker_server.url}/app/recipient.html?token={token}")
+    await expect(live(tab)).to_have_text("Please sign in.")
+    # The deployment's sign-in page (same origin) posts the token.
+    await tab.evaluate(
+        "(token) => window.postMessage({type: 'vabroker.token', token}, location.origin)", token
+    )
+    await expect(live(tab)).to_have_text("Signed in as Quin. Ready to call a volunteer.")
+    await context.close()
+
+    tab = await open_as(browser, broker_server, "recipient", "rec-frag", "recipient", name="Fay")
+    await expect(live(tab)).to_have_text(re.compile("Signed in as Fay"))
+    assert "token" not in tab.url
+    await tab.context.close()

@@ -1,0 +1,198 @@
+"""Parts of the pages that need no second person: the recipient's partner directory and the
+agent's live queue (rendered from the documented shapes of ``GET /v1/orgs`` and
+``GET /v1/orgs/{id}/queue``), what a recipient hears as the search moves, and the protocol
+module's checking of server messages.
+
+The two org routes belong to the partner-queues work; until the broker serves them, these tests
+answer those two requests in the browser (Playwright's request routing) so that the pages'
+rendering, wording and accessibility are checked now. Everything else talks to the real broker.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, Page, Route, expect
+
+from tests.browser.pages import axe_violations, explain, live, open_as
+from tests.helpers import Server
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+DIRECTORY = {
+    "orgs": [
+        {
+            "id": "bank",
+            "name": "High Street Bank",
+            "description": "Help with cards, statements and cash machines.",
+            "languages": ["en"],
+            "queues": [{"id": "cards", "name": "Cards"}],
+            "open_now": True,
+            "next_opening": None,
+        },
+        {
+            "id": "pharmacy",
+            "name": "Corner Pharmacy",
+            "description": "Reading prescriptions and medicine labels.",
+            "languages": ["en"],
+            "queues": [],
+            "open_now": False,
+            "next_opening": "2026-06-16T08:00:00+00:00",
+        },
+    ]
+}
+
+QUEUE = {
+    "org": "acme",
+    "waiting": [
+        {"call": "c_1", "position": 1, "wait_s": 125, "language": "en", "topic": "card blocked"},
+        {"call": "c_2", "position": 2, "wait_s": 40, "language": "fr"},
+    ],
+    "agents": [{"display_name": "Ada", "state": "available"}],
+}
+
+
+async def test_directory_lists_open_and_closed_partners(
+    browser: Browser, broker_server: Server
+) -> None:
+    rec = await open_as(browser, broker_server, "recipient", "rec-dir", "recipient", name="Dan")
+
+    async def directory(route: Route) -> None:
+        assert route.request.headers["authorization"].startswith("Bearer ")
+        await route.fulfill(status=200, content_type="application/json", body=json.dumps(DIRECTORY))
+
+    await rec.route("**/v1/orgs", directory)
+    await rec.reload()  # the token stays in this tab's session storage
+    await expect(live(rec)).to_have_text(re.compile("Signed in as Dan"))
+    partners = rec.locator("#partners li")
+    await expect(partners).to_have_count(2)
+    await expect(partners.nth(0)).to_contain_text("Open now.")
+    await expect(partners.nth(1)).to_contain_text(re.compile(r"Closed\. Opens \w+"))
+    # Only an open partner can be called; the broker (without partner queues) refuses, and the
+    # refusal is said.
+    await expect(rec.get_by_role("button", name="Call Corner Pharmacy")).to_have_count(0)
+    violations = await axe_violations(rec)
+    assert violations == [], explain(violations)
+    await rec.get_by_role("button", name="Call High Street Bank").click()
+    await expect(live(rec)).to_have_text("There is no partner organisation 'bank'.")
+    await expect(rec.locator("body")).to_have_attribute("data-state", "idle")
+    await rec.context.close()
+
+
+async def test_agent_console_shows_the_live_queue(browser: Browser, broker_server: Server) -> None:
+    agent = await open_as(
+        browser, broker_server, "agent", "agent-q", "agent", name="Ada", org="acme"
+    )
+
+    async def queue(route: Route) -> None:
+        await route.fulfill(status=200, content_type="application/json", body=json.dumps(QUEUE))
+
+    await agent.route("**/v1/orgs/acme/queue", queue)
+    await agent.reload()
+    await expect(live(agent)).to_have_text("Signed in as Ada of acme. You are away.")
+    rows = agent.locator("#queue tbody tr")
+    await expect(rows).to_have_count(2)
+    await expect(rows.nth(0)).to_contain_text("card blocked")
+    await expect(rows.nth(1)).to_contain_text("French")
+    await expect(agent.locator("#queue")).to_contain_text("Ada: available")
+    violations = await axe_violations(agent)
+    assert violations == [], explain(violations)
+    # Keyboard: the status radios are the first stop; arrow keys choose, the broker confirms.
+    assert await agent.evaluate("document.activeElement.value") == "away"
+    await agent.keyboard.press("ArrowUp")
+    await expect(live(agent)).to_have_text(
+        "You are available. Calls from the queue will come to you."
+    )
+    await agent.keyboard.press("ArrowDown")
+    await expect(live(agent)).to_have_text("You are away. No calls will come to you.")
+    await agent.context.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def ui_module_page(browser: Browser, broker_server: Server) -> AsyncIterator[Page]:
+    """A page of the site, to import the pages' own modules into."""
+    page = await open_as(browser, broker_server, "index", "rec-words", "recipient")
+    yield page
+    await page.context.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        ({"state": "searching", "notified": 12}, "Ringing 12 volunteers."),
+        ({"state": "searching", "notified": 1}, "Ringing 1 volunteer."),
+        ({"state": "searching", "notified": 0}, "No volunteer is free just now. Still looking…"),
+        (
+            {"state": "queued", "position": 3, "eta_s": 230},
+            "You are number 3 in the queue, about 4 minutes.",
+        ),
+        (
+            {"state": "queued", "position": 1, "eta_s": 50},
+            "You are number 1 in the queue, about 1 minute.",
+        ),
+        ({"state": "queued", "position": 2}, "You are number 2 in the queue."),
+    ],
+)
+async def test_what_the_recipient_hears_as_the_search_moves(
+    ui_module_page: Page, status: dict[str, object], said: str
+) -> None:
+    text = await ui_module_page.evaluate(
+        "async (status) => (await import('./ui.js')).progressText(status)", status
+    )
+    assert text == said
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        ("not json", "The broker sent something that is not JSON."),
+        ('{"call": "c_1"}', "The broker sent a message without a type."),
+        ('{"type": "call.ring", "call": 7}', "The broker's call.ring has a bad call."),
+        (
+            '{"type": "call.assigned", "call": "c", "peer": {}, "ice_servers": [], "offerer": "yes"}',
+            "The broker's call.assigned has a bad offerer.",
+        ),
+        (
+            '{"type": "call.status", "call": "c", "state": "queued", "position": "3"}',
+            "bad position",
+        ),
+    ],
+)
+async def test_the_pages_check_every_server_message(
+    ui_module_page: Page, frame: str, problem: str
+) -> None:
+    said = await ui_module_page.evaluate(
+        """async (frame) => {
+            const { parseServer } = await import('./protocol.js');
+            try { parseServer(frame); return 'accepted'; } catch (err) { return err.message; }
+        }""",
+        frame,
+    )
+    assert problem in said
+
+
+async def test_the_pages_accept_good_and_newer_messages(ui_module_page: Page) -> None:
+    kinds = await ui_module_page.evaluate(
+        """async () => {
+            const { parseServer } = await import('./protocol.js');
+            return [
+                '{"type": "call.withdrawn", "call": "c", "reason": "answered", "extra": 1}',
+                '{"type": "call.ended", "call": "c", "reason": "completed"}',
+                '{"type": "something.new", "x": 1}',
+            ].map((f) => parseServer(f).type);
+        }"""
+    )
+    assert kinds == ["call.withdrawn", "call.ended", "something.new"]
+
+
+async def test_ping_is_answered(browser: Browser, broker_server: Server) -> None:
+    rec = await open_as(browser, broker_server, "recipient", "rec-ping", "recipient")
+    await expect(live(rec)).to_have_text(re.compile("Signed in as"))
+    assert (
+        await rec.evaluate("async () => (await window.vabrokerPage.session.ping()).type") == "pong"
+    )
+    await rec.context.close()
