@@ -333,6 +333,8 @@ export class MediaCall {
   async start() {
     if (!this.offerer) return; // the answerer waits for the offer
     for (const track of this.localStream ? this.localStream.getTracks() : []) {
+      // The volunteer reads labels and screens: under load keep the resolution, drop frames.
+      if (track.kind === "video") track.contentHint = "detail";
       this.pc.addTrack(track, this.localStream);
     }
     const offer = await this.pc.createOffer();
