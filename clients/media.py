@@ -284,7 +284,7 @@ class MediaSession:
     ) -> None:
         self.offerer = offerer
         self.options = options
-        self.stats = MediaStats(started_at=time.monotonic())
+        self._stats = MediaStats(started_at=time.monotonic())
         self._send_signal = send_signal
         self._report = report
         self._reported = False
@@ -292,6 +292,7 @@ class MediaSession:
             _install_loopback_hook()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(ice_servers_)))
         self._tracks: list[MediaStreamTrack] = []
+        self.remote_tracks: list[MediaStreamTrack] = []
         self._player: MediaPlayer | None = None
         self._recorder: MediaRecorder | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -304,6 +305,12 @@ class MediaSession:
         self.pc.on("connectionstatechange", self._on_state)
         self.pc.on("track", self._on_track)
         self.pattern: TestPatternTrack | None = None
+
+    @property
+    def stats(self) -> MediaStats:
+        if self.pattern is not None:
+            self._stats.video_sent = self.pattern.sent
+        return self._stats
 
     # --- set-up --------------------------------------------------------------------------------
     def _add_local_tracks(self) -> None:
@@ -448,7 +455,13 @@ class MediaSession:
         except Exception as exc:  # the call may be over or the connection resuming
             log.info("could not report media %s: %s", state, exc)
 
+    @property
+    def tracks(self) -> list[MediaStreamTrack]:
+        """Every track of this session: sent and received."""
+        return [*self._tracks, *self.remote_tracks]
+
     def _on_track(self, track: MediaStreamTrack) -> None:
+        self.remote_tracks.append(track)
         if self._recorder is not None:
             self._recorder.addTrack(track)
             if not getattr(self, "_recording", False):
@@ -497,16 +510,12 @@ class MediaSession:
         if self.closed:
             return
         self.closed = True
-        if self.pattern is not None:
-            self.stats.video_sent = self.pattern.sent
         if self._recorder is not None and getattr(self, "_recording", False):
             with contextlib.suppress(Exception):
                 await self._recorder.stop()
         await self.pc.close()
-        for track in self._tracks:
+        for track in self.tracks:
             track.stop()
-        for receiver in self.pc.getReceivers():
-            receiver.track.stop()
         if self._player is not None:
             for played in (self._player.video, self._player.audio):
                 if played is not None:

@@ -108,9 +108,9 @@ class Party:
         self.call: Call | None = None
         self.events: asyncio.Queue[ServerMessage] = asyncio.Queue()
         self.on_event: list[Callable[[ServerMessage], None]] = []
-        self.calls_ended: list[Call] = []
         self._closing: set[asyncio.Task[None]] = set()
         client.listeners.append(self._on_message)
+        client.on_lost.append(self._on_lost)
 
     async def __aenter__(self) -> Party:
         if not self.client.connected:
@@ -148,13 +148,22 @@ class Party:
                 if call is not None and call.id == message.call:
                     call._ended(message)
                     self.call = None
-                    self.calls_ended.append(call)
-                    task = asyncio.ensure_future(call.close())
-                    self._closing.add(task)
-                    task.add_done_callback(self._closing.discard)
+                    self._close_call(call)
         for hook in self.on_event:
             hook(message)
         self.events.put_nowait(message)
+
+    def _close_call(self, call: Call) -> None:
+        task = asyncio.ensure_future(call.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _on_lost(self, exc: BaseException | None) -> None:
+        # No resume: the broker ends the call after its grace period; stop sending now.
+        if self.call is not None:
+            log.warning("connection lost for good during call %s: %s", self.call.id, exc)
+            self._close_call(self.call)
+            self.call = None
 
     async def next_event(
         self, kind: type[Any], within_s: float = 10.0, call: str | None = None
