@@ -1,0 +1,173 @@
+"""The SDK against a real server: typed errors, heartbeat, bad input; the test pattern's stamp."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clients.media import BLOCK, STAMP_BITS, MediaOptions, MediaSession, read_stamp, stamp
+from clients.sdk import (
+    ERRORS,
+    Client,
+    Conflict,
+    ConnectionLost,
+    Forbidden,
+    NotFound,
+    ProtocolError,
+    RateLimited,
+    Unauthenticated,
+    error_for,
+    http_url,
+    ws_url,
+)
+from signaling.messages import CallStatus, Error, Pong
+from tests.calls import recipient, until, volunteer
+from tests.helpers import Server, start_server
+
+
+def test_every_protocol_error_code_has_its_exception() -> None:
+    codes = {
+        "bad_message",
+        "unauthenticated",
+        "forbidden",
+        "not_found",
+        "conflict",
+        "rate_limited",
+        "org_closed",
+        "queue_full",
+        "unavailable",
+        "too_large",
+    }
+    assert set(ERRORS) == codes
+    for code, cls in ERRORS.items():
+        exc = error_for(Error(code=code, message="words", ref="r1"))
+        assert type(exc) is cls and exc.code == code and exc.ref == "r1"
+        assert str(exc) == f"{code}: words"
+    unknown = error_for(Error(code="from_the_future", message="m"))
+    assert type(unknown) is ProtocolError and unknown.code == "from_the_future"
+
+
+async def test_protocol_errors_are_raised_typed(server: Server) -> None:
+    vol = await volunteer(server, "v1", auto_accept=False)
+    other = await volunteer(server, "v2", auto_accept=False)
+    rec = await recipient(server)
+    try:
+        with pytest.raises(NotFound):
+            await vol.accept("c_does_not_exist")
+        with pytest.raises(Forbidden):
+            await rec.client.request({"type": "call.accept", "call": "c_x"})
+        with pytest.raises(Forbidden):  # signal on a call that is not ours
+            await vol.client.request({"type": "signal", "call": "c_x", "data": {"candidate": None}})
+        status = await rec.request()
+        with pytest.raises(RateLimited):
+            await rec.request()
+        await until(lambda: status.call in vol.rings and status.call in other.rings)
+        await vol.accept(status.call)
+        with pytest.raises(Conflict):
+            await other.accept(status.call)
+        # The connection stays usable after every refusal.
+        assert isinstance(await rec.client.expect({"type": "ping"}, Pong), Pong)
+    finally:
+        await rec.close()
+        await vol.close()
+        await other.close()
+
+
+async def test_bad_token_is_unauthenticated_and_not_retried(server: Server) -> None:
+    client = Client(server.ws_url, "not-a-jwt")
+    with pytest.raises(Unauthenticated):
+        await client.connect()
+    expired = server.token("v1", "volunteer", ttl_s=-3600)
+    with pytest.raises(Unauthenticated):
+        await Client(server.ws_url, expired).connect()
+
+
+async def test_unreachable_broker_is_connection_lost() -> None:
+    async with start_server() as srv:
+        url = srv.ws_url
+    with pytest.raises(ConnectionLost):
+        await Client(url, "t", connect_timeout_s=2).connect()
+
+
+def test_bad_urls_and_tokens_are_refused() -> None:
+    with pytest.raises(ValueError, match="ws://"):
+        Client("http://127.0.0.1:1/v1/ws", "t")
+    with pytest.raises(ValueError, match="token"):
+        Client("ws://127.0.0.1:1/v1/ws", "")
+    assert ws_url("http://127.0.0.1:8080/") == "ws://127.0.0.1:8080/v1/ws"
+    assert ws_url("https://b.example") == "wss://b.example/v1/ws"
+    assert http_url("ws://127.0.0.1:8080/v1/ws") == "http://127.0.0.1:8080"
+    for bad in ("127.0.0.1:8080", "ftp://x"):
+        with pytest.raises(ValueError, match="broker URL"):
+            ws_url(bad)
+        with pytest.raises(ValueError, match="broker URL"):
+            http_url(bad)
+
+
+async def test_heartbeat_pings_and_garbage_frames_are_ignored() -> None:
+    async with start_server(heartbeat_s=0.2) as srv:
+        rec = await recipient(srv)
+        seen: list[str] = []
+        rec.client.listeners.append(lambda m: seen.append(m.type))
+        try:
+            pings = srv.ctx.metrics.messages.labels("ping")
+            await until(lambda: pings._value.get() >= 3, 5, "three heartbeat pings")
+            # A frame the SDK cannot read is dropped without reaching listeners or breaking it.
+            rec.client._receive('{"type":"call.status"}')
+            rec.client._receive("not json")
+            rec.client._receive('{"type":"from_the_future","x":1}')
+            assert seen == []
+            rec.client._receive('{"type":"call.status","call":"c1","state":"searching"}')
+            assert seen == ["call.status"]
+            assert isinstance(await rec.next_event(CallStatus, 1), CallStatus)
+            assert rec.client.connected
+        finally:
+            await rec.close()
+
+
+async def test_bad_signals_from_the_peer_do_not_break_media() -> None:
+    sent: list[dict[str, object]] = []
+    states: list[str] = []
+
+    async def send(data: dict[str, object]) -> None:
+        sent.append(data)
+
+    async def report(state: str) -> None:
+        states.append(state)
+
+    session = MediaSession(
+        offerer=False,
+        ice_servers_=[],
+        options=MediaOptions(loopback_ice=True),
+        send_signal=send,
+        report=report,
+    )
+    try:
+        await session.handle_signal({"sdp": {"type": "answer", "sdp": "v=0"}})  # answerer
+        await session.handle_signal({"sdp": {"type": "rollback"}})
+        await session.handle_signal({"sdp": {"type": "offer", "sdp": 5}})
+        await session.handle_signal({"sdp": {"type": "offer", "sdp": "not sdp"}})
+        await session.handle_signal({"candidate": {"candidate": 7, "sdpMid": "0"}})
+        assert sent == [] and states == [] and not session.closed
+        assert session.pc.signalingState == "stable"
+    finally:
+        await session.close()
+    assert all(t.readyState == "ended" for t in session.tracks)
+
+
+def test_stamp_reads_back_and_damage_is_detected() -> None:
+    luma = np.full((480, 640), 100, dtype=np.uint8)
+    for number in (0, 1, 12345, (1 << STAMP_BITS) - 1):
+        stamp(luma, number)
+        assert read_stamp(luma) == number
+    stamp(luma, 0b1010)
+    flipped = luma.copy()  # one bit flipped in the number row but not in its complement
+    flipped[BLOCK : 2 * BLOCK, 0:BLOCK] = 235
+    assert read_stamp(flipped) is None
+    grey = luma.copy()  # a block neither black nor white
+    grey[2 * BLOCK : 3 * BLOCK, BLOCK : 2 * BLOCK] = 128
+    assert read_stamp(grey) is None
+    unsynced = luma.copy()
+    unsynced[0:BLOCK, 0:BLOCK] = 16
+    assert read_stamp(unsynced) is None
+    assert read_stamp(luma[:50, :]) is None
