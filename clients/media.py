@@ -302,6 +302,7 @@ class MediaSession:
         self.connected = asyncio.Event()
         self.first_frame = asyncio.Event()
         self.closed = False
+        self._closed_task: asyncio.Future[None] | None = None
         self.pc.on("connectionstatechange", self._on_state)
         self.pc.on("track", self._on_track)
         self.pattern: TestPatternTrack | None = None
@@ -507,9 +508,13 @@ class MediaSession:
 
     # --- teardown ------------------------------------------------------------------------------
     async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
+        """Close everything; a second caller waits for the first one's close to finish."""
+        if self._closed_task is None:
+            self.closed = True
+            self._closed_task = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closed_task)
+
+    async def _close(self) -> None:
         if self._recorder is not None and getattr(self, "_recording", False):
             with contextlib.suppress(Exception):
                 await self._recorder.stop()
@@ -520,8 +525,7 @@ class MediaSession:
             for played in (self._player.video, self._player.audio):
                 if played is not None:
                     played.stop()
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
+        tasks = list(self._tasks)  # the close runs in its own task, never one of these
         for task in tasks:
             task.cancel()
         for task in tasks:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -108,6 +109,8 @@ class Party:
         self.call: Call | None = None
         self.events: asyncio.Queue[ServerMessage] = asyncio.Queue()
         self.on_event: list[Callable[[ServerMessage], None]] = []
+        # Media statistics of the calls this party has had, most recent last.
+        self.history: deque[dict[str, Any]] = deque(maxlen=100)
         self._closing: set[asyncio.Task[None]] = set()
         client.listeners.append(self._on_message)
         client.on_lost.append(self._on_lost)
@@ -154,9 +157,13 @@ class Party:
         self.events.put_nowait(message)
 
     def _close_call(self, call: Call) -> None:
-        task = asyncio.ensure_future(call.close())
+        task = asyncio.ensure_future(self._finish_call(call))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    async def _finish_call(self, call: Call) -> None:
+        await call.close()
+        self.history.append(call.media.stats.summary())
 
     def _on_lost(self, exc: BaseException | None) -> None:
         # No resume: the broker ends the call after its grace period; stop sending now.
