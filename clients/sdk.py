@@ -180,6 +180,7 @@ class Client:
         self._reader: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
+        self._pause_s = 0.0
         self._lost: BaseException | None = None
         self._done = asyncio.Event()
 
@@ -361,8 +362,10 @@ class Client:
             # An answer that is also news (call.assigned, call.ended, call.status) goes on to
             # the listeners, which run before the requester resumes.
         if isinstance(message, Reconnect):
-            # The node is going away: it closes the socket next, and _read resumes elsewhere.
-            log.info("the broker asked us to reconnect")
+            # The node is going away: it closes the socket next, and _read resumes (elsewhere,
+            # behind the same URL) after the pause it asks for.
+            log.info("the broker asked us to reconnect after %.1f s", message.after_s)
+            self._pause_s = max(0.0, min(message.after_s, self.resume_within_s / 2))
         for listener in list(self.listeners):
             try:
                 listener(message)
@@ -377,6 +380,9 @@ class Client:
         assert self.welcome is not None
         token = self.welcome.resume
         last: BaseException | None = None
+        if self._pause_s:
+            await asyncio.sleep(self._pause_s)
+            self._pause_s = 0.0
         while loop.time() < deadline:
             try:
                 await self._open(resume=token)

@@ -16,9 +16,10 @@ import pytest
 
 from clients.cli import main
 from clients.media import MediaOptions, stamp
-from clients.roles import Recipient
+from clients.roles import Recipient, Volunteer
 from clients.sdk import Client
-from tests.calls import CALL_SETTINGS, until, volunteer
+from signaling.messages import CallEnded
+from tests.calls import CALL_SETTINGS, recipient, until, volunteer
 from tests.helpers import start_server
 
 VABROKER = [sys.executable, "-m", "clients.cli"]
@@ -163,3 +164,30 @@ async def test_video_from_a_file_reaches_the_volunteer(tmp_path: Path) -> None:
         finally:
             await rec.close()
             await vol.close()
+
+
+async def test_volunteer_records_the_call(tmp_path: Path) -> None:
+    recording = tmp_path / "call.mp4"
+    async with start_server(**CALL_SETTINGS) as server:
+        token = server.token("v1", "volunteer", name="Val", languages=["en"])
+        options = MediaOptions(loopback_ice=True, record=str(recording))
+        vol = Volunteer(Client(server.ws_url, token), options, auto_accept=True)
+        await vol.client.connect()
+        await vol.set_available(True)
+        rec = await recipient(server)
+        try:
+            await rec.request()
+            call = await rec.wait_call(10)
+            await call.wait_connected(10)
+            await asyncio.sleep(1.0)  # a second of media to record
+            await call.hang_up()
+            await vol.next_event(CallEnded, 5, call=call.id)
+            await vol.wait_media_closed()
+        finally:
+            await rec.close()
+            await vol.close()
+    with av.open(str(recording)) as container:
+        kinds = {s.type for s in container.streams}
+        frames = sum(1 for _ in container.decode(video=0))
+    assert kinds == {"video", "audio"}
+    assert frames >= 10

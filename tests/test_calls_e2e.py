@@ -67,6 +67,10 @@ async def test_twenty_volunteers_one_recipient_real_media() -> None:
             assert rstats.audio_peak > 1000
             assert rstats.video_frames == 0  # the volunteer sends no video
 
+            # Both reported call.media: the broker recorded when media connected.
+            record = await server.ctx.store.get_call(call.id)
+            assert record is not None and record.media_at is not None
+
             ended = await call.hang_up()
             assert ended.reason == "completed" and ended.by == "recipient"
             vended = await winner.next_event(CallEnded, 5, call=call.id)

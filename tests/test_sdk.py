@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -171,3 +175,67 @@ def test_stamp_reads_back_and_damage_is_detected() -> None:
     unsynced[0:BLOCK, 0:BLOCK] = 16
     assert read_stamp(unsynced) is None
     assert read_stamp(luma[:50, :]) is None
+
+
+async def test_trickled_candidates_and_end_of_candidates_connect() -> None:
+    """A peer that trickles (as browsers do): descriptions without candidates, then each
+    candidate as its own signal, then end-of-candidates."""
+    sessions: dict[str, MediaSession] = {}
+    # One queue per receiving side, pumped in order: signals travel as they would on the wire.
+    wires: dict[str, asyncio.Queue[dict[str, Any]]] = {
+        "vol": asyncio.Queue(),
+        "rec": asyncio.Queue(),
+    }
+
+    trickled = {"vol": 0, "rec": 0}
+
+    def trickle(to: str) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        async def send(data: dict[str, Any]) -> None:
+            wire = wires[to]
+            if "sdp" not in data:
+                return  # our own end-of-candidates is sent below, after the trickle
+            lines = data["sdp"]["sdp"].split("\r\n")
+            kept = [x for x in lines if not x.startswith(("a=candidate:", "a=end-of-candidates"))]
+            wire.put_nowait({"sdp": {**data["sdp"], "sdp": "\r\n".join(kept)}})
+            mid, index = None, -1
+            for line in lines:
+                if line.startswith("m="):
+                    index += 1
+                elif line.startswith("a=mid:"):
+                    mid = line[len("a=mid:") :]
+                elif line.startswith("a=candidate:"):
+                    cand = {"candidate": line[2:], "sdpMid": mid, "sdpMLineIndex": index}
+                    wire.put_nowait({"candidate": cand})
+                    trickled[to] += 1
+            wire.put_nowait({"candidate": None})
+
+        return send
+
+    async def pump(side: str) -> None:
+        while True:
+            await sessions[side].handle_signal(await wires[side].get())
+
+    async def report(state: str) -> None:
+        return None
+
+    loopback = MediaOptions(loopback_ice=True)
+    sessions["vol"] = MediaSession(
+        offerer=False, ice_servers_=[], options=loopback, send_signal=trickle("rec"), report=report
+    )
+    sessions["rec"] = MediaSession(
+        offerer=True, ice_servers_=[], options=loopback, send_signal=trickle("vol"), report=report
+    )
+    pumps = [asyncio.create_task(pump("vol")), asyncio.create_task(pump("rec"))]
+    try:
+        await sessions["vol"].start()
+        await sessions["rec"].start()
+        for s in sessions.values():
+            await asyncio.wait_for(s.connected.wait(), 10)
+        await asyncio.wait_for(sessions["vol"].first_frame.wait(), 5)
+        # Every candidate travelled as its own signal, none inside a description.
+        assert trickled["vol"] >= 1 and trickled["rec"] >= 1
+    finally:
+        for task in pumps:
+            task.cancel()
+        for s in sessions.values():
+            await s.close()
