@@ -115,6 +115,8 @@ def read_stamp(luma: np.ndarray[Any, Any]) -> int | None:
 class TestPatternTrack(VideoStreamTrack):
     """Synthetic video: a moving gradient with the frame number stamped in (see ``stamp``)."""
 
+    __test__ = False  # a media source, not a test class to collect
+
     def __init__(self, width: int = 640, height: int = 480, fps: int = 30) -> None:
         super().__init__()
         if width < STAMP_BITS * BLOCK or height < 3 * BLOCK or width % 2 or height % 2:
@@ -123,6 +125,8 @@ class TestPatternTrack(VideoStreamTrack):
             )
         self.width, self.height, self.fps = width, height, fps
         self.sent = 0
+        self._t0: float | None = None
+        self._pts = 0
         ramp = np.arange(width, dtype=np.uint16)
         self._ramp = np.tile(ramp, (height, 1))
         self._chroma = np.full((height // 2, width), 128, dtype=np.uint8)
@@ -142,13 +146,14 @@ class TestPatternTrack(VideoStreamTrack):
         if self.fps == 30:
             pts, time_base = await self.next_timestamp()
             return int(pts), time_base
+        if self.readyState != "live":
+            raise MediaStreamError
         clock = 90_000
-        if not hasattr(self, "_start"):
-            self._start = time.monotonic()
-            self._pts = 0
+        if self._t0 is None:
+            self._t0 = time.monotonic()
         else:
             self._pts += clock // self.fps
-            wait = self._start + self._pts / clock - time.monotonic()
+            wait = self._t0 + self._pts / clock - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
         return self._pts, fractions.Fraction(1, clock)

@@ -139,6 +139,8 @@ class Party:
                     if not message.resumed:
                         log.info("call.assigned again without resumed: keeping the session")
                 else:
+                    if self.call is not None:  # a call we never heard end: stop its media
+                        self._close_call(self.call)
                     self.call = Call(self, message)
                     self.call.begin()
             case SignalRelay():

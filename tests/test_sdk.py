@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clients.media import BLOCK, STAMP_BITS, MediaOptions, MediaSession, read_stamp, stamp
+from clients.media import (
+    BLOCK,
+    STAMP_BITS,
+    MediaOptions,
+    MediaSession,
+    TestPatternTrack,
+    read_stamp,
+    stamp,
+)
 from clients.sdk import (
     ERRORS,
     Client,
@@ -239,3 +247,20 @@ async def test_trickled_candidates_and_end_of_candidates_connect() -> None:
             task.cancel()
         for s in sessions.values():
             await s.close()
+
+
+async def test_test_pattern_numbers_frames_at_any_rate() -> None:
+    for fps in (30, 50):
+        track = TestPatternTrack(512, 96, fps=fps)
+        pts = []
+        try:
+            for n in range(6):
+                frame = await track.recv()
+                assert read_stamp(frame.to_ndarray(format="yuv420p")[:96]) == n
+                pts.append(frame.pts)
+        finally:
+            track.stop()
+        assert pts == sorted(set(pts)) and track.sent == 6
+    for width, height in ((500, 96), (512, 90), (513, 96)):
+        with pytest.raises(ValueError, match="test pattern"):
+            TestPatternTrack(width, height)
