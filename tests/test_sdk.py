@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from clients.media import (
     BLOCK,
@@ -264,3 +268,86 @@ async def test_test_pattern_numbers_frames_at_any_rate() -> None:
     for width, height in ((500, 96), (512, 90), (513, 96)):
         with pytest.raises(ValueError, match="test pattern"):
             TestPatternTrack(width, height)
+
+
+async def test_media_setup_has_its_own_timeout() -> None:
+    """A peer that never answers: the session reports failed and closes after its timeout."""
+    states: list[str] = []
+
+    async def nowhere(data: dict[str, Any]) -> None:
+        return None
+
+    async def report(state: str) -> None:
+        states.append(state)
+
+    session = MediaSession(
+        offerer=True,
+        ice_servers_=[],
+        options=MediaOptions(loopback_ice=True, connect_timeout_s=0.3),
+        send_signal=nowhere,
+        report=report,
+    )
+    await session.start()
+    await until(lambda: session.stats.state == "closed", 5, "the set-up timeout")
+    assert states == ["failed"] and not session.connected.is_set()
+    assert all(t.readyState == "ended" for t in session.tracks)
+
+
+class _SilentBroker:
+    """A stand-in broker on loopback that welcomes every hello and then never answers a ping;
+    or (``reconnect``) asks the client to reconnect right after the first welcome, and answers
+    pings after that."""
+
+    def __init__(self, reconnect: bool = False) -> None:
+        self.reconnect = reconnect
+        self.hellos: list[dict[str, Any]] = []
+
+    async def handle(self, ws: ServerConnection) -> None:
+        hello = json.loads(await ws.recv())
+        self.hellos.append(hello)
+        welcome = {
+            "type": "welcome",
+            "user": {"id": "u1", "role": "volunteer"},
+            "session": "s1",
+            "resume": f"resume-{len(self.hellos)}",
+            "heartbeat_s": 0.2,
+        }
+        await ws.send(json.dumps(welcome))
+        if self.reconnect and len(self.hellos) == 1:
+            await ws.send(json.dumps({"type": "reconnect", "after_s": 0.1}))
+            await ws.close(1012)
+            return
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                message = json.loads(raw)
+                if self.reconnect and message.get("type") == "ping":  # otherwise silent
+                    await ws.send(json.dumps({"type": "pong", "ref": message.get("ref")}))
+
+
+async def test_unanswered_heartbeat_reconnects_with_resume() -> None:
+    fake = _SilentBroker()
+    async with serve(fake.handle, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = Client(f"ws://127.0.0.1:{port}/v1/ws", "token")
+        await client.connect()
+        try:
+            await until(lambda: client.resumes >= 1, 5, "a resume after a missed pong")
+            assert fake.hellos[1]["resume"] == "resume-1"
+        finally:
+            await client.close()
+
+
+async def test_reconnect_message_pauses_then_resumes() -> None:
+    fake = _SilentBroker(reconnect=True)
+    async with serve(fake.handle, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = Client(f"ws://127.0.0.1:{port}/v1/ws", "token")
+        await client.connect()
+        try:
+            await until(lambda: client.resumes == 1, 5, "a resume after reconnect")
+            await client.ping()
+            assert client.resumes == 1
+            assert [h.get("resume") for h in fake.hellos] == [None, "resume-1"]
+            assert client.welcome is not None and client.welcome.resume == "resume-2"
+        finally:
+            await client.close()
