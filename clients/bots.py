@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ class _Prompt:
             self.task = asyncio.ensure_future(self._ask(ring))
 
     async def _ask(self, ring: CallRing) -> None:
-        answer = await asyncio.to_thread(input, "Accept? [y/N] ")
+        answer = await _read_line("Accept? [y/N] ")
         if ring.call not in self.party.rings:
             self.console.print("[dim]that ring is gone[/]")
             return
@@ -140,6 +141,28 @@ class _Prompt:
                 await self.party.decline(ring.call)
         except ProtocolError as exc:
             self.console.print(f"[red]{exc}[/]")
+
+
+def _settle(future: asyncio.Future[str], value: str) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+async def _read_line(prompt: str) -> str:
+    """A line from the terminal without blocking the loop. The reading thread is a daemon, so
+    Ctrl-C does not wait for someone to press Enter; end of input reads as no."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    def read() -> None:
+        try:
+            line = input(prompt)
+        except (EOFError, OSError):
+            line = ""
+        loop.call_soon_threadsafe(_settle, answer, line)
+
+    threading.Thread(target=read, name="prompt", daemon=True).start()
+    return await answer
 
 
 # --- the recipient -----------------------------------------------------------------------------

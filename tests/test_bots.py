@@ -191,3 +191,33 @@ async def test_volunteer_records_the_call(tmp_path: Path) -> None:
         frames = sum(1 for _ in container.decode(video=0))
     assert kinds == {"video", "audio"}
     assert frames >= 10
+
+
+async def test_volunteer_command_asks_before_accepting(tmp_path: Path) -> None:
+    async with start_server(**CALL_SETTINGS) as server:
+        token = server.token("v1", "volunteer", name="Val")
+        log_path = tmp_path / "volunteer.log"
+        with log_path.open("w") as log:
+            vol = await asyncio.create_subprocess_exec(
+                *VABROKER, "volunteer", "--url", server.url, "--token", token, "--loopback",
+                "--lang", "en", "--tz", "Europe/London",
+                stdin=asyncio.subprocess.PIPE, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                env=_env(),
+            )  # fmt: skip
+        rec = await recipient(server)
+        try:
+            await until(lambda: "on duty" in log_path.read_text(), 30, "the volunteer on duty")
+            status = await rec.request()
+            await until(lambda: "Accept?" in log_path.read_text(), 10, "the question")
+            assert vol.stdin is not None
+            vol.stdin.write(b"y\n")
+            await vol.stdin.drain()
+            call = await rec.wait_call(10)
+            assert call.id == status.call and call.peer_name == "Val"
+            await call.wait_connected(10)
+            await call.hang_up()
+            await until(lambda: "call ended: completed" in log_path.read_text(), 10, "the end")
+        finally:
+            await rec.close()
+            vol.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(vol.wait(), 20) == 130
