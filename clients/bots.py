@@ -232,9 +232,10 @@ async def run_call(
                     return CallReport("gave up", time.monotonic() - started, notified, waves)
                 live.update(_search_view(started, notified, waves, status.state))
                 continue
-            if isinstance(event, CallStatus) and event.call == status.call:
-                if (event.notified or 0) > notified:
-                    waves += 1
+            if isinstance(event, CallStatus) and event.call == status.call and event.ref is None:
+                # Each later status is a wave that rang more people or widened the search (the
+                # one with our ref is the answer to the request, already counted).
+                waves += 1
                 notified = max(notified, event.notified or 0)
             elif isinstance(event, CallEnded) and event.call == status.call:
                 return CallReport(event.reason, time.monotonic() - started, notified, waves)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -13,7 +14,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from rich.console import Console
 
+from clients.bots import run_call
 from clients.cli import main
 from clients.media import MediaOptions, stamp
 from clients.roles import Recipient, Volunteer
@@ -221,3 +224,26 @@ async def test_volunteer_command_asks_before_accepting(tmp_path: Path) -> None:
             await rec.close()
             vol.send_signal(signal.SIGINT)
             assert await asyncio.wait_for(vol.wait(), 20) == 130
+
+
+async def test_call_progress_counts_waves_and_notified(tmp_path: Path) -> None:
+    settings = {**CALL_SETTINGS, "first_wave": 1, "wave_interval_s": 0.3}
+    async with start_server(**settings) as server:
+        shy = await volunteer(server, "v1", auto_accept=False)
+        rec = await recipient(server)
+        out = io.StringIO()
+        console = Console(file=out, width=200)
+        eager = None
+        try:
+            task = asyncio.create_task(run_call(rec, console, duration_s=0.5, wait_s=20))
+            await until(lambda: bool(shy.rings), 5, "the first wave")
+            eager = await volunteer(server, "v2")  # on duty in time for the second wave
+            report = await asyncio.wait_for(task, 20)
+            assert report.outcome == "completed" and report.peer == "v2"
+            assert report.notified == 2 and report.waves == 2
+            assert "(notified 2, 2 waves)" in out.getvalue()
+        finally:
+            await rec.close()
+            await shy.close()
+            if eager is not None:
+                await eager.close()
