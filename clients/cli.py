@@ -10,8 +10,12 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clients.media import MediaOptions
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -105,11 +109,198 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bots: volunteer, call, demo ---------------------------------------------------------------
+
+
+def _broker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        default=os.environ.get("VABROKER_URL", "http://127.0.0.1:8080"),
+        help="broker URL, http(s):// or ws(s):// (default $VABROKER_URL or http://127.0.0.1:8080)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("VABROKER_TOKEN"),
+        help="your token (default $VABROKER_TOKEN); `vabroker token` mints development ones",
+    )
+    p.add_argument(
+        "--loopback",
+        action="store_true",
+        help="offer only 127.0.0.1 for media (both parties on this machine, no network)",
+    )
+    p.add_argument(
+        "--connect-timeout", type=float, default=10.0, help="seconds to set up media (default 10)"
+    )
+
+
+def _volunteer_args(p: argparse.ArgumentParser) -> None:
+    _broker_args(p)
+    p.add_argument("--lang", required=True, help="languages you help in, e.g. en or en,fr")
+    p.add_argument("--tz", required=True, help="your IANA time zone, e.g. Europe/London")
+    p.add_argument("--auto-accept", action="store_true", help="accept every ring at once")
+    p.add_argument("--record", help="record the call's video and audio to this file (.mp4, .mkv)")
+
+
+def _call_args(p: argparse.ArgumentParser) -> None:
+    _broker_args(p)
+    p.add_argument("--lang", help="the language of the call (default your first language)")
+    p.add_argument("--topic", help="what you need help with")
+    p.add_argument(
+        "--video",
+        help="a video file or camera device (/dev/video0) to send (default a test pattern)",
+    )
+    p.add_argument(
+        "--duration", type=float, default=10.0, help="seconds to stay in the call (default 10)"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--volunteers", type=int, default=3, help="volunteer bots (default 3)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of call (default 5)")
+
+
+def _bot_setup(args: argparse.Namespace) -> tuple[str, str] | None:
+    from clients.sdk import ws_url
+
+    if not args.token:
+        print("vabroker: give --token or set VABROKER_TOKEN", file=sys.stderr)
+        return None
+    try:
+        return ws_url(args.url), args.token
+    except ValueError as exc:
+        print(f"vabroker: --url: {exc}", file=sys.stderr)
+        return None
+
+
+def _media_options(
+    args: argparse.Namespace, video: str | None = None, record: str | None = None
+) -> MediaOptions:
+    from clients.media import MediaOptions
+
+    if args.connect_timeout <= 0:
+        raise ValueError("--connect-timeout must be positive")
+    return MediaOptions(
+        video=video,
+        record=record,
+        loopback_ice=args.loopback,
+        connect_timeout_s=args.connect_timeout,
+    )
+
+
+def _volunteer(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from clients.bots import BotError, run_volunteer, update_profile
+    from clients.roles import Volunteer
+    from clients.sdk import Client
+
+    setup = _bot_setup(args)
+    if setup is None:
+        return 2
+    url, token = setup
+    languages = [t.strip() for t in args.lang.split(",") if t.strip()]
+    console = Console()
+
+    async def run() -> int:
+        party = Volunteer(
+            Client(url, token, client_name="vabroker-volunteer/0.1"),
+            _media_options(args, record=args.record),
+            auto_accept=args.auto_accept,
+        )
+        try:
+            await party.client.connect()
+            if party.client.welcome and party.client.welcome.user.role != "volunteer":
+                raise BotError("this token is not a volunteer's")
+            await update_profile(args.url, token, {"languages": languages, "timezone": args.tz})
+            await run_volunteer(party, console, ask=not args.auto_accept)
+        finally:
+            await party.close()
+        return 0
+
+    return _run_bot(run)
+
+
+def _call(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from clients.bots import dump, media_table, run_call
+    from clients.roles import Recipient
+    from clients.sdk import Client
+
+    setup = _bot_setup(args)
+    if setup is None:
+        return 2
+    url, token = setup
+    if args.duration <= 0:
+        print("vabroker: --duration must be positive", file=sys.stderr)
+        return 2
+    if args.video and not Path(args.video).exists():
+        print(f"vabroker: --video: {args.video} does not exist", file=sys.stderr)
+        return 2
+    console = Console(stderr=args.json)
+
+    async def run() -> int:
+        party = Recipient(
+            Client(url, token, client_name="vabroker-call/0.1"),
+            _media_options(args, video=args.video),
+        )
+        try:
+            await party.client.connect()
+            report = await run_call(
+                party, console, language=args.lang, topic=args.topic, duration_s=args.duration
+            )
+        finally:
+            await party.close()
+        if args.json:
+            print(dump(report))
+        else:
+            console.print(f"outcome: {report.outcome}, waited {report.waited_s:.1f} s")
+            if report.media:
+                console.print(media_table("media", report.media))
+        return 0 if report.outcome == "completed" else 1
+
+    return _run_bot(run)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import logging
+
+    from rich.console import Console
+
+    from clients.bots import run_demo
+
+    if not 1 <= args.volunteers <= 50:
+        print("vabroker: --volunteers must be between 1 and 50", file=sys.stderr)
+        return 2
+    if args.duration <= 0:
+        print("vabroker: --duration must be positive", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING)
+    return _run_bot(lambda: run_demo(Console(), args.volunteers, args.duration))
+
+
+def _run_bot(run: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    from clients.bots import BotError
+    from clients.sdk import SdkError
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 130
+    except (BotError, SdkError, ValueError) as exc:
+        print(f"vabroker: {exc}", file=sys.stderr)
+        return 1
+
+
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 COMMANDS: dict[str, Command] = {
     "serve": ("run the broker", _serve_args, _serve),
     "token": ("mint a development token with the configured secret", _token_args, _token),
+    "volunteer": ("go on duty as a volunteer bot and answer calls", _volunteer_args, _volunteer),
+    "call": ("ask for help as a recipient and show the call", _call_args, _call),
+    "demo": ("run a broker, volunteer bots and a recipient: one whole call", _demo_args, _demo),
 }
 
 

@@ -1,0 +1,272 @@
+"""The two parties of a call, on top of ``clients.sdk.Client``.
+
+A ``Recipient`` asks for help and follows the search; a ``Volunteer`` goes on duty, hears rings
+and accepts one. Once a call is assigned both hold a ``Call``: its media session (aiortc, see
+``clients.media``) is started by the recipient, the offerer, and answered by the volunteer.
+When the broker re-sends ``call.assigned`` with ``resumed`` after a dropped connection, the
+call keeps its peer connection, so media goes on through the drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from clients.sdk import Client, ConnectionLost, ProtocolError
+from signaling.messages import (
+    Ack,
+    AvailabilityState,
+    CallAssigned,
+    CallEnded,
+    CallRing,
+    CallStatus,
+    CallWithdrawn,
+    ServerMessage,
+    SignalRelay,
+)
+
+log = logging.getLogger("vabroker.roles")
+
+
+class Call:
+    """An assigned call as one party sees it, with its media."""
+
+    def __init__(self, party: Party, assigned: CallAssigned) -> None:
+        from clients.media import MediaSession
+
+        self.party = party
+        self.id = assigned.call
+        self.assigned = assigned
+        self.peer_name = assigned.peer.display_name
+        self.ended: asyncio.Future[CallEnded] = asyncio.get_running_loop().create_future()
+        self.media = MediaSession(
+            offerer=assigned.offerer,
+            ice_servers_=assigned.ice_servers,
+            options=party.media_options,
+            send_signal=self._signal,
+            report=self._report,
+        )
+        self._start: asyncio.Task[None] | None = None
+
+    async def _signal(self, data: dict[str, Any]) -> None:
+        await self.party.client.send({"type": "signal", "call": self.id, "data": data})
+
+    async def _report(self, state: str) -> None:
+        await self.party.client.expect({"type": "call.media", "call": self.id, "state": state}, Ack)
+
+    def begin(self) -> None:
+        self._start = asyncio.create_task(self._begin(), name=f"call-{self.id}")
+
+    async def _begin(self) -> None:
+        try:
+            await self.media.start()
+        except (ConnectionLost, ValueError, OSError) as exc:
+            log.warning("media set-up failed: %s", exc)
+            await self.media._tell("failed")
+
+    async def wait_connected(self, within_s: float) -> None:
+        await asyncio.wait_for(self.media.connected.wait(), within_s)
+
+    async def hang_up(self) -> CallEnded:
+        """``call.end``; the media is closed whatever the broker answers."""
+        try:
+            answer = await self.party.client.expect(
+                {"type": "call.end", "call": self.id}, CallEnded
+            )
+        except ProtocolError:
+            if not self.ended.done():
+                raise
+            answer = self.ended.result()
+        finally:
+            await self.close()
+        self._ended(answer)
+        return answer
+
+    def _ended(self, message: CallEnded) -> None:
+        if not self.ended.done():
+            self.ended.set_result(message)
+
+    async def close(self) -> None:
+        if self._start is not None and not self._start.done():
+            self._start.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._start
+        await self.media.close()
+
+
+class Party:
+    """What both roles share: the connection, the current call, and a queue of events."""
+
+    def __init__(self, client: Client, media_options: Any = None) -> None:
+        from clients.media import MediaOptions
+
+        self.client = client
+        self.media_options: MediaOptions = media_options or MediaOptions()
+        self.call: Call | None = None
+        self.events: asyncio.Queue[ServerMessage] = asyncio.Queue()
+        self.on_event: list[Callable[[ServerMessage], None]] = []
+        # Media statistics of the calls this party has had, most recent last.
+        self.history: deque[dict[str, Any]] = deque(maxlen=100)
+        self._closing: set[asyncio.Task[None]] = set()
+        client.listeners.append(self._on_message)
+        client.on_lost.append(self._on_lost)
+
+    async def __aenter__(self) -> Party:
+        if not self.client.connected:
+            await self.client.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self.call is not None:
+            await self.call.close()
+            self.call = None
+        for task in list(self._closing):
+            with contextlib.suppress(Exception):
+                await task
+        await self.client.close()
+
+    def _on_message(self, message: ServerMessage) -> None:
+        match message:
+            case CallAssigned():
+                if self.call is not None and self.call.id == message.call:
+                    if not message.resumed:
+                        log.info("call.assigned again without resumed: keeping the session")
+                else:
+                    if self.call is not None:  # a call we never heard end: stop its media
+                        self._close_call(self.call)
+                    self.call = Call(self, message)
+                    self.call.begin()
+            case SignalRelay():
+                if self.call is not None and self.call.id == message.call:
+                    task = asyncio.ensure_future(self.call.media.handle_signal(message.data))
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+            case CallEnded():
+                call = self.call
+                if call is not None and call.id == message.call:
+                    call._ended(message)
+                    self.call = None
+                    self._close_call(call)
+        for hook in self.on_event:
+            hook(message)
+        self.events.put_nowait(message)
+
+    def _close_call(self, call: Call) -> None:
+        task = asyncio.ensure_future(self._finish_call(call))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _finish_call(self, call: Call) -> None:
+        await call.close()
+        self.history.append(call.media.stats.summary())
+
+    def _on_lost(self, exc: BaseException | None) -> None:
+        # No resume: the broker ends the call after its grace period; stop sending now.
+        if self.call is not None:
+            log.warning("connection lost for good during call %s: %s", self.call.id, exc)
+            self._close_call(self.call)
+            self.call = None
+
+    async def next_event(
+        self, kind: type[Any], within_s: float = 10.0, call: str | None = None
+    ) -> Any:
+        """The next queued event of ``kind`` (for ``call``), dropping the others before it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while True:
+            message = await asyncio.wait_for(self.events.get(), max(0.0, deadline - loop.time()))
+            if isinstance(message, kind) and (call is None or message.call == call):
+                return message
+
+    async def wait_call(self, within_s: float = 10.0) -> Call:
+        """Until this party has an assigned call."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while self.call is None:
+            await self.next_event(CallAssigned, max(0.0, deadline - loop.time()))
+        return self.call
+
+    async def wait_media_closed(self) -> None:
+        """Until every call that ended has closed its media."""
+        for task in list(self._closing):
+            with contextlib.suppress(Exception):
+                await task
+
+
+class Recipient(Party):
+    """Asks for help: ``request`` starts a search; its ``call.status`` updates and the
+    assignment arrive as events."""
+
+    async def request(
+        self, language: str | None = None, topic: str | None = None, note: str | None = None
+    ) -> CallStatus:
+        message: dict[str, Any] = {"type": "call.request"}
+        for key, value in (("language", language), ("topic", topic), ("note", note)):
+            if value is not None:
+                message[key] = value
+        return await self.client.expect(message, CallStatus)
+
+    async def cancel(self, call_id: str) -> CallEnded:
+        return await self.client.expect({"type": "call.cancel", "call": call_id}, CallEnded)
+
+
+class Volunteer(Party):
+    """Goes on duty and answers rings. With ``auto_accept`` every ring is accepted at once;
+    otherwise rings wait in ``rings`` for the caller to ``accept`` or ``decline``."""
+
+    def __init__(self, client: Client, media_options: Any = None, auto_accept: bool = False):
+        super().__init__(client, media_options)
+        self.auto_accept = auto_accept
+        self.rings: dict[str, CallRing] = {}
+        self.lost_races = 0
+        self._accepting: set[asyncio.Task[None]] = set()
+        self.on_event.insert(0, self._on_ring)
+
+    async def set_available(self, available: bool = True) -> None:
+        await self.client.expect(
+            {"type": "availability", "available": available}, AvailabilityState
+        )
+
+    def _on_ring(self, message: ServerMessage) -> None:
+        if isinstance(message, CallRing):
+            self.rings[message.call] = message
+            if self.auto_accept and self.call is None:
+                task = asyncio.ensure_future(self._auto_accept(message.call))
+                self._accepting.add(task)
+                task.add_done_callback(self._accepting.discard)
+        elif isinstance(message, CallWithdrawn):
+            self.rings.pop(message.call, None)
+
+    async def _auto_accept(self, call_id: str) -> None:
+        try:
+            await self.accept(call_id)
+        except ProtocolError as exc:  # someone else was faster: the usual outcome
+            self.lost_races += 1
+            log.debug("accept of %s refused: %s", call_id, exc)
+        except ConnectionLost as exc:
+            log.info("accept of %s lost: %s", call_id, exc)
+
+    async def accept(self, call_id: str) -> Call:
+        """Accept a ring. Raises ``Conflict`` when someone else answered first."""
+        self.rings.pop(call_id, None)
+        await self.client.expect({"type": "call.accept", "call": call_id}, CallAssigned)
+        assert self.call is not None and self.call.id == call_id
+        return self.call
+
+    async def decline(self, call_id: str) -> None:
+        self.rings.pop(call_id, None)
+        await self.client.expect({"type": "call.decline", "call": call_id}, Ack)
+
+    async def close(self) -> None:
+        for task in list(self._accepting):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await super().close()

@@ -1,0 +1,459 @@
+"""The Python SDK: protocol v1 over the ``websockets`` library.
+
+``Client`` is one connection to the broker: it says hello, matches answers to requests by ``ref``,
+sends the protocol ``ping`` as a heartbeat, and after a dropped connection connects again and
+resumes with the token of its last ``welcome``. Every server frame is parsed with
+``signaling.messages.parse_server``, the same models the server is written with; an ``error`` in
+answer to a request is raised as the ``ProtocolError`` subclass named after its code.
+
+``Recipient`` and ``Volunteer`` (the roles) are built on top of it in ``clients.roles``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from signaling.messages import (
+    BadMessage,
+    Error,
+    Pong,
+    Reconnect,
+    ServerMessage,
+    Welcome,
+    parse_server,
+)
+
+log = logging.getLogger("vabroker.sdk")
+
+CLIENT_NAME = "vabroker-sdk/0.1"
+CLOSE_UNAUTHENTICATED = 4401
+
+M = TypeVar("M")
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class SdkError(Exception):
+    """Anything the SDK reports."""
+
+
+class ConnectionLost(SdkError):
+    """The connection dropped (and could not be resumed, or a request was in flight)."""
+
+
+class ProtocolError(SdkError):
+    """An ``error`` message from the broker. ``code`` is the protocol's error code."""
+
+    code = "error"
+
+    def __init__(self, message: str, ref: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.ref = ref
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class BadMessageError(ProtocolError):
+    code = "bad_message"
+
+
+class Unauthenticated(ProtocolError):
+    code = "unauthenticated"
+
+
+class Forbidden(ProtocolError):
+    code = "forbidden"
+
+
+class NotFound(ProtocolError):
+    code = "not_found"
+
+
+class Conflict(ProtocolError):
+    code = "conflict"
+
+
+class RateLimited(ProtocolError):
+    code = "rate_limited"
+
+
+class OrgClosed(ProtocolError):
+    code = "org_closed"
+
+
+class QueueFull(ProtocolError):
+    code = "queue_full"
+
+
+class Unavailable(ProtocolError):
+    code = "unavailable"
+
+
+class TooLarge(ProtocolError):
+    code = "too_large"
+
+
+ERRORS: dict[str, type[ProtocolError]] = {
+    cls.code: cls
+    for cls in (
+        BadMessageError,
+        Unauthenticated,
+        Forbidden,
+        NotFound,
+        Conflict,
+        RateLimited,
+        OrgClosed,
+        QueueFull,
+        Unavailable,
+        TooLarge,
+    )
+}
+
+
+def error_for(error: Error) -> ProtocolError:
+    """The exception for an ``error`` message; an unknown code (a newer broker) keeps its code."""
+    cls = ERRORS.get(error.code, ProtocolError)
+    return cls(error.message, error.ref, None if cls is not ProtocolError else error.code)
+
+
+# --- the connection ----------------------------------------------------------------------------
+
+Listener = Callable[[ServerMessage], None]
+
+
+class Client:
+    """One authenticated connection to the broker, kept alive and resumed across drops.
+
+    ``listeners`` are called (in order, synchronously) with every server message except pongs
+    and errors that answer a ``request`` (those are raised to the requester); ``on_resumed``
+    after a resume, ``on_lost`` when the connection is gone for good. ``resume_within_s``
+    bounds how long reconnecting is tried (clients cannot know the broker's grace period:
+    20 s, its default).
+    """
+
+    def __init__(
+        self,
+        ws_url: str,
+        token: str,
+        *,
+        client_name: str = CLIENT_NAME,
+        reconnect: bool = True,
+        resume_within_s: float = 20.0,
+        connect_timeout_s: float = 10.0,
+        request_timeout_s: float = 10.0,
+    ) -> None:
+        if not ws_url.startswith(("ws://", "wss://")):
+            raise ValueError(f"{ws_url!r} is not a ws:// or wss:// URL")
+        if not token:
+            raise ValueError("a token is required")
+        self.ws_url = ws_url
+        self.token = token
+        self.client_name = client_name
+        self.reconnect = reconnect
+        self.resume_within_s = resume_within_s
+        self.connect_timeout_s = connect_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.welcome: Welcome | None = None
+        self.listeners: list[Listener] = []
+        self.on_resumed: list[Callable[[], None]] = []
+        self.on_lost: list[Callable[[BaseException | None], None]] = []
+        self.resumes = 0
+        self._ws: ClientConnection | None = None
+        self._refs = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[ServerMessage]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = False
+        self._pause_s = 0.0
+        self._lost: BaseException | None = None
+        self._done = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    @property
+    def user_id(self) -> str:
+        assert self.welcome is not None, "not connected"
+        return self.welcome.user.id
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._done.is_set()
+
+    async def connect(self) -> Welcome:
+        """Connect and say hello. Raises ``Unauthenticated`` for a refused token."""
+        self._closing = False
+        self._done.clear()
+        self._lost = None
+        welcome = await self._open(resume=None)
+        self._reader = asyncio.create_task(self._read(), name="vabroker-sdk-reader")
+        self._heartbeat = asyncio.create_task(self._beat(), name="vabroker-sdk-heartbeat")
+        return welcome
+
+    async def _open(self, resume: str | None) -> Welcome:
+        try:
+            ws = await asyncio.wait_for(
+                websockets.connect(
+                    self.ws_url, proxy=None, ping_interval=None, max_size=2**20, open_timeout=None
+                ),
+                self.connect_timeout_s,
+            )
+        except TimeoutError:
+            raise ConnectionLost(
+                f"No answer from {self.ws_url} within {self.connect_timeout_s:g} s."
+            ) from None
+        except (OSError, InvalidHandshake, InvalidURI) as exc:
+            raise ConnectionLost(f"Cannot connect to {self.ws_url}: {exc}") from exc
+        try:
+            hello: dict[str, Any] = {"type": "hello", "token": self.token}
+            hello["client"] = self.client_name
+            if resume:
+                hello["resume"] = resume
+            await ws.send(json.dumps(hello))
+            raw = await asyncio.wait_for(ws.recv(), self.connect_timeout_s)
+            first = parse_server(raw)
+        except (ConnectionClosed, TimeoutError, BadMessage) as exc:
+            await ws.close()
+            raise ConnectionLost(f"The broker did not welcome us: {exc!r}") from exc
+        except BaseException:
+            await ws.close()
+            raise
+        if isinstance(first, Error):
+            await ws.close()
+            raise error_for(first)
+        if not isinstance(first, Welcome):
+            await ws.close()
+            raise ConnectionLost(f"Expected welcome, got {first.type!r}.")
+        self._ws = ws
+        self.welcome = first
+        return first
+
+    async def close(self) -> None:
+        """Close for good (no resume); pending requests fail with ``ConnectionLost``."""
+        self._closing = True
+        tasks = [t for t in (self._heartbeat, self._reader) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._heartbeat = self._reader = None
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
+        self._fail_pending(ConnectionLost("The connection was closed."))
+        self._done.set()
+
+    async def drop(self) -> None:
+        """Cut the connection without a closing handshake, as a lost network would (the broker
+        starts the resume grace period); the client then reconnects if ``reconnect`` is set."""
+        if self._ws is not None:
+            self._ws.transport.abort()
+
+    async def wait_closed(self) -> BaseException | None:
+        """Until the connection is gone for good; what ended it (None for ``close``)."""
+        await self._done.wait()
+        return self._lost
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- sending -------------------------------------------------------------------------------
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send a message that has no direct answer (``signal``), or whose answer the caller
+        does not wait for. Raises ``ConnectionLost`` when there is no connection right now."""
+        ws = self._ws
+        if ws is None or self._done.is_set():
+            raise ConnectionLost("Not connected to the broker.")
+        try:
+            await ws.send(json.dumps(message, separators=(",", ":")))
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"The connection dropped while sending: {exc}") from exc
+
+    async def request(
+        self, message: dict[str, Any], timeout_s: float | None = None
+    ) -> ServerMessage:
+        """Send with a fresh ``ref`` and return the answer that carries it; an ``error`` answer
+        is raised as its ``ProtocolError``."""
+        ref = f"r{next(self._refs)}"
+        future: asyncio.Future[ServerMessage] = asyncio.get_running_loop().create_future()
+        self._pending[ref] = future
+        try:
+            await self.send({**message, "ref": ref})
+            answer = await asyncio.wait_for(future, timeout_s or self.request_timeout_s)
+        except TimeoutError:
+            raise ConnectionLost(
+                f"No answer to {message.get('type')!r} within "
+                f"{timeout_s or self.request_timeout_s:g} s."
+            ) from None
+        finally:
+            self._pending.pop(ref, None)
+        if isinstance(answer, Error):
+            raise error_for(answer)
+        return answer
+
+    async def expect(
+        self, message: dict[str, Any], kind: type[M], timeout_s: float | None = None
+    ) -> M:
+        answer = await self.request(message, timeout_s)
+        if not isinstance(answer, kind):
+            raise ConnectionLost(f"Expected {kind.__name__} in answer, got {answer.type!r}.")
+        return answer
+
+    async def ping(self) -> float:
+        """Round trip of the protocol ``ping``, in seconds."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await self.expect({"type": "ping"}, Pong)
+        return loop.time() - start
+
+    # --- receiving -----------------------------------------------------------------------------
+    async def _read(self) -> None:
+        while True:
+            ws = self._ws
+            assert ws is not None
+            try:
+                async for raw in ws:
+                    self._receive(raw)
+                reason: BaseException | None = None
+            except ConnectionClosed as exc:
+                reason = exc
+            if self._closing:
+                return
+            rc = ws.close_code
+            self._ws = None
+            self._fail_pending(ConnectionLost("The connection dropped."))
+            if rc == CLOSE_UNAUTHENTICATED or not self.reconnect:
+                self._finish(ConnectionLost(f"The connection closed ({rc}): {reason}"))
+                return
+            if not await self._resume():
+                return
+
+    def _receive(self, raw: str | bytes) -> None:
+        try:
+            message = parse_server(raw)
+        except BadMessage as exc:
+            log.warning("ignoring a frame the SDK cannot read: %s", exc)
+            return
+        if message.ref is not None and message.ref in self._pending:
+            future = self._pending.pop(message.ref)
+            if not future.done():
+                future.set_result(message)
+            if isinstance(message, Pong | Error):
+                return
+            # An answer that is also news (call.assigned, call.ended, call.status) goes on to
+            # the listeners, which run before the requester resumes.
+        if isinstance(message, Reconnect):
+            # The node is going away: it closes the socket next, and _read resumes (elsewhere,
+            # behind the same URL) after the pause it asks for.
+            log.info("the broker asked us to reconnect after %.1f s", message.after_s)
+            self._pause_s = max(0.0, min(message.after_s, self.resume_within_s / 2))
+        for listener in list(self.listeners):
+            try:
+                listener(message)
+            except Exception:
+                log.exception("listener failed on %s", message.type)
+
+    async def _resume(self) -> bool:
+        """Reconnect with the last resume token until ``resume_within_s`` has passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.resume_within_s
+        delay = 0.05
+        assert self.welcome is not None
+        token = self.welcome.resume
+        last: BaseException | None = None
+        if self._pause_s:
+            await asyncio.sleep(self._pause_s)
+            self._pause_s = 0.0
+        while loop.time() < deadline:
+            try:
+                await self._open(resume=token)
+            except Unauthenticated as exc:
+                self._finish(exc)
+                return False
+            except (ConnectionLost, ProtocolError) as exc:
+                last = exc
+                await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+                delay = min(2.0, delay * 2) * (0.8 + 0.4 * random.random())
+                continue
+            self.resumes += 1
+            log.info("resumed the session")
+            for callback in list(self.on_resumed):
+                callback()
+            return True
+        self._finish(ConnectionLost(f"Could not resume within {self.resume_within_s:g} s: {last}"))
+        return False
+
+    async def _beat(self) -> None:
+        """The protocol ping every ``heartbeat_s``; an unanswered one means the connection is
+        dead even if the socket looks open, so it is cut and resumed."""
+        while True:
+            interval = self.welcome.heartbeat_s if self.welcome else 20.0
+            await asyncio.sleep(interval)
+            if self._ws is None:
+                continue
+            try:
+                await self.expect({"type": "ping"}, Pong, timeout_s=interval)
+            except ConnectionLost:
+                if self._ws is not None and not self._closing:
+                    log.info("no pong within %.1f s: reconnecting", interval)
+                    self._ws.transport.abort()
+            except ProtocolError as exc:  # e.g. rate_limited: the connection is alive
+                log.debug("heartbeat answered with %s", exc)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._pending.clear()
+
+    def _finish(self, exc: BaseException | None) -> None:
+        self._lost = exc
+        self._done.set()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        for callback in list(self.on_lost):
+            callback(exc)
+
+
+def ws_url(base: str) -> str:
+    """The WebSocket URL for a broker base URL: ``http://h:p`` -> ``ws://h:p/v1/ws``; a ws://
+    URL is used as it is."""
+    base = base.rstrip("/")
+    if base.startswith(("ws://", "wss://")):
+        return base
+    if base.startswith("http://"):
+        return "ws://" + base[len("http://") :] + "/v1/ws"
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://") :] + "/v1/ws"
+    raise ValueError(f"{base!r} is not an http(s):// or ws(s):// broker URL")
+
+
+def http_url(base: str) -> str:
+    """The HTTP base URL for a broker URL given either way."""
+    base = base.rstrip("/")
+    for scheme, http in (("wss://", "https://"), ("ws://", "http://")):
+        if base.startswith(scheme):
+            base = http + base[len(scheme) :]
+            return base[: -len("/v1/ws")] if base.endswith("/v1/ws") else base
+    if base.startswith(("http://", "https://")):
+        return base
+    raise ValueError(f"{base!r} is not an http(s):// or ws(s):// broker URL")
