@@ -1,0 +1,102 @@
+"""APNs through aioapns: token (.p8) authentication over one pool of HTTP/2 connections.
+
+aioapns has no host or port setting: its client protocol class carries Apple's address. The one
+adapter below gives the pool a subclass with another address when ``apns_base_url`` names one (a
+relay, or a test's stand-in); everything else is aioapns as it comes. Its proxy mode is not
+offered (it fails on Python 3.11).
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+from aioapns import APNs, NotificationRequest, PushType
+from aioapns.connection import APNsDevelopmentClientProtocol, APNsProductionClientProtocol
+
+from broker.notify.devices import Device, Platform
+from broker.notify.outcome import Answer, classify
+from broker.notify.payloads import Push, apns_request
+
+_PUSH_TYPES = {"voip": PushType.VOIP, "alert": PushType.ALERT}
+
+
+def protocol_class(base_url: str | None, use_sandbox: bool) -> type[Any]:
+    """aioapns's protocol class for Apple's host, or a subclass aimed at ``base_url``."""
+    apple = APNsDevelopmentClientProtocol if use_sandbox else APNsProductionClientProtocol
+    if base_url is None:
+        return apple
+    parts = urlsplit(base_url)
+    return type(
+        "APNsRelayClientProtocol",
+        (apple,),
+        {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443},
+    )
+
+
+class ApnsSender:
+    platform = Platform.APNS
+
+    def __init__(
+        self,
+        key_pem: str,
+        key_id: str,
+        team_id: str,
+        topic: str,
+        use_sandbox: bool = False,
+        base_url: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = 4,
+    ) -> None:
+        self.key_pem = key_pem
+        self.key_id = key_id
+        self.team_id = team_id
+        self.topic = topic
+        self.use_sandbox = use_sandbox
+        self.base_url = base_url
+        self.ssl_context = ssl_context
+        self.max_connections = max_connections
+        self.client: APNs | None = None
+
+    async def start(self) -> None:
+        # aioapns binds to the event loop it is created in: create it here, in the running loop.
+        self.client = APNs(
+            key=self.key_pem,
+            key_id=self.key_id,
+            team_id=self.team_id,
+            topic=self.topic,
+            use_sandbox=self.use_sandbox,
+            ssl_context=self.ssl_context,
+            max_connections=self.max_connections,
+            max_connection_attempts=1,  # retries are the caller's, with backoff
+            err_func=_quiet,
+        )
+        self.client.pool.protocol_class = protocol_class(self.base_url, self.use_sandbox)
+
+    async def send(self, device: Device, push: Push, now: float) -> Answer:
+        assert self.client is not None, "start() first"
+        req = apns_request(device, push, self.topic, now)
+        result = await self.client.send_notification(
+            NotificationRequest(
+                device_token=req.token,
+                message=req.payload,
+                time_to_live=req.ttl_s,
+                priority=req.priority,
+                collapse_key=req.collapse_id,
+                push_type=_PUSH_TYPES[req.push_type],
+                apns_topic=req.topic,
+            )
+        )
+        status = int(result.status) if str(result.status).isdigit() else 0
+        reason = result.description or ""
+        return Answer(classify(Platform.APNS, status, reason), status, reason)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            self.client.pool.close()  # aioapns has no close() of its own
+            self.client = None
+
+
+async def _quiet(request: Any, result: Any) -> None:
+    """aioapns logs every failure at ERROR unless given this; the pusher logs and counts."""
