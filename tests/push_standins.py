@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import functools
 import ipaddress
 import json
 import os
@@ -320,6 +321,12 @@ class _ApnsProtocol(asyncio.Protocol):
 # --- FCM, OAuth and Web Push --------------------------------------------------------------------
 
 
+@functools.cache
+def _rsa_key() -> rsa.RSAPrivateKey:
+    """One RSA key per test process: generating one takes a noticeable fraction of a second."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 @dataclass
 class FcmCredentials:
     key: rsa.RSAPrivateKey
@@ -328,7 +335,7 @@ class FcmCredentials:
 
     @classmethod
     def generate(cls) -> FcmCredentials:
-        return cls(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        return cls(_rsa_key())
 
     def write(self, path: Path, token_uri: str) -> str:
         path.write_text(

@@ -266,7 +266,7 @@ async def test_429_is_retried_with_backoff_then_given_up(push_env: PushEnv) -> N
         assert metric(server, "vabroker_push_total", platform="apns", result="retried") == 3
         assert metric(server, "vabroker_push_total", platform="apns", result="sent") == 1
         assert metric(server, "vabroker_push_total", platform="apns", result="failed") == 1
-        status, profile = await http(server, "GET", "/v1/me/profile", "off2")
+        _, profile = await http(server, "GET", "/v1/me/profile", "off2")
         assert len(profile["devices"]) == 1, "a busy push service is no reason to forget a device"
         await rec.close()
 
@@ -326,6 +326,7 @@ async def test_a_slow_push_service_does_not_delay_accept(push_env: PushEnv) -> N
         assert (await rec.expect("call.assigned"))["call"] == call
         # The push service has not answered the ring yet: nothing on the accept path waited.
         assert apns.answered == 0 and apns.in_flight == 1
+        apns.delay_s = 0.0  # the withdrawal need not be slow too
         await pusher(server).drain()
         assert [p.payload["type"] for p in apns.to(TOKEN_A)] == ["call.ring", "call.withdrawn"]
         await on1.close()
@@ -367,4 +368,19 @@ async def test_a_volunteer_who_comes_online_still_withdraws_their_devices(
         await pusher(server).drain()
         assert [p.payload["type"] for p in apns.to(TOKEN_A)] == ["call.ring", "call.withdrawn"]
         await vol.close()
+        await rec.close()
+
+
+async def test_fcm_access_token_is_renewed_before_it_expires(push_env: PushEnv) -> None:
+    google = push_env.google
+    google.token_lifetime_s = 60  # inside the renewal margin: every send needs a new token
+    async with start_server(**push_env.settings) as server:
+        await offline_volunteer(server, "off1", {"platform": "fcm", "token": FCM_TOKEN})
+        rec = await server.connect("r1", "recipient", name="Rae", languages=["en"])
+        call = (await rec.request({"type": "call.request"}))["call"]
+        await wait_until(lambda: len(google.fcm_messages) == 1, what="the ring push")
+        await rec.request({"type": "call.cancel", "call": call})
+        await pusher(server).drain()
+        assert [m["data"]["type"] for m in google.to(FCM_TOKEN)] == ["call.ring", "call.withdrawn"]
+        assert google.tokens_granted == 2 and not google.problems
         await rec.close()

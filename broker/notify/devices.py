@@ -9,7 +9,7 @@ import re
 import secrets
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 MAX_DEVICES = 10  # per user: a person has a few phones and browsers, not hundreds
 
@@ -90,7 +90,7 @@ class DeviceRegistration(BaseModel):
     platform: Platform
     token: str | None = Field(default=None, max_length=4096)
     subscription: Subscription | None = None
-    voip: bool = False
+    voip: StrictBool = False
     topic: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
