@@ -66,6 +66,14 @@ class TestTLS:
     def client(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_file)
 
+    @classmethod
+    def load(cls, directory: Path) -> TestTLS:
+        """The TLS files ``make_tls`` wrote, for a stand-in in another process."""
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(directory / "server.pem", directory / "server.key")
+        server.set_alpn_protocols(["h2", "http/1.1"])
+        return cls(server, str(directory / "ca.pem"))
+
 
 def make_tls(directory: Path) -> TestTLS:
     """A throwaway CA and a certificate for 127.0.0.1 and localhost signed by it."""
@@ -168,6 +176,7 @@ class ApnsStandIn:
     server: asyncio.Server | None = None
     answered: int = 0
     connections: set[_ApnsProtocol] = field(default_factory=set)
+    verified: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -202,12 +211,17 @@ class ApnsStandIn:
         scheme, _, provider_token = headers.get("authorization", "").partition(" ")
         if scheme != "bearer":
             return 403, "MissingProviderToken", None
-        try:
-            header = jwt.get_unverified_header(provider_token)
-            claims = jwt.decode(provider_token, self.creds.public_pem, algorithms=["ES256"])
-        except jwt.PyJWTError:
-            return 403, "InvalidProviderToken", None
-        if header.get("kid") != self.creds.key_id or claims.get("iss") != self.creds.team_id:
+        claims = self.verified.get(provider_token)
+        if claims is None:  # like Apple, verify a provider token once, not on every push
+            try:
+                header = jwt.get_unverified_header(provider_token)
+                claims = jwt.decode(provider_token, self.creds.public_pem, algorithms=["ES256"])
+            except jwt.PyJWTError:
+                return 403, "InvalidProviderToken", None
+            if header.get("kid") != self.creds.key_id:
+                return 403, "InvalidProviderToken", None
+            self.verified[provider_token] = claims
+        if claims.get("iss") != self.creds.team_id:
             return 403, "InvalidProviderToken", None
         if abs(time.time() - float(claims.get("iat", 0))) > 3600:
             return 403, "ExpiredProviderToken", None
@@ -261,7 +275,11 @@ class _ApnsProtocol(asyncio.Protocol):
         self.transport = transport
         self.standin.connections.add(self)
         self.conn.initiate_connection()
-        self.conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
+        # Like Apple's servers: many streams, and windows large enough for them all at once.
+        self.conn.update_settings(
+            {SettingCodes.MAX_CONCURRENT_STREAMS: 1000, SettingCodes.INITIAL_WINDOW_SIZE: 2**20}
+        )
+        self.conn.increment_flow_control_window(2**24)
         transport.write(self.conn.data_to_send())
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -310,12 +328,15 @@ class _ApnsProtocol(asyncio.Protocol):
                     data["timestamp"] = int(time.time() * 1000)
                 self.conn.send_headers(stream_id, reply)
                 self.conn.send_data(stream_id, json.dumps(data).encode(), end_stream=True)
+
+        def respond_late() -> None:
+            respond()
             self.flush()
 
         if standin.delay_s > 0:
-            asyncio.get_running_loop().call_later(standin.delay_s, respond)
+            asyncio.get_running_loop().call_later(standin.delay_s, respond_late)
         else:
-            respond()
+            respond()  # data_received flushes once for everything it answered
 
 
 # --- FCM, OAuth and Web Push --------------------------------------------------------------------

@@ -8,6 +8,8 @@ offered (it fails on Python 3.11).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,16 +25,47 @@ _PUSH_TYPES = {"voip": PushType.VOIP, "alert": PushType.ALERT}
 
 
 def protocol_class(base_url: str | None, use_sandbox: bool) -> type[Any]:
-    """aioapns's protocol class for Apple's host, or a subclass aimed at ``base_url``."""
+    """aioapns's protocol class, aimed at ``base_url`` when given (else at Apple), writing what
+    HTTP/2 has to send once per event-loop turn instead of once per push: with hundreds of
+    pushes in flight, one TLS record and one system call carry many of them."""
     apple = APNsDevelopmentClientProtocol if use_sandbox else APNsProductionClientProtocol
-    if base_url is None:
-        return apple
-    parts = urlsplit(base_url)
-    return type(
-        "APNsRelayClientProtocol",
-        (apple,),
-        {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443},
-    )
+    address: dict[str, Any] = {}
+    if base_url is not None:
+        parts = urlsplit(base_url)
+        address = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443}
+    return type("APNsCoalescingClientProtocol", (_Coalescing, apple), address)
+
+
+class _Coalescing:
+    """Mixed in before aioapns's protocol class: replaces its write-per-call ``flush``, and
+    sends header values without Huffman coding (HPACK allows either; the pure-Python Huffman
+    coder costs more CPU per push than everything else, for a quarter fewer header bytes)."""
+
+    _flush_pending = False
+    conn: Any
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn.encoder.encode = functools.partial(
+            type(self.conn.encoder).encode, self.conn.encoder, huffman=False
+        )
+
+    def flush(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_pending = False
+        self.refresh_inactivity_timer()
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def refresh_inactivity_timer(self) -> None:  # aioapns's own
+        super().refresh_inactivity_timer()  # type: ignore[misc]
 
 
 class ApnsSender:
