@@ -79,7 +79,7 @@ class Session:
 
 # Called for an event whose user has no session on this node (push delivery hooks in here).
 Undelivered = Callable[[Event], Awaitable[None]]
-# Told of every ring and withdrawal, and whether it reached a session on this node (push: a
+# Told of every event delivered, and whether it reached a session on this node (push: a
 # withdrawal must reach the devices a ring was pushed to even when the user has come online).
 Observer = Callable[[Event, bool], None]
 
@@ -166,12 +166,11 @@ class Hub:
                 message = message.model_copy(update={"ref": answer[2]})
                 answer = None
             here = self.send(event.to, message)
-            if isinstance(event, Ring | Withdrawn):
-                for observe in self.observers:
-                    observe(event, here)
-                if not here:
-                    for hook in self.undelivered:
-                        self._spawn(hook(event))
+            for observe in self.observers:
+                observe(event, here)
+            if not here and isinstance(event, Ring | Withdrawn):
+                for hook in self.undelivered:
+                    self._spawn(hook(event))
         self._wake.set()
 
     def _spawn(self, coro: Awaitable[object]) -> None:

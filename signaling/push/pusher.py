@@ -19,7 +19,8 @@ import zlib
 from dataclasses import dataclass, field
 
 from broker.clock import Clock
-from broker.events import Event, Ring, Withdrawn
+from broker.events import Assigned, Event, Ring, Withdrawn
+from broker.model import WithdrawReason
 from broker.notify.devices import Platform
 from broker.notify.outcome import Answer, Backoff, Result
 from broker.notify.payloads import PushKind
@@ -78,6 +79,9 @@ class Pusher:
     def observe(self, event: Event, here: bool) -> None:
         """Called by the hub for every event it delivers; ``here`` says it reached a WebSocket
         session on this node. Never blocks."""
+        if isinstance(event, Assigned) and not event.offerer and not event.resumed:
+            # The helper answered on one device: their other pushed devices stop ringing too.
+            event = Withdrawn(event.to, event.call_id, WithdrawReason.ANSWERED)
         if not isinstance(event, Ring | Withdrawn):
             return
         queue = self._queues[zlib.crc32(event.to.encode()) % len(self._queues)]
