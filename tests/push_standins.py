@@ -177,6 +177,7 @@ class ApnsStandIn:
     answered: int = 0
     connections: set[_ApnsProtocol] = field(default_factory=set)
     verified: dict[str, dict[str, Any]] = field(default_factory=dict)
+    connections_made: int = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -286,6 +287,7 @@ class _ApnsProtocol(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.standin.connections.add(self)
+        self.standin.connections_made += 1
         self.conn.initiate_connection()
         # Like Apple's servers: many streams, and windows large enough for them all at once.
         self.conn.update_settings(

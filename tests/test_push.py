@@ -420,3 +420,24 @@ async def test_answering_on_one_device_withdraws_the_others(push_env: PushEnv) -
         assert len(apns.pushes) == 2 and len(google.fcm_messages) == 2
         await phone.close()
         await rec.close()
+
+
+async def test_a_push_that_times_out_leaves_the_connection_usable(push_env: PushEnv) -> None:
+    apns = push_env.apns
+    apns.delay_s = 1.0
+    settings = {**push_env.settings, "push_timeout_s": 0.2, "push_retries": 0}
+    async with start_server(**settings) as server:
+        await offline_volunteer(server, "off1", {"platform": "apns", "token": TOKEN_A})
+        rec = await server.connect("r1", "recipient", name="Rae", languages=["en"])
+        call = (await rec.request({"type": "call.request"}))["call"]
+        await pusher(server).drain()
+        assert metric(server, "vabroker_push_total", platform="apns", result="failed") == 1
+        # The late answer arrives on the same HTTP/2 connection, after the send gave up.
+        await wait_until(lambda: apns.answered == 1, what="the late answer")
+        apns.delay_s = 0.0
+        await rec.request({"type": "call.cancel", "call": call})
+        await pusher(server).drain()
+        assert [p.payload["type"] for p in apns.to(TOKEN_A)] == ["call.ring", "call.withdrawn"]
+        assert metric(server, "vabroker_push_total", platform="apns", result="sent") == 1
+        assert apns.connections_made == 1, "the connection survived the late answer"
+        await rec.close()

@@ -114,15 +114,20 @@ class ApnsSender:
     async def send(self, device: Device, push: Push, now: float) -> Answer:
         assert self.client is not None, "start() first"
         req = apns_request(device, push, self.topic, now)
-        result = await self.client.send_notification(
-            NotificationRequest(
-                device_token=req.token,
-                message=req.payload,
-                time_to_live=req.ttl_s,
-                priority=req.priority,
-                collapse_key=req.collapse_id,
-                push_type=_PUSH_TYPES[req.push_type],
-                apns_topic=req.topic,
+        # Shielded: a send the caller gives up on must not cancel aioapns's future, or the
+        # late answer finds it cancelled, raises in the protocol and drops the connection with
+        # every other push in flight on it.
+        result = await asyncio.shield(
+            self.client.send_notification(
+                NotificationRequest(
+                    device_token=req.token,
+                    message=req.payload,
+                    time_to_live=req.ttl_s,
+                    priority=req.priority,
+                    collapse_key=req.collapse_id,
+                    push_type=_PUSH_TYPES[req.push_type],
+                    apns_topic=req.topic,
+                )
             )
         )
         status = int(result.status) if str(result.status).isdigit() else 0
