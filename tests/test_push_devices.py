@@ -319,3 +319,16 @@ async def test_planner_pushes_each_device_once_and_withdraws_exactly_once() -> N
     ]
     assert await planner.withdrawn(gone) == [], "a second withdrawal finds nothing to send"
     assert await planner.withdrawn(Withdrawn("v1", "c_2", WithdrawReason.EXPIRED)) == []
+
+
+async def test_push_records_nobody_takes_are_dropped_a_day_after_they_expire() -> None:
+    store = MemoryStore()
+    assert await store.record_pushes("c_a", "v1", ["d1"], 1000.0) == ["d1"]
+    await store.record_pushes("c_b", "v1", ["d1"], 1000.0 + 3600)
+    await store.record_pushes("c_c", "v2", ["d2"], 1000.0 + 3600)
+    assert await store.take_pushes("c_c", "v2") is not None  # kept within the day
+    await store.record_pushes("c_d", "v1", ["d1"], 1000.0 + 86401.0)
+    assert await store.take_pushes("c_a", "v1") is None, "a day past its expiry"
+    for call in ("c_b", "c_d"):
+        taken = await store.take_pushes(call, "v1")
+        assert taken is not None and taken.device_ids == ["d1"]

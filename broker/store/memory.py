@@ -52,6 +52,7 @@ class MemoryStore:
         self._device_list: dict[str, list[Device]] = {}
         self._address_owner: dict[str, str] = {}  # token or endpoint -> user
         self._pushed: dict[tuple[str, str], PushedRing] = {}  # (call, user) -> devices pushed
+        self._pushed_order: deque[tuple[float, tuple[str, str]]] = deque()  # for expiry
         # primary language -> (zone, window start, window end) -> on-duty volunteers, so that a
         # wave converts local time once per group and skips whole groups outside their window
         self._by_language: dict[str, dict[_WindowKey, set[str]]] = defaultdict(
@@ -234,7 +235,17 @@ class MemoryStore:
     async def record_pushes(
         self, call_id: str, user_id: str, device_ids: list[str], expires_at: float
     ) -> list[str]:
+        # Records nobody took (a ring declined, so never withdrawn) go a day after they expire.
+        # Rings expire in the order they are made, give or take a ring timeout.
+        order = self._pushed_order
+        while order and order[0][0] < expires_at - 86400.0:
+            _, stale = order.popleft()
+            old = self._pushed.get(stale)
+            if old is not None and old.expires_at < expires_at - 86400.0:
+                del self._pushed[stale]
         known = self._pushed.get((call_id, user_id))
+        if known is None:
+            order.append((expires_at, (call_id, user_id)))
         before = set(known.device_ids) if known else set()
         fresh = [i for i in device_ids if i not in before]
         self._pushed[(call_id, user_id)] = PushedRing(
