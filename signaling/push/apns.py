@@ -117,7 +117,7 @@ class ApnsSender:
         # Shielded: a send the caller gives up on must not cancel aioapns's future, or the
         # late answer finds it cancelled, raises in the protocol and drops the connection with
         # every other push in flight on it.
-        result = await asyncio.shield(
+        sending = asyncio.ensure_future(
             self.client.send_notification(
                 NotificationRequest(
                     device_token=req.token,
@@ -130,6 +130,8 @@ class ApnsSender:
                 )
             )
         )
+        sending.add_done_callback(_consume)
+        result = await asyncio.shield(sending)
         status = int(result.status) if str(result.status).isdigit() else 0
         reason = result.description or ""
         return Answer(classify(Platform.APNS, status, reason), status, reason)
@@ -138,6 +140,12 @@ class ApnsSender:
         if self.client is not None:
             self.client.pool.close()  # aioapns has no close() of its own
             self.client = None
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Collect the outcome of a send nobody awaits any more (timed out, or shutting down)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _quiet(request: Any, result: Any) -> None:
