@@ -140,8 +140,11 @@ def profile_body(profile: Profile) -> dict[str, Any]:
 
 
 async def get_profile(request: web.Request) -> web.Response:
-    _, _, profile = await authenticate(request)
-    return web.json_response(profile_body(profile))
+    ctx, _, profile = await authenticate(request)
+    body = profile_body(profile)
+    if profile.role.is_helper:
+        body["devices"] = [d.wire() for d in await ctx.store.devices(profile.user_id)]
+    return web.json_response(body)
 
 
 async def put_profile(request: web.Request) -> web.Response:

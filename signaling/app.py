@@ -103,7 +103,7 @@ def build_context(
 def create_app(
     settings: Settings, store: Store | None = None, clock: Clock | None = None
 ) -> web.Application:
-    from signaling import api, pages, ws  # the route modules import this one for Context
+    from signaling import api, pages, push, ws  # the route modules import this one for Context
 
     ctx = build_context(settings, store, clock)
     app = web.Application(client_max_size=256 * 1024)
@@ -111,6 +111,7 @@ def create_app(
     app.router.add_get("/v1/ws", ws.handle)
     api.add_routes(app)
     pages.add_routes(app)
+    push.setup(app)  # device routes; pushes rings to devices once started
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ctx.store.ping()

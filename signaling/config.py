@@ -6,6 +6,7 @@ TOML file, defaults. A bad value stops start-up with a message naming the settin
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +71,47 @@ class Settings(BaseSettings):
     turn_secret: SecretStr | None = None
     turn_ttl_s: int = Field(default=3600, ge=60, le=86400 * 7)
 
+    # Push (APNs, FCM, Web Push). A platform is enabled by its credentials; see docs/protocol.md.
+    push_also_when_connected: bool = Field(
+        default=False, description="push rings to devices of users who are on the WebSocket too"
+    )
+    push_concurrency: int = Field(default=500, ge=1, le=10000, description="sends in flight")
+    push_timeout_s: float = Field(default=10.0, gt=0, le=120, description="per attempt")
+    push_retries: int = Field(default=3, ge=0, le=10, description="after a 429 or 5xx")
+    push_backoff_s: float = Field(default=0.5, gt=0, le=60, description="first retry's wait")
+    push_ca_file: str | None = Field(
+        default=None, description="extra CA certificates (PEM) to trust for push services"
+    )
+    apns_key: str | None = Field(default=None, description="the .p8 key: PEM text or a path")
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topic: str | None = Field(default=None, description="the app's bundle id")
+    apns_use_sandbox: bool = False
+    apns_base_url: str | None = Field(
+        default=None, description="default: Apple's production or sandbox host"
+    )
+    apns_max_connections: int = Field(default=4, ge=1, le=100)
+    fcm_service_account: str | None = Field(
+        default=None, description="Google service-account JSON: a path or the JSON text"
+    )
+    fcm_base_url: str = "https://fcm.googleapis.com"
+    fcm_token_url: str | None = Field(
+        default=None, description="default: the service account's token_uri"
+    )
+    vapid_private_key: str | None = Field(
+        default=None, description="P-256 key: PEM text, a path, or raw base64url"
+    )
+    vapid_subject: str | None = Field(default=None, description="mailto: or https: contact")
+    webpush_hosts: list[str] = Field(
+        default_factory=lambda: [
+            "fcm.googleapis.com",
+            "updates.push.services.mozilla.com",
+            "web.push.apple.com",
+            ".notify.windows.com",
+        ],
+        description="push services a subscription may point at ('.suffix' for a domain)",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
     demo: bool = False
@@ -95,8 +137,56 @@ class Settings(BaseSettings):
             raise ValueError(f"{url!r} is not a store URL such as memory:// or redis://host:6379/0")
         return url
 
+    @field_validator("apns_base_url", "fcm_base_url", "fcm_token_url")
+    @classmethod
+    def _https_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.fullmatch(r"https://[^/\s?#]+(/[^\s?#]*)?", url):
+            raise ValueError(f"{url!r} is not an https:// URL")
+        return url.rstrip("/") if url else url
+
+    @field_validator("apns_key_id", "apns_team_id")
+    @classmethod
+    def _apple_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Z0-9]{10}", value):
+            raise ValueError(f"{value!r} is not a 10-character Apple key or team id")
+        return value
+
+    @field_validator("apns_topic")
+    @classmethod
+    def _bundle(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", value):
+            raise ValueError(f"{value!r} is not a bundle id such as 'org.example.helper'")
+        return value
+
+    @field_validator("vapid_subject")
+    @classmethod
+    def _vapid_subject(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(mailto:\S+@\S+|https://\S+)", value):
+            raise ValueError(f"{value!r} is not a mailto: address or an https: URL")
+        return value
+
+    @field_validator("webpush_hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not re.fullmatch(r"\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", host):
+                raise ValueError(f"{host!r} is not a host name (or '.domain' suffix)")
+        return [h.lower() for h in hosts]
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        apns = {
+            "apns_key_id": self.apns_key_id,
+            "apns_team_id": self.apns_team_id,
+            "apns_topic": self.apns_topic,
+        }
+        if self.apns_key and None in apns.values():
+            missing = ", ".join(k for k, v in apns.items() if v is None)
+            raise ValueError(f"apns_key is set but {missing} is not: APNs needs all four")
+        if self.vapid_private_key and not self.vapid_subject:
+            raise ValueError(
+                "vapid_private_key is set but vapid_subject (mailto: or https:) is not"
+            )
         if self.turn_urls and self.turn_secret is None:
             raise ValueError(
                 "turn_urls are set but turn_secret is not: TURN needs the shared secret"

@@ -79,6 +79,9 @@ class Session:
 
 # Called for an event whose user has no session on this node (push delivery hooks in here).
 Undelivered = Callable[[Event], Awaitable[None]]
+# Told of every event delivered, and whether it reached a session on this node (push: a
+# withdrawal must reach the devices a ring was pushed to even when the user has come online).
+Observer = Callable[[Event, bool], None]
 
 
 class Hub:
@@ -101,6 +104,7 @@ class Hub:
         # Messages for users who dropped and may resume: (when they dropped, messages).
         self.parked: dict[str, tuple[float, deque[Message]]] = {}
         self.undelivered: list[Undelivered] = []
+        self.observers: list[Observer] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[object]] = set()
@@ -161,7 +165,10 @@ class Hub:
             if answer is not None and event.to == answer[0] and message.wire()["type"] == answer[1]:
                 message = message.model_copy(update={"ref": answer[2]})
                 answer = None
-            if not self.send(event.to, message) and isinstance(event, Ring | Withdrawn):
+            here = self.send(event.to, message)
+            for observe in self.observers:
+                observe(event, here)
+            if not here and isinstance(event, Ring | Withdrawn):
                 for hook in self.undelivered:
                     self._spawn(hook(event))
         self._wake.set()

@@ -9,6 +9,7 @@ from broker.events import Assigned, Ended, Event, Ring, Withdrawn
 from broker.model import Role
 
 _LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300)
+_PUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _MEDIA_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30)
 
 
@@ -52,6 +53,14 @@ class Metrics:
             "vabroker_push_total",
             "Push notifications, by platform and result",
             ["platform", "result"],
+            registry=r,
+        )
+        # Results: sent, retried (one per retry), failed, pruned (device removed), dropped.
+        self.push_seconds = Histogram(
+            "vabroker_push_seconds",
+            "From planning a push to the push service accepting it, retries included",
+            ["platform"],
+            buckets=_PUSH_BUCKETS,
             registry=r,
         )
 

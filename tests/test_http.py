@@ -66,6 +66,7 @@ async def test_profile_round_trip(server: Server) -> None:
                 "timezone": "Europe/Paris",
                 "ring_window": {"start": "00:00", "end": "00:00"},
                 "daily_ring_cap": 10,
+                "devices": [],  # helpers' push devices (see the push tests)
             }
         body = {
             "display_name": "Valérie",

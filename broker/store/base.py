@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from broker.model import Call, Candidate, EndReason, Feedback, Profile, Role
+from broker.notify.devices import Device
 
 
 class StoreUnavailable(Exception):
@@ -37,6 +38,14 @@ class Finish:
 
     call: Call
     withdrawn: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PushedRing:
+    """The devices one user's ring for one call was pushed to, and when that ring expires."""
+
+    device_ids: list[str]
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,29 @@ class Store(Protocol):
 
     # --- devices (push) --------------------------------------------------------------------
     async def has_devices(self, user_id: str) -> bool: ...
+
+    async def add_device(self, device: Device) -> Device:
+        """Register a device, or update the one with the same ``address`` (token or endpoint)
+        for this user, keeping its id; returns the device as stored. An address belongs to one
+        user at a time: registering it for another user removes it from the first (a phone
+        signed in to another account)."""
+
+    async def devices(self, user_id: str) -> list[Device]:
+        """The user's devices, oldest first."""
+
+    async def remove_device(self, user_id: str, device_id: str) -> bool:
+        """Forget one of the user's devices; False if they have no device with that id."""
+
+    async def record_pushes(
+        self, call_id: str, user_id: str, device_ids: list[str], expires_at: float
+    ) -> list[str]:
+        """Record that the user's ring for ``call_id`` is pushed to ``device_ids``; returns the
+        ids not recorded before for this ring (only those are pushed). The record may be dropped
+        a day after ``expires_at`` (a Redis key TTL)."""
+
+    async def take_pushes(self, call_id: str, user_id: str) -> PushedRing | None:
+        """Remove and return the record of pushes for this user's ring, atomically, so that
+        however many nodes see the withdrawal, only one sends it. None if there is none."""
 
     # --- calls -----------------------------------------------------------------------------
     async def create_call(self, call: Call) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict, deque
+from collections.abc import Callable
 from datetime import time
 from typing import Any
 
@@ -25,7 +26,8 @@ from broker.model import (
     local_datetime,
     primary_language,
 )
-from broker.store.base import Assignment, Finish, ResumeTicket
+from broker.notify.devices import Device
+from broker.store.base import Assignment, Finish, PushedRing, ResumeTicket
 
 THIRTY_DAYS = 30 * 86400.0
 
@@ -46,7 +48,11 @@ class MemoryStore:
         self._profiles: dict[str, Profile] = {}
         self._on_duty: set[str] = set()
         self._connections: dict[str, int] = defaultdict(int)
-        self._devices: dict[str, int] = defaultdict(int)
+        self._devices: dict[str, int] = defaultdict(int)  # user -> how many devices
+        self._device_list: dict[str, list[Device]] = {}
+        self._address_owner: dict[str, str] = {}  # token or endpoint -> user
+        self._pushed: dict[tuple[str, str], PushedRing] = {}  # (call, user) -> devices pushed
+        self._pushed_order: deque[tuple[float, tuple[str, str]]] = deque()  # for expiry
         # primary language -> (zone, window start, window end) -> on-duty volunteers, so that a
         # wave converts local time once per group and skips whole groups outside their window
         self._by_language: dict[str, dict[_WindowKey, set[str]]] = defaultdict(
@@ -184,6 +190,72 @@ class MemoryStore:
     # --- devices ---------------------------------------------------------------------------
     async def has_devices(self, user_id: str) -> bool:
         return self._devices.get(user_id, 0) > 0
+
+    async def add_device(self, device: Device) -> Device:
+        owner = self._address_owner.get(device.address)
+        if owner is not None and owner != device.user_id:
+            self._drop_devices(owner, lambda d: d.address == device.address)
+        mine = self._device_list.setdefault(device.user_id, [])
+        for i, known in enumerate(mine):
+            if known.address == device.address:
+                device = device.model_copy(update={"id": known.id})
+                mine[i] = device
+                break
+        else:
+            mine.append(device)
+        self._address_owner[device.address] = device.user_id
+        self._devices[device.user_id] = len(mine)
+        self._changed(device.user_id)
+        return device
+
+    async def devices(self, user_id: str) -> list[Device]:
+        return list(self._device_list.get(user_id, ()))
+
+    async def remove_device(self, user_id: str, device_id: str) -> bool:
+        return self._drop_devices(user_id, lambda d: d.id == device_id)
+
+    def _drop_devices(self, user_id: str, match: Callable[[Device], bool]) -> bool:
+        mine = self._device_list.get(user_id, [])
+        gone = [d for d in mine if match(d)]
+        if not gone:
+            return False
+        kept = [d for d in mine if not match(d)]
+        for d in gone:
+            if self._address_owner.get(d.address) == user_id:
+                del self._address_owner[d.address]
+        if kept:
+            self._device_list[user_id] = kept
+            self._devices[user_id] = len(kept)
+        else:
+            self._device_list.pop(user_id, None)
+            self._devices.pop(user_id, None)
+        self._changed(user_id)
+        return True
+
+    async def record_pushes(
+        self, call_id: str, user_id: str, device_ids: list[str], expires_at: float
+    ) -> list[str]:
+        # Records nobody took (a ring declined, so never withdrawn) go a day after they expire.
+        # Rings expire in the order they are made, give or take a ring timeout.
+        order = self._pushed_order
+        while order and order[0][0] < expires_at - 86400.0:
+            _, stale = order.popleft()
+            old = self._pushed.get(stale)
+            if old is not None and old.expires_at < expires_at - 86400.0:
+                del self._pushed[stale]
+        known = self._pushed.get((call_id, user_id))
+        if known is None:
+            order.append((expires_at, (call_id, user_id)))
+        before = set(known.device_ids) if known else set()
+        fresh = [i for i in device_ids if i not in before]
+        self._pushed[(call_id, user_id)] = PushedRing(
+            device_ids=(known.device_ids if known else []) + fresh,
+            expires_at=max(expires_at, known.expires_at) if known else expires_at,
+        )
+        return fresh
+
+    async def take_pushes(self, call_id: str, user_id: str) -> PushedRing | None:
+        return self._pushed.pop((call_id, user_id), None)
 
     # --- calls -----------------------------------------------------------------------------
     async def create_call(self, call: Call) -> bool:
