@@ -84,7 +84,7 @@ _ENDED = json.dumps(CallState.ENDED.value)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_REDIS_DOWN: tuple[type[BaseException], ...] = (
+REDIS_DOWN: tuple[type[BaseException], ...] = (
     rex.ConnectionError,
     rex.TimeoutError,
     rex.ClusterDownError,
@@ -103,7 +103,7 @@ def unavailable_on_redis_errors(
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(*args, **kwargs)
-        except _REDIS_DOWN as exc:
+        except REDIS_DOWN as exc:
             raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
 
     return wrapper
@@ -774,7 +774,7 @@ class RedisStore:
     async def _undo_reserve(self, user: str, call_id: str, previous: list[str]) -> None:
         try:
             await self._reserve_undo(keys=[user], args=[call_id, *previous])
-        except _REDIS_DOWN:
+        except REDIS_DOWN:
             pass  # the stale ring_of is repaired by ring_of()/release_ring
 
     async def _touch_index(self, user_id: str, now: float) -> None:
