@@ -193,6 +193,13 @@ class Hub:
             session.send(message)
         return True
 
+    async def redeliver_parked(self) -> None:
+        """Messages the router parked for users whose sockets are here (sent while this node
+        could not hear its channel)."""
+        for user_id in list(self.sessions):
+            for message in await self.router.take_parked(user_id):
+                self.deliver_here(user_id, message)
+
     def routed(self, event: Event, here: bool) -> None:
         """An event was delivered: ``here`` says whether it reached a session (of this node,
         or of the node the router handed it to). Observers hear of every event; rings and

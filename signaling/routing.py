@@ -57,9 +57,14 @@ class RouterHost(Protocol):
 
     def deliver(self, events: list[Event]) -> None: ...
 
+    async def redeliver_parked(self) -> None: ...
+
 
 class Router(Protocol):
     remote: bool
+
+    @property
+    def listening(self) -> bool: ...
 
     async def start(self, host: RouterHost) -> None: ...
 
@@ -80,6 +85,7 @@ class LocalRouter:
     """One process: there is no other node."""
 
     remote = False
+    listening = True
 
     async def start(self, host: RouterHost) -> None:
         return None
@@ -294,27 +300,39 @@ class RedisRouter:
             pipe.publish(_channel(node), text)
         return [int(n) for n in await pipe.execute()]
 
+    @property
+    def listening(self) -> bool:
+        """Whether this node hears its channel; a node that does not is not ready."""
+        return self._subscribed.is_set()
+
     async def _listen(self) -> None:
-        """Messages other nodes publish for this node's sessions; re-subscribes after Redis
-        comes back."""
+        """Messages other nodes publish for this node's sessions. After the channel was lost
+        (Redis went away), subscribes again and hands on what was parked meanwhile for the
+        users whose sockets are here."""
         while True:
             pubsub = self.pubsub_client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(_channel(self.node_id))
+                await asyncio.wait_for(pubsub.subscribe(_channel(self.node_id)), 5.0)
                 self._subscribed.set()
+                if self._host is not None:
+                    await self._host.redeliver_parked()
                 while True:
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is not None and msg.get("type") == "message":
                         self._arrived(msg["data"])
             except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._close_quietly(pubsub)
                 raise
             except Exception as exc:
+                self._subscribed.clear()
                 log.warning("node channel lost (%s); subscribing again", exc)
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._close_quietly(pubsub)
                 await asyncio.sleep(0.5)
+
+    @staticmethod
+    async def _close_quietly(pubsub: Any) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pubsub.aclose(), 1.0)
 
     def _arrived(self, data: str) -> None:
         try:
