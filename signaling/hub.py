@@ -19,9 +19,10 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from broker.dispatch import timer
 from broker.events import Assigned, Event, Ring, Withdrawn
 from broker.model import Profile
-from broker.service import Broker
+from broker.service import GRACE, Broker
 from broker.store.base import Store, StoreUnavailable
 from signaling.messages import Message, Reconnect, event_message
 from signaling.metrics import Metrics
@@ -199,6 +200,14 @@ class Hub:
         for user_id in list(self.sessions):
             for message in await self.router.take_parked(user_id):
                 self.deliver_here(user_id, message)
+
+    async def reassert(self) -> None:
+        """After other nodes took this one's sessions for lost: they are connected here."""
+        for sessions in list(self.sessions.values()):
+            for session in list(sessions):
+                await self.store.set_connected(session.user_id, True)
+                await self.router.attached(session.user_id, session.id)
+                await self.store.unschedule(timer(GRACE, session.user_id, session.id))
 
     def routed(self, event: Event, here: bool) -> None:
         """An event was delivered: ``here`` says whether it reached a session (of this node,

@@ -59,6 +59,8 @@ class RouterHost(Protocol):
 
     async def redeliver_parked(self) -> None: ...
 
+    async def reassert(self) -> None: ...
+
 
 class Router(Protocol):
     remote: bool
@@ -347,9 +349,16 @@ class RedisRouter:
 
     # --- liveness --------------------------------------------------------------------------
     async def _beat_loop(self) -> None:
+        first = True
         while True:
             try:
-                await self.r.zadd(_NODES, {self.node_id: time.time()})
+                added = await self.r.zadd(_NODES, {self.node_id: time.time()})
+                if added and not first and self._host is not None:
+                    # Another node thought this one dead (it was too busy or cut off to beat)
+                    # and took its sessions over: they are still here, so say so again.
+                    log.warning("this node was taken for dead: re-registering its sessions")
+                    await self._host.reassert()
+                first = False
                 dead = await self.r.zrangebyscore(_NODES, "-inf", time.time() - self.ttl_s)
                 for node in dead:
                     if node != self.node_id and await self.r.zrem(_NODES, node):

@@ -99,8 +99,8 @@ def node_env(store_url: str, name: str, **settings: Any) -> dict[str, str]:
         "log_json": "false",
         "ring_window_start": "00:00",
         "ring_window_end": "00:00",
-        "node_beat_s": 0.3,
-        "node_ttl_s": 1.5,
+        "node_beat_s": 0.5,
+        "node_ttl_s": 4,
     }
     values.update(settings)
     env.update({f"VABROKER_{k.upper()}": str(v) for k, v in values.items()})

@@ -235,24 +235,27 @@ end
 return out
 """
 
-# Step 1 of reserve_ring, on the volunteer's slot. KEYS: user hash. ARGV: call, day, cap.
-# Returns false, or {previous rday, previous rcount}.
+# Step 1 of reserve_ring, on the volunteer's slot. KEYS: user hash. ARGV: call, day, cap, now.
+# Returns false, or {previous rday, previous rcount, previous last_rung, idx}.
 _RESERVE_USER = """
-local h = redis.call('HMGET', KEYS[1], 'ring_of', 'open', 'rday', 'rcount')
+local h = redis.call('HMGET', KEYS[1], 'ring_of', 'open', 'rday', 'rcount', 'last_rung', 'idx')
 if h[1] or h[2] then return false end
 local count = 0
 if h[3] == ARGV[2] then count = tonumber(h[4] or '0') end
 if count >= tonumber(ARGV[3]) then return false end
-redis.call('HSET', KEYS[1], 'ring_of', ARGV[1], 'rday', ARGV[2], 'rcount', count + 1)
-return {h[3] or '', h[4] or ''}
+redis.call('HSET', KEYS[1], 'ring_of', ARGV[1], 'rday', ARGV[2], 'rcount', count + 1,
+  'last_rung', ARGV[4])
+return {h[3] or '', h[4] or '', h[5] or '', h[6] or '[]'}
 """
 
-# Undo of step 1. KEYS: user hash. ARGV: call, previous rday, previous rcount.
+# Undo of step 1. KEYS: user hash. ARGV: call, previous rday, rcount, last_rung.
 _RESERVE_UNDO = """
 if redis.call('HGET', KEYS[1], 'ring_of') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'ring_of')
 if ARGV[2] == '' then redis.call('HDEL', KEYS[1], 'rday', 'rcount')
 else redis.call('HSET', KEYS[1], 'rday', ARGV[2], 'rcount', ARGV[3]) end
+if ARGV[4] == '' then redis.call('HDEL', KEYS[1], 'last_rung')
+else redis.call('HSET', KEYS[1], 'last_rung', ARGV[4]) end
 return 1
 """
 
@@ -263,14 +266,6 @@ if state ~= '"searching"' and state ~= '"queued"' then return 0 end
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 0 end
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
-
-# KEYS: user hash. ARGV: call, now. Records the ring's time once step 2 has succeeded.
-_RUNG_AT = """
-if redis.call('HGET', KEYS[1], 'ring_of') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'last_rung', ARGV[2])
-end
 return 1
 """
 
@@ -418,7 +413,6 @@ class RedisStore:
         self._reserve_user = reg(_RESERVE_USER)
         self._reserve_undo = reg(_RESERVE_UNDO)
         self._reserve_call = reg(_RESERVE_CALL)
-        self._rung_at = reg(_RUNG_AT)
         self._clear_if = reg(_CLEAR_IF)
         self._assign_claim = reg(_ASSIGN_CLAIM)
         self._assign_call = reg(_ASSIGN_CALL)
@@ -435,7 +429,16 @@ class RedisStore:
         if cluster:
             client = RedisCluster.from_url(target, decode_responses=True, **options)
         else:
-            client = aioredis.Redis.from_url(target, decode_responses=True, **options)
+            # Requests beyond the pool's size wait for a connection rather than fail: a burst
+            # of a thousand accepts is load, not an outage.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                target,
+                decode_responses=True,
+                max_connections=128,
+                timeout=max(5.0, options["socket_timeout"] * 4),
+                **options,
+            )
+            client = aioredis.Redis(connection_pool=pool)
         return cls(client)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -450,10 +453,11 @@ class RedisStore:
     @unavailable_on_redis_errors
     async def get_profile(self, user_id: str) -> Profile | None:
         key = _user(user_id)
-        raw = await self.r.hget(key, "profile")
+        raw, blocked = await self._pipelined(
+            lambda pipe: (pipe.hget(key, "profile"), pipe.smembers(key + ":blocked"))
+        )
         if raw is None:
             return None
-        blocked = await self.r.smembers(key + ":blocked")
         profile = Profile.model_validate_json(raw)
         return profile.model_copy(update={"blocked": frozenset(blocked)})
 
@@ -753,9 +757,10 @@ class RedisStore:
         self, call_id: str, user_id: str, day: str, cap: int, now: float
     ) -> bool:
         user = _user(user_id)
-        previous = await self._reserve_user(keys=[user], args=[call_id, day, cap])
-        if previous is None:
+        reply = await self._reserve_user(keys=[user], args=[call_id, day, cap, repr(now)])
+        if reply is None:
             return False
+        previous, idx = reply[:3], reply[3]
         base = _call(call_id)
         try:
             ok = await self._reserve_call(
@@ -767,27 +772,21 @@ class RedisStore:
         if not ok:
             await self._undo_reserve(user, call_id, previous)
             return False
-        await self._rung_at(keys=[user], args=[call_id, repr(now)])
-        await self._touch_index(user_id, now)
-        return True
-
-    async def _undo_reserve(self, user: str, call_id: str, previous: list[str]) -> None:
-        try:
-            await self._reserve_undo(keys=[user], args=[call_id, *previous])
-        except REDIS_DOWN:
-            pass  # the stale ring_of is repaired by ring_of()/release_ring
-
-    async def _touch_index(self, user_id: str, now: float) -> None:
-        """Move the volunteer back in their wave groups' order (rung longest ago first)."""
-        idx = await self.r.hget(_user(user_id), "idx")
-        pairs = json.loads(idx) if idx else []
-        if pairs:
+        pairs = json.loads(idx)
+        if pairs:  # back in their wave groups' order: rung longest ago first
             await self._pipelined(
                 lambda pipe: [
                     pipe.zadd(_lang(lang) + ":g:" + group, {user_id: now}, xx=True)
                     for lang, group in pairs
                 ]
             )
+        return True
+
+    async def _undo_reserve(self, user: str, call_id: str, previous: list[str]) -> None:
+        try:
+            await self._reserve_undo(keys=[user], args=[call_id, *previous])
+        except REDIS_DOWN:
+            pass  # the stale ring_of is repaired by ring_of()
 
     @unavailable_on_redis_errors
     async def release_ring(self, call_id: str, user_id: str) -> bool:
