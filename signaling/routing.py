@@ -35,11 +35,10 @@ import redis.exceptions as rex
 
 from broker.events import Event
 from broker.store.base import StoreUnavailable
-from broker.store.redis import REDIS_DOWN, parse_redis_url
+from broker.store.redis import REDIS_DOWN, RedisStore, parse_redis_url
 
 if TYPE_CHECKING:
     from broker.service import Broker
-    from broker.store.redis import RedisStore
 
 log = logging.getLogger("vabroker.routing")
 
@@ -165,6 +164,9 @@ class RedisRouter:
         self.pubsub_client = aioredis.Redis.from_url(
             target, decode_responses=True, **{**options, "socket_timeout": None}
         )
+        # Beats on connections of their own: behind a burst of a thousand queued requests in the
+        # store's pool, a beat would be late and the node taken for dead.
+        self.beat_store = RedisStore.from_url(url)
         self.node_id = node_id
         self.broker = broker
         self.grace_s = grace_s
@@ -199,6 +201,7 @@ class RedisRouter:
         with contextlib.suppress(*REDIS_DOWN):
             await self.r.zrem(_NODES, self.node_id)
         await self.pubsub_client.aclose()
+        await self.beat_store.close()
 
     # --- presence --------------------------------------------------------------------------
     async def attached(self, user_id: str, session_id: str) -> None:
@@ -352,16 +355,17 @@ class RedisRouter:
         first = True
         while True:
             try:
-                added = await self.r.zadd(_NODES, {self.node_id: time.time()})
+                beat = self.beat_store.r
+                added = await beat.zadd(_NODES, {self.node_id: time.time()})
                 if added and not first and self._host is not None:
                     # Another node thought this one dead (it was too busy or cut off to beat)
                     # and took its sessions over: they are still here, so say so again.
                     log.warning("this node was taken for dead: re-registering its sessions")
                     await self._host.reassert()
                 first = False
-                dead = await self.r.zrangebyscore(_NODES, "-inf", time.time() - self.ttl_s)
+                dead = await beat.zrangebyscore(_NODES, "-inf", time.time() - self.ttl_s)
                 for node in dead:
-                    if node != self.node_id and await self.r.zrem(_NODES, node):
+                    if node != self.node_id and await beat.zrem(_NODES, node):
                         log.warning("node %s stopped beating: taking over its sessions", node)
                         await self._take_over(node)
             except _DOWN:

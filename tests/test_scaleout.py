@@ -26,7 +26,7 @@ EN = {"languages": ["en"], "timezone": "Europe/London"}
 
 @pytest.fixture(scope="module")
 def redis_for_nodes() -> Iterator[RedisServer]:
-    with RedisServer.start(aof=True) as server:
+    with RedisServer.start() as server:
         yield server
 
 
@@ -35,7 +35,7 @@ def redis_url(redis_for_nodes: RedisServer) -> str:
     if redis_for_nodes.proc is None:
         redis_for_nodes.run()
     redis_for_nodes.flush()
-    return redis_for_nodes.url + "?timeout=1"
+    return redis_for_nodes.url + "?timeout=5"
 
 
 async def call_between(rec: Client, vol: Client) -> str:
@@ -223,12 +223,20 @@ async def test_node_killed_mid_search_the_other_node_carries_on(
             await store.close()
 
 
+@pytest.fixture
+def redis_with_aof() -> Iterator[RedisServer]:
+    with RedisServer.start(aof=True) as server:
+        yield server
+
+
 async def test_redis_stopped_mid_search_then_back(
-    redis_for_nodes: RedisServer, redis_url: str, tmp_path: Path
+    redis_with_aof: RedisServer, tmp_path: Path
 ) -> None:
     """With AOF on, an open call outlives a Redis restart; meanwhile requests are refused with
     ``unavailable`` and readiness fails; afterwards the same nodes serve again."""
     settings = {"first_wave": 1, "wave_interval_s": 60, "ring_timeout_s": 60, "max_wait_s": 120}
+    redis_for_nodes = redis_with_aof
+    redis_url = redis_with_aof.url + "?timeout=2"
     with broker_nodes(redis_url, tmp_path, **settings) as (a, b):
         vol = await b.connect("v1", "volunteer", **EN)
         await vol.request({"type": "availability", "available": True})
