@@ -3,8 +3,9 @@
 1. Starts a ``redis-server`` on a free loopback port, registers ``--volunteers`` volunteers
    (languages and zones spread as below) through the store's own profile script, pipelined, and
    puts ``--online`` of them on duty and connected. Then times ``RedisStore.candidates`` (the
-   read a wave makes) for English: with the wave's limit (``--limit``, those rung longest ago
-   first) and without. Prints p50/p99 over ``--rounds`` selections.
+   read a wave makes) for English: with the wave's limits (``--limit``, those rung longest ago
+   first: the default reads 10 per ring, so 50 for a first wave of 5 and 400 for a wave of
+   40) and without. Prints p50/p99 over ``--rounds`` selections.
 2. Unless ``--skip-ring``: runs ``bench/ring.py`` (broker process, ``--ring-online`` volunteer
    WebSockets, one recipient) once on the memory store and once on a fresh Redis, and prints
    request -> first ring p50/p99 for both.
@@ -148,9 +149,10 @@ async def wave_selection(args: argparse.Namespace) -> dict[str, Any]:
                 "online": args.online,
                 "load_s": round(load_s, 1),
                 "redis_used_mib": round(int(info["used_memory"]) / 2**20, 1),
-                "with_limit": await selection(store, args.rounds, args.limit),
+                "limits": {
+                    str(limit): await selection(store, args.rounds, limit) for limit in args.limit
+                },
                 "without_limit": await selection(store, max(10, args.rounds // 5), None),
-                "limit": args.limit,
             }
         finally:
             await store.close()
@@ -175,7 +177,13 @@ def main() -> None:
     )
     p.add_argument("--volunteers", type=int, default=1_000_000, help="registered volunteers")
     p.add_argument("--online", type=int, default=5000, help="of them on duty and connected")
-    p.add_argument("--limit", type=int, default=200, help="candidates a wave reads")
+    p.add_argument(
+        "--limit",
+        type=int,
+        nargs="+",
+        default=[50, 400],
+        help="candidates a wave reads (the default factor 10 x first wave 5, x max wave 40)",
+    )
     p.add_argument("--rounds", type=int, default=500, help="selections timed")
     p.add_argument("--ring-online", type=int, default=5000, help="volunteers for first ring")
     p.add_argument("--calls", type=int, default=100, help="calls for first ring")
@@ -194,9 +202,8 @@ def main() -> None:
         f"{w['registered']:,} registered, {w['online']:,} online "
         f"(loaded in {w['load_s']} s, Redis {w['redis_used_mib']} MiB)"
     )
-    for key in ("with_limit", "without_limit"):
-        f = w[key]
-        label = f"limit {w['limit']}" if key == "with_limit" else "no limit"
+    rows = [(f"limit {k}", v) for k, v in w["limits"].items()]
+    for label, f in [*rows, ("no limit", w["without_limit"])]:
         print(
             f"  wave selection ({label:9s}) {f['candidates']:5d} candidates  "
             f"p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms"

@@ -48,12 +48,12 @@ class DispatchSettings(BaseModel):
     max_wait_s: float = Field(
         default=180.0, gt=0, le=3600, description="search gives up after this"
     )
-    candidate_limit: int = Field(
-        default=500,
+    candidate_factor: int = Field(
+        default=10,
         ge=0,
-        le=100_000,
-        description="volunteers a wave reads from the store, rung longest ago first (0: all); "
-        "read further when too few of them may be rung",
+        le=1000,
+        description="a wave reads this many volunteers per ring it sends, rung longest ago "
+        "first, and reads further when too few of them may be rung (0: read all in window)",
     )
 
 
@@ -165,7 +165,7 @@ class Dispatcher:
         widened = False
         while True:
             language = call.languages[language_index]
-            limit = self.settings.candidate_limit or None
+            limit = self.settings.candidate_factor * size or None
             while True:
                 pool = await self.store.candidates(language, now, limit=limit)
                 eligible = [c for c in pool if ineligible(c, call, blocked, rung) is None]

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     wave_interval_s: float = Field(default=8.0, gt=0, le=600)
     ring_timeout_s: float = Field(default=45.0, gt=0, le=600)
     max_wait_s: float = Field(default=180.0, gt=0, le=3600)
-    candidate_limit: int = Field(default=500, ge=0, le=100_000)
+    candidate_factor: int = Field(default=10, ge=0, le=1000)
     ring_window_start: str = "08:00"
     ring_window_end: str = "22:00"
     daily_ring_cap: int = Field(default=10, ge=0, le=1000)

@@ -547,3 +547,19 @@ async def test_redis_coming_back_needs_no_new_store(redis_server: RedisServer) -
         assert [c.user_id for c in await store.candidates("en", NOW)] == ["v1"]
     finally:
         await store.close()
+
+
+async def test_candidates_with_limit_merge_many_groups_in_order(st: Store) -> None:
+    zones = ["UTC", "Europe/London", "Europe/Paris", "Europe/Berlin", "Africa/Lagos"]
+    vols = [volunteer(f"v{i:02d}", timezone=zones[i % 5]) for i in range(60)]
+    await online(st, *vols)
+    for i in range(0, 60, 2):  # every other volunteer rung, at times out of id order
+        cid = f"c_{i}"
+        assert await st.create_call(new_call(cid, f"r{i}"))
+        assert await st.reserve_ring(cid, f"v{i:02d}", DAY, 10, NOW + (i * 7) % 31)
+        await st.finish(cid, EndReason.CANCELLED, Role.RECIPIENT, NOW + 40)
+    everyone = await st.candidates("en", NOW + 50)
+    expected = [c.user_id for c in sorted(everyone, key=lambda c: (c.last_rung_at, c.user_id))]
+    for limit in (1, 17, 33, 45, 60):
+        got = await st.candidates("en", NOW + 50, limit=limit)
+        assert [c.user_id for c in got] == expected[:limit]

@@ -218,22 +218,38 @@ return cjson.encode({h, redis.call('ZCOUNT', KEYS[2], ARGV[1], '+inf'), blocked}
 """
 
 # KEYS: group zsets of one language slot. ARGV: n. The n members rung longest ago over all
-# groups, as {member, index of its group key, ...}; ties by member.
+# groups, as {member, index of its group key, ...}; ties by member. A k-way merge that reads
+# each group in small chunks, so that it touches about n entries, not n per group.
 _FIRST_N = """
 local n = tonumber(ARGV[1])
-local all = {}
-for i = 1, #KEYS do
-  local got = redis.call('ZRANGE', KEYS[i], 0, n - 1, 'WITHSCORES')
-  for j = 1, #got, 2 do all[#all + 1] = {tonumber(got[j + 1]), got[j], i} end
+local chunk = 16
+local buf, pos, off = {}, {}, {}
+local function fill(i)
+  local got = redis.call('ZRANGE', KEYS[i], off[i], off[i] + chunk - 1, 'WITHSCORES')
+  off[i] = off[i] + chunk
+  buf[i] = got
+  pos[i] = 1
 end
-table.sort(all, function(a, b)
-  if a[1] ~= b[1] then return a[1] < b[1] end
-  return a[2] < b[2]
-end)
+for i = 1, #KEYS do off[i] = 0; fill(i) end
 local out = {}
-for i = 1, math.min(n, #all) do
-  out[#out + 1] = all[i][2]
-  out[#out + 1] = all[i][3]
+while #out < 2 * n do
+  local best, bscore, bmember = nil, nil, nil
+  for i = 1, #KEYS do
+    local b = buf[i]
+    if b and pos[i] <= #b then
+      local score, member = tonumber(b[pos[i] + 1]), b[pos[i]]
+      if best == nil or score < bscore or (score == bscore and member < bmember) then
+        best, bscore, bmember = i, score, member
+      end
+    end
+  end
+  if best == nil then break end
+  out[#out + 1] = bmember
+  out[#out + 1] = best
+  pos[best] = pos[best] + 2
+  if pos[best] > #buf[best] then
+    if #buf[best] < 2 * chunk then buf[best] = nil else fill(best) end
+  end
 end
 return out
 """
@@ -404,6 +420,7 @@ class RedisStore:
         self.r: Any = client
         self.cluster = isinstance(client, RedisCluster)
         self._windows: dict[str, tuple[str, RingWindow]] = {}
+        self._inside: dict[str, tuple[float, bool, str, str]] = {}
         reg = client.register_script
         self._create_call = reg(_CREATE_CALL)
         self._update_call = reg(_UPDATE_CALL)
@@ -522,18 +539,25 @@ class RedisStore:
         return int(await self.r.hget(_user(user_id), "conn") or 0) > 0
 
     def _inside_groups(self, groups: Iterable[str], now: float) -> dict[str, tuple[str, str]]:
-        """Groups whose ring window is open at ``now``: group -> (zone, local date)."""
+        """Groups whose ring window is open at ``now``: group -> (zone, local date). Windows
+        are whole minutes and zone offsets too, so each group's answer holds until the next
+        minute and is converted once per minute, not once per wave."""
         out: dict[str, tuple[str, str]] = {}
+        minute = now // 60
         for group in groups:
-            parsed = self._windows.get(group)
-            if parsed is None:
-                zone, start, end = group.split("|")
-                parsed = (zone, RingWindow.model_validate({"start": start, "end": end}))
-                self._windows[group] = parsed
-            zone, window = parsed
-            moment = local_datetime(zone, now)
-            if window.contains(moment.time()):
-                out[group] = (zone, moment.date().isoformat())
+            seen = self._inside.get(group)
+            if seen is None or seen[0] != minute:
+                parsed = self._windows.get(group)
+                if parsed is None:
+                    zone, start, end = group.split("|")
+                    parsed = (zone, RingWindow.model_validate({"start": start, "end": end}))
+                    self._windows[group] = parsed
+                zone, window = parsed
+                moment = local_datetime(zone, minute * 60)
+                seen = (minute, window.contains(moment.time()), zone, moment.date().isoformat())
+                self._inside[group] = seen
+            if seen[1]:
+                out[group] = (seen[2], seen[3])
         return out
 
     async def _load_scripts(self) -> None:
