@@ -188,26 +188,30 @@ def main() -> None:
     p.add_argument("--ring-online", type=int, default=5000, help="volunteers for first ring")
     p.add_argument("--calls", type=int, default=100, help="calls for first ring")
     p.add_argument("--skip-ring", action="store_true", help="only wave selection")
+    p.add_argument("--skip-selection", action="store_true", help="only first ring")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    result: dict[str, Any] = {"wave_selection": asyncio.run(wave_selection(args))}
+    result: dict[str, Any] = {}
+    if not args.skip_selection:
+        result["wave_selection"] = asyncio.run(wave_selection(args))
     if not args.skip_ring:
         result["first_ring"] = asyncio.run(first_ring(args))
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    w = result["wave_selection"]
-    print(
-        f"{w['registered']:,} registered, {w['online']:,} online "
-        f"(loaded in {w['load_s']} s, Redis {w['redis_used_mib']} MiB)"
-    )
-    rows = [(f"limit {k}", v) for k, v in w["limits"].items()]
-    for label, f in [*rows, ("no limit", w["without_limit"])]:
+    if "wave_selection" in result:
+        w = result["wave_selection"]
         print(
-            f"  wave selection ({label:9s}) {f['candidates']:5d} candidates  "
-            f"p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms"
+            f"{w['registered']:,} registered, {w['online']:,} online "
+            f"(loaded in {w['load_s']} s, Redis {w['redis_used_mib']} MiB)"
         )
+        rows = [(f"limit {k}", v) for k, v in w["limits"].items()]
+        for label, f in [*rows, ("no limit", w["without_limit"])]:
+            print(
+                f"  wave selection ({label:9s}) {f['candidates']:5d} candidates  "
+                f"p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms"
+            )
     if "first_ring" in result:
         r = result["first_ring"]
         print(f"first ring at {r['online']:,} online, {r['calls']} calls:")
