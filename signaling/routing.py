@@ -135,6 +135,14 @@ return 1
 """
 
 
+# KEYS: parked list. Everything parked, taken at once.
+_TAKE = """
+local got = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return got
+"""
+
+
 class RedisRouter:
     """Presence, cross-node delivery and node liveness on the Redis the store uses.
 
@@ -173,6 +181,7 @@ class RedisRouter:
         self.beat_s = beat_s
         self.ttl_s = ttl_s
         self._park = self.r.register_script(_PARK)
+        self._take = self.r.register_script(_TAKE)
         self._out: asyncio.Queue[tuple[str, Wire, Event | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._host: RouterHost | None = None
@@ -221,10 +230,7 @@ class RedisRouter:
 
     async def take_parked(self, user_id: str) -> list[Wire]:
         async def take() -> list[Wire]:
-            pipe = self.r.pipeline(transaction=not self.store.cluster)
-            pipe.lrange(_parked(user_id), 0, -1)
-            pipe.delete(_parked(user_id))
-            got, _ = await pipe.execute()
+            got = await self._take(keys=[_parked(user_id)])
             return [dict(json.loads(m)) for m in got]
 
         return await _guard(take())

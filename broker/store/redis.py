@@ -79,7 +79,6 @@ _LOCKED_FIELDS = frozenset(
     {"id", "state", "helper_id", "helper_role", "assigned_at", "ended_at", "end_reason", "ended_by"}
 )
 _OPEN_STATES = ('"searching"', '"queued"')
-_ENDED = json.dumps(CallState.ENDED.value)
 
 P = ParamSpec("P")
 T = TypeVar("T")
