@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
 from broker.model import Call, CallState, EndReason, Feedback, Profile, RingWindow, Role
+from broker.notify.devices import Device, DeviceRegistration
 from broker.store import MemoryStore, ResumeTicket, Store, StoreUnavailable, open_store
+from broker.store.base import PushedRing
 from broker.store.redis import RedisStore, parse_redis_url
 from tests.redis_procs import RedisClusterProcs, RedisServer
 
@@ -563,3 +566,46 @@ async def test_candidates_with_limit_merge_many_groups_in_order(st: Store) -> No
     for limit in (1, 17, 33, 45, 60):
         got = await st.candidates("en", NOW + 50, limit=limit)
         assert [c.user_id for c in got] == expected[:limit]
+
+
+# --- devices and pushes ---------------------------------------------------------------------
+
+
+def apns(user: str, token: str, **fields: Any) -> Device:
+    reg = DeviceRegistration.model_validate({"platform": "apns", "token": token, **fields})
+    return Device.register(user, reg, NOW + 0.123456789)
+
+
+async def test_devices_by_address_one_owner_at_a_time(st: Store) -> None:
+    t1, t2 = "0123456789abcdef" * 4, "fedcba9876543210" * 4
+    first = await st.add_device(apns("v1", t1))
+    assert await st.has_devices("v1") and await st.devices("v1") == [first]
+    second = await st.add_device(apns("v1", t2, voip=True))
+    again = await st.add_device(apns("v1", t1, voip=True))  # same address: same id, updated
+    assert again.id == first.id and again.voip
+    assert await st.devices("v1") == [again, second]
+    # Online by device: a volunteer with a device is a candidate without a connection.
+    await st.put_profile(volunteer("v1"))
+    await st.set_on_duty("v1", True)
+    assert [c.user_id for c in await st.candidates("en", NOW)] == ["v1"]
+    # The phone signs in to another account: the address moves.
+    moved = await st.add_device(apns("v2", t1))
+    assert await st.devices("v1") == [second] and await st.devices("v2") == [moved]
+    assert not await st.remove_device("v1", first.id)
+    assert await st.remove_device("v1", second.id)
+    assert not await st.has_devices("v1") and await st.devices("v1") == []
+    assert await st.candidates("en", NOW) == []
+    # Its address is free again: registering it for v1 takes nothing from anyone.
+    await st.add_device(apns("v3", t2))
+    assert [d.address for d in await st.devices("v3")] == [t2]
+
+
+async def test_pushes_are_recorded_once_and_taken_once(st: Store) -> None:
+    assert await st.record_pushes("c_1", "v1", ["d1", "d2"], NOW + 45.5) == ["d1", "d2"]
+    assert await st.record_pushes("c_1", "v1", ["d2", "d3"], NOW + 40) == ["d3"]
+    assert await st.record_pushes("c_1", "v2", ["d1"], NOW + 45) == ["d1"]
+    taken = await asyncio.gather(*(st.take_pushes("c_1", "v1") for _ in range(5)))
+    got = [t for t in taken if t is not None]
+    assert got == [PushedRing(device_ids=["d1", "d2", "d3"], expires_at=NOW + 45.5)]
+    assert await st.take_pushes("c_1", "v1") is None
+    assert await st.take_pushes("c_1", "v2") == PushedRing(["d1"], NOW + 45)

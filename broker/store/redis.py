@@ -72,7 +72,8 @@ from broker.model import (
     local_datetime,
     primary_language,
 )
-from broker.store.base import Assignment, Finish, ResumeTicket, StoreUnavailable
+from broker.notify.devices import Device
+from broker.store.base import Assignment, Finish, PushedRing, ResumeTicket, StoreUnavailable
 
 THIRTY_DAYS = 30 * 86400.0
 _LOCKED_FIELDS = frozenset(
@@ -377,6 +378,83 @@ def _evalsha(pipe: Any, sha: str, numkeys: int, *keys_and_args: Any) -> object:
     return pipe.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
 
 
+# Devices: ``vb:{u:ID}:devices`` is a list of {"a": address, "i": id, "d": device JSON}, oldest
+# first, with the count in the user hash's ``dev`` (what a wave reads); ``vb:addr:{ADDRESS}``
+# names the user an address belongs to.
+
+# KEYS: user hash, device list. ARGV: address, id, device JSON. Returns the id it is kept
+# under (a known address keeps its id). The device JSON is stored as a string, never decoded
+# here, so that its numbers keep every digit; "i" has the final say on its id.
+_ADD_DEVICE = """
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+for i, raw in ipairs(items) do
+  local e = cjson.decode(raw)
+  if e.a == ARGV[1] then
+    redis.call('LSET', KEYS[2], i - 1, cjson.encode({a = e.a, i = e.i, d = ARGV[3]}))
+    return e.i
+  end
+end
+redis.call('RPUSH', KEYS[2], cjson.encode({a = ARGV[1], i = ARGV[2], d = ARGV[3]}))
+redis.call('HSET', KEYS[1], 'dev', redis.call('LLEN', KEYS[2]))
+return ARGV[2]
+"""
+
+# KEYS: user hash, device list. ARGV: 'a' or 'i', the address or id to drop.
+# Returns the addresses dropped.
+_DROP_DEVICES = """
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+local gone = {}
+for _, raw in ipairs(items) do
+  local e = cjson.decode(raw)
+  if e[ARGV[1]] == ARGV[2] then
+    redis.call('LREM', KEYS[2], 1, raw)
+    gone[#gone + 1] = e.a
+  end
+end
+local n = redis.call('LLEN', KEYS[2])
+if n > 0 then redis.call('HSET', KEYS[1], 'dev', n) else redis.call('HDEL', KEYS[1], 'dev') end
+return gone
+"""
+
+# KEYS: a string key. ARGV: value. Deletes it only if it still holds the value.
+_DEL_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: pushes hash. ARGV: expires_at, ttl seconds, device ids... Returns the ids new to it.
+_RECORD_PUSHES = """
+local ids = {}
+local raw = redis.call('HGET', KEYS[1], 'ids')
+if raw then ids = cjson.decode(raw) end
+local seen = {}
+for _, i in ipairs(ids) do seen[i] = true end
+local fresh = {}
+for k = 3, #ARGV do
+  if not seen[ARGV[k]] then
+    seen[ARGV[k]] = true
+    ids[#ids + 1] = ARGV[k]
+    fresh[#fresh + 1] = ARGV[k]
+  end
+end
+local exp = redis.call('HGET', KEYS[1], 'exp')
+if not exp or tonumber(ARGV[1]) > tonumber(exp) then exp = ARGV[1] end
+local list = '[]'
+if #ids > 0 then list = cjson.encode(ids) end
+redis.call('HSET', KEYS[1], 'ids', list, 'exp', exp)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return fresh
+"""
+
+# KEYS: pushes hash. Returns {ids JSON, exp} and deletes it, or false.
+_TAKE_PUSHES = """
+local h = redis.call('HMGET', KEYS[1], 'ids', 'exp')
+if not h[1] then return false end
+redis.call('DEL', KEYS[1])
+return h
+"""
+
+
 def _split(reply: list[Any]) -> tuple[list[str], list[str]]:
     at = reply.index("|")
     return reply[:at], reply[at + 1 :]
@@ -440,6 +518,11 @@ class RedisStore:
         self._finish_party = reg(_FINISH_PARTY)
         self._claim_due = reg(_CLAIM_DUE)
         self._hit = reg(_HIT)
+        self._add_device = reg(_ADD_DEVICE)
+        self._drop_devices = reg(_DROP_DEVICES)
+        self._del_if = reg(_DEL_IF)
+        self._record_pushes = reg(_RECORD_PUSHES)
+        self._take_pushes = reg(_TAKE_PUSHES)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -654,6 +737,58 @@ class RedisStore:
     @unavailable_on_redis_errors
     async def has_devices(self, user_id: str) -> bool:
         return int(await self.r.hget(_user(user_id), "dev") or 0) > 0
+
+    @unavailable_on_redis_errors
+    async def add_device(self, device: Device) -> Device:
+        address = device.address
+        addr_key = "vb:addr:{" + address + "}"
+        owner = await self.r.get(addr_key)
+        if owner is not None and owner != device.user_id:
+            # A phone signed in to another account: the address leaves its previous owner.
+            await self._drop_devices(
+                keys=[_user(owner), _user(owner) + ":devices"], args=["a", address]
+            )
+        user = _user(device.user_id)
+        kept_id = await self._add_device(
+            keys=[user, user + ":devices"], args=[address, device.id, device.model_dump_json()]
+        )
+        await self.r.set(addr_key, device.user_id)
+        return device.model_copy(update={"id": str(kept_id)})
+
+    @unavailable_on_redis_errors
+    async def devices(self, user_id: str) -> list[Device]:
+        items = await self.r.lrange(_user(user_id) + ":devices", 0, -1)
+        out = []
+        for raw in items:
+            entry = json.loads(raw)
+            out.append(Device.model_validate({**json.loads(entry["d"]), "id": entry["i"]}))
+        return out
+
+    @unavailable_on_redis_errors
+    async def remove_device(self, user_id: str, device_id: str) -> bool:
+        user = _user(user_id)
+        gone = await self._drop_devices(keys=[user, user + ":devices"], args=["i", device_id])
+        for address in gone:
+            await self._del_if(keys=["vb:addr:{" + address + "}"], args=[user_id])
+        return bool(gone)
+
+    @unavailable_on_redis_errors
+    async def record_pushes(
+        self, call_id: str, user_id: str, device_ids: list[str], expires_at: float
+    ) -> list[str]:
+        ttl = int(min(max(expires_at - time.time(), 0.0), 30 * 86400.0)) + 86400
+        fresh = await self._record_pushes(
+            keys=[_call(call_id) + ":push:" + user_id], args=[repr(expires_at), ttl, *device_ids]
+        )
+        return [str(i) for i in fresh]
+
+    @unavailable_on_redis_errors
+    async def take_pushes(self, call_id: str, user_id: str) -> PushedRing | None:
+        got = await self._take_pushes(keys=[_call(call_id) + ":push:" + user_id])
+        if got is None:
+            return None
+        ids = json.loads(got[0])
+        return PushedRing(device_ids=[str(i) for i in ids] if ids else [], expires_at=float(got[1]))
 
     # --- calls -----------------------------------------------------------------------------
     @unavailable_on_redis_errors
