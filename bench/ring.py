@@ -133,7 +133,7 @@ async def wait_http(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
     raise RuntimeError("broker did not start")
 
 
-async def run(n: int, calls: int, burst: int) -> dict[str, Any]:
+async def run(n: int, calls: int, burst: int, store_url: str = "memory://") -> dict[str, Any]:
     raise_fd_limit()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VABROKER_")}
@@ -146,6 +146,7 @@ async def run(n: int, calls: int, burst: int) -> dict[str, Any]:
         VABROKER_REQUESTS_PER_HOUR="100000",
         VABROKER_MESSAGES_PER_S="1000000",
         VABROKER_MESSAGE_BURST="1000000",
+        VABROKER_STORE_URL=store_url,
         NO_PROXY="127.0.0.1,localhost",
     )
     logdir = Path(tempfile.mkdtemp(prefix="vabroker-bench-"))

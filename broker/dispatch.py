@@ -48,6 +48,13 @@ class DispatchSettings(BaseModel):
     max_wait_s: float = Field(
         default=180.0, gt=0, le=3600, description="search gives up after this"
     )
+    candidate_factor: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="a wave reads this many volunteers per ring it sends, rung longest ago "
+        "first, and reads further when too few of them may be rung (0: read all in window)",
+    )
 
 
 class Policy(Protocol):
@@ -158,11 +165,13 @@ class Dispatcher:
         widened = False
         while True:
             language = call.languages[language_index]
-            eligible = [
-                c
-                for c in await self.store.candidates(language, now)
-                if ineligible(c, call, blocked, rung) is None
-            ]
+            limit = self.settings.candidate_factor * size or None
+            while True:
+                pool = await self.store.candidates(language, now, limit=limit)
+                eligible = [c for c in pool if ineligible(c, call, blocked, rung) is None]
+                if limit is None or len(pool) < limit or len(eligible) >= size:
+                    break
+                limit *= 2  # the head of the index was mostly busy or rung: read further
             if eligible or language_index + 1 >= len(call.languages):
                 break
             language_index += 1

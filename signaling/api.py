@@ -94,6 +94,11 @@ async def readyz(request: web.Request) -> web.Response:
         await ctx.store.ping()
     except StoreUnavailable as exc:
         return web.json_response({"status": "unavailable", "store": str(exc)}, status=503)
+    if not ctx.hub.router.listening:
+        return web.json_response(
+            {"status": "unavailable", "router": "not subscribed to this node's channel"},
+            status=503,
+        )
     return web.json_response({"status": "ready", "node": ctx.node_id})
 
 

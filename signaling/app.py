@@ -95,6 +95,20 @@ def build_context(
         settings.grace_s,
     )
     node_id = settings.node_id or "node-" + secrets.token_hex(4)
+    from broker.store.redis import RedisStore
+
+    if isinstance(store, RedisStore):  # scale-out: other nodes share the store
+        from signaling.routing import RedisRouter
+
+        hub.router = RedisRouter(
+            store,
+            settings.store_url,
+            node_id,
+            broker,
+            settings.grace_s,
+            beat_s=settings.node_beat_s,
+            ttl_s=settings.node_ttl_s,
+        )
     ctx = Context(settings, store, clock, broker, auth, metrics, hub, node_id)
     ctx_holder["ctx"] = ctx
     return ctx
@@ -115,10 +129,12 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ctx.store.ping()
+        await ctx.hub.router.start(ctx.hub)
         ctx.hub.start()
         log.info("broker ready", extra={"node": ctx.node_id, "store": settings.store_url})
         yield
         await ctx.hub.stop()
+        await ctx.hub.router.stop()
         await ctx.store.close()
 
     async def on_shutdown(app: web.Application) -> None:

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     node_id: str = Field(default="", max_length=64, description="this node's name; random if empty")
     store_url: str = "memory://"
+    # Scale-out (Redis store): how often a node says it is alive, and after how long without a
+    # word another node takes over its sessions.
+    node_beat_s: float = Field(default=1.0, gt=0, le=60)
+    node_ttl_s: float = Field(default=5.0, gt=0, le=600)
 
     # Tokens: HS256 with a shared secret, or RS256/ES256 with the identity provider's public key.
     jwt_secret: SecretStr | None = None
@@ -53,6 +57,7 @@ class Settings(BaseSettings):
     wave_interval_s: float = Field(default=8.0, gt=0, le=600)
     ring_timeout_s: float = Field(default=45.0, gt=0, le=600)
     max_wait_s: float = Field(default=180.0, gt=0, le=3600)
+    candidate_factor: int = Field(default=10, ge=0, le=1000)
     ring_window_start: str = "08:00"
     ring_window_end: str = "22:00"
     daily_ring_cap: int = Field(default=10, ge=0, le=1000)
@@ -190,6 +195,10 @@ class Settings(BaseSettings):
         if self.turn_urls and self.turn_secret is None:
             raise ValueError(
                 "turn_urls are set but turn_secret is not: TURN needs the shared secret"
+            )
+        if self.node_ttl_s <= 2 * self.node_beat_s:
+            raise ValueError(
+                "node_ttl_s must be more than twice node_beat_s, or live nodes look dead"
             )
         if "HS256" not in self.jwt_algorithms and not self.jwt_public_key:
             raise ValueError("jwt_algorithms asks for RS256/ES256 but jwt_public_key is not set")

@@ -19,12 +19,14 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from broker.dispatch import timer
 from broker.events import Assigned, Event, Ring, Withdrawn
 from broker.model import Profile
-from broker.service import Broker
+from broker.service import GRACE, Broker
 from broker.store.base import Store, StoreUnavailable
 from signaling.messages import Message, Reconnect, event_message
 from signaling.metrics import Metrics
+from signaling.routing import LocalRouter, Router
 
 log = logging.getLogger("vabroker.hub")
 
@@ -105,6 +107,8 @@ class Hub:
         self.parked: dict[str, tuple[float, deque[Message]]] = {}
         self.undelivered: list[Undelivered] = []
         self.observers: list[Observer] = []
+        # Where messages for users without a session here go (another node, in scale-out).
+        self.router: Router = LocalRouter()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[object]] = set()
@@ -128,6 +132,11 @@ class Hub:
         entry = self.parked.pop(user_id, None)
         return list(entry[1]) if entry else []
 
+    async def unpark_all(self, user_id: str) -> list[dict[str, Any]]:
+        """Messages kept for a user who resumes: parked on this node, then by the router."""
+        here = [m.wire() for m in self.unpark(user_id)]
+        return here + await self.router.take_parked(user_id)
+
     def _purge_parked(self) -> None:
         limit = time.monotonic() - self.grace_s
         for user_id in [u for u, (since, _) in self.parked.items() if since < limit]:
@@ -138,12 +147,16 @@ class Hub:
 
     # --- delivery ----------------------------------------------------------------------------
     def send(self, user_id: str, message: Message) -> bool:
-        """Send to every session of a user on this node; park it if they are reconnecting."""
+        """Send to every session of a user on this node, or through the router to the node
+        that holds them; park it if they are reconnecting. False if it reached nobody here
+        (through the router: True, as it may reach them elsewhere)."""
         sessions = self.sessions.get(user_id)
         if sessions:
             for session in sessions:
                 session.send(message)
             return True
+        if self.router.remote:
+            return self.router.forward(user_id, message.wire(), None)
         parked = self.parked.get(user_id)
         if parked is not None:
             parked[1].append(message)
@@ -165,13 +178,46 @@ class Hub:
             if answer is not None and event.to == answer[0] and message.wire()["type"] == answer[1]:
                 message = message.model_copy(update={"ref": answer[2]})
                 answer = None
-            here = self.send(event.to, message)
-            for observe in self.observers:
-                observe(event, here)
-            if not here and isinstance(event, Ring | Withdrawn):
-                for hook in self.undelivered:
-                    self._spawn(hook(event))
+            if self.router.remote and event.to not in self.sessions:
+                # Another node may hold them: the router reports the outcome (``routed``).
+                self.router.forward(event.to, message.wire(), event)
+                continue
+            self.routed(event, self.send(event.to, message))
         self._wake.set()
+
+    def deliver_here(self, user_id: str, message: dict[str, Any]) -> bool:
+        """A message another node routed to a session of this one."""
+        sessions = self.sessions.get(user_id)
+        if not sessions:
+            return False
+        for session in sessions:
+            session.send(message)
+        return True
+
+    async def redeliver_parked(self) -> None:
+        """Messages the router parked for users whose sockets are here (sent while this node
+        could not hear its channel)."""
+        for user_id in list(self.sessions):
+            for message in await self.router.take_parked(user_id):
+                self.deliver_here(user_id, message)
+
+    async def reassert(self) -> None:
+        """After other nodes took this one's sessions for lost: they are connected here."""
+        for sessions in list(self.sessions.values()):
+            for session in list(sessions):
+                await self.store.set_connected(session.user_id, True)
+                await self.router.attached(session.user_id, session.id)
+                await self.store.unschedule(timer(GRACE, session.user_id, session.id))
+
+    def routed(self, event: Event, here: bool) -> None:
+        """An event was delivered: ``here`` says whether it reached a session (of this node,
+        or of the node the router handed it to). Observers hear of every event; rings and
+        withdrawals that reached nobody go to the undelivered hooks."""
+        for observe in self.observers:
+            observe(event, here)
+        if not here and isinstance(event, Ring | Withdrawn):
+            for hook in self.undelivered:
+                self._spawn(hook(event))
 
     def _spawn(self, coro: Awaitable[object]) -> None:
         task: asyncio.Task[object] = asyncio.ensure_future(coro)

@@ -148,6 +148,8 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
     except AuthError as exc:
         await _refuse(ws, str(exc), hello.ref)
         return None
+    attached: Session | None = None
+    connected = False
     try:
         profile = await ctx.profile_for(claims)
         ticket = (
@@ -159,10 +161,18 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
         await ctx.store.put_resume(
             token, ResumeTicket(claims.sub, session_id), ctx.clock.now() + SESSION_TOKEN_TTL_S
         )
-        session = Session(session_id, profile, ws, token)
+        session = attached = Session(session_id, profile, ws, token)
         ctx.hub.attach(session)
         await ctx.store.set_connected(profile.user_id, True)
+        connected = True
+        await ctx.hub.router.attached(profile.user_id, session_id)
     except StoreUnavailable:
+        if attached is not None:  # the store failed half-way: take back what was done
+            ctx.hub.detach(attached, park=False)
+            await attached.close()
+            if connected:
+                with contextlib.suppress(StoreUnavailable):
+                    await ctx.store.set_connected(attached.user_id, False)
         error = Error(code=ErrorCode.UNAVAILABLE.value, message=_UNAVAILABLE, ref=hello.ref)
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_json(error.wire())
@@ -183,7 +193,10 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
             ice_servers=ctx.ice_servers(profile.user_id),
         )
     )
-    parked = ctx.hub.unpark(profile.user_id)
+    try:
+        parked = await ctx.hub.unpark_all(profile.user_id)
+    except StoreUnavailable:
+        parked = []
     try:
         if resumed:
             events = await ctx.broker.resumed(profile.user_id, session_id)
@@ -194,7 +207,7 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
     ctx.hub.deliver(events)
     # What happened while they were away, less what the replay just told them again.
     for message in parked:
-        if message.wire()["type"] not in ("call.ring", "call.assigned", "call.status"):
+        if message.get("type") not in ("call.ring", "call.assigned", "call.status"):
             session.send(message)
     log.info(
         "session open",
@@ -319,6 +332,7 @@ async def _goodbye(ctx: Context, session: Session) -> None:
     await session.close()
     try:
         await ctx.store.set_connected(user, False)
+        await ctx.hub.router.detached(user, session.id, last=not ctx.hub.is_here(user))
         if ctx.hub.is_here(user):
             return  # another session of the same user is still open
         now = ctx.clock.now()

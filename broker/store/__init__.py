@@ -17,8 +17,17 @@ __all__ = [
 
 
 def open_store(url: str) -> Store:
-    """``memory://`` for the embedded store; other schemes as their stores are added."""
+    """``memory://`` for the embedded store; ``redis://host:port/db`` (``rediss://`` for TLS)
+    for one Redis, ``redis+cluster://host:port`` (``rediss+cluster://``) for a Redis Cluster
+    reached through any of its nodes. Redis URLs take ``?timeout=SECONDS`` (default 2)."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "memory":
         return MemoryStore()
-    raise ValueError(f"unsupported store URL {url!r}: expected memory://")
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        from broker.store.redis import RedisStore
+
+        return RedisStore.from_url(url)
+    raise ValueError(
+        f"unsupported store URL {url!r}: expected memory://, redis://, rediss:// "
+        "or redis+cluster://"
+    )

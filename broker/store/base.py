@@ -77,9 +77,14 @@ class Store(Protocol):
 
     async def is_connected(self, user_id: str) -> bool: ...
 
-    async def candidates(self, language: str, now: float) -> list[Candidate]:
+    async def candidates(
+        self, language: str, now: float, limit: int | None = None
+    ) -> list[Candidate]:
         """Volunteers who speak ``language`` (primary subtag), are on duty, reachable
         (connected, or with a push device) and inside their ring window at ``now``.
+
+        With ``limit``, at most that many: those rung longest ago first (ties by user id), so
+        that a store with many volunteers in window reads only the head of its index.
 
         Per-call rules (busy, rung before, cap, blocks) are the dispatcher's: the store only
         reports the facts it needs in each ``Candidate``.

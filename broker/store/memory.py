@@ -139,7 +139,15 @@ class MemoryStore:
     async def is_connected(self, user_id: str) -> bool:
         return self._connections.get(user_id, 0) > 0
 
-    async def candidates(self, language: str, now: float) -> list[Candidate]:
+    async def candidates(
+        self, language: str, now: float, limit: int | None = None
+    ) -> list[Candidate]:
+        out = self._candidates(language, now)
+        if limit is not None:
+            out = heapq.nsmallest(limit, out, key=lambda c: (c.last_rung_at, c.user_id))
+        return out
+
+    def _candidates(self, language: str, now: float) -> list[Candidate]:
         out: list[Candidate] = []
         connections, devices, cache = self._connections, self._devices, self._candidate
         for (zone, start, end), members in self._by_language.get(

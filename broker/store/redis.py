@@ -1,0 +1,1072 @@
+"""The scale-out store: every piece of shared state in Redis (one server, or a Redis Cluster).
+
+Layout. Keys of one user share the hash tag ``{u:<id>}``, keys of one call the tag ``{<call id>}``
+(call ids are ``c_...``), so that each atomic step below touches one hash slot and the same code
+runs on a single Redis and on a Cluster:
+
+- ``vb:{u:ID}`` hash: the profile (JSON) and the facts a wave needs without parsing it (zone,
+  window, languages, cap), duty, live connection count, the call being rung for (``ring_of``),
+  the open call (``open``), the ring budget (``rday``/``rcount``), ``last_rung``, and the index
+  entries the user is in (``idx``) or would be in when on duty (``plan``);
+  ``vb:{u:ID}:ans`` (zset of answer times, for calls in the last 30 days), ``:hist`` (list of
+  ended calls, newest first), ``:blocked`` (set).
+- ``vb:{CALL}:call`` hash, one JSON value per ``Call`` field; ``:ringing`` and ``:rung`` sets;
+  ``:fb`` hash of feedback by user.
+- ``vb:{idx:LANG}:groups`` set of "zone|start|end" groups, and ``vb:{idx:LANG}:g:GROUP`` zsets of
+  on-duty volunteers scored by when they were last rung. A wave converts local time once per
+  group and reads only the groups inside their ring window: its cost grows with the volunteers
+  who could be rung now, not with everyone registered.
+- ``vb:timers`` zset of named deadlines; ``vb:ended`` zset of ended calls by end time;
+  ``vb:hit:{KEY}`` zsets for rate limits; ``vb:resume:{TOKEN}`` strings.
+
+Atomicity. Each race is decided by one Lua script on one slot:
+
+- ``create_call``: the recipient's ``open`` is taken with HSETNX on their slot (after the call
+  hash is written on the call's slot; a lost race deletes that unreferenced hash).
+- ``reserve_ring``: step 1 on the volunteer's slot takes ``ring_of`` and one unit of the budget
+  (only if not busy and under cap); step 2 on the call's slot adds them to ``ringing``/``rung``
+  only if the call still searches and never rang them. A failed step 2 gives step 1 back.
+- ``assign`` (first accept wins): the decision is one script on the call's slot: the call still
+  searching or queued and the helper in its ``ringing`` set, which it empties. Before it, the
+  helper's slot marks ``open`` tentatively (so that ``finish`` racing in between cannot leave a
+  helper in an ended call: finish only knows the helper once the call names them); after it,
+  the helper's ring is cleared and the answer counted, or the tentative mark is removed.
+  Withdrawn volunteers' ``ring_of`` is cleared afterwards, each on its own slot.
+- ``release_ring`` decides on the call's slot (SREM from ``ringing``), so that a ring lapsing and
+  the same volunteer's accept are ordered by that one slot.
+- ``finish`` decides on the call's slot (state to ended, ringing emptied), then releases the
+  parties' and the withdrawn volunteers' user state on their slots.
+- ``claim_due``, ``hit``, ``take_resume`` are single scripts or commands.
+
+Between the steps of one operation other nodes may see a volunteer still marked ringing or busy
+for a moment; they only skip them. If a node dies between steps, what is left is a stale
+``ring_of`` or ``open`` pointing at a call that is no longer theirs: ``current_call`` and
+``ring_of`` check the call and repair such leftovers, and ``release_ring`` always clears them.
+
+Every Redis connection or timeout error becomes ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import secrets
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, ParamSpec, TypeVar, cast
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+from redis.asyncio.cluster import RedisCluster
+
+from broker.model import (
+    Call,
+    CallState,
+    Candidate,
+    EndReason,
+    Feedback,
+    Profile,
+    RingWindow,
+    Role,
+    local_datetime,
+    primary_language,
+)
+from broker.notify.devices import Device
+from broker.store.base import Assignment, Finish, PushedRing, ResumeTicket, StoreUnavailable
+
+THIRTY_DAYS = 30 * 86400.0
+_LOCKED_FIELDS = frozenset(
+    {"id", "state", "helper_id", "helper_role", "assigned_at", "ended_at", "end_reason", "ended_by"}
+)
+_OPEN_STATES = ('"searching"', '"queued"')
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    rex.ConnectionError,
+    rex.TimeoutError,
+    rex.ClusterDownError,
+    rex.ClusterError,
+    rex.TryAgainError,
+    rex.MasterDownError,
+    rex.ReadOnlyError,
+    OSError,
+)
+
+
+def unavailable_on_redis_errors(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except REDIS_DOWN as exc:
+            raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+
+    return wrapper
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+def _user(uid: str) -> str:
+    return "vb:{u:" + uid + "}"
+
+
+def _call(cid: str) -> str:
+    return "vb:{" + cid + "}"
+
+
+def _lang(lang: str) -> str:
+    return "vb:{idx:" + lang + "}"
+
+
+def _group_id(profile: Profile) -> str:
+    w = profile.ring_window
+    return f"{profile.timezone}|{w.start:%H:%M}|{w.end:%H:%M}"
+
+
+_TIMERS = "vb:timers"
+_ENDED_INDEX = "vb:ended"
+
+
+def _enc(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _call_fields(call: Call) -> dict[str, str]:
+    return {k: _enc(v) for k, v in call.model_dump(mode="json").items()}
+
+
+def _decode_call(raw: dict[str, str] | list[str]) -> Call:
+    if isinstance(raw, list):  # HGETALL as a flat list from a script
+        raw = dict(zip(raw[::2], raw[1::2], strict=True))
+    return Call.model_validate({k: json.loads(v) for k, v in raw.items()})
+
+
+# --- scripts ----------------------------------------------------------------------------------
+
+# KEYS: call hash. ARGV: field, value, field, value, ...  -> 1 if created
+_CREATE_CALL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# KEYS: call hash. ARGV: field, value, ... -> set only if the call exists
+_UPDATE_CALL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# KEYS: call hash. ARGV: media_at
+_MARK_MEDIA = """
+local cur = redis.call('HGET', KEYS[1], 'media_at')
+if not cur or cur ~= 'null' then return 0 end
+redis.call('HSET', KEYS[1], 'media_at', ARGV[1])
+return 1
+"""
+
+# KEYS: user hash, blocked set. ARGV: profile json, role, tz, cap, langs, plan, [blocked...]
+# Returns {old idx, new idx, last_rung}.
+_PUT_PROFILE = """
+local old = redis.call('HGET', KEYS[1], 'idx') or '[]'
+local new = '[]'
+if redis.call('HGET', KEYS[1], 'duty') == '1' then new = ARGV[6] end
+redis.call('HSET', KEYS[1], 'profile', ARGV[1], 'role', ARGV[2], 'tz', ARGV[3], 'cap', ARGV[4],
+  'langs', ARGV[5], 'plan', ARGV[6], 'idx', new)
+redis.call('DEL', KEYS[2])
+for i = 7, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+return {old, new, redis.call('HGET', KEYS[1], 'last_rung') or '0'}
+"""
+
+# KEYS: user hash. ARGV: '1' or '0'. Returns {old idx, new idx, last_rung}.
+_SET_DUTY = """
+local old = redis.call('HGET', KEYS[1], 'idx') or '[]'
+local new = '[]'
+if ARGV[1] == '1' then
+  redis.call('HSET', KEYS[1], 'duty', '1')
+  new = redis.call('HGET', KEYS[1], 'plan') or '[]'
+else
+  redis.call('HDEL', KEYS[1], 'duty')
+end
+redis.call('HSET', KEYS[1], 'idx', new)
+return {old, new, redis.call('HGET', KEYS[1], 'last_rung') or '0'}
+"""
+
+# KEYS: user hash. ARGV: +1 or -1
+_CONNECTED = """
+if ARGV[1] == '1' then return redis.call('HINCRBY', KEYS[1], 'conn', 1) end
+local n = tonumber(redis.call('HGET', KEYS[1], 'conn') or '0')
+if n > 1 then return redis.call('HINCRBY', KEYS[1], 'conn', -1) end
+redis.call('HDEL', KEYS[1], 'conn')
+return 0
+"""
+
+# KEYS: user hash, answered zset, blocked set. ARGV: 30-day horizon. One JSON string per
+# volunteer: a wave reads hundreds, and one flat reply parses far faster than nested arrays.
+_FACTS = """
+local h = redis.call('HMGET', KEYS[1], 'duty', 'role', 'conn', 'dev', 'cap', 'ring_of', 'open',
+  'rday', 'rcount', 'last_rung', 'langs')
+local blocked = redis.call('SMEMBERS', KEYS[3])
+if #blocked == 0 then blocked = cjson.empty_array or {} end
+return cjson.encode({h, redis.call('ZCOUNT', KEYS[2], ARGV[1], '+inf'), blocked})
+"""
+
+# KEYS: group zsets of one language slot. ARGV: n. The n members rung longest ago over all
+# groups, as {member, index of its group key, ...}; ties by member. A k-way merge that reads
+# each group in small chunks, so that it touches about n entries, not n per group.
+_FIRST_N = """
+local n = tonumber(ARGV[1])
+local chunk = 16
+local buf, pos, off = {}, {}, {}
+local function fill(i)
+  local got = redis.call('ZRANGE', KEYS[i], off[i], off[i] + chunk - 1, 'WITHSCORES')
+  off[i] = off[i] + chunk
+  buf[i] = got
+  pos[i] = 1
+end
+for i = 1, #KEYS do off[i] = 0; fill(i) end
+local out = {}
+while #out < 2 * n do
+  local best, bscore, bmember = nil, nil, nil
+  for i = 1, #KEYS do
+    local b = buf[i]
+    if b and pos[i] <= #b then
+      local score, member = tonumber(b[pos[i] + 1]), b[pos[i]]
+      if best == nil or score < bscore or (score == bscore and member < bmember) then
+        best, bscore, bmember = i, score, member
+      end
+    end
+  end
+  if best == nil then break end
+  out[#out + 1] = bmember
+  out[#out + 1] = best
+  pos[best] = pos[best] + 2
+  if pos[best] > #buf[best] then
+    if #buf[best] < 2 * chunk then buf[best] = nil else fill(best) end
+  end
+end
+return out
+"""
+
+# Step 1 of reserve_ring, on the volunteer's slot. KEYS: user hash. ARGV: call, day, cap, now.
+# Returns false, or {previous rday, previous rcount, previous last_rung, idx}.
+_RESERVE_USER = """
+local h = redis.call('HMGET', KEYS[1], 'ring_of', 'open', 'rday', 'rcount', 'last_rung', 'idx')
+if h[1] or h[2] then return false end
+local count = 0
+if h[3] == ARGV[2] then count = tonumber(h[4] or '0') end
+if count >= tonumber(ARGV[3]) then return false end
+redis.call('HSET', KEYS[1], 'ring_of', ARGV[1], 'rday', ARGV[2], 'rcount', count + 1,
+  'last_rung', ARGV[4])
+return {h[3] or '', h[4] or '', h[5] or '', h[6] or '[]'}
+"""
+
+# Undo of step 1. KEYS: user hash. ARGV: call, previous rday, rcount, last_rung.
+_RESERVE_UNDO = """
+if redis.call('HGET', KEYS[1], 'ring_of') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'ring_of')
+if ARGV[2] == '' then redis.call('HDEL', KEYS[1], 'rday', 'rcount')
+else redis.call('HSET', KEYS[1], 'rday', ARGV[2], 'rcount', ARGV[3]) end
+if ARGV[4] == '' then redis.call('HDEL', KEYS[1], 'last_rung')
+else redis.call('HSET', KEYS[1], 'last_rung', ARGV[4]) end
+return 1
+"""
+
+# Step 2, on the call's slot. KEYS: call hash, ringing, rung. ARGV: user.
+_RESERVE_CALL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= '"searching"' and state ~= '"queued"' then return 0 end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 0 end
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: user hash. ARGV: field, call. Clears the field if it still names the call.
+_CLEAR_IF = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# Assign step A, on the helper's slot. KEYS: user hash. ARGV: call.
+_ASSIGN_CLAIM = """
+local h = redis.call('HMGET', KEYS[1], 'ring_of', 'open')
+if h[1] ~= ARGV[1] or h[2] then return 0 end
+redis.call('HSET', KEYS[1], 'open', ARGV[1])
+return 1
+"""
+
+# Assign step B, the decision, on the call's slot. KEYS: call hash, ringing.
+# ARGV: helper, then field/value pairs to set. Returns false, or {call..., '|', withdrawn...}.
+_ASSIGN_CALL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= '"searching"' and state ~= '"queued"' then return false end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return false end
+local ringing = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+local out = redis.call('HGETALL', KEYS[1])
+out[#out + 1] = '|'
+for _, u in ipairs(ringing) do
+  if u ~= ARGV[1] then out[#out + 1] = u end
+end
+return out
+"""
+
+# Assign step C, on the helper's slot. KEYS: user hash, answered. ARGV: call, won, now, member.
+_ASSIGN_SETTLE = """
+if ARGV[2] == '1' then
+  if redis.call('HGET', KEYS[1], 'ring_of') == ARGV[1] then redis.call('HDEL', KEYS[1], 'ring_of') end
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+else
+  if redis.call('HGET', KEYS[1], 'open') == ARGV[1] then redis.call('HDEL', KEYS[1], 'open') end
+end
+return 1
+"""
+
+# Finish, the decision, on the call's slot. KEYS: call hash, ringing, rung.
+# ARGV: field/value pairs. Returns false, or {call..., '|', withdrawn...}.
+_FINISH_CALL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == '"ended"' then return false end
+local ringing = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('HSET', KEYS[1], unpack(ARGV))
+local out = redis.call('HGETALL', KEYS[1])
+out[#out + 1] = '|'
+for _, u in ipairs(ringing) do out[#out + 1] = u end
+return out
+"""
+
+# Finish, per party, on their slot. KEYS: user hash, history. ARGV: call.
+_FINISH_PARTY = """
+if redis.call('HGET', KEYS[1], 'open') == ARGV[1] then redis.call('HDEL', KEYS[1], 'open') end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: timers. ARGV: now, limit.
+_CLAIM_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"""
+
+# KEYS: hits zset. ARGV: now, window start (exclusive), unique member, ttl ms.
+_HIT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+def _evalsha(pipe: Any, sha: str, numkeys: int, *keys_and_args: Any) -> object:
+    # Through execute_command: redis-py refuses ``evalsha`` by name in cluster pipelines, but
+    # routes the command itself by its first key, which is all a one-slot script needs.
+    return pipe.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+
+
+# Devices: ``vb:{u:ID}:devices`` is a list of {"a": address, "i": id, "d": device JSON}, oldest
+# first, with the count in the user hash's ``dev`` (what a wave reads); ``vb:addr:{ADDRESS}``
+# names the user an address belongs to.
+
+# KEYS: user hash, device list. ARGV: address, id, device JSON. Returns the id it is kept
+# under (a known address keeps its id). The device JSON is stored as a string, never decoded
+# here, so that its numbers keep every digit; "i" has the final say on its id.
+_ADD_DEVICE = """
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+for i, raw in ipairs(items) do
+  local e = cjson.decode(raw)
+  if e.a == ARGV[1] then
+    redis.call('LSET', KEYS[2], i - 1, cjson.encode({a = e.a, i = e.i, d = ARGV[3]}))
+    return e.i
+  end
+end
+redis.call('RPUSH', KEYS[2], cjson.encode({a = ARGV[1], i = ARGV[2], d = ARGV[3]}))
+redis.call('HSET', KEYS[1], 'dev', redis.call('LLEN', KEYS[2]))
+return ARGV[2]
+"""
+
+# KEYS: user hash, device list. ARGV: 'a' or 'i', the address or id to drop.
+# Returns the addresses dropped.
+_DROP_DEVICES = """
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+local gone = {}
+for _, raw in ipairs(items) do
+  local e = cjson.decode(raw)
+  if e[ARGV[1]] == ARGV[2] then
+    redis.call('LREM', KEYS[2], 1, raw)
+    gone[#gone + 1] = e.a
+  end
+end
+local n = redis.call('LLEN', KEYS[2])
+if n > 0 then redis.call('HSET', KEYS[1], 'dev', n) else redis.call('HDEL', KEYS[1], 'dev') end
+return gone
+"""
+
+# KEYS: a string key. ARGV: value. Deletes it only if it still holds the value.
+_DEL_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: pushes hash. ARGV: expires_at, ttl seconds, device ids... Returns the ids new to it.
+_RECORD_PUSHES = """
+local ids = {}
+local raw = redis.call('HGET', KEYS[1], 'ids')
+if raw then ids = cjson.decode(raw) end
+local seen = {}
+for _, i in ipairs(ids) do seen[i] = true end
+local fresh = {}
+for k = 3, #ARGV do
+  if not seen[ARGV[k]] then
+    seen[ARGV[k]] = true
+    ids[#ids + 1] = ARGV[k]
+    fresh[#fresh + 1] = ARGV[k]
+  end
+end
+local exp = redis.call('HGET', KEYS[1], 'exp')
+if not exp or tonumber(ARGV[1]) > tonumber(exp) then exp = ARGV[1] end
+local list = '[]'
+if #ids > 0 then list = cjson.encode(ids) end
+redis.call('HSET', KEYS[1], 'ids', list, 'exp', exp)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return fresh
+"""
+
+# KEYS: pushes hash. Returns {ids JSON, exp} and deletes it, or false.
+_TAKE_PUSHES = """
+local h = redis.call('HMGET', KEYS[1], 'ids', 'exp')
+if not h[1] then return false end
+redis.call('DEL', KEYS[1])
+return h
+"""
+
+
+def _split(reply: list[Any]) -> tuple[list[str], list[str]]:
+    at = reply.index("|")
+    return reply[:at], reply[at + 1 :]
+
+
+def parse_redis_url(url: str) -> tuple[str, bool, dict[str, Any]]:
+    """``redis://``, ``rediss://`` (TLS), ``redis+cluster://`` and ``rediss+cluster://``
+    (Redis Cluster: the address of any one node). Returns the URL redis-py understands, whether
+    it is a cluster, and client options. ``?timeout=SECONDS`` sets the socket timeouts (default
+    2: a request fails as ``unavailable`` rather than hang while Redis is away)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    cluster = scheme.endswith("+cluster")
+    base = scheme.removesuffix("+cluster")
+    if base not in ("redis", "rediss"):
+        raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} in {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"Redis URL {url!r} names no host")
+    query = parse_qs(parts.query)
+    options: dict[str, Any] = {}
+    timeout = 2.0
+    if "timeout" in query:
+        try:
+            timeout = float(query.pop("timeout")[0])
+        except ValueError:
+            raise ValueError(f"Redis URL {url!r}: timeout must be a number of seconds") from None
+        if not 0 < timeout <= 60:
+            raise ValueError(f"Redis URL {url!r}: timeout must be between 0 and 60 seconds")
+    if query:
+        raise ValueError(f"Redis URL {url!r}: unknown option(s) {', '.join(sorted(query))}")
+    if cluster and parts.path not in ("", "/", "/0"):
+        raise ValueError(f"Redis URL {url!r}: a Redis Cluster has only database 0")
+    options["socket_timeout"] = timeout
+    options["socket_connect_timeout"] = timeout
+    return urlunsplit((base, parts.netloc, parts.path, "", "")), cluster, options
+
+
+class RedisStore:
+    def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
+        self.r: Any = client
+        self.cluster = isinstance(client, RedisCluster)
+        self._windows: dict[str, tuple[str, RingWindow]] = {}
+        self._inside: dict[str, tuple[float, bool, str, str]] = {}
+        reg = client.register_script
+        self._create_call = reg(_CREATE_CALL)
+        self._update_call = reg(_UPDATE_CALL)
+        self._mark_media = reg(_MARK_MEDIA)
+        self._put_profile = reg(_PUT_PROFILE)
+        self._set_duty = reg(_SET_DUTY)
+        self._connected = reg(_CONNECTED)
+        self._facts = reg(_FACTS)
+        self._first_n = reg(_FIRST_N)
+        self._reserve_user = reg(_RESERVE_USER)
+        self._reserve_undo = reg(_RESERVE_UNDO)
+        self._reserve_call = reg(_RESERVE_CALL)
+        self._clear_if = reg(_CLEAR_IF)
+        self._assign_claim = reg(_ASSIGN_CLAIM)
+        self._assign_call = reg(_ASSIGN_CALL)
+        self._assign_settle = reg(_ASSIGN_SETTLE)
+        self._finish_call = reg(_FINISH_CALL)
+        self._finish_party = reg(_FINISH_PARTY)
+        self._claim_due = reg(_CLAIM_DUE)
+        self._hit = reg(_HIT)
+        self._add_device = reg(_ADD_DEVICE)
+        self._drop_devices = reg(_DROP_DEVICES)
+        self._del_if = reg(_DEL_IF)
+        self._record_pushes = reg(_RECORD_PUSHES)
+        self._take_pushes = reg(_TAKE_PUSHES)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        target, cluster, options = parse_redis_url(url)
+        client: aioredis.Redis | RedisCluster
+        if cluster:
+            client = RedisCluster.from_url(target, decode_responses=True, **options)
+        else:
+            # Requests beyond the pool's size wait for a connection rather than fail: a burst
+            # of a thousand accepts is load, not an outage.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                target,
+                decode_responses=True,
+                max_connections=128,
+                timeout=max(5.0, options["socket_timeout"] * 4),
+                **options,
+            )
+            client = aioredis.Redis(connection_pool=pool)
+        return cls(client)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    @unavailable_on_redis_errors
+    async def ping(self) -> None:
+        await self.r.ping()
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    # --- profiles --------------------------------------------------------------------------
+    @unavailable_on_redis_errors
+    async def get_profile(self, user_id: str) -> Profile | None:
+        key = _user(user_id)
+        raw, blocked = await self._pipelined(
+            lambda pipe: (pipe.hget(key, "profile"), pipe.smembers(key + ":blocked"))
+        )
+        if raw is None:
+            return None
+        profile = Profile.model_validate_json(raw)
+        return profile.model_copy(update={"blocked": frozenset(blocked)})
+
+    @unavailable_on_redis_errors
+    async def put_profile(self, profile: Profile) -> None:
+        key = _user(profile.user_id)
+        langs = sorted({primary_language(t) for t in profile.languages})
+        plan: list[list[str]] = []
+        if profile.role is Role.VOLUNTEER:
+            plan = [[lang, _group_id(profile)] for lang in langs]
+        data = profile.model_dump(mode="json", exclude={"blocked"})
+        data["ring_window"] = profile.ring_window.as_wire()  # the form its validator reads
+        body = _enc(data)
+        reply = await self._put_profile(
+            keys=[key, key + ":blocked"],
+            args=[
+                body,
+                profile.role.value,
+                profile.timezone,
+                profile.daily_ring_cap,
+                " ".join(langs),
+                _enc(plan),
+                *sorted(profile.blocked),
+            ],
+        )
+        await self._reindex(profile.user_id, reply)
+
+    async def _reindex(self, user_id: str, reply: list[str]) -> None:
+        """Move the user between wave index groups after a profile or duty change. The index is
+        a hint that ``candidates`` checks against the user's own hash, so this second step
+        needs no atomicity with the first."""
+        old = {tuple(p) for p in json.loads(reply[0])}
+        new = {tuple(p) for p in json.loads(reply[1])}
+        last_rung = float(reply[2])
+        pipe = self.r.pipeline(transaction=False)
+        for lang, group in old - new:
+            pipe.zrem(_lang(lang) + ":g:" + group, user_id)
+        for lang, group in new:
+            pipe.sadd(_lang(lang) + ":groups", group)
+            pipe.zadd(_lang(lang) + ":g:" + group, {user_id: last_rung})
+        await pipe.execute()
+
+    # --- availability ----------------------------------------------------------------------
+    @unavailable_on_redis_errors
+    async def set_on_duty(self, user_id: str, on_duty: bool) -> None:
+        reply = await self._set_duty(keys=[_user(user_id)], args=["1" if on_duty else "0"])
+        await self._reindex(user_id, reply)
+
+    @unavailable_on_redis_errors
+    async def is_on_duty(self, user_id: str) -> bool:
+        return bool(await self.r.hget(_user(user_id), "duty") == "1")
+
+    @unavailable_on_redis_errors
+    async def set_connected(self, user_id: str, connected: bool) -> None:
+        await self._connected(keys=[_user(user_id)], args=["1" if connected else "-1"])
+
+    @unavailable_on_redis_errors
+    async def is_connected(self, user_id: str) -> bool:
+        return int(await self.r.hget(_user(user_id), "conn") or 0) > 0
+
+    def _inside_groups(self, groups: Iterable[str], now: float) -> dict[str, tuple[str, str]]:
+        """Groups whose ring window is open at ``now``: group -> (zone, local date). Windows
+        are whole minutes and zone offsets too, so each group's answer holds until the next
+        minute and is converted once per minute, not once per wave."""
+        out: dict[str, tuple[str, str]] = {}
+        minute = now // 60
+        for group in groups:
+            seen = self._inside.get(group)
+            if seen is None or seen[0] != minute:
+                parsed = self._windows.get(group)
+                if parsed is None:
+                    zone, start, end = group.split("|")
+                    parsed = (zone, RingWindow.model_validate({"start": start, "end": end}))
+                    self._windows[group] = parsed
+                zone, window = parsed
+                moment = local_datetime(zone, minute * 60)
+                seen = (minute, window.contains(moment.time()), zone, moment.date().isoformat())
+                self._inside[group] = seen
+            if seen[1]:
+                out[group] = (seen[2], seen[3])
+        return out
+
+    async def _load_scripts(self) -> None:
+        """Load the scripts used inside pipelines (a restarted Redis has forgotten them)."""
+        for source in (_FACTS, _CLEAR_IF, _FINISH_PARTY):
+            await self.r.script_load(source)
+
+    async def _pipelined(self, fill: Callable[[Any], object]) -> list[Any]:
+        for attempt in (1, 2):
+            pipe = self.r.pipeline(transaction=False)
+            fill(pipe)
+            try:
+                return cast(list[Any], await pipe.execute())
+            except rex.NoScriptError:
+                if attempt == 2:
+                    raise
+                await self._load_scripts()
+        raise AssertionError("unreachable")
+
+    @unavailable_on_redis_errors
+    async def candidates(
+        self, language: str, now: float, limit: int | None = None
+    ) -> list[Candidate]:
+        lang = primary_language(language)
+        base = _lang(lang)
+        inside = self._inside_groups(await self.r.smembers(base + ":groups"), now)
+        if not inside:
+            return []
+        groups = sorted(inside)
+        keys = [base + ":g:" + g for g in groups]
+        if limit is None:
+            replies = await self._pipelined(lambda pipe: [pipe.zrange(k, 0, -1) for k in keys])
+            members = [(uid, g) for g, got in zip(groups, replies, strict=True) for uid in got]
+            return await self._build(members, lang, inside, now)
+        # Rung longest ago first: a wave reads a few hundred volunteers, not all in window. Those
+        # who turn out unreachable or stale are skipped, and more are read until enough.
+        want = max(limit, 1)
+        while True:
+            reply = await self._first_n(keys=keys, args=[want])
+            members = [(reply[i], groups[int(reply[i + 1]) - 1]) for i in range(0, len(reply), 2)]
+            got = await self._build(members, lang, inside, now)
+            if len(got) >= limit or len(members) < want:
+                return got[:limit]
+            want *= 2
+
+    async def _build(
+        self,
+        members: list[tuple[str, str]],
+        lang: str,
+        inside: dict[str, tuple[str, str]],
+        now: float,
+    ) -> list[Candidate]:
+        horizon = repr(now - THIRTY_DAYS)
+        unique: dict[str, str] = {}
+        for uid, group in members:
+            unique.setdefault(uid, group)
+        if not unique:
+            return []
+        sha = self._facts.sha
+
+        def fill(pipe: Any) -> None:
+            for uid in unique:
+                key = _user(uid)
+                _evalsha(pipe, sha, 3, key, key + ":ans", key + ":blocked", horizon)
+
+        replies = await self._pipelined(fill)
+        out: list[Candidate] = []
+        for (uid, group), reply in zip(unique.items(), replies, strict=True):
+            h, count, blocked = json.loads(reply)
+            if isinstance(blocked, dict):  # an empty Lua table encodes as {}
+                blocked = []
+            duty, role, conn, dev, cap, ring_of, open_, rday, rcount, last_rung, langs = h
+            # The index is a hint: the user's own hash has the final word.
+            if duty != "1" or role != Role.VOLUNTEER.value or lang not in (langs or "").split():
+                continue
+            if not (int(conn or 0) > 0 or int(dev or 0) > 0):  # false (nil) is 0
+                continue
+            zone, day = inside[group]
+            out.append(
+                Candidate(
+                    user_id=uid,
+                    timezone=zone,
+                    calls_30d=int(count),
+                    last_rung_at=float(last_rung or 0.0),
+                    rings_today=int(rcount or 0) if rday == day else 0,
+                    ring_day=day,
+                    daily_ring_cap=int(cap or 0),
+                    busy=bool(ring_of or open_),
+                    blocked=frozenset(blocked),
+                )
+            )
+        return out
+
+    # --- devices ---------------------------------------------------------------------------
+    @unavailable_on_redis_errors
+    async def has_devices(self, user_id: str) -> bool:
+        return int(await self.r.hget(_user(user_id), "dev") or 0) > 0
+
+    @unavailable_on_redis_errors
+    async def add_device(self, device: Device) -> Device:
+        address = device.address
+        addr_key = "vb:addr:{" + address + "}"
+        owner = await self.r.get(addr_key)
+        if owner is not None and owner != device.user_id:
+            # A phone signed in to another account: the address leaves its previous owner.
+            await self._drop_devices(
+                keys=[_user(owner), _user(owner) + ":devices"], args=["a", address]
+            )
+        user = _user(device.user_id)
+        kept_id = await self._add_device(
+            keys=[user, user + ":devices"], args=[address, device.id, device.model_dump_json()]
+        )
+        await self.r.set(addr_key, device.user_id)
+        return device.model_copy(update={"id": str(kept_id)})
+
+    @unavailable_on_redis_errors
+    async def devices(self, user_id: str) -> list[Device]:
+        items = await self.r.lrange(_user(user_id) + ":devices", 0, -1)
+        out = []
+        for raw in items:
+            entry = json.loads(raw)
+            out.append(Device.model_validate({**json.loads(entry["d"]), "id": entry["i"]}))
+        return out
+
+    @unavailable_on_redis_errors
+    async def remove_device(self, user_id: str, device_id: str) -> bool:
+        user = _user(user_id)
+        gone = await self._drop_devices(keys=[user, user + ":devices"], args=["i", device_id])
+        for address in gone:
+            await self._del_if(keys=["vb:addr:{" + address + "}"], args=[user_id])
+        return bool(gone)
+
+    @unavailable_on_redis_errors
+    async def record_pushes(
+        self, call_id: str, user_id: str, device_ids: list[str], expires_at: float
+    ) -> list[str]:
+        ttl = int(min(max(expires_at - time.time(), 0.0), 30 * 86400.0)) + 86400
+        fresh = await self._record_pushes(
+            keys=[_call(call_id) + ":push:" + user_id], args=[repr(expires_at), ttl, *device_ids]
+        )
+        return [str(i) for i in fresh]
+
+    @unavailable_on_redis_errors
+    async def take_pushes(self, call_id: str, user_id: str) -> PushedRing | None:
+        got = await self._take_pushes(keys=[_call(call_id) + ":push:" + user_id])
+        if got is None:
+            return None
+        ids = json.loads(got[0])
+        return PushedRing(device_ids=[str(i) for i in ids] if ids else [], expires_at=float(got[1]))
+
+    # --- calls -----------------------------------------------------------------------------
+    @unavailable_on_redis_errors
+    async def create_call(self, call: Call) -> bool:
+        key = _call(call.id) + ":call"
+        flat = [x for kv in _call_fields(call).items() for x in kv]
+        if not await self._create_call(keys=[key], args=flat):
+            return False
+        if await self.r.hsetnx(_user(call.recipient_id), "open", call.id):
+            return True
+        await self.r.delete(key)  # the recipient already has a call: this one never existed
+        return False
+
+    @unavailable_on_redis_errors
+    async def get_call(self, call_id: str) -> Call | None:
+        raw = await self.r.hgetall(_call(call_id) + ":call")
+        return _decode_call(raw) if raw else None
+
+    @unavailable_on_redis_errors
+    async def update_call(self, call_id: str, **fields: Any) -> None:
+        locked = _LOCKED_FIELDS.intersection(fields)
+        if locked:
+            raise ValueError(f"update_call cannot set {sorted(locked)}: use assign or finish")
+        unknown = set(fields) - set(Call.model_fields)
+        if unknown:
+            raise ValueError(f"update_call: Call has no field(s) {sorted(unknown)}")
+        if not fields:
+            return
+        current = await self.get_call(call_id)
+        if current is None:
+            return
+        # Validate as the memory store's model_copy would store them, then write only these.
+        dumped = current.model_copy(update=fields).model_dump(mode="json")
+        flat = [x for k in fields for x in (k, _enc(dumped[k]))]
+        await self._update_call(keys=[_call(call_id) + ":call"], args=flat)
+
+    @unavailable_on_redis_errors
+    async def current_call(self, user_id: str) -> str | None:
+        key = _user(user_id)
+        call_id = await self.r.hget(key, "open")
+        if call_id is None:
+            return None
+        call = await self.get_call(call_id)
+        if call is not None and call.state.is_open and call.party_of(user_id) is not None:
+            return str(call_id)
+        if call is not None and call.state is not CallState.ENDED and call.helper_id is None:
+            return None  # an accept in flight: its helper-side mark is not theirs yet
+        # A leftover of a node that died between the steps of assign or finish.
+        await self._clear_if(keys=[key], args=["open", call_id])
+        return None
+
+    @unavailable_on_redis_errors
+    async def assign(
+        self, call_id: str, helper_id: str, helper_name: str, helper_role: Role, now: float
+    ) -> Assignment | None:
+        user = _user(helper_id)
+        if not await self._assign_claim(keys=[user], args=[call_id]):
+            return None
+        base = _call(call_id)
+        fields = {
+            "state": CallState.ASSIGNED.value,
+            "helper_id": helper_id,
+            "helper_name": helper_name,
+            "helper_role": helper_role.value,
+            "assigned_at": now,
+        }
+        flat = [x for k, v in fields.items() for x in (k, _enc(v))]
+        # Should this fail, whether the decision was taken is unknown: the tentative mark is
+        # left for current_call's repair.
+        reply = await self._assign_call(
+            keys=[base + ":call", base + ":ringing"], args=[helper_id, *flat]
+        )
+        won = reply is not None
+        await self._assign_settle(
+            keys=[user, user + ":ans"],
+            args=[call_id, "1" if won else "0", repr(now), f"{call_id}"],
+        )
+        if not won:
+            return None
+        raw, withdrawn = _split(reply)
+        if withdrawn:
+            await self._pipelined(
+                lambda pipe: [
+                    _evalsha(pipe, self._clear_if.sha, 1, _user(u), "ring_of", call_id)
+                    for u in withdrawn
+                ]
+            )
+        return Assignment(call=_decode_call(raw), withdrawn=sorted(withdrawn))
+
+    @unavailable_on_redis_errors
+    async def finish(
+        self, call_id: str, reason: EndReason, by: Role | None, now: float
+    ) -> Finish | None:
+        base = _call(call_id)
+        fields: dict[str, Any] = {
+            "state": CallState.ENDED.value,
+            "ended_at": now,
+            "end_reason": reason.value,
+            "ended_by": by.value if by is not None else None,
+        }
+        flat = [x for k, v in fields.items() for x in (k, _enc(v))]
+        reply = await self._finish_call(
+            keys=[base + ":call", base + ":ringing", base + ":rung"], args=flat
+        )
+        if reply is None:
+            return None
+        raw, withdrawn = _split(reply)
+        call = _decode_call(raw)
+        clear_sha, party_sha = self._clear_if.sha, self._finish_party.sha
+
+        def fill(pipe: Any) -> None:
+            for u in withdrawn:
+                _evalsha(pipe, clear_sha, 1, _user(u), "ring_of", call_id)
+            for party in (call.recipient_id, call.helper_id):
+                if party is not None:
+                    key = _user(party)
+                    _evalsha(pipe, party_sha, 2, key, key + ":hist", call_id)
+            pipe.zadd(_ENDED_INDEX, {call_id: now})
+
+        await self._pipelined(fill)
+        return Finish(call=call, withdrawn=sorted(withdrawn))
+
+    @unavailable_on_redis_errors
+    async def mark_media(self, call_id: str, now: float) -> bool:
+        return bool(await self._mark_media(keys=[_call(call_id) + ":call"], args=[_enc(now)]))
+
+    # --- rings -----------------------------------------------------------------------------
+    @unavailable_on_redis_errors
+    async def reserve_ring(
+        self, call_id: str, user_id: str, day: str, cap: int, now: float
+    ) -> bool:
+        user = _user(user_id)
+        reply = await self._reserve_user(keys=[user], args=[call_id, day, cap, repr(now)])
+        if reply is None:
+            return False
+        previous, idx = reply[:3], reply[3]
+        base = _call(call_id)
+        try:
+            ok = await self._reserve_call(
+                keys=[base + ":call", base + ":ringing", base + ":rung"], args=[user_id]
+            )
+        except BaseException:
+            await self._undo_reserve(user, call_id, previous)
+            raise
+        if not ok:
+            await self._undo_reserve(user, call_id, previous)
+            return False
+        pairs = json.loads(idx)
+        if pairs:  # back in their wave groups' order: rung longest ago first
+            await self._pipelined(
+                lambda pipe: [
+                    pipe.zadd(_lang(lang) + ":g:" + group, {user_id: now}, xx=True)
+                    for lang, group in pairs
+                ]
+            )
+        return True
+
+    async def _undo_reserve(self, user: str, call_id: str, previous: list[str]) -> None:
+        try:
+            await self._reserve_undo(keys=[user], args=[call_id, *previous])
+        except REDIS_DOWN:
+            pass  # the stale ring_of is repaired by ring_of()
+
+    @unavailable_on_redis_errors
+    async def release_ring(self, call_id: str, user_id: str) -> bool:
+        # Decided on the call's slot, where an accept of the same ring is decided too.
+        if not await self.r.srem(_call(call_id) + ":ringing", user_id):
+            return False
+        await self._clear_if(keys=[_user(user_id)], args=["ring_of", call_id])
+        return True
+
+    @unavailable_on_redis_errors
+    async def ringing(self, call_id: str) -> list[str]:
+        return sorted(await self.r.smembers(_call(call_id) + ":ringing"))
+
+    @unavailable_on_redis_errors
+    async def ring_of(self, user_id: str) -> str | None:
+        user = _user(user_id)
+        call_id = await self.r.hget(user, "ring_of")
+        if call_id is None:
+            return None
+        base = _call(call_id)
+        if await self.r.sismember(base + ":ringing", user_id):
+            return str(call_id)
+        state = await self.r.hget(base + ":call", "state")
+        if state in _OPEN_STATES and not await self.r.sismember(base + ":rung", user_id):
+            return None  # a reserve_ring between its two steps: not ringing yet
+        # Withdrawn, lapsed or ended, and the second step of that was lost with its node.
+        await self._clear_if(keys=[user], args=["ring_of", call_id])
+        return None
+
+    @unavailable_on_redis_errors
+    async def rung(self, call_id: str) -> set[str]:
+        return set(await self.r.smembers(_call(call_id) + ":rung"))
+
+    # --- feedback and blocks ---------------------------------------------------------------
+    @unavailable_on_redis_errors
+    async def add_feedback(self, feedback: Feedback) -> bool:
+        key = _call(feedback.call_id) + ":fb"
+        return bool(await self.r.hsetnx(key, feedback.user_id, feedback.model_dump_json()))
+
+    @unavailable_on_redis_errors
+    async def block(self, user_id: str, other_id: str) -> None:
+        key = _user(user_id)
+        if await self.r.hexists(key, "profile"):
+            await self.r.sadd(key + ":blocked", other_id)
+
+    # --- timers ----------------------------------------------------------------------------
+    @unavailable_on_redis_errors
+    async def schedule(self, key: str, at: float) -> None:
+        await self.r.zadd(_TIMERS, {key: at})
+
+    @unavailable_on_redis_errors
+    async def unschedule(self, key: str) -> None:
+        await self.r.zrem(_TIMERS, key)
+
+    @unavailable_on_redis_errors
+    async def claim_due(self, now: float, limit: int = 100) -> list[str]:
+        if limit <= 0:
+            return []
+        return list(await self._claim_due(keys=[_TIMERS], args=[repr(now), limit]))
+
+    @unavailable_on_redis_errors
+    async def next_deadline(self) -> float | None:
+        first = await self.r.zrange(_TIMERS, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    @unavailable_on_redis_errors
+    async def deadline(self, key: str) -> float | None:
+        score = await self.r.zscore(_TIMERS, key)
+        return float(score) if score is not None else None
+
+    # --- rate limits -----------------------------------------------------------------------
+    @unavailable_on_redis_errors
+    async def hit(self, key: str, now: float, window_s: float) -> int:
+        ttl_ms = max(1000, int(window_s * 1000) + 1000)
+        member = f"{now!r}:{secrets.token_hex(6)}"
+        return int(
+            await self._hit(
+                keys=["vb:hit:{" + key + "}"],
+                args=[repr(now), repr(now - window_s), member, ttl_ms],
+            )
+        )
+
+    # --- resume ----------------------------------------------------------------------------
+    @unavailable_on_redis_errors
+    async def put_resume(self, token: str, ticket: ResumeTicket, expires_at: float) -> None:
+        # Expiry is decided on the broker's clock in take_resume; Redis's own TTL (on its
+        # clock) only collects tokens nobody came back for, so it is generous.
+        ttl = int(min(max(expires_at - time.time(), 0.0), 30 * 86400.0)) + 3600
+        value = _enc([ticket.user_id, ticket.session_id, expires_at])
+        await self.r.set("vb:resume:{" + token + "}", value, ex=ttl)
+
+    @unavailable_on_redis_errors
+    async def take_resume(self, token: str, now: float) -> ResumeTicket | None:
+        raw = await self.r.getdel("vb:resume:{" + token + "}")
+        if raw is None:
+            return None
+        user_id, session_id, expires_at = json.loads(raw)
+        if float(expires_at) < now:
+            return None
+        return ResumeTicket(str(user_id), str(session_id))
+
+    # --- history ---------------------------------------------------------------------------
+    async def _calls(self, ids: list[str]) -> list[Call]:
+        replies = await self._pipelined(
+            lambda pipe: [pipe.hgetall(_call(i) + ":call") for i in ids]
+        )
+        return [_decode_call(raw) for raw in replies if raw]
+
+    @unavailable_on_redis_errors
+    async def calls_of(self, user_id: str, limit: int = 1000) -> list[Call]:
+        if limit <= 0:
+            return []
+        ids = await self.r.lrange(_user(user_id) + ":hist", 0, limit - 1)
+        return await self._calls(list(ids))
+
+    @unavailable_on_redis_errors
+    async def ended_calls(self, since: float, until: float) -> list[Call]:
+        ids = await self.r.zrangebyscore(_ENDED_INDEX, repr(since), f"({until!r}")
+        return await self._calls(list(ids))

@@ -1,0 +1,611 @@
+"""The state store contract, run unchanged against every store: the memory store, one real
+``redis-server`` and a local 3-master Redis Cluster (both started by these tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from broker.model import Call, CallState, EndReason, Feedback, Profile, RingWindow, Role
+from broker.notify.devices import Device, DeviceRegistration
+from broker.store import MemoryStore, ResumeTicket, Store, StoreUnavailable, open_store
+from broker.store.base import PushedRing
+from broker.store.redis import RedisStore, parse_redis_url
+from tests.redis_procs import RedisClusterProcs, RedisServer
+
+NOW = 1_781_524_800.0  # 2026-06-15 12:00 UTC
+DAY = "2026-06-15"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer.start() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterProcs]:
+    with RedisClusterProcs.start() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def st(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        store: Store = MemoryStore()
+    elif request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+        store = open_store(server.url)
+    else:
+        cluster: RedisClusterProcs = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        store = open_store(cluster.url)
+    await store.ping()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def volunteer(uid: str, **fields: object) -> Profile:
+    values: dict[str, object] = {"user_id": uid, "role": Role.VOLUNTEER, "display_name": uid}
+    values.update(fields)
+    return Profile.model_validate(values)
+
+
+def new_call(cid: str, recipient: str = "r1", **fields: object) -> Call:
+    values: dict[str, object] = {
+        "id": cid,
+        "recipient_id": recipient,
+        "language": "en",
+        "languages": ["en"],
+        "requested_at": NOW,
+    }
+    values.update(fields)
+    return Call.model_validate(values)
+
+
+async def online(st: Store, *profiles: Profile) -> None:
+    for p in profiles:
+        await st.put_profile(p)
+        await st.set_on_duty(p.user_id, True)
+        await st.set_connected(p.user_id, True)
+
+
+async def ringing_call(st: Store, cid: str, *uids: str, recipient: str = "r1") -> None:
+    assert await st.create_call(new_call(cid, recipient))
+    for uid in uids:
+        assert await st.reserve_ring(cid, uid, DAY, 10, NOW)
+
+
+# --- profiles and availability ----------------------------------------------------------------
+
+
+async def test_profiles_round_trip_and_are_copies(st: Store) -> None:
+    assert await st.get_profile("v1") is None
+    p = volunteer(
+        "v1",
+        languages=["en", "pt-BR"],
+        timezone="Europe/Lisbon",
+        ring_window=RingWindow.model_validate({"start": "09:00", "end": "17:30"}),
+        daily_ring_cap=3,
+        blocked=frozenset({"r9"}),
+        note=None,
+    )
+    await st.put_profile(p)
+    got = await st.get_profile("v1")
+    assert got == p
+    await st.block("v1", "r8")
+    assert (await st.get_profile("v1")) == p.model_copy(update={"blocked": frozenset({"r8", "r9"})})
+    await st.block("nobody", "r8")  # blocking by an unknown user changes nothing
+    assert await st.get_profile("nobody") is None
+
+
+async def test_duty_and_connections_are_counted(st: Store) -> None:
+    assert not await st.is_on_duty("v1")
+    await st.set_on_duty("v1", True)
+    assert await st.is_on_duty("v1")
+    await st.set_on_duty("v1", False)
+    assert not await st.is_on_duty("v1")
+    await st.set_connected("v1", True)
+    await st.set_connected("v1", True)
+    await st.set_connected("v1", False)
+    assert await st.is_connected("v1")
+    await st.set_connected("v1", False)
+    assert not await st.is_connected("v1")
+    await st.set_connected("v1", False)  # one too many never goes negative
+    await st.set_connected("v1", True)
+    assert await st.is_connected("v1")
+    assert not await st.has_devices("v1")
+
+
+async def test_candidates_filter_language_duty_reach_and_window(st: Store) -> None:
+    await online(
+        st,
+        volunteer("en1", languages=["en-GB"]),
+        volunteer("enfr", languages=["fr", "EN"]),
+        volunteer("fr1", languages=["fr"]),
+        volunteer("night", languages=["en"], timezone="Asia/Tokyo"),  # 21:00 there: inside
+        volunteer(
+            "asleep",
+            languages=["en"],
+            timezone="America/Los_Angeles",  # 05:00 there
+        ),
+        volunteer(
+            "always",
+            languages=["en"],
+            timezone="Pacific/Auckland",
+            ring_window=RingWindow.model_validate({"start": "00:00", "end": "00:00"}),
+        ),
+    )
+    await st.put_profile(volunteer("offline", languages=["en"]))
+    await st.set_on_duty("offline", True)  # on duty but not connected and no device
+    await st.put_profile(volunteer("offduty", languages=["en"]))
+    await st.set_connected("offduty", True)
+    await st.put_profile(Profile(user_id="rec", role=Role.RECIPIENT, languages=["en"]))
+    await st.set_on_duty("rec", True)
+    await st.set_connected("rec", True)
+    got = {c.user_id: c for c in await st.candidates("en-US", NOW)}
+    assert set(got) == {"en1", "enfr", "night", "always"}
+    assert got["night"].timezone == "Asia/Tokyo" and got["night"].ring_day == "2026-06-15"
+    assert got["always"].ring_day == "2026-06-16"  # already tomorrow in Auckland
+    assert {c.user_id for c in await st.candidates("fr", NOW)} == {"enfr", "fr1"}
+    assert await st.candidates("de", NOW) == []
+
+
+async def test_candidates_follow_profile_and_duty_changes(st: Store) -> None:
+    await online(st, volunteer("v1", languages=["en"]))
+    assert [c.user_id for c in await st.candidates("en", NOW)] == ["v1"]
+    await st.put_profile(volunteer("v1", languages=["fr"], timezone="Europe/Paris"))
+    assert await st.candidates("en", NOW) == []
+    assert [c.timezone for c in await st.candidates("fr", NOW)] == ["Europe/Paris"]
+    await st.set_on_duty("v1", False)
+    assert await st.candidates("fr", NOW) == []
+    await st.set_on_duty("v1", True)
+    assert [c.user_id for c in await st.candidates("fr", NOW)] == ["v1"]
+    # A volunteer who becomes a recipient is no longer rung.
+    await st.put_profile(Profile(user_id="v1", role=Role.RECIPIENT, languages=["fr"]))
+    assert await st.candidates("fr", NOW) == []
+
+
+async def test_candidate_facts(st: Store) -> None:
+    await online(st, volunteer("v1", daily_ring_cap=4, blocked=frozenset({"r7"})), volunteer("v2"))
+    await st.set_on_duty("v1", True)
+    await ringing_call(st, "c_1", "v1")
+    facts = {c.user_id: c for c in await st.candidates("en", NOW + 5)}
+    v1 = facts["v1"]
+    assert (v1.busy, v1.rings_today, v1.ring_day, v1.daily_ring_cap) == (True, 1, DAY, 4)
+    assert v1.last_rung_at == NOW and v1.blocked == frozenset({"r7"}) and v1.calls_30d == 0
+    assert not facts["v2"].busy and facts["v2"].last_rung_at == 0.0
+    assert await st.assign("c_1", "v1", "V", Role.VOLUNTEER, NOW + 10) is not None
+    assert {c.user_id: c.busy for c in await st.candidates("en", NOW + 11)} == {
+        "v1": True,
+        "v2": False,
+    }
+    await st.finish("c_1", EndReason.COMPLETED, Role.RECIPIENT, NOW + 60)
+    facts = {c.user_id: c for c in await st.candidates("en", NOW + 61)}
+    assert not facts["v1"].busy and facts["v1"].calls_30d == 1
+    # Thirty days on, the call no longer counts; the next local day, the ring budget is fresh.
+    later = {c.user_id: c for c in await st.candidates("en", NOW + 10 + 30 * 86400 + 1)}
+    assert later["v1"].calls_30d == 0 and later["v1"].rings_today == 0
+
+
+async def test_candidates_with_limit_take_those_rung_longest_ago(st: Store) -> None:
+    vols = [
+        volunteer(f"v{i}", timezone=["UTC", "Europe/London", "Europe/Berlin"][i % 3])
+        for i in range(9)
+    ]
+    await online(st, *vols)
+    for i, uid in enumerate(["v4", "v0", "v7"]):
+        assert await st.create_call(new_call(f"c_{i}", f"r{i}"))
+        assert await st.reserve_ring(f"c_{i}", uid, DAY, 10, NOW + i)
+    await st.set_connected("v1", False)  # unreachable: skipped, and the next one taken
+    got = await st.candidates("en", NOW + 10, limit=5)
+    assert [c.user_id for c in got] == ["v2", "v3", "v5", "v6", "v8"]
+    got = await st.candidates("en", NOW + 10, limit=7)
+    assert [c.user_id for c in got] == ["v2", "v3", "v5", "v6", "v8", "v4", "v0"]
+    assert len(await st.candidates("en", NOW + 10, limit=100)) == 8
+    assert await st.candidates("en", NOW + 10, limit=0) == []
+
+
+# --- calls ------------------------------------------------------------------------------------
+
+
+async def test_one_open_call_per_recipient(st: Store) -> None:
+    call = new_call("c_1", topic="a label", note="guide dog")
+    assert await st.create_call(call)
+    assert await st.get_call("c_1") == call
+    assert not await st.create_call(new_call("c_2"))  # r1 already has one open
+    assert await st.get_call("c_2") is None
+    assert not await st.create_call(new_call("c_1", recipient="r2"))  # the id is taken
+    assert await st.current_call("r1") == "c_1"
+    assert await st.current_call("r2") is None
+    await st.finish("c_1", EndReason.CANCELLED, Role.RECIPIENT, NOW + 1)
+    assert await st.current_call("r1") is None
+    assert await st.create_call(new_call("c_3"))
+
+
+async def test_one_open_call_per_recipient_under_a_race(st: Store) -> None:
+    won = await asyncio.gather(*(st.create_call(new_call(f"c_{i}")) for i in range(20)))
+    assert sum(won) == 1
+    cid = await st.current_call("r1")
+    assert cid == f"c_{won.index(True)}"
+    others = [await st.get_call(f"c_{i}") for i in range(20) if not won[i]]
+    assert others == [None] * 19
+
+
+async def test_update_call_sets_fields_but_never_the_outcome(st: Store) -> None:
+    await st.create_call(new_call("c_1"))
+    await st.update_call("c_1", wave=2, notified=7, first_ring_at=NOW + 0.125, language_index=1)
+    call = await st.get_call("c_1")
+    assert call is not None
+    assert (call.wave, call.notified, call.first_ring_at, call.language_index) == (
+        2,
+        7,
+        NOW + 0.125,
+        1,
+    )
+    with pytest.raises(ValueError):
+        await st.update_call("c_1", state=CallState.ENDED)
+    with pytest.raises(ValueError):
+        await st.update_call("c_1", helper_id="v9")
+    await st.update_call("c_404", wave=3)  # no such call: nothing happens
+    assert await st.get_call("c_404") is None
+    got = await st.get_call("c_1")
+    assert got is not None
+    got.wave = 99  # a changed copy does not change the store
+    assert (await st.get_call("c_1")).wave == 2  # type: ignore[union-attr]
+
+
+async def test_ring_budget_busy_and_rung_before(st: Store) -> None:
+    await online(st, volunteer("v1"), volunteer("v2", daily_ring_cap=1))
+    await st.create_call(new_call("c_1"))
+    await st.create_call(new_call("c_2", recipient="r2"))
+    assert await st.reserve_ring("c_1", "v1", DAY, 10, NOW)
+    assert await st.ring_of("v1") == "c_1"
+    assert not await st.reserve_ring("c_2", "v1", DAY, 10, NOW)  # already ringing
+    assert not await st.reserve_ring("c_1", "v1", DAY, 10, NOW)
+    assert await st.release_ring("c_1", "v1")
+    assert not await st.release_ring("c_1", "v1")
+    assert await st.ring_of("v1") is None
+    assert not await st.reserve_ring("c_1", "v1", DAY, 10, NOW)  # rung before for this call
+    assert await st.reserve_ring("c_2", "v1", DAY, 10, NOW)
+    assert await st.rung("c_1") == {"v1"} and await st.ringing("c_1") == []
+    # The cap counts rings per local day.
+    assert await st.reserve_ring("c_1", "v2", DAY, 1, NOW)
+    assert await st.release_ring("c_1", "v2")
+    assert not await st.reserve_ring("c_2", "v2", DAY, 1, NOW)
+    assert await st.reserve_ring("c_2", "v2", "2026-06-16", 1, NOW + 86400)
+    assert await st.ringing("c_2") == ["v1", "v2"]
+    # A volunteer in a call is not rung; neither is anyone for an ended call.
+    await st.create_call(new_call("c_3", recipient="r3"))
+    assert await st.assign("c_2", "v1", "V", Role.VOLUNTEER, NOW) is not None
+    assert not await st.reserve_ring("c_3", "v1", DAY, 10, NOW)
+    await st.finish("c_3", EndReason.CANCELLED, Role.RECIPIENT, NOW)
+    await online(st, volunteer("v3"))
+    assert not await st.reserve_ring("c_3", "v3", DAY, 10, NOW)
+    assert not await st.reserve_ring("c_404", "v3", DAY, 10, NOW)
+    # Failed reservations took nothing from the budget.
+    assert [c.rings_today for c in await st.candidates("en", NOW) if c.user_id == "v3"] == [0]
+
+
+async def test_a_volunteer_is_rung_for_one_call_at_a_time_under_a_race(st: Store) -> None:
+    await online(st, volunteer("v1"))
+    for i in range(10):
+        await st.create_call(new_call(f"c_{i}", recipient=f"r{i}"))
+    got = await asyncio.gather(*(st.reserve_ring(f"c_{i}", "v1", DAY, 10, NOW) for i in range(10)))
+    assert sum(got) == 1
+    assert await st.ring_of("v1") == f"c_{got.index(True)}"
+
+
+async def test_first_accept_wins(st: Store) -> None:
+    vols = [volunteer(f"v{i}") for i in range(5)]
+    await online(st, *vols)
+    await ringing_call(st, "c_1", *(v.user_id for v in vols))
+    won = await st.assign("c_1", "v2", "Val", Role.VOLUNTEER, NOW + 3)
+    assert won is not None
+    assert won.withdrawn == ["v0", "v1", "v3", "v4"]
+    assert (won.call.state, won.call.helper_id, won.call.helper_name) == (
+        CallState.ASSIGNED,
+        "v2",
+        "Val",
+    )
+    assert won.call.helper_role is Role.VOLUNTEER and won.call.assigned_at == NOW + 3
+    assert await st.get_call("c_1") == won.call
+    assert await st.assign("c_1", "v3", "X", Role.VOLUNTEER, NOW + 4) is None
+    assert await st.ringing("c_1") == []
+    assert [await st.ring_of(v.user_id) for v in vols] == [None] * 5
+    assert await st.current_call("v2") == "c_1" and await st.current_call("r1") == "c_1"
+    assert await st.current_call("v3") is None
+    assert await st.rung("c_1") == {v.user_id for v in vols}
+
+
+async def test_accept_needs_a_ring(st: Store) -> None:
+    await online(st, volunteer("v1"), volunteer("v2"))
+    await ringing_call(st, "c_1", "v1")
+    assert await st.assign("c_1", "v2", "X", Role.VOLUNTEER, NOW) is None  # never rung
+    assert await st.assign("c_404", "v1", "X", Role.VOLUNTEER, NOW) is None
+    assert await st.release_ring("c_1", "v1")
+    assert await st.assign("c_1", "v1", "X", Role.VOLUNTEER, NOW) is None  # lapsed
+    assert await st.current_call("v1") is None and await st.current_call("v2") is None
+    call = await st.get_call("c_1")
+    assert call is not None and call.state is CallState.SEARCHING
+
+
+async def test_exactly_one_of_many_concurrent_accepts_wins(st: Store) -> None:
+    vols = [volunteer(f"v{i:02d}") for i in range(40)]
+    await online(st, *vols)
+    await ringing_call(st, "c_1", *(v.user_id for v in vols))
+    results = await asyncio.gather(
+        *(st.assign("c_1", v.user_id, v.user_id, Role.VOLUNTEER, NOW) for v in vols)
+    )
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    winner = winners[0].call.helper_id
+    assert sorted([*winners[0].withdrawn, winner]) == [v.user_id for v in vols]  # type: ignore[list-item]
+    for v in vols:
+        assert await st.current_call(v.user_id) == ("c_1" if v.user_id == winner else None)
+        assert await st.ring_of(v.user_id) is None
+
+
+async def test_an_accept_racing_a_cancel(st: Store) -> None:
+    for i in range(10):
+        await online(st, volunteer(f"v{i}"))
+        cid, rec = f"c_{i}", f"r{i}"
+        await ringing_call(st, cid, f"v{i}", recipient=rec)
+        won, ended = await asyncio.gather(
+            st.assign(cid, f"v{i}", "V", Role.VOLUNTEER, NOW),
+            st.finish(cid, EndReason.CANCELLED, Role.RECIPIENT, NOW),
+        )
+        assert ended is not None  # an open call always ends
+        call = await st.get_call(cid)
+        assert call is not None and call.state is CallState.ENDED
+        assert await st.current_call(f"v{i}") is None and await st.current_call(rec) is None
+        assert await st.ring_of(f"v{i}") is None
+        if won is not None:
+            assert ended.call.helper_id == f"v{i}" and ended.withdrawn == []
+        else:
+            assert ended.call.helper_id is None and ended.withdrawn == [f"v{i}"]
+
+
+async def test_a_ring_lapsing_while_it_is_accepted(st: Store) -> None:
+    for i in range(10):
+        await online(st, volunteer(f"v{i}"))
+        cid = f"c_{i}"
+        await ringing_call(st, cid, f"v{i}", recipient=f"r{i}")
+        won, released = await asyncio.gather(
+            st.assign(cid, f"v{i}", "V", Role.VOLUNTEER, NOW), st.release_ring(cid, f"v{i}")
+        )
+        assert (won is None) == released  # one or the other, never both
+
+
+async def test_finish_once_releases_everyone_and_files_history(st: Store) -> None:
+    await online(st, volunteer("v1"), volunteer("v2"), volunteer("v3"))
+    await ringing_call(st, "c_1", "v1", "v2", "v3")
+    assert await st.release_ring("c_1", "v3")
+    await st.assign("c_1", "v1", "V", Role.VOLUNTEER, NOW + 1)
+    done = await st.finish("c_1", EndReason.COMPLETED, Role.VOLUNTEER, NOW + 100)
+    assert done is not None and done.withdrawn == []
+    call = done.call
+    assert (call.state, call.end_reason, call.ended_by, call.ended_at) == (
+        CallState.ENDED,
+        EndReason.COMPLETED,
+        Role.VOLUNTEER,
+        NOW + 100,
+    )
+    assert await st.finish("c_1", EndReason.FAILED, None, NOW + 101) is None
+    assert await st.finish("c_404", EndReason.FAILED, None, NOW + 101) is None
+    assert await st.current_call("r1") is None and await st.current_call("v1") is None
+    assert [c.id for c in await st.calls_of("r1")] == ["c_1"]
+    assert [c.id for c in await st.calls_of("v1")] == ["c_1"]
+    assert await st.calls_of("v2") == []
+    # Unanswered: those still ringing are withdrawn.
+    await ringing_call(st, "c_2", "v2", "v3", recipient="r2")
+    done = await st.finish("c_2", EndReason.NO_ANSWER, None, NOW + 200)
+    assert done is not None and done.withdrawn == ["v2", "v3"] and done.call.ended_by is None
+    assert await st.ring_of("v2") is None and await st.ringing("c_2") == []
+    assert await st.rung("c_2") == set()
+
+
+async def test_history_newest_first_and_ended_calls_by_time(st: Store) -> None:
+    for i in range(5):
+        await st.create_call(new_call(f"c_{i}", requested_at=NOW + i))
+        await st.finish(f"c_{i}", EndReason.CANCELLED, Role.RECIPIENT, NOW + 10 * i)
+    assert [c.id for c in await st.calls_of("r1")] == ["c_4", "c_3", "c_2", "c_1", "c_0"]
+    assert [c.id for c in await st.calls_of("r1", limit=2)] == ["c_4", "c_3"]
+    got = await st.ended_calls(NOW + 10, NOW + 40)
+    assert sorted(c.id for c in got) == ["c_1", "c_2", "c_3"]
+    assert await st.ended_calls(NOW + 41, NOW + 1000) == []
+
+
+async def test_media_is_marked_once(st: Store) -> None:
+    await st.create_call(new_call("c_1"))
+    assert await st.mark_media("c_1", NOW + 2.5)
+    assert not await st.mark_media("c_1", NOW + 3)
+    assert (await st.get_call("c_1")).media_at == NOW + 2.5  # type: ignore[union-attr]
+    assert not await st.mark_media("c_404", NOW)
+
+
+async def test_feedback_once_per_party(st: Store) -> None:
+    fb = Feedback(call_id="c_1", user_id="r1", rating="good", at=NOW)
+    assert await st.add_feedback(fb)
+    assert not await st.add_feedback(fb.model_copy(update={"rating": "bad"}))
+    assert await st.add_feedback(fb.model_copy(update={"user_id": "v1"}))
+
+
+# --- timers, limits, resume ---------------------------------------------------------------------
+
+
+async def test_timers_fire_in_order_once(st: Store) -> None:
+    assert await st.next_deadline() is None
+    await st.schedule("wave|c_1", NOW + 5)
+    await st.schedule("ring|c_1|v1", NOW + 2)
+    await st.schedule("expire|c_1", NOW + 9.5)
+    await st.schedule("ring|c_1|v1", NOW + 3)  # moved
+    await st.schedule("grace|u|s", NOW + 1)
+    await st.unschedule("grace|u|s")
+    await st.unschedule("never|set")
+    assert await st.deadline("ring|c_1|v1") == NOW + 3
+    assert await st.deadline("grace|u|s") is None
+    assert await st.next_deadline() == NOW + 3
+    assert await st.claim_due(NOW + 2) == []
+    assert await st.claim_due(NOW + 6) == ["ring|c_1|v1", "wave|c_1"]
+    assert await st.claim_due(NOW + 6) == []
+    assert await st.next_deadline() == NOW + 9.5
+    for i in range(5):
+        await st.schedule(f"t|{i}", NOW + 20 + i)
+    assert await st.claim_due(NOW + 100, limit=2) == ["expire|c_1", "t|0"]
+    assert await st.claim_due(NOW + 100) == ["t|1", "t|2", "t|3", "t|4"]
+    assert await st.next_deadline() is None
+
+
+async def test_a_timer_is_claimed_by_one_caller(st: Store) -> None:
+    for i in range(50):
+        await st.schedule(f"t|{i}", NOW + i / 10)
+    claims = await asyncio.gather(*(st.claim_due(NOW + 10, limit=7) for _ in range(12)))
+    flat = [k for c in claims for k in c]
+    assert sorted(flat) == sorted(f"t|{i}" for i in range(50))
+
+
+async def test_hits_count_within_the_window(st: Store) -> None:
+    assert [await st.hit("k", NOW + t, 10.0) for t in (0, 1, 2)] == [1, 2, 3]
+    assert await st.hit("k", NOW + 10.0, 10.0) == 3  # the hit at NOW fell out
+    assert await st.hit("k", NOW + 10.5, 10.0) == 4
+    assert await st.hit("other", NOW, 10.0) == 1
+    got = await asyncio.gather(*(st.hit("race", NOW, 60.0) for _ in range(30)))
+    assert sorted(got) == list(range(1, 31))
+
+
+async def test_resume_tokens_work_once_until_they_expire(st: Store) -> None:
+    await st.put_resume("t1", ResumeTicket("u1", "s1"), NOW + 20)
+    await st.put_resume("t2", ResumeTicket("u2", "s2"), NOW + 20)
+    assert await st.take_resume("t1", NOW + 5) == ResumeTicket("u1", "s1")
+    assert await st.take_resume("t1", NOW + 5) is None
+    assert await st.take_resume("t2", NOW + 21) is None  # expired
+    assert await st.take_resume("t2", NOW + 5) is None  # and gone
+    assert await st.take_resume("nope", NOW) is None
+
+
+# --- Redis specifics (not part of the shared contract) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("redis://", "names no host"),
+        ("redis://h:1/0?timeout=x", "timeout must be a number"),
+        ("redis://h:1/0?timeout=0", "between 0 and 60"),
+        ("redis://h:1/0?pool=3", "unknown option(s) pool"),
+        ("redis+cluster://h:1/2", "only database 0"),
+        ("memcached://h:1", "unsupported store URL"),
+    ],
+)
+def test_bad_redis_urls_are_refused_with_a_reason(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        if url.startswith("memcached"):
+            open_store(url)
+        else:
+            parse_redis_url(url)
+
+
+def test_redis_urls() -> None:
+    assert parse_redis_url("rediss://h:7/1?timeout=0.5") == (
+        "rediss://h:7/1",
+        False,
+        {"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
+    )
+    assert parse_redis_url("redis+cluster://h:7")[:2] == ("redis://h:7", True)
+
+
+async def test_unreachable_redis_is_store_unavailable() -> None:
+    from tests.redis_procs import free_port
+
+    store = open_store(f"redis://127.0.0.1:{free_port()}/0?timeout=0.5")
+    assert isinstance(store, RedisStore)
+    try:
+        with pytest.raises(StoreUnavailable, match="Redis is unreachable"):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await store.create_call(new_call("c_1"))
+    finally:
+        await store.close()
+
+
+async def test_redis_coming_back_needs_no_new_store(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    store = open_store(redis_server.url + "?timeout=0.5")
+    try:
+        await store.schedule("t|1", NOW)
+        redis_server.stop()
+        with pytest.raises(StoreUnavailable):
+            await store.claim_due(NOW + 1)
+        redis_server.run()  # without persistence: empty, but serving
+        await store.ping()
+        assert await store.create_call(new_call("c_1"))  # scripts are loaded again as needed
+        await online(store, volunteer("v1"))
+        assert [c.user_id for c in await store.candidates("en", NOW)] == ["v1"]
+    finally:
+        await store.close()
+
+
+async def test_candidates_with_limit_merge_many_groups_in_order(st: Store) -> None:
+    zones = ["UTC", "Europe/London", "Europe/Paris", "Europe/Berlin", "Africa/Lagos"]
+    vols = [volunteer(f"v{i:02d}", timezone=zones[i % 5]) for i in range(60)]
+    await online(st, *vols)
+    for i in range(0, 60, 2):  # every other volunteer rung, at times out of id order
+        cid = f"c_{i}"
+        assert await st.create_call(new_call(cid, f"r{i}"))
+        assert await st.reserve_ring(cid, f"v{i:02d}", DAY, 10, NOW + (i * 7) % 31)
+        await st.finish(cid, EndReason.CANCELLED, Role.RECIPIENT, NOW + 40)
+    everyone = await st.candidates("en", NOW + 50)
+    expected = [c.user_id for c in sorted(everyone, key=lambda c: (c.last_rung_at, c.user_id))]
+    for limit in (1, 17, 33, 45, 60):
+        got = await st.candidates("en", NOW + 50, limit=limit)
+        assert [c.user_id for c in got] == expected[:limit]
+
+
+# --- devices and pushes ---------------------------------------------------------------------
+
+
+def apns(user: str, token: str, **fields: Any) -> Device:
+    reg = DeviceRegistration.model_validate({"platform": "apns", "token": token, **fields})
+    return Device.register(user, reg, NOW + 0.123456789)
+
+
+async def test_devices_by_address_one_owner_at_a_time(st: Store) -> None:
+    t1, t2 = "0123456789abcdef" * 4, "fedcba9876543210" * 4
+    first = await st.add_device(apns("v1", t1))
+    assert await st.has_devices("v1") and await st.devices("v1") == [first]
+    second = await st.add_device(apns("v1", t2, voip=True))
+    again = await st.add_device(apns("v1", t1, voip=True))  # same address: same id, updated
+    assert again.id == first.id and again.voip
+    assert await st.devices("v1") == [again, second]
+    # Online by device: a volunteer with a device is a candidate without a connection.
+    await st.put_profile(volunteer("v1"))
+    await st.set_on_duty("v1", True)
+    assert [c.user_id for c in await st.candidates("en", NOW)] == ["v1"]
+    # The phone signs in to another account: the address moves.
+    moved = await st.add_device(apns("v2", t1))
+    assert await st.devices("v1") == [second] and await st.devices("v2") == [moved]
+    assert not await st.remove_device("v1", first.id)
+    assert await st.remove_device("v1", second.id)
+    assert not await st.has_devices("v1") and await st.devices("v1") == []
+    assert await st.candidates("en", NOW) == []
+    # Its address is free again: registering it for v1 takes nothing from anyone.
+    await st.add_device(apns("v3", t2))
+    assert [d.address for d in await st.devices("v3")] == [t2]
+
+
+async def test_pushes_are_recorded_once_and_taken_once(st: Store) -> None:
+    assert await st.record_pushes("c_1", "v1", ["d1", "d2"], NOW + 45.5) == ["d1", "d2"]
+    assert await st.record_pushes("c_1", "v1", ["d2", "d3"], NOW + 40) == ["d3"]
+    assert await st.record_pushes("c_1", "v2", ["d1"], NOW + 45) == ["d1"]
+    taken = await asyncio.gather(*(st.take_pushes("c_1", "v1") for _ in range(5)))
+    got = [t for t in taken if t is not None]
+    assert got == [PushedRing(device_ids=["d1", "d2", "d3"], expires_at=NOW + 45.5)]
+    assert await st.take_pushes("c_1", "v1") is None
+    assert await st.take_pushes("c_1", "v2") == PushedRing(["d1"], NOW + 45)
