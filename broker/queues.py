@@ -419,13 +419,14 @@ class Queues:
         if not free:
             return []
         by_id = {q.id: q for q in org.queues}
+        # First come, first served across the organisation's queues; within a queue, its order.
         waiting = sorted(
-            (entry.enqueued_at, entry.call_id, queue_id)
-            for queue_id, entries in lines.items()
-            for entry in entries
+            (entry.enqueued_at, n, position, entry.call_id, queue_id)
+            for n, (queue_id, entries) in enumerate(lines.items())
+            for position, entry in enumerate(entries)
         )
         events: list[Event] = []
-        for _, call_id, queue_id in waiting:
+        for *_, call_id, queue_id in waiting:
             if not free:
                 break
             queue = by_id[queue_id]
