@@ -580,6 +580,10 @@ class Queues:
         """What an agent sees on (re)connecting: the console as it is."""
         if profile.role is not Role.AGENT or not profile.org:
             return []
+        known = {a.user_id for a in await self.store.agents(profile.org)}
+        if profile.user_id not in known:
+            # Signed in means known to the organisation: away until they say they are available.
+            await self.store.set_agent_state(profile.org, profile.user_id, "away", self.clock.now())
         snapshot = await self.snapshot(profile.org)
         return [QueueUpdate(to=profile.user_id, snapshot=snapshot)] if snapshot else []
 
