@@ -274,6 +274,7 @@ class AgentRecord:
 
     user_id: str
     state: AgentStateName = "away"
+    display_name: str = ""
     since: float = 0.0  # when the state was last set
     idle_since: float = 0.0  # when they last became free: set available, or wrap-up ended
     wrapup_until: float = 0.0

@@ -286,7 +286,9 @@ class Queues:
         if profile.role is not Role.AGENT or not profile.org:
             raise BrokerError(ErrorCode.FORBIDDEN, "Only agents set an agent status.")
         now = self.clock.now()
-        record = await self.store.set_agent_state(profile.org, profile.user_id, state, now)
+        record = await self.store.set_agent_state(
+            profile.org, profile.user_id, state, now, profile.display_name
+        )
         events: list[Event] = []
         if state == "away" and record.ringing is not None:
             # Away means away: the call they were rung for goes to someone else.
@@ -389,8 +391,7 @@ class Queues:
         calls: dict[str, Call] = {}
         for queue in org.queues:
             kept = []
-            for entry in await self.store.queue_entries(org.id, queue.id):
-                call = await self.store.get_call(entry.call_id)
+            for entry, call in await self.store.queue_calls(org.id, queue.id):
                 if call is None:
                     # Created just after it joined the queue (on another node), or lost with a
                     # node that died between the two steps: only the second is removed.
@@ -514,8 +515,7 @@ class Queues:
         calls: dict[str, Call] = {}
         for queue in org.queues:
             lines[queue.id] = []
-            for entry in await self.store.queue_entries(org.id, queue.id):
-                call = await self.store.get_call(entry.call_id)
+            for entry, call in await self.store.queue_calls(org.id, queue.id):
                 if call is not None and call.state is CallState.QUEUED:
                     calls[call.id] = call
                     lines[queue.id].append(entry)
@@ -549,11 +549,10 @@ class Queues:
         ]
         views = []
         for agent in agents:
-            profile = await self.store.get_profile(agent.user_id)
             views.append(
                 AgentView(
                     id=agent.user_id,
-                    display_name=profile.display_name if profile else "",
+                    display_name=agent.display_name,
                     state=agent.state,
                     activity=_activity(agent, now),
                     calls=agent.calls,
@@ -583,7 +582,9 @@ class Queues:
         known = {a.user_id for a in await self.store.agents(profile.org)}
         if profile.user_id not in known:
             # Signed in means known to the organisation: away until they say they are available.
-            await self.store.set_agent_state(profile.org, profile.user_id, "away", self.clock.now())
+            await self.store.set_agent_state(
+                profile.org, profile.user_id, "away", self.clock.now(), profile.display_name
+            )
         snapshot = await self.snapshot(profile.org)
         return [QueueUpdate(to=profile.user_id, snapshot=snapshot)] if snapshot else []
 

@@ -111,6 +111,19 @@ async def test_enqueue_positions_limit_and_order(store: Store) -> None:
     assert await store.queue_entries("nobody", "main") == []
 
 
+async def test_queue_calls_reads_the_queue_with_its_calls(store: Store) -> None:
+    await queued_call(store, "c1")
+    await store.enqueue("bank", "main", "c1", NOW, 10)
+    await store.enqueue("bank", "main", "ghost", NOW + 1, 10)  # its call was never created
+    got = await store.queue_calls("bank", "main")
+    assert [(e.call_id, e.enqueued_at) for e, _ in got] == [("c1", NOW), ("ghost", NOW + 1)]
+    first = got[0][1]
+    assert first is not None and first.id == "c1" and got[1][1] is None
+    first.languages.append("xx")  # a copy: changing it changes nothing stored
+    again = (await store.queue_calls("bank", "main"))[0][1]
+    assert again is not None and again.languages == ["en"]
+
+
 async def test_concurrent_enqueues_never_exceed_the_limit(backend: OpenClient) -> None:
     clients = [backend() for _ in range(4)]
     results = await asyncio.gather(
@@ -135,6 +148,8 @@ async def test_agent_states(store: Store) -> None:
         0,
     )
     assert record.connected and not record.busy and record.ringing is None
+    named = await store.set_agent_state("bank", "a1", "available", NOW, "Ann")
+    assert named.display_name == "Ann" and named.since == NOW
     # Setting the same state again changes nothing.
     again = await store.set_agent_state("bank", "a1", "available", NOW + 50)
     assert again.since == NOW

@@ -241,12 +241,22 @@ class Store(Protocol):
     async def queue_entries(self, org_id: str, queue_id: str) -> list[QueueEntry]:
         """The queue in order, first in line first."""
 
+    async def queue_calls(self, org_id: str, queue_id: str) -> list[tuple[QueueEntry, Call | None]]:
+        """The queue in order with each entry's call (None if it does not exist), in one step:
+        routing reads the whole queue after every change."""
+
     async def set_agent_state(
-        self, org_id: str, user_id: str, state: AgentStateName, now: float
+        self,
+        org_id: str,
+        user_id: str,
+        state: AgentStateName,
+        now: float,
+        display_name: str | None = None,
     ) -> AgentRecord:
-        """Record an agent of ``org_id`` as available or away. Becoming available clears their
-        missed-ring count and starts their idle time; setting the same state again changes
-        nothing. An agent moved to another organisation leaves the old one."""
+        """Record an agent of ``org_id`` as available or away (and their name, for the
+        console, when given). Becoming available clears their missed-ring count and starts
+        their idle time; setting the same state again changes nothing else. An agent moved to
+        another organisation leaves the old one."""
 
     async def agents(self, org_id: str) -> list[AgentRecord]:
         """Every agent known in the organisation, by id, with their live facts."""

@@ -501,8 +501,23 @@ class MemoryStore:
     async def queue_entries(self, org_id: str, queue_id: str) -> list[QueueEntry]:
         return [QueueEntry(c, at) for c, at in self._queues.get((org_id, queue_id), {}).items()]
 
+    async def queue_calls(self, org_id: str, queue_id: str) -> list[tuple[QueueEntry, Call | None]]:
+        out: list[tuple[QueueEntry, Call | None]] = []
+        for call_id, at in self._queues.get((org_id, queue_id), {}).items():
+            call = self._calls.get(call_id)
+            # A shallow copy with its own list is a full copy of a Call, at a tenth of the cost
+            # of a deep one: every other field is immutable.
+            copy = call.model_copy(update={"languages": list(call.languages)}) if call else None
+            out.append((QueueEntry(call_id, at), copy))
+        return out
+
     async def set_agent_state(
-        self, org_id: str, user_id: str, state: AgentStateName, now: float
+        self,
+        org_id: str,
+        user_id: str,
+        state: AgentStateName,
+        now: float,
+        display_name: str | None = None,
     ) -> AgentRecord:
         old_org = self._agent_org.get(user_id)
         if old_org is not None and old_org != org_id:
@@ -510,6 +525,8 @@ class MemoryStore:
         self._agent_org[user_id] = org_id
         agents = self._agents[org_id]
         record = agents.get(user_id) or AgentRecord(user_id=user_id, since=now, idle_since=now)
+        if display_name is not None and display_name != record.display_name:
+            record = _replace(record, {"display_name": display_name})
         if record.state != state:
             update: dict[str, object] = {"state": state, "since": now}
             if state == "available":
