@@ -106,9 +106,7 @@ async def one_run(orgs: int, agents: int, callers: int, seed: int) -> dict[str, 
     enqueue_ring_ms: list[float] = []
     pending_rings: list[Ring] = []
     for n in range(callers):
-        profile = Profile(
-            user_id=f"caller{n:04d}", role=Role.RECIPIENT, display_name=f"Caller {n}"
-        )
+        profile = Profile(user_id=f"caller{n:04d}", role=Role.RECIPIENT, display_name=f"Caller {n}")
         await store.put_profile(profile)
         clock.advance(0.05)
         started = time.perf_counter()

@@ -153,7 +153,7 @@ class Dispatcher:
         now = self.clock.now()
         if (
             call.state is not CallState.SEARCHING
-            or now >= call.requested_at + self.settings.max_wait_s
+            or now >= call.search_started_at + self.settings.max_wait_s
         ):
             return call, []  # a late timer (a node that lagged or died): the search is over
         size = self.policy.wave_size(call.wave)
