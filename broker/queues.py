@@ -152,6 +152,8 @@ class Queues:
         self.dispatcher = dispatcher
         self.settings = settings or QueueSettings()
         self.webhooks: list[WebhookSink] = []
+        # Told (organisation, calls waiting) after every settle: the edge's queue-length gauge.
+        self.lengths: list[Callable[[str, int], None]] = []
 
     # --- callers -------------------------------------------------------------------------------
     async def admit(
@@ -404,6 +406,8 @@ class Queues:
                 calls[call.id] = call
                 kept.append(entry)
             lines[queue.id] = kept
+        for report in self.lengths:
+            report(org.id, sum(len(entries) for entries in lines.values()))
         events = await self._route(org, lines, calls, now)
         agents = await self.store.agents(org.id)
         events += await self._tell_callers(org, lines, calls, agents)

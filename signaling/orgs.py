@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from prometheus_client import Gauge
 from pydantic import ValidationError
 
 from broker.model import Role
@@ -154,3 +155,10 @@ def add_routes(app: web.Application) -> None:
     ctx.extras["webhooks"] = sender
     ctx.broker.queues.webhooks.append(sender.submit)
     app.cleanup_ctx.append(sender.lifespan)
+    waiting = Gauge(
+        "vabroker_queue_waiting",
+        "Calls waiting in an organisation's queues, as this node last saw them",
+        ["org"],
+        registry=ctx.metrics.registry,
+    )
+    ctx.broker.queues.lengths.append(lambda org, n: waiting.labels(org).set(n))

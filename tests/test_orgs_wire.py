@@ -218,6 +218,7 @@ async def test_queue_view_is_for_that_orgs_agents_and_admins(server: Server) -> 
     ]
     status, view = await get(server, "/v1/orgs/bank/queue", "a1", "agent", org="bank")
     assert status == 200
+    assert 'vabroker_queue_waiting{org="bank"} 1.0' in server.ctx.metrics.render().decode()
     assert [(w["call"], w["position"], w["topic"]) for w in view["waiting"]] == [
         (call, 1, "lost card")
     ]
