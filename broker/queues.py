@@ -283,6 +283,20 @@ class Queues:
         events += await self.settle(org.id)
         return None, events
 
+    async def reconfigured(self, org_id: str) -> list[Event]:
+        """The organisation's settings changed: waiting calls get deadlines by the new hours and
+        maximum waits, and routing follows the new strategies."""
+        org = await self.store.get_org(org_id)
+        if org is None:
+            return []
+        now = self.clock.now()
+        for queue in org.queues:
+            for _, call in await self.store.queue_calls(org.id, queue.id):
+                if call is not None and call.state is CallState.QUEUED:
+                    deadline = self._deadline(org, queue, call, now)
+                    await self.store.schedule(timer(QWAIT, call.id), max(now, deadline))
+        return await self.settle(org_id)
+
     # --- agents --------------------------------------------------------------------------------
     async def set_agent_status(self, profile: Profile, state: AgentStateName) -> list[Event]:
         if profile.role is not Role.AGENT or not profile.org:

@@ -127,7 +127,7 @@ async def put_org(request: web.Request) -> web.Response:
                 "(at least 16 characters).",
             )
     await ctx.store.put_org(org)
-    ctx.hub.deliver(await ctx.broker.queues.settle(org.id))
+    ctx.hub.deliver(await ctx.broker.queues.reconfigured(org.id))
     return web.json_response(org_body(org), status=200 if old else 201)
 
 

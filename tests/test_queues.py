@@ -604,6 +604,22 @@ async def test_closing_with_calls_waiting(
     assert await store.queue_entries("bank", "main") == []
 
 
+async def test_new_hours_move_the_deadline_of_waiting_calls(
+    store: MemoryStore, broker: Broker, clock: VirtualClock
+) -> None:
+    await store.put_org(make_org(max_wait_s=3600))  # open round the clock
+    out = await broker.request(await caller(store, "r1"), org="bank")
+    call_id = out.call.id  # type: ignore[union-attr]
+    assert await store.deadline(f"qwait|{call_id}") == utc(2026, 6, 15, 13, 0)
+    # Now open 09:00-17:00 London only, with a longer maximum wait: closing time comes first.
+    await store.put_org(make_org(max_wait_s=86400, hours=OFFICE))
+    assert await broker.queues.reconfigured("bank") == []
+    assert await store.deadline(f"qwait|{call_id}") == utc(2026, 6, 15, 16, 0)
+    clock.set(utc(2026, 6, 15, 16, 0))
+    events = await broker.fire_due()
+    assert [(e.to, e.reason) for e in events if isinstance(e, Ended)] == [("r1", EndReason.CLOSED)]
+
+
 @pytest.mark.parametrize("overflow", ["end", "volunteers"])
 async def test_maximum_wait(overflow: str, store: MemoryStore, clock: VirtualClock) -> None:
     broker = Broker(
