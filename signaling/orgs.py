@@ -20,10 +20,11 @@ from prometheus_client import Gauge
 from pydantic import ValidationError
 
 from broker.model import Role
-from broker.orgs import Org, check_id, is_open, next_closing, next_opening
+from broker.orgs import WEEKDAYS, Org, check_id, is_open, next_closing, next_opening
 from signaling.api import ApiError, authenticate, read_json, validation_problem
 from signaling.app import CONTEXT
 from signaling.auth import Claims
+from signaling.pages import DEMO_ORG
 from signaling.webhooks import WebhookSender
 
 
@@ -145,6 +146,21 @@ async def queue_view(request: web.Request) -> web.Response:
     return web.json_response(snapshot.model_dump(mode="json"))
 
 
+def demo_org() -> Org:
+    """The organisation demo agents belong to (``--demo`` only): open round the clock."""
+    return Org.model_validate(
+        {
+            "id": DEMO_ORG,
+            "name": "Demo organisation",
+            "description": "A partner queue to try: sign in a demo agent to answer it.",
+            "languages": ["en"],
+            "timezone": "UTC",
+            "hours": {day: [{"open": "00:00", "close": "24:00"}] for day in WEEKDAYS},
+            "queues": [{"id": "help", "name": "Help desk", "languages": ["en"]}],
+        }
+    )
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/orgs", directory)
     app.router.add_get("/v1/orgs/{org_id}", get_org)
@@ -162,3 +178,11 @@ def add_routes(app: web.Application) -> None:
         registry=ctx.metrics.registry,
     )
     ctx.broker.queues.lengths.append(lambda org, n: waiting.labels(org).set(n))
+
+    if ctx.settings.demo:
+
+        async def demo(app: web.Application) -> None:
+            if await ctx.store.get_org(DEMO_ORG) is None:
+                await ctx.store.put_org(demo_org())
+
+        app.on_startup.append(demo)

@@ -133,6 +133,15 @@ async def test_bad_bodies_and_ids(server: Server) -> None:
         assert resp.status == 401
 
 
+async def test_a_demo_broker_has_a_demo_organisation() -> None:
+    async with start_server(demo=True) as server:
+        status, body = await get(server, "/v1/orgs", "r1", "recipient")
+        assert status == 200 and [o["id"] for o in body["orgs"]] == ["demo-org"]
+        assert body["orgs"][0]["open_now"] is True
+    async with start_server() as server:
+        assert (await get(server, "/v1/orgs", "r1", "recipient"))[1] == {"orgs": []}
+
+
 async def test_directory(server: Server) -> None:
     await put_org(server, org_body())
     office = org_body()
