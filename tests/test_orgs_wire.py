@@ -15,9 +15,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from signaling.webhooks import WebhookSender, verify
+from broker.clock import VirtualClock
+from broker.events import AgentStatusChanged, QueueUpdate
+from broker.service import Broker
+from broker.store.memory import MemoryStore
+from signaling.messages import AgentState, QueueUpdateMessage, event_message, parse_server
+from signaling.webhooks import WebhookSender, signature, verify
 from tests.helpers import Client, Server, start_server
-from tests.queue_helpers import ALWAYS, OFFICE
+from tests.queue_helpers import ALWAYS, OFFICE, caller, make_org
+from tests.queue_helpers import agent as agent_of
 
 SECRET = "whsec-0123456789abcdef"
 
@@ -364,8 +370,6 @@ async def test_webhooks_are_signed_and_tell_the_calls_course(server: Server) -> 
 
 
 def test_signatures_are_checked() -> None:
-    from signaling.webhooks import signature
-
     body = b'{"event":"call.queued"}'
     now = time.time()
     header = signature(SECRET, str(int(now)), body)
@@ -409,3 +413,20 @@ async def test_a_receiver_that_is_down_or_slow_changes_nothing(trouble: str) -> 
         metrics = server.ctx.metrics.render().decode()
         assert 'vabroker_webhooks_total{result="retried"} 6.0' in metrics
         await sender.drain()
+
+
+async def test_the_new_server_messages_parse_back() -> None:
+    store = MemoryStore()
+    broker = Broker(store, VirtualClock(1_781_524_800.0))
+    await store.put_org(make_org())
+    await agent_of(broker, "a1")
+    out = await broker.request(await caller(store, "r1"), org="bank", topic="card")
+    update = next(e for e in out.events if isinstance(e, QueueUpdate))
+    for event, kind in (
+        (update, QueueUpdateMessage),
+        (AgentStatusChanged("a1", "away", "missed_rings"), AgentState),
+    ):
+        wire = event_message(event, 0.0, []).wire()
+        parsed = parse_server(json.dumps(wire))
+        assert isinstance(parsed, kind) and parsed.wire() == wire
+    assert wire == {"type": "agent.status", "state": "away", "reason": "missed_rings"}
