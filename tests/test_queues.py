@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -438,20 +439,36 @@ async def test_ringall_rings_everyone_and_one_wins(store: MemoryStore, broker: B
     assert all(e.reason is WithdrawReason.ANSWERED for e in withdrawn)
 
 
+class Yielding:
+    """A store that lets other tasks run before each operation, as a networked store does, so
+    that two routers on one event loop interleave between their store calls."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0)
+            return await method(*args, **kwargs)
+
+        return call
+
+
 async def test_one_agent_at_a_time_across_two_nodes(clock: VirtualClock) -> None:
     store = MemoryStore()
-    node_a = Broker(store, clock, rng=random.Random(1))
-    node_b = Broker(store, clock, rng=random.Random(2))
+    node_a = Broker(Yielding(store), clock, rng=random.Random(1))  # type: ignore[arg-type]
+    node_b = Broker(Yielding(store), clock, rng=random.Random(2))  # type: ignore[arg-type]
     await store.put_org(make_org())
+    out = await node_a.request(await caller(store, "r1"), org="bank")  # nobody to ring yet
+    assert rings(out.events) == []
     for name in ("a1", "a2", "a3"):
-        await agent(node_a, name)
-    await store.set_on_duty("a1", False)  # unrelated: agents are not volunteers
-    profile = await caller(store, "r1")
-    out = await node_a.request(profile, org="bank")
-    # Both nodes settle the queue at once, again and again: the one call stays with one agent.
-    for _ in range(5):
-        both = await asyncio.gather(node_a.queues.settle("bank"), node_b.queues.settle("bank"))
-        assert rings(both[0]) + rings(both[1]) == []
+        await put_agent(store, name)
+        await store.set_agent_state("bank", name, "available", clock.now())
+    # Both nodes route the queue at once: the one call is offered to one agent only.
+    both = await asyncio.gather(node_a.queues.settle("bank"), node_b.queues.settle("bank"))
+    assert len(rings(both[0]) + rings(both[1])) == 1
     assert len(await store.ringing(out.call.id)) == 1  # type: ignore[union-attr]
 
 
