@@ -117,7 +117,13 @@ def build_context(
 def create_app(
     settings: Settings, store: Store | None = None, clock: Clock | None = None
 ) -> web.Application:
-    from signaling import api, orgs, pages, push, ws  # the route modules import this one for Context
+    from signaling import (  # the route modules import this one for Context
+        api,
+        orgs,  # partner organisations
+        pages,
+        push,
+        ws,
+    )
 
     ctx = build_context(settings, store, clock)
     app = web.Application(client_max_size=256 * 1024)
