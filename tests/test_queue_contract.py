@@ -1,16 +1,16 @@
 """The store contract for partner organisations, queues and agents.
 
-Every test runs once per store backend in ``BACKENDS``. A backend opens any number of clients
-onto one shared state (for the memory store, the same object; for Redis, separate connections
-to one server), so the same tests prove the atomic steps hold across nodes.
+Every test runs on the memory store, on a real ``redis-server`` and on a local 3-master Redis
+Cluster, both started by the tests on free loopback ports. A backend opens any number of
+clients onto one shared state (for the memory store, the same object; for Redis, separate
+connections), so the same tests prove that the atomic steps hold across nodes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,36 +18,66 @@ import pytest
 from broker.clock import VirtualClock
 from broker.model import Call, CallState, EndReason, Role
 from broker.service import Broker
+from broker.store import open_store
 from broker.store.base import Store
 from broker.store.memory import MemoryStore
 from tests.queue_helpers import caller, make_org, put_agent, rings
+from tests.redis_procs import RedisClusterProcs, RedisServer
 
 OpenClient = Callable[[], Store]
-Backend = Callable[[], contextlib.AbstractAsyncContextManager[OpenClient]]
 
-
-@contextlib.asynccontextmanager
-async def memory_backend() -> AsyncIterator[OpenClient]:
-    shared = MemoryStore()
-    yield lambda: shared
-
-
-# A Redis backend joins here: start a redis-server on a free loopback port, yield a function
-# that opens a RedisStore client to it, close the clients and stop the server afterwards.
-BACKENDS: dict[str, Backend] = {"memory": memory_backend}
 
 NOW = 1_781_524_800.0  # 2026-06-15 12:00 UTC, a Monday
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(scope="session")
+def queue_redis() -> Iterator[RedisServer]:
+    with RedisServer.start() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def queue_cluster() -> Iterator[RedisClusterProcs]:
+    with RedisClusterProcs.start() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[OpenClient]:
-    async with BACKENDS[request.param]() as open_client:
+    """A function that opens clients onto one shared state: the same memory store, or new
+    connections to one real redis-server / local 3-master Redis Cluster (flushed first)."""
+    if request.param == "memory":
+        shared = MemoryStore()
+        yield lambda: shared
+        return
+    procs: RedisServer | RedisClusterProcs = request.getfixturevalue(
+        "queue_redis" if request.param == "redis" else "queue_cluster"
+    )
+    procs.flush()
+    clients: list[Store] = []
+
+    def open_client() -> Store:
+        clients.append(open_store(procs.url))
+        return clients[-1]
+
+    try:
         yield open_client
+    finally:
+        for client in clients:
+            await client.close()
 
 
 @pytest.fixture
 def store(backend: OpenClient) -> Store:
     return backend()
+
+
+async def connected(backend: OpenClient, n: int) -> list[Store]:
+    """``n`` clients, each connected before the race starts."""
+    clients = [backend() for _ in range(n)]
+    for client in clients:
+        await client.ping()
+    return clients
 
 
 async def queued_call(store: Store, call_id: str, org: str = "bank", **fields: Any) -> Call:
@@ -125,7 +155,7 @@ async def test_queue_calls_reads_the_queue_with_its_calls(store: Store) -> None:
 
 
 async def test_concurrent_enqueues_never_exceed_the_limit(backend: OpenClient) -> None:
-    clients = [backend() for _ in range(4)]
+    clients = await connected(backend, 4)
     results = await asyncio.gather(
         *(clients[n % 4].enqueue("bank", "main", f"c{n}", NOW, 25) for n in range(100))
     )
@@ -231,7 +261,7 @@ async def test_exclusive_rings_one_agent_per_call_ringall_many(store: Store) -> 
 
 
 async def test_concurrent_rings_for_one_call_give_it_one_agent(backend: OpenClient) -> None:
-    clients = [backend() for _ in range(4)]
+    clients = await connected(backend, 4)
     await queued_call(clients[0], "c1")
     names = [f"a{n:02d}" for n in range(40)]
     for name in names:
@@ -247,7 +277,7 @@ async def test_concurrent_rings_for_one_call_give_it_one_agent(backend: OpenClie
 
 
 async def test_concurrent_rings_for_one_agent_give_them_one_call(backend: OpenClient) -> None:
-    clients = [backend() for _ in range(4)]
+    clients = await connected(backend, 4)
     for n in range(20):
         await queued_call(clients[0], f"c{n:02d}")
     await free_agent(clients[0], "a1")
