@@ -143,7 +143,7 @@ class Dispatcher:
     async def start(self, call: Call) -> tuple[Call, list[Event]]:
         """Begin the search for a call just created: the maximum-wait timer and wave 0."""
         await self.store.schedule(
-            timer(EXPIRE, call.id), call.requested_at + self.settings.max_wait_s
+            timer(EXPIRE, call.id), call.search_started_at + self.settings.max_wait_s
         )
         return await self.wave(call)
 
@@ -153,7 +153,7 @@ class Dispatcher:
         now = self.clock.now()
         if (
             call.state is not CallState.SEARCHING
-            or now >= call.requested_at + self.settings.max_wait_s
+            or now >= call.search_started_at + self.settings.max_wait_s
         ):
             return call, []  # a late timer (a node that lagged or died): the search is over
         size = self.policy.wave_size(call.wave)
@@ -177,7 +177,7 @@ class Dispatcher:
             language_index += 1
             widened = True
         expires_at = min(
-            now + self.settings.ring_timeout_s, call.requested_at + self.settings.max_wait_s
+            now + self.settings.ring_timeout_s, call.search_started_at + self.settings.max_wait_s
         )
         rest = eligible
         while len(rings) < size and rest:
@@ -203,7 +203,7 @@ class Dispatcher:
         await self.store.update_call(call.id, **fields)
         call = call.model_copy(update=fields)
         next_at = now + self.policy.wave_interval(call.wave - 1)
-        if next_at < call.requested_at + self.settings.max_wait_s:
+        if next_at < call.search_started_at + self.settings.max_wait_s:
             await self.store.schedule(timer(WAVE, call.id), next_at)
         events: list[Event] = list(rings)
         if call.wave > 1 and (rings or widened):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from broker.model import CallState, EndReason, Role, WithdrawReason
+from broker.orgs import QueueSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,4 +63,21 @@ class Ended:
     party: Role = Role.RECIPIENT  # the role of ``to`` in the call
 
 
-Event = Ring | Withdrawn | Status | Assigned | Ended
+@dataclass(frozen=True, slots=True)
+class AgentStatusChanged:
+    """The broker changed an agent's status (e.g. set away after missed rings)."""
+
+    to: str
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueUpdate:
+    """The agent console's view of their organisation's queues changed."""
+
+    to: str
+    snapshot: QueueSnapshot
+
+
+Event = Ring | Withdrawn | Status | Assigned | Ended | AgentStatusChanged | QueueUpdate

@@ -231,6 +231,17 @@ class Call(BaseModel):
     ended_at: float | None = None
     end_reason: EndReason | None = None
     ended_by: Role | None = None
+    # Partner queues: when the call joined its queue, what the caller was last told of their
+    # place, and when it overflowed from the queue to volunteer help (if it did).
+    enqueued_at: float | None = None
+    queue_position: int | None = None
+    queue_eta_s: int | None = None
+    overflowed_at: float | None = None
+
+    @property
+    def search_started_at(self) -> float:
+        """When the volunteer search began: the request, or the overflow from a queue."""
+        return self.overflowed_at if self.overflowed_at is not None else self.requested_at
 
     def party_of(self, user_id: str) -> Role | None:
         if user_id == self.recipient_id:

@@ -39,6 +39,7 @@ from broker.model import (
     Role,
     WithdrawReason,
 )
+from broker.queues import QROUTE, QWAIT, Queues, QueueSettings
 from broker.store.base import Store
 
 log = logging.getLogger("vabroker.broker")
@@ -76,6 +77,7 @@ class Broker:
         policy: Policy | None = None,
         rng: random.Random | None = None,
         new_id: Callable[[], str] = new_call_id,
+        queues: QueueSettings | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -83,6 +85,7 @@ class Broker:
         self.limits = limits or LimitSettings()
         self.dispatcher = Dispatcher(store, clock, self.settings, policy, rng)
         self.new_id = new_id
+        self.queues = Queues(store, clock, self.dispatcher, queues)
 
     # --- helpers' availability ---------------------------------------------------------------
     async def set_available(self, profile: Profile, available: bool) -> None:
@@ -104,20 +107,27 @@ class Broker:
     ) -> Outcome:
         if profile.role is not Role.RECIPIENT:
             raise BrokerError(ErrorCode.FORBIDDEN, "Only recipients can ask for help.")
-        if org is not None:
-            raise BrokerError(ErrorCode.NOT_FOUND, f"There is no partner organisation {org!r}.")
         now = self.clock.now()
         if await self.store.current_call(profile.user_id):
             raise BrokerError(
                 ErrorCode.RATE_LIMITED,
                 "You already have a call open. End or cancel it before asking again.",
             )
+        if org is not None:
+            # Specialised help: refused before it counts against the rate limit when the
+            # organisation is unknown or closed.
+            partner, line = await self.queues.admit(profile, org, queue, language)
         hits = await self.store.hit(f"request|{profile.user_id}", now, 3600.0)
         if hits > self.limits.requests_per_hour:
             raise BrokerError(
                 ErrorCode.RATE_LIMITED,
                 "Too many calls in the last hour. Please wait a few minutes and try again.",
             )
+        if org is not None:
+            queued, events = await self.queues.request(
+                profile, partner, line, self.new_id(), language, topic, note
+            )
+            return Outcome(queued, events)
         languages = search_languages(language, profile.languages)
         call = Call(
             id=self.new_id(),
@@ -167,6 +177,7 @@ class Broker:
                 raise BrokerError(ErrorCode.CONFLICT, "Your ring for this call has expired.")
             raise BrokerError(ErrorCode.FORBIDDEN, "You were not rung for this call.")
         call = won.call
+        queued = call.org is not None
         for key in (timer(WAVE, call_id), timer(EXPIRE, call_id)):
             await self.store.unschedule(key)
         for user_id in (*won.withdrawn, profile.user_id):
@@ -175,6 +186,8 @@ class Broker:
             Withdrawn(to=u, call_id=call_id, reason=WithdrawReason.ANSWERED) for u in won.withdrawn
         ]
         events += self._assigned(call)
+        if queued:
+            events += await self.queues.assigned(call)
         log.info(
             "call assigned",
             extra={"call": call_id, "answer_s": round(now - call.requested_at, 3)},
@@ -188,7 +201,10 @@ class Broker:
                 raise BrokerError(ErrorCode.NOT_FOUND, "You are not being rung for that call.")
             return Outcome(call, [])  # already withdrawn or lapsed: declining it again is harmless
         await self.store.unschedule(timer(RING, call_id, user_id))
-        return Outcome(await self._ring_freed(call_id), [])
+        call = await self._ring_freed(call_id)
+        if call is not None and call.state is CallState.QUEUED and call.org is not None:
+            return Outcome(call, await self.queues.settle(call.org))
+        return Outcome(call, [])
 
     # --- the call ----------------------------------------------------------------------------
     async def peer(self, user_id: str, call_id: str) -> str:
@@ -273,10 +289,23 @@ class Broker:
             events.append(
                 Status(to=user_id, call_id=call.id, state=call.state, notified=call.notified)
             )
+        elif call is not None and call.state is CallState.QUEUED:
+            events.append(
+                Status(
+                    to=user_id,
+                    call_id=call.id,
+                    state=call.state,
+                    position=call.queue_position,
+                    eta_s=call.queue_eta_s,
+                )
+            )
         ring_call_id = await self.store.ring_of(user_id)
         ring_call = await self.store.get_call(ring_call_id) if ring_call_id else None
         if ring_call is not None and ring_call.state.is_open:
             events.append(await self.dispatcher.pending_ring(ring_call, user_id))
+        profile = await self.store.get_profile(user_id)
+        if profile is not None and profile.role is Role.AGENT:
+            events += await self.queues.replay(profile)
         return events
 
     async def lost(self, user_id: str) -> list[Event]:
@@ -323,10 +352,19 @@ class Broker:
             events: list[Event] = [
                 Withdrawn(to=user_id, call_id=call_id, reason=WithdrawReason.EXPIRED)
             ]
-            await self._ring_freed(call_id)
+            call = await self._ring_freed(call_id)
+            if call is not None and call.state is CallState.QUEUED:
+                events += await self.queues.ring_lapsed(call, user_id)
             return events
         if kind == GRACE:
             return await self.lost(args[0])
+        if kind == QWAIT:
+            reason, events = await self.queues.deadline(args[0])
+            if reason is not None:
+                events += (await self._finish(args[0], reason, None)).events
+            return events
+        if kind == QROUTE:
+            return await self.queues.wrapup_ended(args[0])
         log.error("unknown timer kind %r", kind)
         return []
 
@@ -374,6 +412,8 @@ class Broker:
                     party=call.helper_role or Role.VOLUNTEER,
                 )
             )
+        if call.org is not None:
+            events += await self.queues.finished(call)
         log.info("call ended", extra={"call": call_id, "reason": reason.value})
         return Outcome(call, events)
 

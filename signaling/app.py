@@ -117,7 +117,13 @@ def build_context(
 def create_app(
     settings: Settings, store: Store | None = None, clock: Clock | None = None
 ) -> web.Application:
-    from signaling import api, pages, push, ws  # the route modules import this one for Context
+    from signaling import (  # the route modules import this one for Context
+        api,
+        orgs,  # partner organisations
+        pages,
+        push,
+        ws,
+    )
 
     ctx = build_context(settings, store, clock)
     app = web.Application(client_max_size=256 * 1024)
@@ -126,6 +132,7 @@ def create_app(
     api.add_routes(app)
     pages.add_routes(app)
     push.setup(app)  # device routes; pushes rings to devices once started
+    orgs.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ctx.store.ping()

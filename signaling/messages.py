@@ -13,8 +13,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from broker.events import Assigned, Ended, Event, Ring, Status, Withdrawn
+from broker.events import (
+    AgentStatusChanged,
+    Assigned,
+    Ended,
+    Event,
+    QueueUpdate,
+    Ring,
+    Status,
+    Withdrawn,
+)
 from broker.model import Language
+from broker.orgs import AgentView, TodayStats, WaitingCall
 
 MAX_FRAME = 65_536
 
@@ -197,6 +207,8 @@ class AvailabilityState(Message):
 class AgentState(Message):
     type: Literal["agent.status"] = "agent.status"
     state: str
+    # Set when the broker changed the status itself: "missed_rings" (autopause).
+    reason: str | None = None
 
 
 class CallStatus(Message):
@@ -261,6 +273,17 @@ class CallEnded(Message):
     by: str | None = None
 
 
+class QueueUpdateMessage(Message):
+    """An agent's console: their organisation's waiting calls, agents and today's figures."""
+
+    type: Literal["queue.update"] = "queue.update"
+    org: str
+    open_now: bool
+    waiting: list[WaitingCall]
+    agents: list[AgentView]
+    today: TodayStats
+
+
 class Reconnect(Message):
     """The node is shutting down: connect again (elsewhere) and resume."""
 
@@ -281,6 +304,7 @@ ServerMessage = Annotated[
     | CallAssigned
     | SignalRelay
     | CallEnded
+    | QueueUpdateMessage
     | Reconnect,
     Field(discriminator="type"),
 ]
@@ -376,5 +400,16 @@ def event_message(event: Event, now: float, ice_servers: list[dict[str, Any]]) -
                 call=event.call_id,
                 reason=event.reason.value,
                 by=event.by.value if event.by else None,
+            )
+        case AgentStatusChanged():
+            return AgentState(state=event.state, reason=event.reason)
+        case QueueUpdate():
+            snap = event.snapshot
+            return QueueUpdateMessage(
+                org=snap.org,
+                open_now=snap.open_now,
+                waiting=snap.waiting,
+                agents=snap.agents,
+                today=snap.today,
             )
     raise TypeError(f"no wire message for {event!r}")

@@ -14,7 +14,7 @@ import time
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from broker.model import BrokerError, ErrorCode, Role
+from broker.model import BrokerError, CallState, ErrorCode
 from broker.store.base import ResumeTicket, StoreUnavailable
 from signaling.app import CONTEXT, Context
 from signaling.auth import AuthError
@@ -278,9 +278,9 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
             await broker.set_available(profile, message.available)
             session.send(AvailabilityState(available=message.available, ref=ref))
         case AgentStatus():
-            if profile.role is not Role.AGENT:
-                raise BrokerError(ErrorCode.FORBIDDEN, "Only agents set an agent status.")
+            events = await broker.queues.set_agent_status(profile, message.state)
             session.send(AgentState(state=message.state, ref=ref))
+            ctx.hub.deliver(events)
         case CallRequest():
             fresh = await ctx.store.get_profile(user) or profile
             outcome = await broker.request(
@@ -289,8 +289,16 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
             call = outcome.call
             assert call is not None
             ctx.metrics.calls_requested.inc()
+            queued = call.state is CallState.QUEUED
             session.send(
-                CallStatus(call=call.id, state=call.state.value, notified=call.notified, ref=ref)
+                CallStatus(
+                    call=call.id,
+                    state=call.state.value,
+                    notified=None if queued else call.notified,
+                    position=call.queue_position if queued else None,
+                    eta_s=call.queue_eta_s if queued else None,
+                    ref=ref,
+                )
             )
             ctx.hub.deliver(outcome.events)
         case CallCancel():

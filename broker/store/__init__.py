@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from broker.store.base import Assignment, Finish, ResumeTicket, Store, StoreUnavailable
+from broker.store.base import (
+    Assignment,
+    Finish,
+    Handover,
+    ResumeTicket,
+    Store,
+    StoreUnavailable,
+)
 from broker.store.memory import MemoryStore
 
 __all__ = [
     "Assignment",
     "Finish",
+    "Handover",
     "MemoryStore",
     "ResumeTicket",
     "Store",

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from broker.model import Call, Candidate, EndReason, Feedback, Profile, Role
 from broker.notify.devices import Device
+from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
 
 
 class StoreUnavailable(Exception):
@@ -35,6 +36,15 @@ class Assignment:
 @dataclass(slots=True)
 class Finish:
     """The result of ending a call: the call as ended, and who was still ringing for it."""
+
+    call: Call
+    withdrawn: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Handover:
+    """A queued call handed to volunteer help: the call as it now is (searching), and the
+    agents who were still ringing for it."""
 
     call: Call
     withdrawn: list[str] = field(default_factory=list)
@@ -204,3 +214,91 @@ class Store(Protocol):
 
     async def ended_calls(self, since: float, until: float) -> list[Call]:
         """Every call that ended in ``[since, until)``, for statistics."""
+
+    # --- partner organisations, queues and agents --------------------------------------------
+    # A queued call stays in its queue until it is assigned or ends, so a caller never loses
+    # their place when a node dies mid-way. The races are single atomic steps:
+    # ``enqueue`` (the length limit), ``reserve_agent_ring`` (one agent, one ring; one call, one
+    # agent at a time unless ringing all) and, as for volunteers, ``assign`` (one winner).
+
+    async def put_org(self, org: Org) -> None:
+        """Create or replace an organisation's configuration."""
+
+    async def get_org(self, org_id: str) -> Org | None: ...
+
+    async def list_orgs(self) -> list[Org]:
+        """Every organisation, by id."""
+
+    async def enqueue(
+        self, org_id: str, queue_id: str, call_id: str, now: float, max_length: int
+    ) -> int | None:
+        """Put a call at the back of a queue and return its position (1 = next), or None when
+        the queue already holds ``max_length`` calls. A call already queued keeps its place."""
+
+    async def dequeue(self, org_id: str, queue_id: str, call_id: str) -> bool:
+        """Take a call out of its queue; False if it was not there."""
+
+    async def queue_entries(self, org_id: str, queue_id: str) -> list[QueueEntry]:
+        """The queue in order, first in line first."""
+
+    async def queue_calls(self, org_id: str, queue_id: str) -> list[tuple[QueueEntry, Call | None]]:
+        """The queue in order with each entry's call (None if it does not exist), in one step:
+        routing reads the whole queue after every change."""
+
+    async def set_agent_state(
+        self,
+        org_id: str,
+        user_id: str,
+        state: AgentStateName,
+        now: float,
+        display_name: str | None = None,
+    ) -> AgentRecord:
+        """Record an agent of ``org_id`` as available or away (and their name, for the
+        console, when given). Becoming available clears their missed-ring count and starts
+        their idle time; setting the same state again changes nothing else. An agent moved to
+        another organisation leaves the old one."""
+
+    async def agents(self, org_id: str) -> list[AgentRecord]:
+        """Every agent known in the organisation, by id, with their live facts."""
+
+    async def reserve_agent_ring(
+        self, call_id: str, org_id: str, user_id: str, now: float, exclusive: bool
+    ) -> bool:
+        """Atomically ring an agent for a queued call: only if the call is still queued, the
+        agent belongs to the org, is available, connected, past their wrap-up, not in a call
+        and not ringing, and (``exclusive``) nobody else is ringing for the call. Marks them
+        ringing exactly as ``reserve_ring`` does (no ring budget), so ``assign``, ``finish``
+        and ``release_ring`` treat agents and volunteers alike."""
+
+    async def agent_missed(self, org_id: str, user_id: str) -> int:
+        """Count a ring the agent let lapse; returns how many in a row."""
+
+    async def agent_answered(self, org_id: str, user_id: str) -> None:
+        """The agent took a call: their missed-ring run ends and the call counts."""
+
+    async def agent_released(
+        self, org_id: str, user_id: str, now: float, wrapup_until: float
+    ) -> None:
+        """The agent's call ended: no ring before ``wrapup_until``; idle from then."""
+
+    async def hand_to_volunteers(self, call_id: str, now: float) -> Handover | None:
+        """Atomically turn a queued call into a volunteer search (its overflow): the state
+        becomes searching, ``overflowed_at`` is set and agents' rings are released. None if the
+        call is no longer queued (answered, ended, or handed over by another node)."""
+
+    async def count_queue_outcome(
+        self, org_id: str, day: str, answered: bool, wait_s: float
+    ) -> None:
+        """File one queued call's outcome for the organisation's local ``day``: answered after
+        ``wait_s``, or abandoned (the caller gave up)."""
+
+    async def queue_day_stats(self, org_id: str, day: str) -> QueueDayStats: ...
+
+    async def record_handle_time(
+        self, org_id: str, queue_id: str, seconds: float, weight: float
+    ) -> float:
+        """Fold one call's handle time into the queue's moving average (exponential, the new
+        call weighing ``weight``) and return the average."""
+
+    async def handle_time(self, org_id: str, queue_id: str) -> float | None:
+        """The queue's moving average handle time; None before its first call."""

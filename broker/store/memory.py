@@ -8,6 +8,7 @@ store behaves the same way by construction).
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -27,7 +28,8 @@ from broker.model import (
     primary_language,
 )
 from broker.notify.devices import Device
-from broker.store.base import Assignment, Finish, PushedRing, ResumeTicket
+from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
+from broker.store.base import Assignment, Finish, Handover, PushedRing, ResumeTicket
 
 THIRTY_DAYS = 30 * 86400.0
 
@@ -77,6 +79,13 @@ class MemoryStore:
         self._timer_heap: list[tuple[float, str]] = []
         self._resume: dict[str, tuple[ResumeTicket, float]] = {}
         self._hits: dict[str, deque[float]] = defaultdict(deque)
+        # partner organisations, queues and agents
+        self._orgs: dict[str, Org] = {}
+        self._queues: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+        self._agents: dict[str, dict[str, AgentRecord]] = defaultdict(dict)
+        self._agent_org: dict[str, str] = {}
+        self._queue_days: dict[tuple[str, str], QueueDayStats] = {}
+        self._handle: dict[tuple[str, str], float] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
     async def ping(self) -> None:
@@ -462,3 +471,163 @@ class MemoryStore:
             if call.ended_at is not None and since <= call.ended_at < until:
                 out.append(call.model_copy(deep=True))
         return out
+
+    # --- partner organisations, queues and agents --------------------------------------------
+    async def put_org(self, org: Org) -> None:
+        self._orgs[org.id] = org.model_copy(deep=True)
+
+    async def get_org(self, org_id: str) -> Org | None:
+        org = self._orgs.get(org_id)
+        return org.model_copy(deep=True) if org else None
+
+    async def list_orgs(self) -> list[Org]:
+        return [self._orgs[k].model_copy(deep=True) for k in sorted(self._orgs)]
+
+    async def enqueue(
+        self, org_id: str, queue_id: str, call_id: str, now: float, max_length: int
+    ) -> int | None:
+        # A dict keeps insertion order: the queue's order is the order calls joined it.
+        queue = self._queues[(org_id, queue_id)]
+        if call_id in queue:
+            return list(queue).index(call_id) + 1
+        if len(queue) >= max_length:
+            return None
+        queue[call_id] = now
+        return len(queue)
+
+    async def dequeue(self, org_id: str, queue_id: str, call_id: str) -> bool:
+        return self._queues[(org_id, queue_id)].pop(call_id, None) is not None
+
+    async def queue_entries(self, org_id: str, queue_id: str) -> list[QueueEntry]:
+        return [QueueEntry(c, at) for c, at in self._queues.get((org_id, queue_id), {}).items()]
+
+    async def queue_calls(self, org_id: str, queue_id: str) -> list[tuple[QueueEntry, Call | None]]:
+        out: list[tuple[QueueEntry, Call | None]] = []
+        for call_id, at in self._queues.get((org_id, queue_id), {}).items():
+            call = self._calls.get(call_id)
+            # A shallow copy with its own list is a full copy of a Call, at a tenth of the cost
+            # of a deep one: every other field is immutable.
+            copy = call.model_copy(update={"languages": list(call.languages)}) if call else None
+            out.append((QueueEntry(call_id, at), copy))
+        return out
+
+    async def set_agent_state(
+        self,
+        org_id: str,
+        user_id: str,
+        state: AgentStateName,
+        now: float,
+        display_name: str | None = None,
+    ) -> AgentRecord:
+        old_org = self._agent_org.get(user_id)
+        if old_org is not None and old_org != org_id:
+            self._agents[old_org].pop(user_id, None)
+        self._agent_org[user_id] = org_id
+        agents = self._agents[org_id]
+        record = agents.get(user_id) or AgentRecord(user_id=user_id, since=now, idle_since=now)
+        if display_name is not None and display_name != record.display_name:
+            record = _replace(record, {"display_name": display_name})
+        if record.state != state:
+            update: dict[str, object] = {"state": state, "since": now}
+            if state == "available":
+                update.update(missed=0, idle_since=max(now, record.wrapup_until))
+            record = _replace(record, update)
+        agents[user_id] = record
+        return self._live(record)
+
+    def _live(self, record: AgentRecord) -> AgentRecord:
+        user_id = record.user_id
+        return _replace(
+            record,
+            {
+                "connected": self._connections.get(user_id, 0) > 0,
+                "busy": user_id in self._open_call,
+                "ringing": self._ring_of.get(user_id),
+                "last_rung_at": self._last_rung.get(user_id, 0.0),
+            },
+        )
+
+    async def agents(self, org_id: str) -> list[AgentRecord]:
+        agents = self._agents.get(org_id, {})
+        return [self._live(agents[k]) for k in sorted(agents)]
+
+    async def reserve_agent_ring(
+        self, call_id: str, org_id: str, user_id: str, now: float, exclusive: bool
+    ) -> bool:
+        call = self._calls.get(call_id)
+        if call is None or call.state is not CallState.QUEUED or call.org != org_id:
+            return False
+        record = self._agents.get(org_id, {}).get(user_id)
+        if record is None or not self._live(record).free(now):
+            return False
+        if exclusive and self._ringing.get(call_id):
+            return False
+        self._ring_of[user_id] = call_id
+        self._ringing[call_id].add(user_id)
+        self._rung[call_id].add(user_id)
+        self._last_rung[user_id] = now
+        return True
+
+    async def agent_missed(self, org_id: str, user_id: str) -> int:
+        record = self._agents.get(org_id, {}).get(user_id)
+        if record is None:
+            return 0
+        record = _replace(record, {"missed": record.missed + 1})
+        self._agents[org_id][user_id] = record
+        return record.missed
+
+    async def agent_answered(self, org_id: str, user_id: str) -> None:
+        record = self._agents.get(org_id, {}).get(user_id)
+        if record is not None:
+            self._agents[org_id][user_id] = _replace(
+                record, {"missed": 0, "calls": record.calls + 1}
+            )
+
+    async def agent_released(
+        self, org_id: str, user_id: str, now: float, wrapup_until: float
+    ) -> None:
+        record = self._agents.get(org_id, {}).get(user_id)
+        if record is not None:
+            self._agents[org_id][user_id] = _replace(
+                record, {"wrapup_until": wrapup_until, "idle_since": max(now, wrapup_until)}
+            )
+
+    async def hand_to_volunteers(self, call_id: str, now: float) -> Handover | None:
+        call = self._calls.get(call_id)
+        if call is None or call.state is not CallState.QUEUED:
+            return None
+        withdrawn = sorted(self._ringing.pop(call_id, set()))
+        for user_id in withdrawn:
+            if self._ring_of.get(user_id) == call_id:
+                del self._ring_of[user_id]
+        call = call.model_copy(update={"state": CallState.SEARCHING, "overflowed_at": now})
+        self._calls[call_id] = call
+        return Handover(call=call.model_copy(deep=True), withdrawn=withdrawn)
+
+    async def count_queue_outcome(
+        self, org_id: str, day: str, answered: bool, wait_s: float
+    ) -> None:
+        old = self._queue_days.get((org_id, day), QueueDayStats())
+        if answered:
+            new = QueueDayStats(old.answered + 1, old.abandoned, old.wait_total_s + wait_s)
+        else:
+            new = QueueDayStats(old.answered, old.abandoned + 1, old.wait_total_s)
+        self._queue_days[(org_id, day)] = new
+
+    async def queue_day_stats(self, org_id: str, day: str) -> QueueDayStats:
+        return self._queue_days.get((org_id, day), QueueDayStats())
+
+    async def record_handle_time(
+        self, org_id: str, queue_id: str, seconds: float, weight: float
+    ) -> float:
+        old = self._handle.get((org_id, queue_id))
+        new = seconds if old is None else old + weight * (seconds - old)
+        self._handle[(org_id, queue_id)] = new
+        return new
+
+    async def handle_time(self, org_id: str, queue_id: str) -> float | None:
+        return self._handle.get((org_id, queue_id))
+
+
+def _replace(record: AgentRecord, update: dict[str, object]) -> AgentRecord:
+    return dataclasses.replace(record, **update)  # type: ignore[arg-type]

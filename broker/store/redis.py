@@ -73,7 +73,15 @@ from broker.model import (
     primary_language,
 )
 from broker.notify.devices import Device
-from broker.store.base import Assignment, Finish, PushedRing, ResumeTicket, StoreUnavailable
+from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
+from broker.store.base import (
+    Assignment,
+    Finish,
+    Handover,
+    PushedRing,
+    ResumeTicket,
+    StoreUnavailable,
+)
 
 THIRTY_DAYS = 30 * 86400.0
 _LOCKED_FIELDS = frozenset(
@@ -130,6 +138,13 @@ def _group_id(profile: Profile) -> str:
 
 
 _TIMERS = "vb:timers"
+_ORGS = "vb:orgs"
+
+
+def _org(org_id: str) -> str:
+    return "vb:{o:" + org_id + "}"
+
+
 _ENDED_INDEX = "vb:ended"
 
 
@@ -372,6 +387,146 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 
+# --- partner organisations, queues and agents --------------------------------------------------
+# Keys of one organisation share the hash tag ``{o:<id>}``: ``vb:{o:ID}`` (its configuration),
+# ``:q:QUEUE`` (zset of waiting calls by arrival sequence), ``:qat:QUEUE`` (hash call ->
+# enqueued_at), ``:seq``, ``:agents`` (set) and ``:a:USER`` (hash: one agent's record),
+# ``:day:DATE`` (hash: that local day's figures), ``:handle`` (hash: queue -> moving average).
+# An agent's organisation is the ``agent_org`` field of their user hash. ``vb:orgs`` lists ids.
+
+# KEYS: queue zset, enqueued-at hash, sequence. ARGV: call, now, max length.
+_ENQUEUE = """
+local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
+if rank then return rank + 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return false end
+redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+# KEYS: queue zset, enqueued-at hash. ARGV: call.
+_DEQUEUE = """
+local gone = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return gone
+"""
+
+# KEYS: queue zset, enqueued-at hash. Returns {call, enqueued_at, ...} in order.
+_ENTRIES = """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGET', KEYS[2], id) or '0'
+end
+return out
+"""
+
+# KEYS: agent hash, agents set. ARGV: user, state, now, display name, '1' to set the name.
+# Numbers are kept as the strings Python wrote, so that they round-trip exactly.
+_SET_AGENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'state', 'away', 'since', ARGV[3], 'idle_since', ARGV[3],
+    'wrapup_until', '0', 'missed', 0, 'calls', 0, 'display_name', '')
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'display_name', ARGV[4]) end
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[2] then
+  redis.call('HSET', KEYS[1], 'state', ARGV[2], 'since', ARGV[3])
+  if ARGV[2] == 'available' then
+    local wrapup = redis.call('HGET', KEYS[1], 'wrapup_until')
+    local idle = ARGV[3]
+    if tonumber(wrapup) > tonumber(ARGV[3]) then idle = wrapup end
+    redis.call('HSET', KEYS[1], 'missed', 0, 'idle_since', idle)
+  end
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: agent hash. ARGV: now. 1 if the agent is available and past their wrap-up.
+_AGENT_READY = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'wrapup_until')
+if h[1] ~= 'available' then return 0 end
+if tonumber(h[2]) > tonumber(ARGV[1]) then return 0 end
+return 1
+"""
+
+# Step 1 of reserve_agent_ring, on the agent's user slot. KEYS: user hash. ARGV: call, now,
+# org. Returns false, or {previous last_rung}.
+_RESERVE_AGENT_USER = """
+local h = redis.call('HMGET', KEYS[1], 'ring_of', 'open', 'conn', 'last_rung', 'agent_org')
+if h[1] or h[2] then return false end
+if tonumber(h[3] or '0') < 1 then return false end
+if h[5] ~= ARGV[3] then return false end
+redis.call('HSET', KEYS[1], 'ring_of', ARGV[1], 'last_rung', ARGV[2])
+return {h[4] or ''}
+"""
+
+# Undo of step 1. KEYS: user hash. ARGV: call, previous last_rung.
+_RESERVE_AGENT_UNDO = """
+if redis.call('HGET', KEYS[1], 'ring_of') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'ring_of')
+if ARGV[2] == '' then redis.call('HDEL', KEYS[1], 'last_rung')
+else redis.call('HSET', KEYS[1], 'last_rung', ARGV[2]) end
+return 1
+"""
+
+# Step 2, the decision, on the call's slot. KEYS: call hash, ringing, rung.
+# ARGV: user, org (JSON), '1' for exclusive.
+_RESERVE_AGENT_CALL = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'org')
+if h[1] ~= '"queued"' or h[2] ~= ARGV[2] then return 0 end
+if ARGV[3] == '1' and redis.call('SCARD', KEYS[2]) > 0 then return 0 end
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: agent hash. ARGV: field, increment. Counts only for an agent who exists.
+_AGENT_INCR = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+"""
+
+# KEYS: agent hash.
+_AGENT_ANSWERED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'missed', 0)
+redis.call('HINCRBY', KEYS[1], 'calls', 1)
+return 1
+"""
+
+# KEYS: agent hash. ARGV: now, wrap-up until.
+_AGENT_RELEASED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local idle = ARGV[1]
+if tonumber(ARGV[2]) > tonumber(ARGV[1]) then idle = ARGV[2] end
+redis.call('HSET', KEYS[1], 'wrapup_until', ARGV[2], 'idle_since', idle)
+return 1
+"""
+
+# KEYS: call hash, ringing. ARGV: overflowed_at (JSON). Returns false, or {call..., '|', agents...}.
+_HAND_OVER = """
+if redis.call('HGET', KEYS[1], 'state') ~= '"queued"' then return false end
+local ringing = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'state', '"searching"', 'overflowed_at', ARGV[1])
+local out = redis.call('HGETALL', KEYS[1])
+out[#out + 1] = '|'
+for _, u in ipairs(ringing) do out[#out + 1] = u end
+return out
+"""
+
+# KEYS: the queue's handle hash. ARGV: queue, seconds, weight.
+_HANDLE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local new = tonumber(ARGV[2])
+if old then new = tonumber(old) + tonumber(ARGV[3]) * (new - tonumber(old)) end
+local text = string.format('%.17g', new)
+redis.call('HSET', KEYS[1], ARGV[1], text)
+return text
+"""
+
+
 def _evalsha(pipe: Any, sha: str, numkeys: int, *keys_and_args: Any) -> object:
     # Through execute_command: redis-py refuses ``evalsha`` by name in cluster pipelines, but
     # routes the command itself by its first key, which is all a one-slot script needs.
@@ -518,6 +673,7 @@ class RedisStore:
         self._finish_party = reg(_FINISH_PARTY)
         self._claim_due = reg(_CLAIM_DUE)
         self._hit = reg(_HIT)
+        self._queue_scripts()
         self._add_device = reg(_ADD_DEVICE)
         self._drop_devices = reg(_DROP_DEVICES)
         self._del_if = reg(_DEL_IF)
@@ -1070,3 +1226,245 @@ class RedisStore:
     async def ended_calls(self, since: float, until: float) -> list[Call]:
         ids = await self.r.zrangebyscore(_ENDED_INDEX, repr(since), f"({until!r}")
         return await self._calls(list(ids))
+
+    # --- partner organisations, queues and agents --------------------------------------------
+    def _queue_scripts(self) -> None:
+        reg = self.r.register_script
+        self._enqueue = reg(_ENQUEUE)
+        self._dequeue = reg(_DEQUEUE)
+        self._entries = reg(_ENTRIES)
+        self._set_agent = reg(_SET_AGENT)
+        self._agent_ready = reg(_AGENT_READY)
+        self._reserve_agent_user = reg(_RESERVE_AGENT_USER)
+        self._reserve_agent_undo = reg(_RESERVE_AGENT_UNDO)
+        self._reserve_agent_call = reg(_RESERVE_AGENT_CALL)
+        self._agent_incr = reg(_AGENT_INCR)
+        self._agent_answered = reg(_AGENT_ANSWERED)
+        self._agent_released = reg(_AGENT_RELEASED)
+        self._hand_over = reg(_HAND_OVER)
+        self._handle = reg(_HANDLE)
+
+    @unavailable_on_redis_errors
+    async def put_org(self, org: Org) -> None:
+        await self._pipelined(
+            lambda pipe: (
+                pipe.hset(_org(org.id), "config", org.model_dump_json()),
+                pipe.sadd(_ORGS, org.id),
+            )
+        )
+
+    @unavailable_on_redis_errors
+    async def get_org(self, org_id: str) -> Org | None:
+        raw = await self.r.hget(_org(org_id), "config")
+        return Org.model_validate_json(raw) if raw else None
+
+    @unavailable_on_redis_errors
+    async def list_orgs(self) -> list[Org]:
+        ids = sorted(await self.r.smembers(_ORGS))
+        raws = await self._pipelined(lambda pipe: [pipe.hget(_org(i), "config") for i in ids])
+        return [Org.model_validate_json(raw) for raw in raws if raw]
+
+    @unavailable_on_redis_errors
+    async def enqueue(
+        self, org_id: str, queue_id: str, call_id: str, now: float, max_length: int
+    ) -> int | None:
+        base = _org(org_id)
+        position = await self._enqueue(
+            keys=[f"{base}:q:{queue_id}", f"{base}:qat:{queue_id}", f"{base}:seq"],
+            args=[call_id, repr(now), max_length],
+        )
+        return int(position) if position is not None else None
+
+    @unavailable_on_redis_errors
+    async def dequeue(self, org_id: str, queue_id: str, call_id: str) -> bool:
+        base = _org(org_id)
+        gone = await self._dequeue(
+            keys=[f"{base}:q:{queue_id}", f"{base}:qat:{queue_id}"], args=[call_id]
+        )
+        return bool(gone)
+
+    @unavailable_on_redis_errors
+    async def queue_entries(self, org_id: str, queue_id: str) -> list[QueueEntry]:
+        base = _org(org_id)
+        flat = await self._entries(keys=[f"{base}:q:{queue_id}", f"{base}:qat:{queue_id}"])
+        return [QueueEntry(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    @unavailable_on_redis_errors
+    async def queue_calls(self, org_id: str, queue_id: str) -> list[tuple[QueueEntry, Call | None]]:
+        entries = await self.queue_entries(org_id, queue_id)
+        raws = await self._pipelined(
+            lambda pipe: [pipe.hgetall(_call(e.call_id) + ":call") for e in entries]
+        )
+        return [
+            (e, _decode_call(raw) if raw else None) for e, raw in zip(entries, raws, strict=True)
+        ]
+
+    @unavailable_on_redis_errors
+    async def set_agent_state(
+        self,
+        org_id: str,
+        user_id: str,
+        state: AgentStateName,
+        now: float,
+        display_name: str | None = None,
+    ) -> AgentRecord:
+        user = _user(user_id)
+        old = await self.r.hget(user, "agent_org")
+        if old is not None and old != org_id:  # moved: leave the old organisation first
+            await self._pipelined(
+                lambda pipe: (
+                    pipe.srem(_org(old) + ":agents", user_id),
+                    pipe.delete(_org(old) + ":a:" + user_id),
+                )
+            )
+        await self.r.hset(user, "agent_org", org_id)
+        base = _org(org_id)
+        await self._set_agent(
+            keys=[f"{base}:a:{user_id}", f"{base}:agents"],
+            args=[
+                user_id,
+                state,
+                repr(now),
+                display_name or "",
+                "0" if display_name is None else "1",
+            ],
+        )
+        records = await self._agent_records(org_id, [user_id])
+        return records[0]
+
+    async def _agent_records(self, org_id: str, ids: list[str]) -> list[AgentRecord]:
+        base = _org(org_id)
+
+        def fill(pipe: Any) -> None:
+            for user_id in ids:
+                pipe.hgetall(f"{base}:a:{user_id}")
+                pipe.hmget(_user(user_id), "conn", "open", "ring_of", "last_rung")
+
+        replies = await self._pipelined(fill)
+        out = []
+        for n, user_id in enumerate(ids):
+            h, (conn, open_call, ring_of, last_rung) = replies[2 * n], replies[2 * n + 1]
+            if not h:
+                continue
+            out.append(
+                AgentRecord(
+                    user_id=user_id,
+                    state="available" if h.get("state") == "available" else "away",
+                    display_name=h.get("display_name", ""),
+                    since=float(h.get("since", 0)),
+                    idle_since=float(h.get("idle_since", 0)),
+                    wrapup_until=float(h.get("wrapup_until", 0)),
+                    missed=int(h.get("missed", 0)),
+                    calls=int(h.get("calls", 0)),
+                    last_rung_at=float(last_rung or 0),
+                    connected=int(conn or 0) > 0,
+                    busy=open_call is not None,
+                    ringing=ring_of,
+                )
+            )
+        return out
+
+    @unavailable_on_redis_errors
+    async def agents(self, org_id: str) -> list[AgentRecord]:
+        ids = sorted(await self.r.smembers(_org(org_id) + ":agents"))
+        return await self._agent_records(org_id, ids)
+
+    @unavailable_on_redis_errors
+    async def reserve_agent_ring(
+        self, call_id: str, org_id: str, user_id: str, now: float, exclusive: bool
+    ) -> bool:
+        # The agent's own state (available, past wrap-up) is checked first on the
+        # organisation's slot; an agent who goes away a moment later may still get this ring.
+        if not await self._agent_ready(keys=[f"{_org(org_id)}:a:{user_id}"], args=[repr(now)]):
+            return False
+        user = _user(user_id)
+        reply = await self._reserve_agent_user(keys=[user], args=[call_id, repr(now), org_id])
+        if reply is None:
+            return False
+        base = _call(call_id)
+        try:
+            ok = await self._reserve_agent_call(
+                keys=[base + ":call", base + ":ringing", base + ":rung"],
+                args=[user_id, _enc(org_id), "1" if exclusive else "0"],
+            )
+        except BaseException:
+            await self._undo_agent_reserve(user, call_id, reply[0])
+            raise
+        if not ok:
+            await self._undo_agent_reserve(user, call_id, reply[0])
+            return False
+        return True
+
+    async def _undo_agent_reserve(self, user: str, call_id: str, last_rung: str) -> None:
+        try:
+            await self._reserve_agent_undo(keys=[user], args=[call_id, last_rung])
+        except REDIS_DOWN:
+            pass  # the stale ring_of is repaired by ring_of()
+
+    @unavailable_on_redis_errors
+    async def agent_missed(self, org_id: str, user_id: str) -> int:
+        key = f"{_org(org_id)}:a:{user_id}"
+        return int(await self._agent_incr(keys=[key], args=["missed", 1]))
+
+    @unavailable_on_redis_errors
+    async def agent_answered(self, org_id: str, user_id: str) -> None:
+        await self._agent_answered(keys=[f"{_org(org_id)}:a:{user_id}"])
+
+    @unavailable_on_redis_errors
+    async def agent_released(
+        self, org_id: str, user_id: str, now: float, wrapup_until: float
+    ) -> None:
+        await self._agent_released(
+            keys=[f"{_org(org_id)}:a:{user_id}"], args=[repr(now), repr(wrapup_until)]
+        )
+
+    @unavailable_on_redis_errors
+    async def hand_to_volunteers(self, call_id: str, now: float) -> Handover | None:
+        base = _call(call_id)
+        reply = await self._hand_over(keys=[base + ":call", base + ":ringing"], args=[_enc(now)])
+        if reply is None:
+            return None
+        raw, withdrawn = _split(reply)
+        if withdrawn:
+            await self._pipelined(
+                lambda pipe: [
+                    _evalsha(pipe, self._clear_if.sha, 1, _user(u), "ring_of", call_id)
+                    for u in withdrawn
+                ]
+            )
+        return Handover(call=_decode_call(raw), withdrawn=sorted(withdrawn))
+
+    @unavailable_on_redis_errors
+    async def count_queue_outcome(
+        self, org_id: str, day: str, answered: bool, wait_s: float
+    ) -> None:
+        key = f"{_org(org_id)}:day:{day}"
+        pipe = self.r.pipeline(transaction=True)
+        if answered:
+            pipe.hincrby(key, "answered", 1)
+            pipe.hincrbyfloat(key, "wait_total", wait_s)
+        else:
+            pipe.hincrby(key, "abandoned", 1)
+        pipe.expire(key, 40 * 86400)
+        await pipe.execute()
+
+    @unavailable_on_redis_errors
+    async def queue_day_stats(self, org_id: str, day: str) -> QueueDayStats:
+        answered, abandoned, wait = await self.r.hmget(
+            f"{_org(org_id)}:day:{day}", "answered", "abandoned", "wait_total"
+        )
+        return QueueDayStats(int(answered or 0), int(abandoned or 0), float(wait or 0))
+
+    @unavailable_on_redis_errors
+    async def record_handle_time(
+        self, org_id: str, queue_id: str, seconds: float, weight: float
+    ) -> float:
+        text = await self._handle(
+            keys=[_org(org_id) + ":handle"], args=[queue_id, repr(seconds), repr(weight)]
+        )
+        return float(text)
+
+    @unavailable_on_redis_errors
+    async def handle_time(self, org_id: str, queue_id: str) -> float | None:
+        raw = await self.r.hget(_org(org_id) + ":handle", queue_id)
+        return float(raw) if raw is not None else None

@@ -61,7 +61,7 @@ class Pusher:
         self.timeout_s = timeout_s
         self.backoff = backoff or Backoff()
         self._slots = asyncio.Semaphore(concurrency)
-        self._queues: list[asyncio.Queue[tuple[Event, bool]]] = [
+        self._queues: list[asyncio.Queue[tuple[Ring | Withdrawn, bool]]] = [
             asyncio.Queue(QUEUE_LIMIT // planners) for _ in range(planners)
         ]
         self._workers: list[asyncio.Task[None]] = []
@@ -122,7 +122,7 @@ class Pusher:
             self._idle.set()
 
     # --- planning --------------------------------------------------------------------------
-    async def _plan(self, queue: asyncio.Queue[tuple[Event, bool]]) -> None:
+    async def _plan(self, queue: asyncio.Queue[tuple[Ring | Withdrawn, bool]]) -> None:
         while True:
             event, here = await queue.get()
             try:

@@ -61,7 +61,9 @@ async def test_every_page_in_every_state_has_no_axe_violations(
 
     rec = await open_as(browser, broker_server, "recipient", "rec-axe", "recipient", name="Rae")
     await expect(live(rec)).to_have_text(re.compile("Signed in as Rae"))
-    await expect(rec.locator("#partners")).to_contain_text("does not offer help from partner")
+    # A demo broker lists its demo organisation, open round the clock.
+    await expect(rec.locator("#partners")).to_contain_text("Demo organisation")
+    await expect(rec.get_by_role("button", name="Call Demo organisation")).to_be_visible()
     await assert_accessible(rec, "idle")
     # The dark colour scheme meets the same contrast rules.
     await rec.emulate_media(color_scheme="dark")
