@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.clock import Clock
 from broker.events import Event, Ring, Status
-from broker.model import Call, CallState, Candidate, primary_language
+from broker.model import Call, CallState, Candidate, RingWindow, local_datetime, primary_language
 from broker.store.base import Store
 
 # Timer names. Timers are data in the store: "<kind>|<call>[|<user>]".
@@ -58,9 +58,16 @@ class DispatchSettings(BaseModel):
 
 
 class Policy(Protocol):
-    """How many to ring in each wave, when, and whom first."""
+    """How many to ring in each wave, when, and whom first.
+
+    ``awake`` narrows eligibility to local hours of the policy's own (in each candidate's time
+    zone), on top of every volunteer's ring window and cap, which no policy can widen. ``None``
+    means the volunteer's own window alone decides. The dispatcher reads it with a default of
+    ``None``, so a policy written before the hook existed still runs.
+    """
 
     name: str
+    awake: RingWindow | None
 
     def wave_size(self, wave: int) -> int:
         """How many to ring in wave ``wave`` (the first wave is 0)."""
@@ -85,6 +92,7 @@ class GrowingWaves:
     """
 
     name = "default"
+    awake: RingWindow | None = None
 
     def __init__(self, settings: DispatchSettings) -> None:
         self.settings = settings
@@ -163,12 +171,15 @@ class Dispatcher:
         rings: list[Event] = []
         language_index = call.language_index
         widened = False
+        awake: RingWindow | None = getattr(self.policy, "awake", None)
         while True:
             language = call.languages[language_index]
             limit = self.settings.candidate_factor * size or None
             while True:
                 pool = await self.store.candidates(language, now, limit=limit)
-                eligible = [c for c in pool if ineligible(c, call, blocked, rung) is None]
+                eligible = self._eligible(pool, call, blocked, rung)
+                if awake is not None:
+                    eligible = _inside(eligible, awake, now)
                 if limit is None or len(pool) < limit or len(eligible) >= size:
                     break
                 limit *= 2  # the head of the index was mostly busy or rung: read further
@@ -218,6 +229,24 @@ class Dispatcher:
             )
         return call, events
 
+    @staticmethod
+    def _eligible(
+        candidates: list[Candidate], call: Call, blocked: frozenset[str], rung: set[str]
+    ) -> list[Candidate]:
+        """``ineligible(c, ...) is None`` for every candidate, written out inline: this runs over
+        every volunteer of a language on every wave, tens of thousands in a country."""
+        me = call.recipient_id
+        return [
+            c
+            for c in candidates
+            if not c.busy
+            and c.rings_today < c.daily_ring_cap
+            and c.user_id not in rung
+            and c.user_id != me
+            and c.user_id not in blocked
+            and me not in c.blocked
+        ]
+
     def _ring(self, call: Call, user_id: str, expires_at: float, language: str) -> Ring:
         return Ring(
             to=user_id,
@@ -237,6 +266,19 @@ class Dispatcher:
         if expires_at is None:
             expires_at = self.clock.now()
         return self._ring(call, user_id, expires_at, call.languages[call.language_index])
+
+
+def _inside(candidates: list[Candidate], window: RingWindow, now: float) -> list[Candidate]:
+    """Candidates whose local time at ``now`` is inside ``window``; one conversion per zone."""
+    inside: dict[str, bool] = {}
+    out = []
+    for c in candidates:
+        ok = inside.get(c.timezone)
+        if ok is None:
+            ok = inside[c.timezone] = window.contains(local_datetime(c.timezone, now).time())
+        if ok:
+            out.append(c)
+    return out
 
 
 def search_languages(requested: str | None, profile_languages: Sequence[str]) -> list[str]:

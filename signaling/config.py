@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from broker.dispatch import DispatchSettings
 from broker.model import RingWindow
+from broker.policies import POLICIES
 from broker.service import LimitSettings
 
 
@@ -51,6 +52,7 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
 
     # Dispatch.
+    policy: str = Field(default="default", description="dispatch policy, see broker.policies")
     first_wave: int = Field(default=5, ge=1, le=1000)
     wave_growth: float = Field(default=2.0, ge=1.0, le=10.0)
     max_wave: int = Field(default=40, ge=1, le=5000)
@@ -126,6 +128,15 @@ class Settings(BaseSettings):
     def _hhmm(cls, value: str) -> str:
         RingWindow.model_validate({"start": value})
         return value
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, name: str) -> str:
+        if name not in POLICIES:
+            raise ValueError(
+                f"{name!r} is not a dispatch policy: expected one of {', '.join(POLICIES)}"
+            )
+        return name
 
     @field_validator("stun_urls", "turn_urls")
     @classmethod
