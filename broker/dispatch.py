@@ -55,6 +55,13 @@ class DispatchSettings(BaseModel):
         description="a wave reads this many volunteers per ring it sends, rung longest ago "
         "first, and reads further when too few of them may be rung (0: read all in window)",
     )
+    candidate_sample: int = Field(
+        default=1000,
+        ge=0,
+        le=1_000_000,
+        description="when the store can sample: rank recent helpers and this many others drawn "
+        "at random, not the head of the index (0: never sample)",
+    )
 
 
 class Policy(Protocol):
@@ -172,17 +179,29 @@ class Dispatcher:
         language_index = call.language_index
         widened = False
         awake: RingWindow | None = getattr(self.policy, "awake", None)
+        sample = self.settings.candidate_sample
+        sampler = getattr(self.store, "candidates_sample", None)
+        if sampler is None or size * 4 > sample:
+            sample = 0  # a wave that large (ring-all) must see everyone
         while True:
             language = call.languages[language_index]
-            limit = self.settings.candidate_factor * size or None
-            while True:
-                pool = await self.store.candidates(language, now, limit=limit)
-                eligible = self._eligible(pool, call, blocked, rung)
+            eligible = []
+            if sample and sampler is not None:
+                eligible = self._eligible(
+                    await sampler(language, now, sample, self.rng), call, blocked, rung
+                )
                 if awake is not None:
                     eligible = _inside(eligible, awake, now)
-                if limit is None or len(pool) < limit or len(eligible) >= size:
-                    break
-                limit *= 2  # the head of the index was mostly busy or rung: read further
+            if len(eligible) < size:  # no sample, or it ran short: read the index
+                limit = self.settings.candidate_factor * size or None
+                while True:
+                    pool = await self.store.candidates(language, now, limit=limit)
+                    eligible = self._eligible(pool, call, blocked, rung)
+                    if awake is not None:
+                        eligible = _inside(eligible, awake, now)
+                    if limit is None or len(pool) < limit or len(eligible) >= size:
+                        break
+                    limit *= 2  # the head of the index was mostly busy or rung: read further
             if eligible or language_index + 1 >= len(call.languages):
                 break
             language_index += 1
