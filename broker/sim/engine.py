@@ -136,6 +136,8 @@ class Result:
                 4,
             ),
             "gini_calls_per_volunteer": r(self.gini, 4),
+            "gini_floor": r(even_gini(self.answered, self.active_volunteers), 4),
+            "gini_among_helpers": r(gini([n for n in self.calls_per_volunteer if n > 0]), 4),
             "late_accepts": self.late_accepts,
             "refused_requests": self.refused_requests,
             "violations": {
@@ -172,6 +174,15 @@ def gini(values: Sequence[int]) -> float:
     ordered = sorted(values)
     weighted = sum((i + 1) * x for i, x in enumerate(ordered))
     return (2.0 * weighted) / (n * total) - (n + 1.0) / n
+
+
+def even_gini(calls: int, people: int) -> float:
+    """The lowest Gini any policy could reach: ``calls`` spread as evenly as possible over
+    ``people``. With fewer calls than people most get none, so it is close to 1."""
+    if people <= 0 or calls <= 0:
+        return 0.0
+    each, extra = divmod(calls, people)
+    return gini([each] * (people - extra) + [each + 1] * extra)
 
 
 def _cumulative(weights: Sequence[float]) -> list[float]:

@@ -214,20 +214,29 @@ def _explain(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse(text: str, source: str = "(text)", seed: int | None = None) -> Scenario:
+def parse(
+    text: str, source: str = "(text)", seed: int | None = None, days: float | None = None
+) -> Scenario:
+    """A scenario from TOML text; ``seed`` and ``days`` replace the file's own."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"scenario {source} is not valid TOML: {exc}") from None
-    if seed is not None and isinstance(data.get("scenario"), dict):
-        data["scenario"]["seed"] = seed
+    about = data.get("scenario")
+    if isinstance(about, dict):
+        if seed is not None:
+            about["seed"] = seed
+        if days is not None:
+            about["days"] = days
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(_explain(exc, source)) from None
 
 
-def load(name_or_path: str | Path, seed: int | None = None) -> Scenario:
+def load(
+    name_or_path: str | Path, seed: int | None = None, days: float | None = None
+) -> Scenario:
     """A shipped scenario by name (``country``), or a TOML file by path."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
@@ -235,11 +244,11 @@ def load(name_or_path: str | Path, seed: int | None = None) -> Scenario:
             text = path.read_text()
         except OSError as exc:
             raise ScenarioError(f"cannot read scenario {path}: {exc.strerror}") from None
-        return parse(text, str(path), seed)
+        return parse(text, str(path), seed, days)
     name = str(name_or_path)
     if name not in shipped():
         raise ScenarioError(
             f"no scenario named {name!r}: shipped are {', '.join(shipped())}, or give a .toml path"
         )
     folder = resources.files(__package__ or "broker.sim") / "scenarios"
-    return parse((folder / f"{name}.toml").read_text(), name, seed)
+    return parse((folder / f"{name}.toml").read_text(), name, seed, days)
