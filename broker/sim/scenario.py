@@ -234,9 +234,7 @@ def parse(
         raise ScenarioError(_explain(exc, source)) from None
 
 
-def load(
-    name_or_path: str | Path, seed: int | None = None, days: float | None = None
-) -> Scenario:
+def load(name_or_path: str | Path, seed: int | None = None, days: float | None = None) -> Scenario:
     """A shipped scenario by name (``country``), or a TOML file by path."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
