@@ -137,7 +137,8 @@ def table(results: list[Result]) -> None:
         s = r.speed()
         console.print(
             f"{r.policy}: {s['events']:,} events in {s['wall_s']:.1f} s "
-            f"= {s['events_per_s']:,.0f} events/s"
+            f"= {s['events_per_s']:,.0f} events/s ({s['cpu_s']:.1f} s of CPU, "
+            f"{s['events_per_cpu_s']:,.0f} events per CPU second)"
         )
 
 
