@@ -38,12 +38,12 @@ class DispatchSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    first_wave: int = Field(default=2, ge=1, le=1000, description="volunteers in the first wave")
+    first_wave: int = Field(default=1, ge=1, le=1000, description="volunteers in the first wave")
     wave_growth: float = Field(
         default=2.0, ge=1.0, le=10.0, description="each wave is this much larger"
     )
     max_wave: int = Field(default=40, ge=1, le=5000, description="no wave is larger than this")
-    wave_interval_s: float = Field(default=10.0, gt=0, le=600, description="seconds between waves")
+    wave_interval_s: float = Field(default=15.0, gt=0, le=600, description="seconds between waves")
     ring_timeout_s: float = Field(default=45.0, gt=0, le=600, description="how long one ring lasts")
     max_wait_s: float = Field(
         default=180.0, gt=0, le=3600, description="search gives up after this"

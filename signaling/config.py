@@ -53,10 +53,10 @@ class Settings(BaseSettings):
 
     # Dispatch.
     policy: str = Field(default="default", description="dispatch policy, see broker.policies")
-    first_wave: int = Field(default=2, ge=1, le=1000)
+    first_wave: int = Field(default=1, ge=1, le=1000)
     wave_growth: float = Field(default=2.0, ge=1.0, le=10.0)
     max_wave: int = Field(default=40, ge=1, le=5000)
-    wave_interval_s: float = Field(default=10.0, gt=0, le=600)
+    wave_interval_s: float = Field(default=15.0, gt=0, le=600)
     ring_timeout_s: float = Field(default=45.0, gt=0, le=600)
     max_wait_s: float = Field(default=180.0, gt=0, le=3600)
     candidate_factor: int = Field(default=10, ge=0, le=1000)

@@ -132,7 +132,7 @@ def _with(old: str, new: str) -> str:
             "volunteers",
             "second_languages is empty",
         ),
-        (_with("accept_mean = 0.70", "accept_mean = 'high'"), "response.accept_mean", "number"),
+        (_with("accept_mean = 0.75", "accept_mean = 'high'"), "response.accept_mean", "number"),
         (GOOD + "\n[dispatch]\nfirst_wave = 0\n", "dispatch.first_wave", "greater than"),
         (GOOD + "\n[dispatch]\nwaves = 3\n", "dispatch.waves", "unknown key"),
         (GOOD.split("[calls]")[0], "calls", "missing"),
