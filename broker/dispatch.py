@@ -193,7 +193,9 @@ class Dispatcher:
                 if awake is not None:
                     eligible = _inside(eligible, awake, now)
             if len(eligible) < size:  # no sample, or it ran short: read the index
-                limit = self.settings.candidate_factor * size or None
+                # After a short sample, eligible volunteers are scarce: read them all at once
+                # rather than doubling through the head of the index.
+                limit = None if sample else (self.settings.candidate_factor * size or None)
                 while True:
                     pool = await self.store.candidates(language, now, limit=limit)
                     eligible = self._eligible(pool, call, blocked, rung)
