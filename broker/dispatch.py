@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.clock import Clock
 from broker.events import Event, Ring, Status
-from broker.model import Call, CallState, Candidate, primary_language
+from broker.model import Call, CallState, Candidate, RingWindow, local_datetime, primary_language
 from broker.store.base import Store
 
 # Timer names. Timers are data in the store: "<kind>|<call>[|<user>]".
@@ -38,12 +38,12 @@ class DispatchSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    first_wave: int = Field(default=5, ge=1, le=1000, description="volunteers in the first wave")
+    first_wave: int = Field(default=1, ge=1, le=1000, description="volunteers in the first wave")
     wave_growth: float = Field(
         default=2.0, ge=1.0, le=10.0, description="each wave is this much larger"
     )
     max_wave: int = Field(default=40, ge=1, le=5000, description="no wave is larger than this")
-    wave_interval_s: float = Field(default=8.0, gt=0, le=600, description="seconds between waves")
+    wave_interval_s: float = Field(default=15.0, gt=0, le=600, description="seconds between waves")
     ring_timeout_s: float = Field(default=45.0, gt=0, le=600, description="how long one ring lasts")
     max_wait_s: float = Field(
         default=180.0, gt=0, le=3600, description="search gives up after this"
@@ -55,12 +55,26 @@ class DispatchSettings(BaseModel):
         description="a wave reads this many volunteers per ring it sends, rung longest ago "
         "first, and reads further when too few of them may be rung (0: read all in window)",
     )
+    candidate_sample: int = Field(
+        default=1000,
+        ge=0,
+        le=1_000_000,
+        description="when the store can sample: rank recent helpers and this many others drawn "
+        "at random, not the head of the index (0: never sample)",
+    )
 
 
 class Policy(Protocol):
-    """How many to ring in each wave, when, and whom first."""
+    """How many to ring in each wave, when, and whom first.
+
+    ``awake`` narrows eligibility to local hours of the policy's own (in each candidate's time
+    zone), on top of every volunteer's ring window and cap, which no policy can widen. ``None``
+    means the volunteer's own window alone decides. The dispatcher reads it with a default of
+    ``None``, so a policy written before the hook existed still runs.
+    """
 
     name: str
+    awake: RingWindow | None
 
     def wave_size(self, wave: int) -> int:
         """How many to ring in wave ``wave`` (the first wave is 0)."""
@@ -85,6 +99,7 @@ class GrowingWaves:
     """
 
     name = "default"
+    awake: RingWindow | None = None
 
     def __init__(self, settings: DispatchSettings) -> None:
         self.settings = settings
@@ -163,15 +178,32 @@ class Dispatcher:
         rings: list[Event] = []
         language_index = call.language_index
         widened = False
+        awake: RingWindow | None = getattr(self.policy, "awake", None)
+        sample = self.settings.candidate_sample
+        sampler = getattr(self.store, "candidates_sample", None)
+        if sampler is None or size * 4 > sample:
+            sample = 0  # a wave that large (ring-all) must see everyone
         while True:
             language = call.languages[language_index]
-            limit = self.settings.candidate_factor * size or None
-            while True:
-                pool = await self.store.candidates(language, now, limit=limit)
-                eligible = [c for c in pool if ineligible(c, call, blocked, rung) is None]
-                if limit is None or len(pool) < limit or len(eligible) >= size:
-                    break
-                limit *= 2  # the head of the index was mostly busy or rung: read further
+            eligible = []
+            if sample and sampler is not None:
+                eligible = self._eligible(
+                    await sampler(language, now, sample, self.rng), call, blocked, rung
+                )
+                if awake is not None:
+                    eligible = _inside(eligible, awake, now)
+            if len(eligible) < size:  # no sample, or it ran short: read the index
+                # After a short sample, eligible volunteers are scarce: read them all at once
+                # rather than doubling through the head of the index.
+                limit = None if sample else (self.settings.candidate_factor * size or None)
+                while True:
+                    pool = await self.store.candidates(language, now, limit=limit)
+                    eligible = self._eligible(pool, call, blocked, rung)
+                    if awake is not None:
+                        eligible = _inside(eligible, awake, now)
+                    if limit is None or len(pool) < limit or len(eligible) >= size:
+                        break
+                    limit *= 2  # the head of the index was mostly busy or rung: read further
             if eligible or language_index + 1 >= len(call.languages):
                 break
             language_index += 1
@@ -218,6 +250,24 @@ class Dispatcher:
             )
         return call, events
 
+    @staticmethod
+    def _eligible(
+        candidates: list[Candidate], call: Call, blocked: frozenset[str], rung: set[str]
+    ) -> list[Candidate]:
+        """``ineligible(c, ...) is None`` for every candidate, written out inline: this runs over
+        every volunteer of a language on every wave, tens of thousands in a country."""
+        me = call.recipient_id
+        return [
+            c
+            for c in candidates
+            if not c.busy
+            and c.rings_today < c.daily_ring_cap
+            and c.user_id not in rung
+            and c.user_id != me
+            and c.user_id not in blocked
+            and me not in c.blocked
+        ]
+
     def _ring(self, call: Call, user_id: str, expires_at: float, language: str) -> Ring:
         return Ring(
             to=user_id,
@@ -237,6 +287,19 @@ class Dispatcher:
         if expires_at is None:
             expires_at = self.clock.now()
         return self._ring(call, user_id, expires_at, call.languages[call.language_index])
+
+
+def _inside(candidates: list[Candidate], window: RingWindow, now: float) -> list[Candidate]:
+    """Candidates whose local time at ``now`` is inside ``window``; one conversion per zone."""
+    inside: dict[str, bool] = {}
+    out = []
+    for c in candidates:
+        ok = inside.get(c.timezone)
+        if ok is None:
+            ok = inside[c.timezone] = window.contains(local_datetime(c.timezone, now).time())
+        if ok:
+            out.append(c)
+    return out
 
 
 def search_languages(requested: str | None, profile_languages: Sequence[str]) -> list[str]:

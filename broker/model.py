@@ -203,6 +203,7 @@ class Candidate:
     busy: bool = False  # in a call, or ringing for one
     blocked: frozenset[str] = frozenset()
     favourite_of: frozenset[str] = frozenset()
+    last_call_at: float = 0.0  # when they last answered a call; 0 if never (or not known)
 
 
 class Call(BaseModel):

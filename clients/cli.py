@@ -293,6 +293,18 @@ def _run_bot(run: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return 1
 
 
+def _simulate_args(p: argparse.ArgumentParser) -> None:
+    from clients.simulate import add_args
+
+    add_args(p)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from clients.simulate import run
+
+    return run(args)
+
+
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 COMMANDS: dict[str, Command] = {
@@ -301,6 +313,7 @@ COMMANDS: dict[str, Command] = {
     "volunteer": ("go on duty as a volunteer bot and answer calls", _volunteer_args, _volunteer),
     "call": ("ask for help as a recipient and show the call", _call_args, _call),
     "demo": ("run a broker, volunteer bots and a recipient: one whole call", _demo_args, _demo),
+    "simulate": ("compare dispatch policies on a simulated population", _simulate_args, _simulate),
 }
 
 

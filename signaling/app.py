@@ -12,6 +12,7 @@ from aiohttp import web
 
 from broker.clock import Clock, RealClock
 from broker.model import Profile
+from broker.policies import build_policy
 from broker.service import Broker
 from broker.store import Store, open_store
 from signaling.auth import Authenticator, Claims
@@ -75,7 +76,8 @@ def build_context(
 ) -> Context:
     clock = clock or RealClock()
     store = store or open_store(settings.store_url)
-    broker = Broker(store, clock, settings.dispatch(), settings.limits())
+    policy, timing = build_policy(settings.policy, settings.dispatch())
+    broker = Broker(store, clock, timing, settings.limits(), policy=policy)
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     auth = Authenticator(
         secret=secret,

@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from broker.dispatch import DispatchSettings
 from broker.model import RingWindow
+from broker.policies import POLICIES
 from broker.service import LimitSettings
 
 
@@ -51,13 +52,15 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
 
     # Dispatch.
-    first_wave: int = Field(default=5, ge=1, le=1000)
+    policy: str = Field(default="default", description="dispatch policy, see broker.policies")
+    first_wave: int = Field(default=1, ge=1, le=1000)
     wave_growth: float = Field(default=2.0, ge=1.0, le=10.0)
     max_wave: int = Field(default=40, ge=1, le=5000)
-    wave_interval_s: float = Field(default=8.0, gt=0, le=600)
+    wave_interval_s: float = Field(default=15.0, gt=0, le=600)
     ring_timeout_s: float = Field(default=45.0, gt=0, le=600)
     max_wait_s: float = Field(default=180.0, gt=0, le=3600)
     candidate_factor: int = Field(default=10, ge=0, le=1000)
+    candidate_sample: int = Field(default=1000, ge=0, le=1_000_000)
     ring_window_start: str = "08:00"
     ring_window_end: str = "22:00"
     daily_ring_cap: int = Field(default=10, ge=0, le=1000)
@@ -126,6 +129,15 @@ class Settings(BaseSettings):
     def _hhmm(cls, value: str) -> str:
         RingWindow.model_validate({"start": value})
         return value
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, name: str) -> str:
+        if name not in POLICIES:
+            raise ValueError(
+                f"{name!r} is not a dispatch policy: expected one of {', '.join(POLICIES)}"
+            )
+        return name
 
     @field_validator("stun_urls", "turn_urls")
     @classmethod

@@ -66,6 +66,10 @@ async def start_server(**overrides: Any) -> AsyncIterator[Server]:
         "log_json": False,
         "ring_window_start": "00:00",
         "ring_window_end": "00:00",
+        # The protocol tests expect a first wave of several volunteers; the production defaults
+        # (one volunteer, then 2, 4... every 15 s) are tuned by the simulator, docs/dispatch.md.
+        "first_wave": 5,
+        "wave_interval_s": 8.0,
     }
     values.update(overrides)
     settings = Settings(**values)

@@ -13,6 +13,7 @@ caller: ``create_call`` (one open call per recipient), ``reserve_ring`` (the rin
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,6 +63,25 @@ class PushedRing:
 class ResumeTicket:
     user_id: str
     session_id: str
+
+
+class SamplingStore(Protocol):
+    """An optional extension of ``Store`` for large populations; the dispatcher uses it when a
+    store has it and falls back to ``candidates`` when not (or when a sample runs short).
+
+    Ranking every volunteer of a language on every wave costs time in proportion to the
+    population. Every policy ranks volunteers who have not answered a call lately only by
+    facts that tie for almost all of them, then at random; so a uniform random sample of them,
+    with every recent helper added, ranks the same way in distribution.
+    """
+
+    async def candidates_sample(
+        self, language: str, now: float, n: int, rng: random.Random
+    ) -> list[Candidate]:
+        """What ``candidates`` returns, but only: every one of them who answered a call in
+        the last 30 days, and up to ``n`` of the others drawn uniformly at random with ``rng``
+        (duplicates dropped). All of them when no more than ``n`` match."""
+        ...
 
 
 class Store(Protocol):

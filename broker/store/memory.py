@@ -4,15 +4,23 @@ Each method runs to completion without awaiting anything, so on one event loop e
 an atomic step; that is all the contract's atomic operations need. Values go in and out as
 copies, so a caller that changes what it read cannot change the store behind its back (the Redis
 store behaves the same way by construction).
+
+Volunteer groups are insertion-ordered with positional access (``_Bag``), not sets: the order of
+candidates, and with it a seeded simulation, then does not depend on string hashing, and a
+uniform random sample (``candidates_sample``) costs time in proportion to its size, not to the
+population's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
+import random
+from bisect import bisect_right
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import time
+from itertools import accumulate
 from typing import Any
 
 from broker.model import (
@@ -40,6 +48,41 @@ def _window_key(profile: Profile) -> _WindowKey:
     return (profile.timezone, profile.ring_window.start, profile.ring_window.end)
 
 
+def _copy(profile: Profile) -> Profile:
+    # Every field but ``languages`` is immutable; a deep copy costs ten times more.
+    return profile.model_copy(update={"languages": list(profile.languages)})
+
+
+class _Bag:
+    """An ordered set with O(1) add, remove and access by position (for random samples)."""
+
+    __slots__ = ("items", "where")
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.where: dict[str, int] = {}
+
+    def add(self, item: str) -> None:
+        if item not in self.where:
+            self.where[item] = len(self.items)
+            self.items.append(item)
+
+    def discard(self, item: str) -> None:
+        at = self.where.pop(item, None)
+        if at is None:
+            return
+        last = self.items.pop()
+        if at < len(self.items):
+            self.items[at] = last
+            self.where[last] = at
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.items)
+
+
 _LOCKED_FIELDS = frozenset(
     {"id", "state", "helper_id", "helper_role", "assigned_at", "ended_at", "end_reason", "ended_by"}
 )
@@ -57,9 +100,13 @@ class MemoryStore:
         self._pushed_order: deque[tuple[float, tuple[str, str]]] = deque()  # for expiry
         # primary language -> (zone, window start, window end) -> on-duty volunteers, so that a
         # wave converts local time once per group and skips whole groups outside their window
-        self._by_language: dict[str, dict[_WindowKey, set[str]]] = defaultdict(
-            lambda: defaultdict(set)
+        self._by_language: dict[str, dict[_WindowKey, _Bag]] = defaultdict(
+            lambda: defaultdict(_Bag)
         )
+        # primary language -> volunteers who answered a call, oldest call first (pruned after
+        # 30 days): ``candidates_sample`` returns all of them
+        self._helpers: dict[str, dict[str, None]] = defaultdict(dict)
+        self._last_call: dict[str, float] = {}
         # The last Candidate built for each volunteer, dropped whenever one of its facts changes
         # (profile, ring, call), with the time its 30-day call count next needs recounting.
         self._candidate: dict[str, tuple[Candidate, float]] = {}
@@ -97,13 +144,13 @@ class MemoryStore:
     # --- profiles --------------------------------------------------------------------------
     async def get_profile(self, user_id: str) -> Profile | None:
         profile = self._profiles.get(user_id)
-        return profile.model_copy(deep=True) if profile else None
+        return _copy(profile) if profile else None
 
     async def put_profile(self, profile: Profile) -> None:
         old = self._profiles.get(profile.user_id)
         if old is not None:
             self._unindex(old)
-        self._profiles[profile.user_id] = profile.model_copy(deep=True)
+        self._profiles[profile.user_id] = _copy(profile)
         self._changed(profile.user_id)
         self._index(profile.user_id)
 
@@ -196,8 +243,62 @@ class MemoryStore:
             daily_ring_cap=profile.daily_ring_cap,
             busy=user_id in self._ring_of or user_id in self._open_call,
             blocked=profile.blocked,
+            last_call_at=self._last_call.get(user_id, 0.0),
         )
         return candidate, recount_at
+
+    async def candidates_sample(
+        self, language: str, now: float, n: int, rng: random.Random
+    ) -> list[Candidate]:
+        """The optional sampling extension of ``candidates`` (``SamplingStore``): every
+        matching volunteer who answered a call in the last 30 days, and up to ``n`` others
+        drawn uniformly at random; everyone when no more than ``n`` match."""
+        lang = primary_language(language)
+        inside: list[tuple[_Bag, str]] = []
+        day_of: dict[_WindowKey, str] = {}
+        for key, members in self._by_language.get(lang, {}).items():
+            if not members:
+                continue
+            zone, start, end = key
+            moment = local_datetime(zone, now)
+            if RingWindow(start=start, end=end).contains(moment.time()):
+                day = moment.date().isoformat()
+                inside.append((members, day))
+                day_of[key] = day
+        total = sum(len(members) for members, _ in inside)
+        if total <= n:
+            return await self.candidates(language, now)
+        connections, devices, cache = self._connections, self._devices, self._candidate
+        out: list[Candidate] = []
+        seen: set[str] = set()
+
+        def take(user_id: str, day: str) -> None:
+            if user_id in seen or not (connections.get(user_id) or devices.get(user_id)):
+                return
+            seen.add(user_id)
+            cached = cache.get(user_id)
+            if cached is None or cached[1] <= now or cached[0].ring_day != day:
+                cached = self._build_candidate(user_id, day, now)
+                cache[user_id] = cached
+            out.append(cached[0])
+
+        helpers = self._helpers.get(lang, {})
+        horizon = now - THIRTY_DAYS
+        for user_id in list(helpers):
+            if self._last_call.get(user_id, 0.0) < horizon:
+                del helpers[user_id]
+                continue
+            profile = self._profiles.get(user_id)
+            if profile is not None and user_id in self._on_duty:
+                helper_day = day_of.get(_window_key(profile))
+                if helper_day is not None:
+                    take(user_id, helper_day)
+        ends = list(accumulate(len(members) for members, _ in inside))
+        for position in rng.sample(range(total), n):
+            g = bisect_right(ends, position)
+            members, day = inside[g]
+            take(members.items[position - (ends[g - 1] if g else 0)], day)
+        return out
 
     def _changed(self, *user_ids: str | None) -> None:
         for user_id in user_ids:
@@ -280,6 +381,7 @@ class MemoryStore:
             return False
         self._calls[call.id] = call.model_copy(deep=True)
         self._open_call[call.recipient_id] = call.id
+        self._changed(call.recipient_id)  # a volunteer asking for help is busy
         return True
 
     async def get_call(self, call_id: str) -> Call | None:
@@ -322,6 +424,13 @@ class MemoryStore:
         self._calls[call_id] = call
         self._open_call[helper_id] = call_id
         self._answered[helper_id].append(now)
+        self._last_call[helper_id] = now
+        profile = self._profiles.get(helper_id)
+        if profile is not None and profile.role is Role.VOLUNTEER:
+            for tag in profile.languages:
+                helpers = self._helpers[primary_language(tag)]
+                helpers.pop(helper_id, None)  # keep them in the order of their last call
+                helpers[helper_id] = None
         return Assignment(call=call.model_copy(deep=True), withdrawn=sorted(withdrawn))
 
     async def finish(

@@ -1,0 +1,189 @@
+"""``vabroker simulate``: run dispatch policies through a scenario and compare them.
+
+A table on the terminal, the same figures as JSON with ``--json``, and plots (answer-time CDF,
+calls per volunteer) as PNG files with ``--plots DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the CLI builds its parser on every start: import the simulator when it runs
+    from broker.sim.engine import Result
+
+POLICY_NAMES = "default, bme2014, bme2014-batch, ringall, fewestcalls, leastrecent, random"
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "scenario",
+        help="a shipped scenario (small-town, country, worldwide) or a path to a .toml file",
+    )
+    p.add_argument(
+        "--policy",
+        action="append",
+        help=f"policy to run, repeatable, or 'all' ({POLICY_NAMES}); default: bme2014 and default",
+    )
+    p.add_argument("--seed", type=int, help="replace the scenario's seed")
+    p.add_argument("--days", type=float, help="replace the scenario's length in days")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--plots", type=Path, help="write PNG plots to this folder")
+
+
+def policies(chosen: list[str] | None) -> list[str]:
+    from broker.policies import POLICIES
+
+    names = chosen or ["bme2014", "default"]
+    if "all" in names:
+        return list(POLICIES)
+    bad = [n for n in names if n not in POLICIES]
+    if bad:
+        raise ValueError(f"unknown policy {bad[0]!r}: expected one of {', '.join(POLICIES)} or all")
+    return list(dict.fromkeys(names))
+
+
+def run(args: argparse.Namespace) -> int:
+    from broker.sim.engine import simulate
+    from broker.sim.scenario import ScenarioError, load, shipped
+
+    try:
+        names = policies(args.policy)
+        scenario = load(args.scenario, seed=args.seed, days=args.days)
+    except (ValueError, ScenarioError) as exc:
+        print(f"vabroker simulate: {exc}", file=sys.stderr)
+        if isinstance(exc, ScenarioError) and "no scenario named" in str(exc):
+            print(f"shipped scenarios: {', '.join(shipped())}", file=sys.stderr)
+        return 2
+    results: list[Result] = []
+    for name in names:
+        if not args.json:
+            print(f"simulating {name} on {scenario.scenario.name} ...", file=sys.stderr)
+        results.append(simulate(scenario, name))
+    if args.json:
+        print(json.dumps({"results": [as_json(r) for r in results]}, indent=2))
+    else:
+        table(results)
+    if args.plots is not None:
+        for path in plot(results, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
+    return 1 if any(r.violations.total for r in results) else 0
+
+
+def as_json(result: Result) -> dict[str, Any]:
+    return {**result.report(), "speed": result.speed()}
+
+
+def table(results: list[Result]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    first = results[0]
+    out = Table(
+        title=f"{first.scenario}: {first.volunteers:,} volunteers, {first.days:g} days, "
+        f"seed {first.seed}"
+    )
+    columns = [
+        "policy",
+        "calls",
+        "unanswered",
+        "p50 s",
+        "p90 s",
+        "p99 s",
+        "<=30 s",
+        "rings/answered",
+        "share with call",
+        "Gini",
+        "Gini helpers",
+        "violations",
+        "events/s",
+    ]
+    for column in columns:
+        out.add_column(column, justify="left" if column == "policy" else "right")
+
+    def num(x: Any, fmt: str = "{:.1f}") -> str:
+        return "-" if x is None else fmt.format(x)
+
+    for r in results:
+        rep = r.report()
+        out.add_row(
+            r.policy,
+            f"{r.calls:,}",
+            num(rep["unanswered_share"], "{:.1%}"),
+            num(rep["answer_p50_s"]),
+            num(rep["answer_p90_s"]),
+            num(rep["answer_p99_s"]),
+            num(rep["answered_within_30s_share"], "{:.1%}"),
+            num(rep["rings_per_answered_call"], "{:.2f}"),
+            num(rep["share_with_call"], "{:.2%}"),
+            num(rep["gini_calls_per_volunteer"], "{:.3f}"),
+            num(rep["gini_among_helpers"], "{:.3f}"),
+            str(r.violations.total),
+            f"{r.speed()['events_per_s']:,.0f}",
+        )
+    console = Console(width=max(Console().width, 150))  # the table stays legible in a log
+    console.print(out)
+    floor = results[0].report()["gini_floor"]
+    console.print(
+        f"share with call: of the volunteers on duty at some time in the {first.days:g} "
+        f"simulated days. Gini over all of them; the most even spread of these calls would "
+        f"score {floor}. Gini helpers: among those who got a call."
+    )
+    for r in results:
+        s = r.speed()
+        console.print(
+            f"{r.policy}: {s['events']:,} events in {s['wall_s']:.1f} s "
+            f"= {s['events_per_s']:,.0f} events/s ({s['cpu_s']:.1f} s of CPU, "
+            f"{s['events_per_cpu_s']:,.0f} events per CPU second)"
+        )
+
+
+def plot(results: list[Result], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    name = results[0].scenario
+    written = []
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in results:
+        times = r.answer_times
+        if times:
+            ax.step(
+                times, [(i + 1) / r.calls for i in range(len(times))], where="post", label=r.policy
+            )
+    ax.axvline(30, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("seconds from request to answer")
+    ax.set_ylabel("share of calls answered")
+    ax.set_xlim(0, max((max(r.answer_times, default=0) for r in results), default=1) or 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{name}: answer time (unanswered calls never reach 1)")
+    ax.legend()
+    path = folder / f"{name}-answer-time-cdf.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    width = 0.8 / len(results)
+    for k, r in enumerate(results):
+        counts = Counter(r.calls_per_volunteer)
+        xs = sorted(counts)
+        ax.bar([x + k * width for x in xs], [counts[x] for x in xs], width=width, label=r.policy)
+    ax.set_yscale("log")
+    ax.set_xlabel("calls answered by one volunteer")
+    ax.set_ylabel("volunteers on duty in the period (log)")
+    ax.set_title(f"{name}: calls per volunteer")
+    ax.legend()
+    path = folder / f"{name}-calls-per-volunteer.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    written.append(path)
+    return written

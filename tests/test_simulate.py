@@ -1,0 +1,205 @@
+"""The dispatch simulator: deterministic, its invariants hold for every policy, bad scenarios
+are refused by name, and the command writes a table, JSON and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from broker.events import Ring
+from broker.policies import POLICIES
+from broker.sim.engine import World, even_gini, gini, percentile, simulate
+from broker.sim.scenario import Scenario, ScenarioError, load, parse, shipped
+from clients.cli import main
+
+SMALL = load("small-town", days=2)
+
+
+def test_shipped_scenarios_load_by_name() -> None:
+    assert {"small-town", "country", "worldwide"} <= set(shipped())
+    for name in shipped():
+        assert load(name).scenario.name == name
+    assert load("country").volunteers.count >= 100_000
+
+
+def test_same_seed_same_report_and_another_seed_differs() -> None:
+    first = simulate(SMALL, "default").report()
+    again = simulate(load("small-town", days=2), "default").report()
+    assert first == again
+    other = simulate(load("small-town", days=2, seed=7), "default").report()
+    assert other != first
+    assert first["calls"] > 5 and first["answered"] > 0
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_invariants_hold_for_every_policy(policy: str) -> None:
+    result = simulate(SMALL, policy)
+    report = result.report()
+    assert report["violations"] == {
+        "outside_window": 0,
+        "outside_policy_hours": 0,
+        "over_cap": 0,
+        "off_duty": 0,
+        "two_winners": 0,
+    }
+    assert result.calls > 5 and result.rings >= result.answered > 0
+    # A volunteer active only after the period ends is not counted, never one too many.
+    assert result.answered >= sum(result.calls_per_volunteer) > 0
+
+
+async def test_the_world_counts_a_ring_the_broker_should_not_have_sent() -> None:
+    world = World(SMALL, "default")
+    world._people()
+    world.on_duty = [False] * len(world.vol_profiles)
+    world.last_ring = [-math.inf] * len(world.vol_profiles)
+    night = SMALL.start + 2 * 3600  # 03:00 in Copenhagen: outside every window but "any time"
+    world.clock.set(night)
+    target = next(
+        i for i, w in enumerate(world.vol_window) if w.start != w.end and world.vol_cap[i] == 3
+    )
+    for _ in range(4):
+        world._rung(
+            Ring(
+                to=f"v{target}",
+                call_id="c1",
+                language="da",
+                requester_name="r",
+                expires_at=night + 30,
+            )
+        )
+    assert world.violations.outside_window == 4
+    assert world.violations.off_duty == 4
+    assert world.violations.over_cap == 1  # the fourth ring of a cap of 3
+
+
+def test_statistics_helpers() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 0.9) == 90.0
+    assert gini([1, 1, 1, 1]) == 0.0
+    assert gini([0, 0, 0, 4]) == pytest.approx(0.75)
+    assert even_gini(2, 4) == pytest.approx(0.5)
+    assert even_gini(8, 4) == 0.0
+
+
+GOOD = (Path(__file__).parent.parent / "broker/sim/scenarios/small-town.toml").read_text()
+
+
+def _with(old: str, new: str) -> str:
+    assert old in GOOD, old
+    return GOOD.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        (GOOD + "\nsurprise = 1\n", "surprise", "unknown key"),
+        (
+            _with("on_duty_share = 0.5", "on_duty_share = 0.5\nmood = 1"),
+            "volunteers.mood",
+            "unknown",
+        ),
+        (_with("count = 400", "count = -5"), "volunteers.count", "greater than or equal to 1"),
+        (_with('zone = "Europe/Copenhagen"', 'zone = "Mars/Olympus"'), "regions.0.zone", "IANA"),
+        (_with("da = 0.9", "'d@' = 0.9"), "regions.0.languages", "BCP 47"),
+        (
+            _with('start = "08:00", end = "22:00"', 'start = "8am", end = "22:00"'),
+            "volunteers.ring_windows.0",
+            "HH:MM",
+        ),
+        (
+            _with("hourly_profile = [0.2, 0.1,", "hourly_profile = ["),
+            "recipients.hourly_profile",
+            "24 values",
+        ),
+        (
+            _with("hourly_factor = [0.2,", "hourly_factor = [1.5,"),
+            "response.hourly_factor",
+            "at most 1",
+        ),
+        (_with("duration_max_s = 300.0", "duration_max_s = 30.0"), "calls", "below"),
+        (_with("days = 7", "days = 0"), "scenario.days", "greater than 0"),
+        (
+            _with("start = 2026-03-02T00:00:00Z", "start = 2026-03-02T00:00:00"),
+            "scenario.start",
+            "offset",
+        ),
+        (
+            _with("second_languages = { en = 1.0 }", "second_languages = {}"),
+            "volunteers",
+            "second_languages is empty",
+        ),
+        (_with("accept_mean = 0.75", "accept_mean = 'high'"), "response.accept_mean", "number"),
+        (GOOD + "\n[dispatch]\nfirst_wave = 0\n", "dispatch.first_wave", "greater than"),
+        (GOOD + "\n[dispatch]\nwaves = 3\n", "dispatch.waves", "unknown key"),
+        (GOOD.split("[calls]")[0], "calls", "missing"),
+        (_with("recipients = 1", "recipients = 0"), "regions", "no region has recipients"),
+    ],
+)
+def test_bad_scenarios_are_refused_naming_the_key(text: str, key: str, message: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        parse(text, "bad.toml")
+    assert key in str(info.value) and message in str(info.value), str(info.value)
+
+
+def test_unreadable_or_unknown_scenarios(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="not valid TOML"):
+        parse("[scenario\n", "x.toml")
+    with pytest.raises(ScenarioError, match="cannot read scenario"):
+        load(tmp_path / "missing.toml")
+    with pytest.raises(ScenarioError, match="no scenario named 'atlantis'"):
+        load("atlantis")
+    path = tmp_path / "mine.toml"
+    path.write_text(_with('name = "small-town"', 'name = "mine"'))
+    assert isinstance(load(path), Scenario) and load(path).scenario.name == "mine"
+
+
+def test_command_prints_json_and_writes_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(
+        [
+            "simulate",
+            "small-town",
+            "--days",
+            "1",
+            "--json",
+            "--plots",
+            str(tmp_path),
+            "--policy",
+            "default",
+            "--policy",
+            "bme2014",
+        ]
+    )
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["policy"] for r in out["results"]] == ["default", "bme2014"]
+    assert out["results"][0]["speed"]["events"] > 0
+    pngs = sorted(p.name for p in tmp_path.iterdir())
+    assert pngs == ["small-town-answer-time-cdf.png", "small-town-calls-per-volunteer.png"]
+    assert all((tmp_path / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_command_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "small-town", "--days", "1", "--policy", "random"]) == 0
+    out = capsys.readouterr().out
+    assert "random" in out and "events/s" in out and "rings/answered" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--policy", "fastest"], "unknown policy 'fastest'"),
+        (["--days", "-1"], "scenario.days"),
+        (["--days", "100"], "scenario.days"),
+    ],
+)
+def test_command_refuses_bad_options(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", "small-town", *argv]) == 2
+    assert message in capsys.readouterr().err
