@@ -8,7 +8,7 @@ import json
 import statistics
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,6 +17,8 @@ from broker.model import Call, Language, Profile, RingWindow, Role, TimeZone
 from broker.store.base import StoreUnavailable
 from signaling.app import CONTEXT, Context
 from signaling.auth import AuthError, Claims
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def problem(status: int, code: str, message: str) -> web.Response:
@@ -71,6 +73,23 @@ async def read_json(request: web.Request) -> Any:
         return json.loads(await request.read())
     except ValueError as exc:
         raise ApiError(400, "bad_request", f"The body is not valid JSON: {exc}.") from None
+
+
+async def read_object(request: web.Request, what: str) -> dict[str, Any]:
+    """The body as a JSON object; ``what`` says what it should describe, for the error."""
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", f"The body must be a JSON object: {what}.")
+    return body
+
+
+async def read_model(request: web.Request, model: type[M], what: str) -> M:
+    """The body parsed into ``model``; a 400 naming each bad field otherwise."""
+    body = await read_object(request, what)
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
 
 
 def validation_problem(exc: ValidationError) -> ApiError:
@@ -154,13 +173,7 @@ async def get_profile(request: web.Request) -> web.Response:
 
 async def put_profile(request: web.Request) -> web.Response:
     ctx, _, profile = await authenticate(request)
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "The body must be a JSON object of profile fields.")
-    try:
-        update = ProfileUpdate.model_validate(body)
-    except ValidationError as exc:
-        raise validation_problem(exc) from None
+    update = await read_model(request, ProfileUpdate, "the profile fields to change")
     fields = update.model_dump(exclude_unset=True)
     volunteer_only = {"ring_window", "daily_ring_cap"} & fields.keys()
     if volunteer_only and profile.role is not Role.VOLUNTEER:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from broker.model import Role
 from broker.orgs import WEEKDAYS, Org, check_id, is_open, next_closing, next_opening
-from signaling.api import ApiError, authenticate, read_json, validation_problem
+from signaling.api import ApiError, authenticate, read_object, validation_problem
 from signaling.app import CONTEXT
 from signaling.auth import Claims
 from signaling.pages import DEMO_ORG
@@ -94,9 +94,7 @@ async def put_org(request: web.Request) -> web.Response:
     org_id = _org_id(request)
     if not _may_admin(claims, org_id):
         raise ApiError(403, "forbidden", "Only administrators change an organisation.")
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "The body must be a JSON object: the organisation.")
+    body = await read_object(request, "the organisation")
     if body.get("id", org_id) != org_id:
         raise ApiError(
             400, "bad_request", f"id: the body names {body['id']!r}, the URL {org_id!r}."

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from broker.model import Language, Profile, RingWindow, Role, TimeZone
-from signaling.api import ApiError, read_json, validation_problem
+from signaling.api import ApiError, read_model
 from signaling.app import CONTEXT
 from signaling.auth import mint
 
@@ -70,13 +70,7 @@ async def demo_token(request: web.Request) -> web.Response:
             "Demo sign-in needs the broker's HS256 secret (VABROKER_JWT_SECRET); this broker "
             "only verifies tokens from an identity provider.",
         )
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "The body must be a JSON object with a 'role'.")
-    try:
-        who = DemoSignIn.model_validate(body)
-    except ValidationError as exc:
-        raise validation_problem(exc) from None
+    who = await read_model(request, DemoSignIn, "the demo sign-in, with a 'role'")
     role = Role(who.role)
     org = (who.org or DEMO_ORG) if role is Role.AGENT else None
     sub = f"demo-{role.value}-{secrets.token_hex(6)}"

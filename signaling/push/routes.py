@@ -4,10 +4,9 @@ browsers they want to be rung on."""
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from broker.notify.devices import MAX_DEVICES, Device, DeviceRegistration, Platform
-from signaling.api import ApiError, authenticate, read_json, validation_problem
+from signaling.api import ApiError, authenticate, read_model
 from signaling.push.webpush import host_allowed
 
 ENABLED = web.AppKey("push_platforms", frozenset[Platform])
@@ -18,13 +17,7 @@ async def add_device(request: web.Request) -> web.Response:
     ctx, claims, profile = await authenticate(request)
     if not profile.role.is_helper:
         raise ApiError(403, "forbidden", "Only volunteers and agents register devices to be rung.")
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "The body must be a JSON object describing a device.")
-    try:
-        reg = DeviceRegistration.model_validate(body)
-    except ValidationError as exc:
-        raise validation_problem(exc) from None
+    reg = await read_model(request, DeviceRegistration, "the device to register")
     if reg.platform not in request.app[ENABLED]:
         raise ApiError(
             400,
