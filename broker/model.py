@@ -71,6 +71,7 @@ class WithdrawReason(enum.StrEnum):
     ANSWERED = "answered"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    DECLINED = "declined"  # the helper declined (on this or another of their devices)
 
 
 class ErrorCode(enum.StrEnum):

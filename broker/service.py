@@ -195,16 +195,23 @@ class Broker:
         return Outcome(call, events)
 
     async def decline(self, user_id: str, call_id: str) -> Outcome:
+        return await self._release(user_id, call_id, WithdrawReason.DECLINED)
+
+    async def _release(self, user_id: str, call_id: str, reason: WithdrawReason) -> Outcome:
+        """Stop a helper ringing for a call that is not answered yet, and move the call on."""
         if not await self.store.release_ring(call_id, user_id):
             call = await self.store.get_call(call_id)
             if call is None or user_id not in await self.store.rung(call_id):
                 raise BrokerError(ErrorCode.NOT_FOUND, "You are not being rung for that call.")
             return Outcome(call, [])  # already withdrawn or lapsed: declining it again is harmless
         await self.store.unschedule(timer(RING, call_id, user_id))
+        # Every session and pushed device of the helper stops ringing, not only the one that
+        # declined: another tab, a phone rung by push.
+        events: list[Event] = [Withdrawn(to=user_id, call_id=call_id, reason=reason)]
         call = await self._ring_freed(call_id)
         if call is not None and call.state is CallState.QUEUED and call.org is not None:
-            return Outcome(call, await self.queues.settle(call.org))
-        return Outcome(call, [])
+            events += await self.queues.settle(call.org)
+        return Outcome(call, events)
 
     # --- the call ----------------------------------------------------------------------------
     async def peer(self, user_id: str, call_id: str) -> str:
@@ -315,8 +322,7 @@ class Broker:
         events: list[Event] = []
         ring_call = await self.store.ring_of(user_id)
         if ring_call is not None and not await self.store.has_devices(user_id):
-            await self.decline(user_id, ring_call)
-            events.append(Withdrawn(to=user_id, call_id=ring_call, reason=WithdrawReason.EXPIRED))
+            events += (await self._release(user_id, ring_call, WithdrawReason.EXPIRED)).events
         call_id = await self.store.current_call(user_id)
         call = await self.store.get_call(call_id) if call_id else None
         if call is not None and call.state.is_open:

@@ -161,10 +161,10 @@ class BrokerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def decline(self, data: st.DataObject) -> None:
         vol = data.draw(st.sampled_from(sorted(self.ringing)))
-        call = self.ringing.pop(vol)
-        outcome = self.attempt(self.broker.decline(vol, call))
+        outcome = self.attempt(self.broker.decline(vol, self.ringing[vol]))
         if outcome is not None:
             self.observe(outcome.events)
+            assert vol not in self.ringing, "a decline must withdraw the ring"
 
     @precondition(lambda self: bool(self.calls))
     @rule(data=st.data(), hang_up=st.booleans())

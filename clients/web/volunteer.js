@@ -11,6 +11,7 @@ const WITHDRAWN = {
   answered: "Someone else answered that call. Thank you for being there.",
   cancelled: "The caller cancelled.",
   expired: "The ring ended without an answer.",
+  declined: "You declined that call on another device.",
 };
 
 const ENDED = {
