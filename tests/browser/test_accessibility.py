@@ -1,5 +1,6 @@
-"""WCAG 2.2 AA checks of every page in each of its states (axe-core), keyboard-only runs of the
-main flows with the live region asserted at each step, reflow at 320 px (400% zoom of a 1280 px
+"""WCAG 2.2 AA checks of every page in each of its states (axe-core), the agent console's too,
+keyboard-only runs of the main flows (the volunteer's, the recipient's, and an agent taking the
+next queued call) with the live region asserted at each step, reflow at 320 px (400% zoom of a 1280 px
 window, which covers 200%), reduced motion and target sizes."""
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ async def focused(page: Page) -> str:
     return str(
         await page.evaluate("() => document.activeElement.id || document.activeElement.tagName")
     )
+
+
+async def agent_view(server: Server, user_id: str) -> tuple[str, str]:
+    """(state, activity) of a demo-org agent as the broker's live queue shows it."""
+    view = await server.ctx.broker.queues.snapshot("demo-org")
+    assert view is not None
+    (agent,) = [a for a in view.agents if a.id == user_id]
+    return agent.state, agent.activity
 
 
 async def test_every_page_in_every_state_has_no_axe_violations(
@@ -317,3 +326,136 @@ async def test_sign_in_by_fragment_or_post_message_never_query_string(
     await expect(live(tab)).to_have_text(re.compile("Signed in as Fay"))
     assert "token" not in tab.url
     await tab.context.close()
+
+
+async def test_agent_console_in_every_state_has_no_axe_violations(
+    browser: Browser, broker_server: Server
+) -> None:
+    """The agent console signed in (away), available with a call waiting, offered a call, in
+    the call, in wrap-up, and ready again: each state of a demo-org agent's console."""
+    agent = await open_as(
+        browser, broker_server, "agent", "agent-axe-q", "agent", name="Abe", org="demo-org"
+    )
+    await expect(live(agent)).to_have_text("Signed in as Abe of demo-org. You are away.")
+    await expect(agent.locator("#queue")).to_contain_text("Nobody is waiting.")
+    await assert_accessible(agent, "idle")
+
+    # Another agent, available first (so longest idle), is offered the call first: the
+    # console then shows the call waiting while its own agent is available.
+    other = await broker_server.connect("agent-axe-other", "agent", org="demo-org", name="Oz")
+    assert (await other.request({"type": "agent.status", "state": "available"}))[
+        "state"
+    ] == "available"
+    await agent.check('input[value="available"]')
+    await expect(live(agent)).to_have_text(
+        "You are available. Calls from the queue will come to you."
+    )
+    rec = await open_as(
+        browser, broker_server, "recipient", "rec-axe-q", "recipient", name="Rue", languages=["en"]
+    )
+    await expect(live(rec)).to_have_text(re.compile("Signed in as Rue"))
+    await rec.get_by_role("button", name="Call Demo organisation").click()
+    await expect(live(rec)).to_have_text("You are number 1 in the queue.")
+    ring = await other.expect("call.ring")
+    await expect(agent.locator("#queue")).to_contain_text("1 waiting.")
+    await expect(agent.locator("#queue tbody tr")).to_have_count(1)
+    await assert_accessible(agent, "idle")
+
+    # The other agent passes: the call is offered to this console.
+    await other.request({"type": "call.decline", "call": ring["call"]})
+    await other.request({"type": "agent.status", "state": "away"})
+    await expect(live(agent)).to_have_text("Next call: Rue, in English. Take it or pass.")
+    await expect(agent.locator("#queue tbody tr")).to_have_count(1)
+    await assert_accessible(agent, "ringing")
+    await agent.emulate_media(color_scheme="dark")
+    await assert_accessible(agent, "ringing")
+    await agent.emulate_media(color_scheme="light")
+
+    await agent.click("#take")
+    await expect(live(agent)).to_have_text("Connected to Rue. You can see their camera.")
+    await expect(live(rec)).to_have_text("Connected to Abe. They can see your camera now.")
+    await assert_accessible(agent, "in-call")
+
+    await agent.click("#hang-up")
+    await expect(live(agent)).to_have_text(
+        "Call ended. You hung up. Wrap up, then choose Ready for the next call."
+    )
+    await expect(live(rec)).to_have_text("Call ended. The helper ended the call.")
+    await assert_accessible(agent, "ended")
+    await agent.fill("#wrap-notes", "Read a parcel label.")
+    await assert_accessible(agent, "ended")
+
+    await agent.click("#ready")
+    await expect(live(agent)).to_have_text(
+        "You are available. Calls from the queue will come to you."
+    )
+    await expect(agent.locator("#queue")).to_contain_text("Nobody is waiting.")
+    await assert_accessible(agent, "idle")
+    await other.close()
+    for tab in (agent, rec):
+        await tab.context.close()
+
+
+async def test_keyboard_only_agent_takes_the_next_queued_call(
+    browser: Browser, broker_server: Server
+) -> None:
+    agent = await open_as(
+        browser, broker_server, "agent", "agent-kb", "agent", name="Kit", org="demo-org"
+    )
+    await expect(live(agent)).to_have_text("Signed in as Kit of demo-org. You are away.")
+    # Focus starts on the status group's checked radio, with a visible focus ring.
+    assert await focused(agent) == "INPUT"
+    assert await agent.evaluate("document.activeElement.value") == "away"
+    assert await agent.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+    # A radio group is one Tab stop; its arrow keys move to and choose the other status.
+    await agent.keyboard.press("ArrowUp")
+    await expect(live(agent)).to_have_text(
+        "You are available. Calls from the queue will come to you."
+    )
+    assert await agent.evaluate("document.activeElement.value") == "available"
+    await expect(agent.locator('input[value="available"]')).to_be_checked()
+    # The page says so only once the broker has answered: the broker has it too.
+    assert await agent_view(broker_server, "agent-kb") == ("available", "idle")
+
+    rec = await open_as(
+        browser, broker_server, "recipient", "rec-kb-q", "recipient", name="Mo", languages=["en"]
+    )
+    await expect(live(rec)).to_have_text(re.compile("Signed in as Mo"))
+    await rec.fill("#topic", "a letter")
+    await rec.get_by_role("button", name="Call Demo organisation").click()
+    await expect(live(rec)).to_have_text("You are number 1 in the queue.")
+
+    await expect(live(agent)).to_have_text(
+        "Next call: Mo about a letter, in English. Take it or pass."
+    )
+    assert await focused(agent) == "take"
+    await expect(agent.locator("#ring-topic")).to_have_text("a letter")
+    await agent.keyboard.press("Enter")
+    await expect(live(agent)).to_have_text("Connected to Mo. You can see their camera.")
+    assert await focused(agent) == "hang-up"
+    await expect(live(rec)).to_have_text("Connected to Kit. They can see your camera now.")
+
+    await agent.keyboard.press("Space")
+    await expect(live(agent)).to_have_text(
+        "Call ended. You hung up. Wrap up, then choose Ready for the next call."
+    )
+    assert await focused(agent) == "ready"
+    await expect(live(rec)).to_have_text("Call ended. The helper ended the call.")
+    # Wrap-up notes by keyboard: Shift+Tab reaches the notes, Tab comes back to Ready.
+    await agent.keyboard.press("Shift+Tab")
+    assert await focused(agent) == "wrap-notes"
+    await agent.keyboard.type("Read the letter's sender.")
+    await agent.keyboard.press("Tab")
+    assert await focused(agent) == "ready"
+    await agent.keyboard.press("Enter")
+    await expect(live(agent)).to_have_text(
+        "You are available. Calls from the queue will come to you."
+    )
+    assert await agent.evaluate("document.activeElement.value") == "available"
+    await expect(agent.locator("body")).to_have_attribute("data-state", "idle")
+    # Still available in the broker, which holds the queue's wrap-up time before the next ring.
+    assert (await agent_view(broker_server, "agent-kb"))[0] == "available"
+    view = await broker_server.ctx.broker.queues.snapshot("demo-org")
+    assert view is not None and view.today.answered >= 1
+    for tab in (agent, rec):
+        await tab.context.close()
