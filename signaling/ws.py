@@ -342,7 +342,7 @@ async def _goodbye(ctx: Context, session: Session) -> None:
         await ctx.store.set_connected(user, False)
         await ctx.hub.router.detached(user, session.id, last=not ctx.hub.is_here(user))
         if ctx.hub.is_here(user):
-            return  # another session of the same user is still open
+            return  # the same user still has another session open
         now = ctx.clock.now()
         if ctx.settings.grace_s > 0:
             await ctx.store.put_resume(

@@ -1,10 +1,12 @@
 // The agent console: available or away, the organisation's live queue, take the next call,
 // the call itself, and wrap-up before the next one.
 
-import { MediaCall, stopStream } from "./protocol.js";
+import { helperCall } from "./helper.js";
+import { stopStream } from "./protocol.js";
 import { $, announce, languageName, minutes, showState, startSession } from "./ui.js";
 
 const page = { session: null, ring: null, callId: null, media: null, mic: null, status: "away", queue: null };
+const call = helperCall(page);
 window.vabrokerPage = page; // for diagnostics and the browser tests
 
 const ENDED = {
@@ -136,54 +138,12 @@ async function pass() {
   announce("Passed. The call goes to the next agent.");
 }
 
-function onAssigned(assigned) {
-  if (page.media) return;
-  page.ring = null;
-  page.callId = assigned.call;
-  const name = assigned.peer.display_name || "the caller";
-  showState("in-call");
-  $("#call-detail").textContent = `You are helping ${name}.`;
-  announce(`Connecting to ${name}…`);
-  page.media = new MediaCall(page.session, assigned, {
-    localStream: page.mic,
-    onRemoteTrack: (track, stream) => {
-      const video = $("#remote-video");
-      if (video.srcObject !== stream) video.srcObject = stream || new MediaStream([track]);
-    },
-    onMediaState: (state) => {
-      if (state === "connected") announce(`Connected to ${name}. You can see their camera.`);
-      else if (state === "failed") announce("The video connection failed. You can hang up.");
-    },
-  });
-  page.media.start();
-}
-
-function onSignal(message) {
-  if (page.media && message.call === page.callId) {
-    page.media.handleSignal(message.data).catch((err) => console.warn(err));
-  }
-}
-
 function onEnded(message) {
-  if (message.call !== page.callId) return;
-  if (page.media) page.media.close();
-  page.media = null;
-  stopStream(page.mic);
-  page.mic = null;
-  page.callId = null;
-  $("#remote-video").srcObject = null;
-  const text = (ENDED[message.reason] || (() => "The call ended."))(message.by);
-  $("#ended-detail").textContent = text;
+  const text = call.endCall(message, ENDED);
+  if (text === null) return;
   $("#wrap-notes").value = "";
   showState("ended");
   announce(`Call ended. ${text} Wrap up, then choose Ready for the next call.`);
-}
-
-async function hangUp() {
-  if (!page.callId) return;
-  await page.session.request({ type: "call.end", call: page.callId }).catch((err) => {
-    if (err.code !== "conflict") announce(err.message);
-  });
 }
 
 async function ready() {
@@ -207,8 +167,8 @@ async function main() {
     session
       .on("call.ring", onRing)
       .on("call.withdrawn", onWithdrawn)
-      .on("call.assigned", onAssigned)
-      .on("signal", onSignal)
+      .on("call.assigned", call.onAssigned)
+      .on("signal", call.onSignal)
       .on("call.ended", onEnded)
       .on("queue.update", renderQueue)
       .on("agent.status", onStatusFromBroker);
@@ -220,7 +180,7 @@ async function main() {
   }
   $("#take").addEventListener("click", take);
   $("#decline").addEventListener("click", pass);
-  $("#hang-up").addEventListener("click", hangUp);
+  $("#hang-up").addEventListener("click", call.hangUp);
   $("#ready").addEventListener("click", ready);
   showState("idle", { focus: false });
   document.querySelector('input[name="status"]:checked').focus();

@@ -1,10 +1,12 @@
 // The volunteer's page: go on duty, hear and see a ring, accept or decline, see the caller's
 // camera and talk back, and look at past calls.
 
-import { MediaCall, stopStream } from "./protocol.js";
+import { helperCall } from "./helper.js";
+import { stopStream } from "./protocol.js";
 import { $, announce, languageName, showState, startSession } from "./ui.js";
 
 const page = { session: null, ring: null, callId: null, media: null, mic: null, onDuty: false };
+const call = helperCall(page);
 window.vabrokerPage = page; // for diagnostics and the browser tests
 
 const WITHDRAWN = {
@@ -89,54 +91,12 @@ async function decline() {
   announce(`Declined. ${waitingText()}`);
 }
 
-function onAssigned(assigned) {
-  if (page.media) return;
-  page.ring = null;
-  page.callId = assigned.call;
-  const name = assigned.peer.display_name || "the caller";
-  showState("in-call");
-  $("#call-detail").textContent = `You are helping ${name}.`;
-  announce(`Connecting to ${name}…`);
-  page.media = new MediaCall(page.session, assigned, {
-    localStream: page.mic,
-    onRemoteTrack: (track, stream) => {
-      const video = $("#remote-video");
-      if (video.srcObject !== stream) video.srcObject = stream || new MediaStream([track]);
-    },
-    onMediaState: (state) => {
-      if (state === "connected") announce(`Connected to ${name}. You can see their camera.`);
-      else if (state === "failed") announce("The video connection failed. You can hang up.");
-    },
-  });
-  page.media.start();
-}
-
-function onSignal(message) {
-  if (page.media && message.call === page.callId) {
-    page.media.handleSignal(message.data).catch((err) => console.warn(err));
-  }
-}
-
 function onEnded(message) {
-  if (message.call !== page.callId) return;
-  if (page.media) page.media.close();
-  page.media = null;
-  stopStream(page.mic);
-  page.mic = null;
-  page.callId = null;
-  $("#remote-video").srcObject = null;
-  const text = (ENDED[message.reason] || (() => "The call ended."))(message.by);
-  $("#ended-detail").textContent = text;
+  const text = call.endCall(message, ENDED);
+  if (text === null) return;
   showState("ended");
   announce(`Call ended. ${text} ${waitingText()}`);
   history();
-}
-
-async function hangUp() {
-  if (!page.callId) return;
-  await page.session.request({ type: "call.end", call: page.callId }).catch((err) => {
-    if (err.code !== "conflict") announce(err.message);
-  });
 }
 
 const COLUMNS = [
@@ -204,14 +164,14 @@ async function main() {
     session
       .on("call.ring", onRing)
       .on("call.withdrawn", onWithdrawn)
-      .on("call.assigned", onAssigned)
-      .on("signal", onSignal)
+      .on("call.assigned", call.onAssigned)
+      .on("signal", call.onSignal)
       .on("call.ended", onEnded);
   });
   $("#duty").addEventListener("click", () => setDuty(!page.onDuty));
   $("#accept").addEventListener("click", accept);
   $("#decline").addEventListener("click", decline);
-  $("#hang-up").addEventListener("click", hangUp);
+  $("#hang-up").addEventListener("click", call.hangUp);
   $("#refresh-history").addEventListener("click", async () => {
     await history();
     announce("Your calls are up to date.");

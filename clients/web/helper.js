@@ -1,0 +1,59 @@
+// The helper's side of a call, the same for a volunteer and an agent: the caller's video with
+// our audio back, the relayed signals, hanging up, and tidying up when the call ends.
+import { MediaCall, stopStream } from "./protocol.js";
+import { $, announce, showState } from "./ui.js";
+
+// `page` holds the session, the ring, the microphone stream, the call id and its media.
+export function helperCall(page) {
+  function onAssigned(assigned) {
+    if (page.media) return;
+    page.ring = null;
+    page.callId = assigned.call;
+    const name = assigned.peer.display_name || "the caller";
+    showState("in-call");
+    $("#call-detail").textContent = `You are helping ${name}.`;
+    announce(`Connecting to ${name}…`);
+    page.media = new MediaCall(page.session, assigned, {
+      localStream: page.mic,
+      onRemoteTrack: (track, stream) => {
+        const video = $("#remote-video");
+        if (video.srcObject !== stream) video.srcObject = stream || new MediaStream([track]);
+      },
+      onMediaState: (state) => {
+        if (state === "connected") announce(`Connected to ${name}. You can see their camera.`);
+        else if (state === "failed") announce("The video connection failed. You can hang up.");
+      },
+    });
+    page.media.start();
+  }
+
+  function onSignal(message) {
+    if (page.media && message.call === page.callId) {
+      page.media.handleSignal(message.data).catch((err) => console.warn(err));
+    }
+  }
+
+  // Ends this page's side of the call; returns what to say about it (from `ended`, keyed by
+  // reason), or null when the message is about another call.
+  function endCall(message, ended) {
+    if (message.call !== page.callId) return null;
+    if (page.media) page.media.close();
+    page.media = null;
+    stopStream(page.mic);
+    page.mic = null;
+    page.callId = null;
+    $("#remote-video").srcObject = null;
+    const text = (ended[message.reason] || (() => "The call ended."))(message.by);
+    $("#ended-detail").textContent = text;
+    return text;
+  }
+
+  async function hangUp() {
+    if (!page.callId) return;
+    await page.session.request({ type: "call.end", call: page.callId }).catch((err) => {
+      if (err.code !== "conflict") announce(err.message);
+    });
+  }
+
+  return { onAssigned, onSignal, endCall, hangUp };
+}
