@@ -386,7 +386,12 @@ async def test_fcm_access_token_is_renewed_before_it_expires(push_env: PushEnv) 
         await rec.close()
 
 
-async def test_answering_on_one_device_withdraws_the_others(push_env: PushEnv) -> None:
+@pytest.mark.parametrize(
+    ("answer", "reason"), [("call.accept", "answered"), ("call.decline", "declined")]
+)
+async def test_answering_or_declining_on_one_device_withdraws_the_others(
+    push_env: PushEnv, answer: str, reason: str
+) -> None:
     apns, google = push_env.apns, push_env.google
     async with start_server(**push_env.settings) as server:
         await offline_volunteer(
@@ -400,12 +405,11 @@ async def test_answering_on_one_device_withdraws_the_others(push_env: PushEnv) -
         await wait_until(
             lambda: len(apns.pushes) == 1 and len(google.fcm_messages) == 1, what="ring pushes"
         )
-        # The phone's push opened the app, which connects and accepts.
+        # The phone's push opened the app, which connects and answers or declines.
         phone = await server.connect("off1", "volunteer", name="off1", languages=["en"])
         await phone.expect("call.ring")
-        assert (await phone.request({"type": "call.accept", "call": call}))["type"] == (
-            "call.assigned"
-        )
+        replied = await phone.request({"type": answer, "call": call})
+        assert replied["type"] == ("call.assigned" if answer == "call.accept" else "ack")
         await pusher(server).drain()
         for kinds in (
             [p.payload for p in apns.to(TOKEN_A)],
@@ -413,44 +417,9 @@ async def test_answering_on_one_device_withdraws_the_others(push_env: PushEnv) -
         ):
             assert [(k["type"], k.get("reason")) for k in kinds] == [
                 ("call.ring", None),
-                ("call.withdrawn", "answered"),
+                ("call.withdrawn", reason),
             ]
         await rec.request({"type": "call.end", "call": call})
-        await pusher(server).drain()
-        assert len(apns.pushes) == 2 and len(google.fcm_messages) == 2
-        await phone.close()
-        await rec.close()
-
-
-async def test_declining_on_one_device_withdraws_the_others(push_env: PushEnv) -> None:
-    apns, google = push_env.apns, push_env.google
-    async with start_server(**push_env.settings) as server:
-        await offline_volunteer(
-            server,
-            "off1",
-            {"platform": "apns", "token": TOKEN_A, "voip": True},
-            {"platform": "fcm", "token": FCM_TOKEN},
-        )
-        rec = await server.connect("r1", "recipient", name="Rae", languages=["en"])
-        call = (await rec.request({"type": "call.request"}))["call"]
-        await wait_until(
-            lambda: len(apns.pushes) == 1 and len(google.fcm_messages) == 1, what="ring pushes"
-        )
-        # The phone's push opened the app, which connects and declines.
-        phone = await server.connect("off1", "volunteer", name="off1", languages=["en"])
-        await phone.expect("call.ring")
-        assert (await phone.request({"type": "call.decline", "call": call}))["type"] == "ack"
-        assert (await phone.expect("call.withdrawn"))["reason"] == "declined"
-        await pusher(server).drain()
-        for kinds in (
-            [p.payload for p in apns.to(TOKEN_A)],
-            [m["data"] for m in google.to(FCM_TOKEN)],
-        ):
-            assert [(k["type"], k.get("reason")) for k in kinds] == [
-                ("call.ring", None),
-                ("call.withdrawn", "declined"),
-            ]
-        await rec.request({"type": "call.cancel", "call": call})
         await pusher(server).drain()
         assert len(apns.pushes) == 2 and len(google.fcm_messages) == 2  # exactly one withdrawal
         await phone.close()
