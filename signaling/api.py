@@ -166,6 +166,9 @@ def profile_body(profile: Profile) -> dict[str, Any]:
 async def get_profile(request: web.Request) -> web.Response:
     ctx, _, profile = await authenticate(request)
     body = profile_body(profile)
+    if profile.role is Role.VOLUNTEER:
+        # On duty survives a reload of the page and a reconnect: a client shows it from here.
+        body["available"] = await ctx.store.is_on_duty(profile.user_id)
     if profile.role.is_helper:
         body["devices"] = [d.wire() for d in await ctx.store.devices(profile.user_id)]
     return web.json_response(body)

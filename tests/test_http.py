@@ -66,6 +66,7 @@ async def test_profile_round_trip(server: Server) -> None:
                 "timezone": "Europe/Paris",
                 "ring_window": {"start": "00:00", "end": "00:00"},
                 "daily_ring_cap": 10,
+                "available": False,
                 "devices": [],  # helpers' push devices (see the push tests)
             }
         body = {
@@ -225,3 +226,15 @@ async def test_errors_are_json(server: Server) -> None:
         headers = {**server.auth("v1"), "Content-Type": "application/json"}
         async with http.put(server.url + "/v1/me/profile", data=big, headers=headers) as resp:
             assert resp.status == 413
+
+
+async def test_profile_tells_a_volunteer_whether_they_are_on_duty(server: Server) -> None:
+    vol = await server.connect("v1", "volunteer")
+    await vol.request({"type": "availability", "available": True})
+    await vol.close()  # on duty outlives the connection
+    async with aiohttp.ClientSession(headers=server.auth("v1")) as http:
+        async with http.get(server.url + "/v1/me/profile") as resp:
+            assert (await resp.json())["available"] is True
+    async with aiohttp.ClientSession(headers=server.auth("r1", "recipient")) as http:
+        async with http.get(server.url + "/v1/me/profile") as resp:
+            assert "available" not in await resp.json()

@@ -178,8 +178,12 @@ async function main() {
   });
   $("#export-csv").addEventListener("click", exportCsv);
   showState("idle", { focus: false });
+  // Still on duty from before a reload or a dropped connection? The broker knows.
+  const response = await page.session.api("/v1/me/profile").catch(() => null);
+  if (response && response.ok) page.onDuty = (await response.json()).available === true;
+  $("#duty").setAttribute("aria-checked", String(page.onDuty));
   $("#duty").focus();
-  announce(`Signed in as ${page.session.welcome.user.display_name}. You are off duty.`);
+  announce(`Signed in as ${page.session.welcome.user.display_name}. ${waitingText()}`);
   history();
 }
 

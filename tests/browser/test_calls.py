@@ -218,6 +218,21 @@ async def test_a_reloaded_recipient_page_takes_up_its_open_search(
     await rec.context.close()
 
 
+async def test_a_reloaded_volunteer_page_shows_it_is_still_on_duty(
+    browser: Browser, broker_server: Server
+) -> None:
+    vol = await open_as(browser, broker_server, "volunteer", "vol-reload", "volunteer", name="Kit")
+    await expect(live(vol)).to_have_text("Signed in as Kit. You are off duty.")
+    await vol.click("#duty")
+    await expect(live(vol)).to_have_text("You are on duty. Waiting for a call.")
+    await vol.reload()
+    await expect(live(vol)).to_have_text("Signed in as Kit. You are on duty. Waiting for a call.")
+    await expect(vol.locator("#duty")).to_have_attribute("aria-checked", "true")
+    await vol.click("#duty")
+    await expect(live(vol)).to_have_text("You are off duty.")
+    await vol.context.close()
+
+
 async def test_a_page_follows_the_brokers_reconnect(browser: Browser) -> None:
     """A broker node shutting down tells its clients to reconnect; the page comes back and
     resumes its session (here the same server, which keeps running)."""
