@@ -1025,6 +1025,11 @@ class RedisStore:
         if not won:
             return None
         raw, withdrawn = _split(reply)
+        await self._clear_rings(call_id, withdrawn)
+        return Assignment(call=_decode_call(raw), withdrawn=sorted(withdrawn))
+
+    async def _clear_rings(self, call_id: str, withdrawn: list[str]) -> None:
+        """Free the users whose ring of ``call_id`` was withdrawn (those still ringing for it)."""
         if withdrawn:
             await self._pipelined(
                 lambda pipe: [
@@ -1032,7 +1037,6 @@ class RedisStore:
                     for u in withdrawn
                 ]
             )
-        return Assignment(call=_decode_call(raw), withdrawn=sorted(withdrawn))
 
     @unavailable_on_redis_errors
     async def finish(
@@ -1425,13 +1429,7 @@ class RedisStore:
         if reply is None:
             return None
         raw, withdrawn = _split(reply)
-        if withdrawn:
-            await self._pipelined(
-                lambda pipe: [
-                    _evalsha(pipe, self._clear_if.sha, 1, _user(u), "ring_of", call_id)
-                    for u in withdrawn
-                ]
-            )
+        await self._clear_rings(call_id, withdrawn)
         return Handover(call=_decode_call(raw), withdrawn=sorted(withdrawn))
 
     @unavailable_on_redis_errors

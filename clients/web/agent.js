@@ -2,7 +2,6 @@
 // the call itself, and wrap-up before the next one.
 
 import { helperCall } from "./helper.js";
-import { stopStream } from "./protocol.js";
 import { $, announce, languageName, minutes, showState, startSession } from "./ui.js";
 
 const page = { session: null, ring: null, callId: null, media: null, mic: null, status: "away", queue: null };
@@ -109,24 +108,8 @@ function onWithdrawn(message) {
   announce(message.reason === "answered" ? "Another agent took that call." : message.reason === "cancelled" ? "The caller left the queue." : "That call went to the next agent.");
 }
 
-async function take() {
-  const ring = page.ring;
-  if (!ring) return;
-  announce("Taking the call…");
-  try {
-    page.mic = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
-  } catch (err) {
-    announce(`Your microphone could not be started (${err.name}). The caller will not hear you.`);
-  }
-  try {
-    await page.session.request({ type: "call.accept", call: ring.call });
-  } catch (err) {
-    stopStream(page.mic);
-    page.mic = null;
-    page.ring = null;
-    showState("idle");
-    announce(err.code === "conflict" ? "Another agent took that call." : err.message);
-  }
+function take() {
+  return call.accept("Taking the call…", "Another agent took that call.");
 }
 
 async function pass() {

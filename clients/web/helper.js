@@ -48,6 +48,28 @@ export function helperCall(page) {
     return text;
   }
 
+  // Accept the ring shown on the page, with the microphone for audio back. `conflict` is what
+  // to say when someone else answered first.
+  async function accept(working, conflict) {
+    const ring = page.ring;
+    if (!ring) return;
+    announce(working);
+    try {
+      page.mic = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+    } catch (err) {
+      announce(`Your microphone could not be started (${err.name}). The caller will not hear you.`);
+    }
+    try {
+      await page.session.request({ type: "call.accept", call: ring.call });
+    } catch (err) {
+      stopStream(page.mic);
+      page.mic = null;
+      page.ring = null;
+      showState("idle");
+      announce(err.code === "conflict" ? conflict : err.message);
+    }
+  }
+
   async function hangUp() {
     if (!page.callId) return;
     await page.session.request({ type: "call.end", call: page.callId }).catch((err) => {
@@ -55,5 +77,5 @@ export function helperCall(page) {
     });
   }
 
-  return { onAssigned, onSignal, endCall, hangUp };
+  return { onAssigned, onSignal, endCall, accept, hangUp };
 }

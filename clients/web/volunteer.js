@@ -2,7 +2,6 @@
 // camera and talk back, and look at past calls.
 
 import { helperCall } from "./helper.js";
-import { stopStream } from "./protocol.js";
 import { $, announce, languageName, showState, startSession } from "./ui.js";
 
 const page = { session: null, ring: null, callId: null, media: null, mic: null, onDuty: false };
@@ -62,24 +61,8 @@ function onWithdrawn(message) {
   announce(WITHDRAWN[message.reason] || "The ring ended.");
 }
 
-async function accept() {
-  const ring = page.ring;
-  if (!ring) return;
-  announce("Accepting…");
-  try {
-    page.mic = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
-  } catch (err) {
-    announce(`Your microphone could not be started (${err.name}). The caller will not hear you.`);
-  }
-  try {
-    await page.session.request({ type: "call.accept", call: ring.call });
-  } catch (err) {
-    stopStream(page.mic);
-    page.mic = null;
-    page.ring = null;
-    showState("idle");
-    announce(err.code === "conflict" ? WITHDRAWN.answered : err.message);
-  }
+function accept() {
+  return call.accept("Accepting…", WITHDRAWN.answered);
 }
 
 async function decline() {
