@@ -109,6 +109,9 @@ async def test_recipient_note(server: Server) -> None:
         ("volunteer", {"note": "hi"}, "note"),
         ("recipient", {"daily_ring_cap": 5}, "daily_ring_cap"),
         ("volunteer", ["not", "an", "object"], "object"),
+        ("volunteer", {"languages": None}, "languages: may not be null"),
+        ("recipient", {"display_name": None, "note": None}, "display_name: may not be null"),
+        ("volunteer", {"ring_window": None, "timezone": None}, "ring_window, timezone"),
     ],
 )
 async def test_profile_validation(server: Server, role: str, body: Any, needle: str) -> None:
