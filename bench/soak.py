@@ -147,9 +147,30 @@ class Person:
         client.listeners.append(self.inbox.put_nowait)
 
     async def maybe_drop(self) -> None:
+        """Now and then cut the connection, then wait until the SDK has resumed it."""
         if self.rng.random() < self.drop_p and self.client.connected:
             self.tally.drops += 1
+            resumed = asyncio.Event()
+            self.client.on_resumed.append(resumed.set)
             await self.client.drop()
+            try:
+                await asyncio.wait_for(resumed.wait(), self.client.resume_within_s + 2)
+            except TimeoutError:
+                self.tally.errors["bench:not_resumed"] += 1
+            finally:
+                self.client.on_resumed.remove(resumed.set)
+
+    async def end(self, call: str) -> None:
+        """Hang up; once more if the connection was being resumed at that moment."""
+        for _ in range(2):
+            try:
+                await self.client.request({"type": "call.end", "call": call})
+                return
+            except ConnectionLost:
+                await asyncio.sleep(0.5)
+            except ProtocolError as exc:
+                self.tally.error(exc)
+                return
 
     async def request(self, message: dict[str, Any]) -> ServerMessage | None:
         try:
@@ -189,15 +210,19 @@ class RecipientRole(Person):
                         return
                 continue
             if isinstance(msg, CallAssigned) and msg.call == call:
+                if msg.resumed:  # sent again after a resume: the same answer
+                    continue
                 self.tally.answered += 1
                 cancel_at = None
                 await asyncio.sleep(self.rng.uniform(0.2, 3.0))
                 await self.maybe_drop()
                 if self.rng.random() < 0.7:
-                    await self.request({"type": "call.end", "call": call})
+                    await self.end(call)
             elif isinstance(msg, CallEnded) and msg.call == call:
                 self.tally.ended[msg.reason] += 1
                 return
+        self.tally.errors["bench:call_not_ended_in_40s"] += 1
+        await self.end(call)
 
 
 class VolunteerRole(Person):
@@ -220,7 +245,7 @@ class VolunteerRole(Person):
                 ):
                     await asyncio.sleep(self.rng.uniform(0.2, 3.0))
                     await self.maybe_drop()
-                    await self.request({"type": "call.end", "call": msg.call})
+                    await self.end(msg.call)
             elif choice < 0.85:
                 self.tally.declines += 1
                 await self.request({"type": "call.decline", "call": msg.call})
@@ -279,7 +304,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 sample("run")
 
         ticker = asyncio.create_task(sampler())
-        await asyncio.wait(runs, timeout=args.duration + 60)
+        # The last calls get a few seconds to finish; then everyone stops.
+        await asyncio.wait(runs, timeout=args.duration + 5)
         ticker.cancel()
         for task in runs:
             task.cancel()
