@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import statistics
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from broker.model import Call, Language, Profile, RingWindow, Role, TimeZone
 from broker.store.base import StoreUnavailable
+from signaling import jsonin
 from signaling.app import CONTEXT, Context
 from signaling.auth import AuthError, Claims
 
@@ -70,9 +70,9 @@ async def read_json(request: web.Request) -> Any:
             400, "bad_request", "Send a JSON body with 'Content-Type: application/json'."
         )
     try:
-        return json.loads(await request.read())
-    except ValueError as exc:
-        raise ApiError(400, "bad_request", f"The body is not valid JSON: {exc}.") from None
+        return jsonin.decode(await request.read())
+    except jsonin.JsonRejected as exc:
+        raise ApiError(400, "bad_request", f"The body {exc}") from None
 
 
 async def read_object(request: web.Request, what: str) -> dict[str, Any]:
