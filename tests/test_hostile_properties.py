@@ -553,3 +553,37 @@ def test_broken_bodies_are_refused_and_change_nothing(
         label="mutant",
     )
     harness.run(_post(harness, body, mutant))
+
+
+# --- what the properties found, pinned as examples --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"ping","type":"call.request","ref":"d"}',
+        '{"type":"call.end","call":"c_1","ref":"d","ref":"e"}',
+        '{"type":"signal","call":"c_1","data":{"sdp":{"type":"offer"},"sdp":null},"ref":"d"}',
+    ],
+)
+async def test_a_key_named_twice_is_a_bad_message(server: Server, frame: str) -> None:
+    client = await server.connect("v1")
+    await client.ws.send(frame)
+    error = await client.expect("error")
+    assert error["code"] == "bad_message" and "twice" in error["message"], error
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_a_key_named_twice_in_a_body_is_a_400_and_changes_nothing(server: Server) -> None:
+    url = server.url + "/v1/me/profile"
+    async with aiohttp.ClientSession(headers=server.auth("v1", "volunteer")) as http:
+        async with http.get(url) as resp:
+            before = await resp.json()
+        body = '{"display_name": "Ann", "display_name": "Bob"}'
+        headers = {"Content-Type": "application/json"}
+        async with http.put(url, data=body, headers=headers) as resp:
+            assert resp.status == 400
+            problem = await resp.json()
+        assert problem["error"] == "bad_request" and "'display_name' twice" in problem["message"]
+        async with http.get(url) as resp:
+            assert await resp.json() == before
