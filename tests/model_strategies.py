@@ -567,8 +567,10 @@ def frame_mutants(draw: st.DrawFn, valid: st.SearchStrategy[Any]) -> Mutant:
         cut = draw(st.integers(1, len(text_) - 1))
         return Mutant(kind, (), REJECT, text_[:cut])
     if kind == "duplicate_key":
-        key = draw(st.sampled_from(sorted(value)))
         twin = draw(st.sampled_from(["null", "1", '"other"', "{}"]))
+        if not value:  # nothing to repeat: an object with one unknown key, twice
+            return Mutant(kind, ("x",), REJECT, f'{{"x": {twin}, "x": {twin}}}')
+        key = draw(st.sampled_from(sorted(value)))
         dup = f"{{{json.dumps(key)}: {twin}, " + text_[1:]
         return Mutant(kind, (key,), REJECT, dup)
     if kind == "bad_utf8":
