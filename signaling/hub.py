@@ -171,6 +171,7 @@ class Hub:
         # Where messages for users without a session here go (another node, in scale-out).
         self.router: Router = LocalRouter()
         self._wake = asyncio.Event()
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[object]] = set()
 
@@ -419,6 +420,10 @@ class Hub:
         ]
 
     async def stop(self) -> None:
+        # A flag as well as cancel(): redis-py can swallow a CancelledError that arrives
+        # inside one of its calls, and a loop that lost its cancel would run on for ever.
+        self._stopping = True
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -428,7 +433,7 @@ class Hub:
             bg.cancel()
 
     async def _timer_loop(self) -> None:
-        while True:
+        while not self._stopping:
             delay = 0.25
             try:
                 self.deliver(await self.broker.fire_due())
@@ -446,7 +451,7 @@ class Hub:
                     await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.heartbeat_s)
             self._purge_parked()
             limit = time.monotonic() - 2 * self.heartbeat_s

@@ -209,6 +209,7 @@ class RedisRouter:
         self._tasks: list[asyncio.Task[None]] = []
         self._host: RouterHost | None = None
         self._subscribed = asyncio.Event()
+        self._stopping = False
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self, host: RouterHost) -> None:
@@ -225,6 +226,7 @@ class RedisRouter:
             await asyncio.wait_for(self._subscribed.wait(), 5.0)
 
     async def stop(self) -> None:
+        self._stopping = True  # redis-py may swallow a cancel that lands inside its calls
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -286,11 +288,11 @@ class RedisRouter:
     async def _send_loop(self) -> None:
         """One sender, so that messages to a user leave in the order they were sent; each
         round takes everything queued and looks presence up in one pipeline."""
-        while True:
+        while not self._stopping:
             batch = [await self._out.get()]
             while not self._out.empty() and len(batch) < 1000:
                 batch.append(self._out.get_nowait())
-            while True:
+            while not self._stopping:
                 try:
                     await self._route(batch)
                     break
@@ -363,14 +365,14 @@ class RedisRouter:
         """Messages other nodes publish for this node's sessions. After the channel was lost
         (Redis went away), subscribes again and hands on what was parked meanwhile for the
         users whose sockets are here."""
-        while True:
+        while not self._stopping:
             pubsub = self.pubsub_client.pubsub(ignore_subscribe_messages=True)
             try:
                 await asyncio.wait_for(pubsub.subscribe(_channel(self.node_id)), 5.0)
                 self._subscribed.set()
                 if self._host is not None:
                     await self._host.redeliver_parked()
-                while True:
+                while not self._stopping:
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is not None and msg.get("type") == "message":
                         self._arrived(msg["data"])
@@ -407,7 +409,7 @@ class RedisRouter:
     # --- liveness --------------------------------------------------------------------------
     async def _beat_loop(self) -> None:
         first = True
-        while True:
+        while not self._stopping:
             try:
                 beat = self.beat_store.r
                 added = await beat.zadd(_NODES, {self.node_id: time.time()})
