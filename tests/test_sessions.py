@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import jwt
-import pytest
 import websockets
 
 from signaling.auth import mint
@@ -21,15 +20,7 @@ SHORT: dict[str, Any] = {"jwt_leeway_s": 0, "token_warning_s": 1}
 
 
 async def closed_with(client: Client, timeout: float = 5.0) -> tuple[list[dict[str, Any]], int]:
-    """Everything the client got until the server closed it, and the close code."""
-    got = list(client.inbox)
-    client.inbox.clear()
-    with pytest.raises(websockets.ConnectionClosed):
-        while True:
-            got.append(await client.recv(timeout))
-    code = client.ws.close_code
-    assert code is not None
-    return got, code
+    return await client.until_closed(timeout)
 
 
 async def connect_with(server: Server, token: str) -> Client:
