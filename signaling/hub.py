@@ -4,6 +4,11 @@ A ``Session`` is one authenticated WebSocket. Its outgoing messages go through a
 drained by one writer task, so a slow client can never stall the broker or another client: when
 its queue is full it is disconnected (and may resume). The ``Hub`` knows every session of this
 node by user, runs the timer loop that fires the store's due timers, and pings every session.
+
+A session lives as long as its sign-in: the hub closes it when its token expires unrefreshed
+(4401, after an ``auth.expiring`` warning), when the user's sign-ins are revoked (``revoke``,
+4403, on every node through the router) and when the user opens more sessions than allowed
+(``enforce_cap``: the oldest, 4409). ``end_sessions`` is the one way to end a user's sessions.
 """
 
 from __future__ import annotations
