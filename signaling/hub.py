@@ -4,6 +4,11 @@ A ``Session`` is one authenticated WebSocket. Its outgoing messages go through a
 drained by one writer task, so a slow client can never stall the broker or another client: when
 its queue is full it is disconnected (and may resume). The ``Hub`` knows every session of this
 node by user, runs the timer loop that fires the store's due timers, and pings every session.
+
+A session lives as long as its sign-in: the hub closes it when its token expires unrefreshed
+(4401, after an ``auth.expiring`` warning), when the user's sign-ins are revoked (``revoke``,
+4403, on every node through the router) and when the user opens more sessions than allowed
+(``enforce_cap``: the oldest, 4409). ``end_sessions`` is the one way to end a user's sessions.
 """
 
 from __future__ import annotations
@@ -181,6 +186,7 @@ class Hub:
         # Where messages for users without a session here go (another node, in scale-out).
         self.router: Router = LocalRouter()
         self._wake = asyncio.Event()
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[object]] = set()
 
@@ -429,6 +435,10 @@ class Hub:
         ]
 
     async def stop(self) -> None:
+        # A flag as well as cancel(): redis-py can swallow a CancelledError that arrives
+        # inside one of its calls, and a loop that lost its cancel would run on for ever.
+        self._stopping = True
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -438,7 +448,7 @@ class Hub:
             bg.cancel()
 
     async def _timer_loop(self) -> None:
-        while True:
+        while not self._stopping:
             delay = 0.25
             try:
                 self.deliver(await self.broker.fire_due())
@@ -456,7 +466,7 @@ class Hub:
                     await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.heartbeat_s)
             self._purge_parked()
             limit = time.monotonic() - 2 * self.heartbeat_s

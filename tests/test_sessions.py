@@ -8,8 +8,8 @@ import math
 import time
 from typing import Any
 
+import aiohttp
 import jwt
-import pytest
 import websockets
 
 from signaling.auth import mint
@@ -21,15 +21,7 @@ SHORT: dict[str, Any] = {"jwt_leeway_s": 0, "token_warning_s": 1}
 
 
 async def closed_with(client: Client, timeout: float = 5.0) -> tuple[list[dict[str, Any]], int]:
-    """Everything the client got until the server closed it, and the close code."""
-    got = list(client.inbox)
-    client.inbox.clear()
-    with pytest.raises(websockets.ConnectionClosed):
-        while True:
-            got.append(await client.recv(timeout))
-    code = client.ws.close_code
-    assert code is not None
-    return got, code
+    return await client.until_closed(timeout)
 
 
 async def connect_with(server: Server, token: str) -> Client:
@@ -252,3 +244,21 @@ async def test_opening_more_sessions_than_the_cap_closes_the_oldest() -> None:
         assert (await third.request({"type": "ping"}))["type"] == "pong"
         for client in (third, fourth, *others):
             await client.close()
+
+
+async def test_the_http_api_refuses_a_revoked_sign_in() -> None:
+    async with start_server() as server:
+        old = server.token("v1")
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {old}"}
+            async with http.get(server.url + "/v1/me/profile", headers=headers) as resp:
+                assert resp.status == 200
+            await server.ctx.hub.revoke("v1")
+            async with http.get(server.url + "/v1/me/profile", headers=headers) as resp:
+                assert resp.status == 401
+                body = await resp.json()
+                assert body["error"] == "unauthenticated" and "revoked" in body["message"]
+            await until_next_second()
+            fresh = {"Authorization": f"Bearer {server.token('v1')}"}
+            async with http.get(server.url + "/v1/me/profile", headers=fresh) as resp:
+                assert resp.status == 200

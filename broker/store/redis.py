@@ -399,7 +399,6 @@ return current
 """
 
 
-
 # --- partner organisations, queues and agents --------------------------------------------------
 # Keys of one organisation share the hash tag ``{o:<id>}``: ``vb:{o:ID}`` (its configuration),
 # ``:q:QUEUE`` (zset of waiting calls by arrival sequence), ``:qat:QUEUE`` (hash call ->
