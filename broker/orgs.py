@@ -17,7 +17,14 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
-from broker.model import Language, TimeZone, local_datetime, primary_language
+from broker.model import (
+    Language,
+    MultilineText,
+    PlainText,
+    TimeZone,
+    local_datetime,
+    primary_language,
+)
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -87,7 +94,7 @@ class QueueConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
-    name: str = Field(min_length=1, max_length=120)
+    name: PlainText = Field(min_length=1, max_length=120)
     languages: list[Language] = Field(default_factory=list, max_length=20)
     strategy: Strategy = "longest_idle"
     ring_timeout_s: float = Field(default=20.0, ge=5, le=600)
@@ -119,8 +126,8 @@ class Org(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
-    name: str = Field(min_length=1, max_length=120)
-    description: str = Field(default="", max_length=2000)
+    name: PlainText = Field(min_length=1, max_length=120)
+    description: MultilineText = Field(default="", max_length=2000)
     languages: list[Language] = Field(min_length=1, max_length=20)
     timezone: TimeZone
     hours: dict[Weekday, list[Span]] = Field(default_factory=dict)

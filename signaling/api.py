@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
+import json
 import statistics
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -12,11 +11,21 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from broker.model import Call, Language, Profile, RingWindow, Role, TimeZone
+from broker.model import (
+    Call,
+    Language,
+    MultilineText,
+    PlainText,
+    Profile,
+    RingWindow,
+    Role,
+    TimeZone,
+)
 from broker.store.base import StoreUnavailable
 from signaling import jsonin
 from signaling.app import CONTEXT, Context
 from signaling.auth import AuthError, Claims
+from signaling.csvout import write_csv
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -85,9 +94,15 @@ async def read_object(request: web.Request, what: str) -> dict[str, Any]:
 
 async def read_model(request: web.Request, model: type[M], what: str) -> M:
     """The body parsed into ``model``; a 400 naming each bad field otherwise."""
-    body = await read_object(request, what)
+    return validate_body(model, await read_object(request, what))
+
+
+def validate_body(model: type[M], body: dict[str, Any]) -> M:
+    """``body`` (decoded JSON) as ``model``, strictly: JSON's own types only, so ``true`` is not
+    1 and ``"5"`` is not 5. Validated as JSON text, where strict mode still reads the types JSON
+    lacks from their usual strings ("2026-12-25", "09:30", an enum's value, a URL)."""
     try:
-        return model.model_validate(body)
+        return model.model_validate_json(json.dumps(body), strict=True)
     except ValidationError as exc:
         raise validation_problem(exc) from None
 
@@ -96,7 +111,8 @@ def validation_problem(exc: ValidationError) -> ApiError:
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
+        # A field name comes from the client (an unknown key): never echo a long one whole.
+        parts.append(f"{where[:100]}: {err['msg'][:300]}")
     return ApiError(400, "bad_request", "; ".join(parts))
 
 
@@ -137,12 +153,12 @@ class ProfileUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    display_name: str | None = Field(default=None, min_length=1, max_length=120)
+    display_name: PlainText | None = Field(default=None, min_length=1, max_length=120)
     languages: list[Language] | None = Field(default=None, min_length=1, max_length=10)
     timezone: TimeZone | None = None
     ring_window: RingWindow | None = None
     daily_ring_cap: int | None = Field(default=None, ge=0, le=1000)
-    note: str | None = Field(default=None, max_length=1000)
+    note: MultilineText | None = Field(default=None, max_length=1000)
 
 
 def profile_body(profile: Profile) -> dict[str, Any]:
@@ -238,13 +254,8 @@ async def my_calls(request: web.Request) -> web.StreamResponse:
     rows = [call_row(c, claims.sub) for c in await ctx.store.calls_of(claims.sub)]
     if fmt == "json":
         return web.json_response({"calls": rows})
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return web.Response(
-        text=out.getvalue(),
+        text=write_csv(CSV_COLUMNS, rows),
         content_type="text/csv",
         headers={"Content-Disposition": 'attachment; filename="calls.csv"'},
     )

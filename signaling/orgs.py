@@ -17,11 +17,10 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from prometheus_client import Gauge
-from pydantic import ValidationError
 
 from broker.model import Role
 from broker.orgs import WEEKDAYS, Org, check_id, is_open, next_closing, next_opening
-from signaling.api import ApiError, authenticate, read_object, validation_problem
+from signaling.api import ApiError, authenticate, read_object, validate_body
 from signaling.app import CONTEXT
 from signaling.auth import Claims
 from signaling.pages import DEMO_ORG
@@ -113,10 +112,7 @@ async def put_org(request: web.Request) -> web.Response:
                 before = old.queue(queue_id)
                 if before is not None and before.webhook_secret is not None:
                     queue["webhook_secret"] = before.webhook_secret
-    try:
-        org = Org.model_validate({**body, "id": org_id})
-    except ValidationError as exc:
-        raise validation_problem(exc) from None
+    org = validate_body(Org, {**body, "id": org_id})
     for queue in org.queues:
         if queue.webhook_url is not None and queue.webhook_secret is None:
             raise ApiError(

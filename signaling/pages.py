@@ -16,7 +16,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker.model import Language, Profile, RingWindow, Role, TimeZone
+from broker.model import Language, PlainText, Profile, RingWindow, Role, TimeZone
 from signaling.api import ApiError, read_model
 from signaling.app import CONTEXT
 from signaling.auth import mint
@@ -48,7 +48,7 @@ class DemoSignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["recipient", "volunteer", "agent"]
-    name: str | None = Field(default=None, min_length=1, max_length=120)
+    name: PlainText | None = Field(default=None, min_length=1, max_length=120)
     languages: list[Language] = Field(default_factory=lambda: ["en"], min_length=1, max_length=10)
     timezone: TimeZone = "UTC"
     org: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")

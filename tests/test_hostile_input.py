@@ -3,9 +3,15 @@ clear 400 or ``bad_message``, never a 500, a dropped socket or a silently coerce
 
 from __future__ import annotations
 
+import csv
+import io
+from typing import Any
+
 import aiohttp
 import pytest
 
+from broker.model import _check_timezone
+from signaling.csvout import write_csv
 from signaling.jsonin import MAX_DEPTH, JsonRejected, decode, depth_exceeds
 from tests.helpers import Server, start_server
 
@@ -135,3 +141,218 @@ async def test_the_send_path_drops_an_unencodable_message_not_the_connection(
     (session,) = server.ctx.hub.sessions["v1"]
     session.send({"type": "odd", "value": {1, 2}})  # a set is not JSON
     assert (await client.request({"type": "ping"}))["type"] == "pong"
+
+
+# --- 3. time zone names -------------------------------------------------------------------------
+
+LONG_ZONE = "A/" * 500 + "A"
+
+
+async def test_a_long_time_zone_is_a_short_400_on_profile_and_organisation(server: Server) -> None:
+    org = {
+        "name": "Bank",
+        "languages": ["en"],
+        "timezone": LONG_ZONE,
+        "queues": [{"id": "main", "name": "Main"}],
+    }
+    async with aiohttp.ClientSession() as http:
+        for path, who, body in (
+            ("/v1/me/profile", server.auth("v1"), {"timezone": LONG_ZONE}),
+            ("/v1/orgs/bank", server.auth("boss", "admin"), org),
+        ):
+            async with http.put(server.url + path, json=body, headers=who) as resp:
+                problem = await resp.json()
+                assert resp.status == 400 and "timezone" in problem["message"], problem
+                assert len(problem["message"]) < 400  # the name is not echoed whole
+
+
+@pytest.mark.parametrize(
+    "zone", [LONG_ZONE, "../../etc/passwd", "Europe//London", "/UTC", "A" * 65]
+)
+def test_time_zone_shape_is_checked_before_any_look_up(zone: str) -> None:
+    with pytest.raises(ValueError, match="IANA"):
+        _check_timezone(zone)
+
+
+# --- 4. strict types ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"daily_ring_cap": True}, "daily_ring_cap"),
+        ({"daily_ring_cap": "5"}, "daily_ring_cap"),
+        ({"daily_ring_cap": 5.0}, "daily_ring_cap"),
+        ({"languages": "en"}, "languages"),
+        ({"display_name": 7}, "display_name"),
+    ],
+)
+async def test_profile_types_are_not_coerced(server: Server, body: Any, field: str) -> None:
+    async with aiohttp.ClientSession(headers=server.auth("v1")) as http:
+        async with http.put(server.url + "/v1/me/profile", json=body) as resp:
+            problem = await resp.json()
+            assert resp.status == 400 and field in problem["message"], problem
+        async with http.get(server.url + "/v1/me/profile") as resp:
+            assert (await resp.json())["daily_ring_cap"] == 10
+
+
+async def test_strict_profile_still_reads_times_of_day(server: Server) -> None:
+    body = {"ring_window": {"start": "09:30", "end": "21:00"}, "daily_ring_cap": 3}
+    async with aiohttp.ClientSession(headers=server.auth("v1")) as http:
+        async with http.put(server.url + "/v1/me/profile", json=body) as resp:
+            got = await resp.json()
+            assert resp.status == 200 and got["ring_window"] == body["ring_window"], got
+
+
+@pytest.mark.parametrize(
+    ("queue", "field"),
+    [
+        ({"max_length": "5"}, "queues.0.max_length"),
+        ({"ring_timeout_s": "20"}, "queues.0.ring_timeout_s"),
+        ({"max_length": True}, "queues.0.max_length"),
+    ],
+)
+async def test_organisation_types_are_not_coerced(
+    server: Server, queue: dict[str, Any], field: str
+) -> None:
+    body = {
+        "name": "Bank",
+        "languages": ["en"],
+        "timezone": "Europe/London",
+        "closures": ["2026-12-25"],  # dates are strings in JSON and still read
+        "queues": [{"id": "main", "name": "Main", **queue}],
+    }
+    async with (
+        aiohttp.ClientSession(headers=server.auth("boss", "admin")) as http,
+        http.put(server.url + "/v1/orgs/bank", json=body) as resp,
+    ):
+        problem = await resp.json()
+        assert resp.status == 400 and field in problem["message"], problem
+
+
+async def test_device_and_demo_bodies_are_strict() -> None:
+    async with start_server(demo=True) as server, aiohttp.ClientSession() as http:
+        device = {"platform": "webpush", "voip": "false"}
+        async with http.post(
+            server.url + "/v1/me/devices", json=device, headers=server.auth("v1")
+        ) as resp:
+            assert resp.status == 400 and "voip" in (await resp.json())["message"]
+        async with http.post(
+            server.url + "/v1/demo/token", json={"role": "recipient", "languages": "en"}
+        ) as resp:
+            assert resp.status == 400 and "languages" in (await resp.json())["message"]
+
+
+# --- 7. text a person sees ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "char"),
+    [
+        ({"display_name": "Val\x00"}, "display_name", "U+0000"),
+        ({"display_name": "\u202eLAV"}, "display_name", "U+202E"),
+        ({"display_name": "Val\u2066x"}, "display_name", "U+2066"),
+        ({"display_name": "Val\nSecond line"}, "display_name", "U+000A"),
+        ({"display_name": "Val\x9b"}, "display_name", "U+009B"),
+    ],
+)
+async def test_names_refuse_controls_and_bidi_overrides(
+    server: Server, body: Any, field: str, char: str
+) -> None:
+    async with aiohttp.ClientSession(headers=server.auth("v1")) as http:
+        async with http.put(server.url + "/v1/me/profile", json=body) as resp:
+            problem = await resp.json()
+            assert resp.status == 400, problem
+            assert field in problem["message"] and char in problem["message"], problem
+
+
+async def test_a_note_may_run_over_lines_but_not_hold_controls(server: Server) -> None:
+    async with aiohttp.ClientSession(headers=server.auth("r1", "recipient")) as http:
+        note = "Line one\n\tLine two\r\n"
+        async with http.put(server.url + "/v1/me/profile", json={"note": note}) as resp:
+            assert resp.status == 200 and (await resp.json())["note"] == note
+        async with http.put(server.url + "/v1/me/profile", json={"note": "a\x07b"}) as resp:
+            assert resp.status == 400 and "note" in (await resp.json())["message"]
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"type": "call.request", "topic": "post\u202e"}, "topic"),
+        ({"type": "call.request", "topic": "a\tb"}, "topic"),
+        ({"type": "call.request", "note": "a\x00b"}, "note"),
+        ({"type": "call.feedback", "call": "c_1", "rating": "up", "comment": "\u2068"}, "comment"),
+    ],
+)
+async def test_wire_text_refuses_controls(
+    server: Server, message: dict[str, Any], field: str
+) -> None:
+    client = await server.connect("r1", "recipient")
+    answer = await client.request(message)
+    assert answer["code"] == "bad_message" and field in answer["message"], answer
+
+
+async def test_organisation_names_refuse_controls(server: Server) -> None:
+    body = {
+        "name": "Bank\u202e",
+        "languages": ["en"],
+        "timezone": "Europe/London",
+        "queues": [{"id": "main", "name": "Main"}],
+    }
+    async with (
+        aiohttp.ClientSession(headers=server.auth("boss", "admin")) as http,
+        http.put(server.url + "/v1/orgs/bank", json=body) as resp,
+    ):
+        problem = await resp.json()
+        assert resp.status == 400 and "name" in problem["message"], problem
+    body = {**body, "name": "Bank", "queues": [{"id": "main", "name": "M\x1b[31m"}]}
+    async with (
+        aiohttp.ClientSession(headers=server.auth("boss", "admin")) as http,
+        http.put(server.url + "/v1/orgs/bank", json=body) as resp,
+    ):
+        problem = await resp.json()
+        assert resp.status == 400 and "queues.0.name" in problem["message"], problem
+
+
+async def test_a_token_name_with_a_bidi_override_is_refused(server: Server) -> None:
+    client = await server.connect("v1", "volunteer", hello=False)
+    answer = await client.request(
+        {"type": "hello", "token": server.token("v1", "volunteer", name="\u202eVal")}
+    )
+    assert answer["code"] == "unauthenticated" and "name" in answer["message"], answer
+
+
+# --- 5. CSV formula injection -------------------------------------------------------------------
+
+
+def test_csv_cells_that_could_start_a_formula_get_a_quote() -> None:
+    text = write_csv(
+        ["a", "b", "c"],
+        [
+            {"a": "=1+2", "b": "+SUM(A1)", "c": "-cmd"},
+            {"a": "@A1", "b": "\tx", "c": "\rx"},
+            {"a": "plain", "b": -1.5, "c": None},
+        ],
+    )
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[1] == ["'=1+2", "'+SUM(A1)", "'-cmd"]
+    assert rows[2] == ["'@A1", "'\tx", "'\rx"]
+    assert rows[3] == ["plain", "-1.5", ""]  # numbers stay numbers
+    assert text.split("\r\n")[3] == '"plain","-1.5",""'  # every field quoted
+
+
+@pytest.mark.parametrize("topic", ['=HYPERLINK("http://x","y")', "+1+1", "-1+1", "@SUM(1)"])
+async def test_call_history_csv_defuses_formulas(topic: str) -> None:
+    async with start_server() as server:
+        vol = await server.connect("v1", "volunteer", name="Val", languages=["en"])
+        await vol.request({"type": "availability", "available": True})
+        rec = await server.connect("r1", "recipient", name="Rae", languages=["en"])
+        call = (await rec.request({"type": "call.request", "topic": topic}))["call"]
+        await vol.expect("call.ring")
+        await rec.request({"type": "call.cancel", "call": call})
+        async with (
+            aiohttp.ClientSession(headers=server.auth("r1", "recipient")) as http,
+            http.get(server.url + "/v1/me/calls?format=csv") as resp,
+        ):
+            (row,) = list(csv.DictReader(io.StringIO(await resp.text())))
+        assert row["topic"] == "'" + topic
