@@ -356,3 +356,31 @@ async def test_call_history_csv_defuses_formulas(topic: str) -> None:
         ):
             (row,) = list(csv.DictReader(io.StringIO(await resp.text())))
         assert row["topic"] == "'" + topic
+
+
+# --- 6. a decline crossing the end of the call ------------------------------------------------
+
+
+@pytest.mark.parametrize("ending", ["answered", "cancelled", "no_answer"])
+async def test_a_late_decline_is_acknowledged(ending: str) -> None:
+    async with start_server(max_wait_s=1.0) as server:
+        vols = []
+        for sub in ("v1", "v2"):
+            vol = await server.connect(sub, "volunteer", languages=["en"])
+            await vol.request({"type": "availability", "available": True})
+            vols.append(vol)
+        rec = await server.connect("r1", "recipient", languages=["en"])
+        call = (await rec.request({"type": "call.request"}))["call"]
+        for vol in vols:
+            await vol.expect("call.ring")
+        if ending == "answered":
+            await vols[1].request({"type": "call.accept", "call": call})
+        elif ending == "cancelled":
+            await rec.request({"type": "call.cancel", "call": call})
+        else:
+            assert (await rec.expect("call.ended"))["reason"] == "no_answer"
+        answer = await vols[0].request({"type": "call.decline", "call": call})
+        assert answer["type"] == "ack", answer
+        stranger = await server.connect("v3", "volunteer", languages=["en"])
+        answer = await stranger.request({"type": "call.decline", "call": call})
+        assert answer["code"] == "not_found", answer
