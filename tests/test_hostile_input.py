@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -13,6 +15,7 @@ import pytest
 from broker.model import _check_timezone
 from signaling.csvout import write_csv
 from signaling.jsonin import MAX_DEPTH, JsonRejected, decode, depth_exceeds
+from signaling.logs import MAX_FIELD, MAX_MESSAGE, MAX_TRACEBACK, JsonFormatter
 from tests.helpers import Server, start_server
 
 DEEP_ARRAY = "[" * 30_000 + "]" * 30_000  # 60 KB: inside the frame limit
@@ -384,3 +387,43 @@ async def test_a_late_decline_is_acknowledged(ending: str) -> None:
         stranger = await server.connect("v3", "volunteer", languages=["en"])
         answer = await stranger.request({"type": "call.decline", "call": call})
         assert answer["code"] == "not_found", answer
+
+
+# --- 8. what one request can write to the log ---------------------------------------------------
+
+
+def _record(msg: str, exc: BaseException | None = None, **extra: object) -> logging.LogRecord:
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, msg, None, exc_info)
+    record.__dict__.update(extra)
+    return record
+
+
+def _raised(text: str) -> BaseException:
+    try:
+        raise ValueError(text)
+    except ValueError as exc:
+        return exc
+
+
+def test_log_lines_are_bounded() -> None:
+    formatter = JsonFormatter()
+    line = formatter.format(_record("x" * 100_000, _raised("y" * 100_000), url="z" * 100_000, n=3))
+    entry = json.loads(line)
+    assert len(line) < MAX_MESSAGE + MAX_FIELD + MAX_TRACEBACK + 1000
+    assert entry["msg"].startswith("xxx") and "more characters" in entry["msg"]
+    assert len(entry["url"]) < MAX_FIELD + 50 and entry["n"] == 3
+    assert entry["exc"].endswith("y") and "characters before" in entry["exc"]
+
+
+def test_a_repeated_traceback_is_written_once() -> None:
+    formatter = JsonFormatter()
+    exc = _raised("the same failure")
+    first = json.loads(formatter.format(_record("boom", exc)))
+    second = json.loads(formatter.format(_record("boom", exc)))
+    third = json.loads(formatter.format(_record("boom", exc)))
+    assert "Traceback" in first["exc"] and "exc_repeated" not in first
+    assert "exc" not in second and second["exc_repeated"] == 1
+    assert third["exc_repeated"] == 2 and "the same failure" in third["exc_last"]
+    other = json.loads(formatter.format(_record("boom", _raised("another failure"))))
+    assert "another failure" in other["exc"]
