@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 from collections import defaultdict
@@ -78,8 +79,16 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(
             400, "bad_request", "Send a JSON body with 'Content-Type: application/json'."
         )
+    limit = request.app[CONTEXT].settings.http_body_timeout_s
     try:
-        return jsonin.decode(await request.read())
+        async with asyncio.timeout(limit):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408, "timeout", f"The body did not arrive within {limit:g} seconds."
+        ) from None
+    try:
+        return jsonin.decode(raw)
     except jsonin.JsonRejected as exc:
         raise ApiError(400, "bad_request", f"The body {exc}") from None
 

@@ -73,6 +73,17 @@ class Settings(BaseSettings):
     message_burst: int = Field(default=60, ge=1)
     requests_per_hour: int = Field(default=30, ge=1)
 
+    # HTTP edge: slow or silent clients do not hold sockets (docs/operations.md, "Security").
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="a connection without a whole request head within this is closed",
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="reading a request's body: 408 after this"
+    )
+
     # ICE: STUN/TURN servers handed to clients; TURN credentials per the TURN REST API scheme.
     stun_urls: list[str] = Field(default_factory=list)
     turn_urls: list[str] = Field(default_factory=list)

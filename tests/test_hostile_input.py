@@ -3,19 +3,24 @@ clear 400 or ``bad_message``, never a 500, a dropped socket or a silently coerce
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import logging
+import time
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from broker.model import _check_timezone
+from signaling.config import Settings
 from signaling.csvout import write_csv
 from signaling.jsonin import MAX_DEPTH, JsonRejected, decode, depth_exceeds
 from signaling.logs import MAX_FIELD, MAX_MESSAGE, MAX_TRACEBACK, JsonFormatter
+from signaling.server import make_runner
 from tests.helpers import Server, start_server
 
 DEEP_ARRAY = "[" * 30_000 + "]" * 30_000  # 60 KB: inside the frame limit
@@ -427,3 +432,49 @@ def test_a_repeated_traceback_is_written_once() -> None:
     assert third["exc_repeated"] == 2 and "the same failure" in third["exc_last"]
     other = json.loads(formatter.format(_record("boom", _raised("another failure"))))
     assert "another failure" in other["exc"]
+
+
+# --- slow and silent HTTP clients ---------------------------------------------------------------
+
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """Everything the server sent until it closed the connection (fails after ``seconds``)."""
+    return await asyncio.wait_for(reader.read(), seconds)
+
+
+async def test_partial_headers_then_silence_are_closed() -> None:
+    async with start_server(http_header_timeout_s=0.5) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        await writer.drain()
+        started = time.monotonic()
+        assert await _closed_within(reader, 5.0) == b""
+        assert time.monotonic() - started < 3.0
+        writer.close()
+
+
+async def test_a_body_that_stops_arriving_gets_408_and_a_close() -> None:
+    async with start_server(http_body_timeout_s=0.5) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        token = server.token("v1")
+        writer.write(
+            b"PUT /v1/me/profile HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n\r\n" + b'{"display_name'
+        )
+        await writer.drain()
+        started = time.monotonic()
+        answer = await _closed_within(reader, 5.0)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"timeout"' in answer
+        assert time.monotonic() - started < 3.0
+        writer.close()
+
+
+def test_http_timeouts_are_settings() -> None:
+    settings = Settings(jwt_secret="x" * 32, http_header_timeout_s=3, http_body_timeout_s=4)
+    runner = make_runner(web.Application(), settings)
+    assert runner._kwargs["keepalive_timeout"] == 3
+    assert runner._kwargs["lingering_time"] == 4
