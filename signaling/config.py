@@ -134,6 +134,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
     demo: bool = False
+    demo_token_ttl_s: float = Field(
+        default=3600.0, ge=60, le=43200, description="life of a demo sign-in's token"
+    )
+    demo_signins_per_hour: int = Field(
+        default=20, ge=1, le=10000, description="demo sign-ins per client address per hour"
+    )
 
     @field_validator("ring_window_start", "ring_window_end")
     @classmethod

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import web
 
@@ -21,7 +22,7 @@ from signaling.csvout import write_csv
 from signaling.jsonin import MAX_DEPTH, JsonRejected, decode, depth_exceeds
 from signaling.logs import MAX_FIELD, MAX_MESSAGE, MAX_TRACEBACK, JsonFormatter
 from signaling.server import make_runner
-from tests.helpers import Server, start_server
+from tests.helpers import SECRET, Server, start_server
 
 DEEP_ARRAY = "[" * 30_000 + "]" * 30_000  # 60 KB: inside the frame limit
 DEEP_OBJECT = '{"a":' * 10_000 + "1" + "}" * 10_000
@@ -478,3 +479,38 @@ def test_http_timeouts_are_settings() -> None:
     runner = make_runner(web.Application(), settings)
     assert runner._kwargs["keepalive_timeout"] == 3
     assert runner._kwargs["lingering_time"] == 4
+
+
+# --- demo sign-in -------------------------------------------------------------------------------
+
+
+async def test_demo_sign_in_is_for_the_demo_organisation_only() -> None:
+    async with start_server(demo=True) as server, aiohttp.ClientSession() as http:
+        async with http.post(
+            server.url + "/v1/demo/token", json={"role": "agent", "org": "northbank"}
+        ) as resp:
+            problem = await resp.json()
+            assert resp.status == 403 and "demo-org" in problem["message"], problem
+        async with http.post(
+            server.url + "/v1/demo/token", json={"role": "agent", "org": "demo-org"}
+        ) as resp:
+            token = (await resp.json())["token"]
+        claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+        assert claims["org"] == "demo-org" and claims["exp"] - claims["iat"] == 3600
+
+
+async def test_demo_sign_in_is_rate_limited_per_address() -> None:
+    async with (
+        start_server(demo=True, demo_signins_per_hour=3, demo_token_ttl_s=600) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        statuses = []
+        for _ in range(5):
+            async with http.post(server.url + "/v1/demo/token", json={"role": "recipient"}) as resp:
+                statuses.append(resp.status)
+                body = await resp.json()
+                if resp.status == 200:
+                    claims = jwt.decode(body["token"], SECRET, algorithms=["HS256"])
+                    assert claims["exp"] - claims["iat"] == 600
+        assert statuses == [200, 200, 200, 429, 429]
+        assert body["error"] == "rate_limited"
