@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import statistics
 from collections import defaultdict
@@ -147,10 +149,28 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[CONTEXT].metrics.render()
+    ctx = request.app[CONTEXT]
+    allow = ctx.settings.metrics_allow
+    if allow and not _address_in(request.remote, allow):
+        raise ApiError(403, "forbidden", "Metrics are not served to this address.")
+    token = ctx.settings.metrics_token
+    if token is not None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        expected = token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise ApiError(401, "unauthenticated", "Metrics need 'Authorization: Bearer <token>'.")
+    body = ctx.metrics.render()
     return web.Response(
         body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
     )
+
+
+def _address_in(remote: str | None, networks: list[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
 # --- profile ----------------------------------------------------------------------------------
@@ -309,6 +329,14 @@ async def stats(request: web.Request) -> web.Response:
     ctx, claims, _ = await authenticate(request)
     if claims.role is not Role.ADMIN:
         raise ApiError(403, "forbidden", "Statistics are for administrators.")
+    if claims.org is not None:
+        # These figures cover every organisation and all volunteer help: an organisation's
+        # admin gets only their own organisation's figures, never these.
+        raise ApiError(
+            403,
+            "forbidden",
+            "These statistics are global; an organisation's admin cannot read them.",
+        )
     try:
         since = float(request.query.get("since", "0"))
         until = float(request.query.get("until", str(ctx.clock.now() + 1)))
@@ -329,7 +357,18 @@ async def stats(request: web.Request) -> web.Response:
     )
 
 
+# API answers carry a bearer's data: never cached, never sniffed as another type.
+API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+async def _api_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/v1/"):
+        for name, value in API_HEADERS.items():
+            response.headers.setdefault(name, value)
+
+
 def add_routes(app: web.Application) -> None:
+    app.on_response_prepare.append(_api_headers)
     app.middlewares.append(errors)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

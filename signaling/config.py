@@ -6,6 +6,7 @@ TOML file, defaults. A bad value stops start-up with a message naming the settin
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -131,6 +132,18 @@ class Settings(BaseSettings):
         description="push services a subscription may point at ('.suffix' for a domain)",
     )
 
+    # /metrics: open to anyone who can reach it unless a token and/or an address list is set.
+    metrics_token: SecretStr | None = Field(
+        default=None, description="/metrics needs 'Authorization: Bearer <token>'"
+    )
+    metrics_allow: list[str] = Field(
+        default_factory=list, description="networks (CIDR) /metrics answers; empty: any"
+    )
+
+    # Webhooks: organisations' receivers on loopback, private, link-local or other special
+    # addresses are refused (an organisation admin could otherwise reach the broker's network).
+    webhook_allow_private: bool = False
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
     demo: bool = False
@@ -163,6 +176,18 @@ class Settings(BaseSettings):
             if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
                 raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL")
         return urls
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for net in networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{net!r} is not a network such as '10.0.0.0/8' or '::1'"
+                ) from None
+        return networks
 
     @field_validator("store_url")
     @classmethod

@@ -27,7 +27,7 @@ DEMO_ORG = "demo-org"
 # Pages hold a bearer token in memory: no third-party script, frame or referrer may see it.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; connect-src 'self' ws: wss:; media-src 'self' blob: mediastream:; "
+        "default-src 'self'; connect-src 'self'; media-src 'self' blob: mediastream:; "
         "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     ),
     "Referrer-Policy": "no-referrer",

@@ -514,3 +514,53 @@ async def test_demo_sign_in_is_rate_limited_per_address() -> None:
                     assert claims["exp"] - claims["iat"] == 600
         assert statuses == [200, 200, 200, 429, 429]
         assert body["error"] == "rate_limited"
+
+
+# --- headers, metrics, statistics ---------------------------------------------------------------
+
+
+async def test_api_answers_are_not_cached_or_sniffed(server: Server) -> None:
+    async with aiohttp.ClientSession(headers=server.auth("v1")) as http:
+        for path in ("/v1/me/profile", "/v1/me/calls?format=csv", "/v1/nothing-here"):
+            async with http.get(server.url + path) as resp:
+                assert resp.headers["Cache-Control"] == "no-store", path
+                assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+        async with http.get(server.url + "/app/") as resp:
+            csp = resp.headers["Content-Security-Policy"]
+            assert "connect-src 'self';" in csp and "ws:" not in csp
+
+
+async def test_metrics_can_need_a_token() -> None:
+    async with start_server(metrics_token="m" * 24) as server, aiohttp.ClientSession() as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "m" * 24}):
+            async with http.get(server.url + "/metrics", headers=headers) as resp:
+                assert resp.status == 401 and (await resp.json())["error"] == "unauthenticated"
+        async with http.get(
+            server.url + "/metrics", headers={"Authorization": "Bearer " + "m" * 24}
+        ) as resp:
+            assert resp.status == 200 and "vabroker_" in await resp.text()
+
+
+@pytest.mark.parametrize(("allow", "status"), [(["10.0.0.0/8"], 403), (["127.0.0.0/8"], 200)])
+async def test_metrics_can_be_kept_to_some_addresses(allow: list[str], status: int) -> None:
+    async with (
+        start_server(metrics_allow=allow) as server,
+        aiohttp.ClientSession() as http,
+        http.get(server.url + "/metrics") as resp,
+    ):
+        assert resp.status == status
+
+
+def test_metrics_networks_are_checked_at_start_up() -> None:
+    with pytest.raises(ValueError, match="metrics_allow"):
+        Settings(jwt_secret="x" * 32, metrics_allow=["not a network"])
+
+
+async def test_an_organisation_admin_cannot_read_global_statistics(server: Server) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            server.url + "/v1/stats", headers=server.auth("boss", "admin", org="bank")
+        ) as resp:
+            assert resp.status == 403 and (await resp.json())["error"] == "forbidden"
+        async with http.get(server.url + "/v1/stats", headers=server.auth("root", "admin")) as resp:
+            assert resp.status == 200
