@@ -4,10 +4,12 @@ clear 400 or ``bad_message``, never a 500, a dropped socket or a silently coerce
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
 import logging
+import socket
 import time
 from typing import Any
 
@@ -15,13 +17,17 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from prometheus_client import CollectorRegistry
 
 from broker.model import _check_timezone
+from broker.queues import WebhookEvent
 from signaling.config import Settings
 from signaling.csvout import write_csv
 from signaling.jsonin import MAX_DEPTH, JsonRejected, decode, depth_exceeds
 from signaling.logs import MAX_FIELD, MAX_MESSAGE, MAX_TRACEBACK, JsonFormatter
 from signaling.server import make_runner
+from signaling.webhooks import PublicResolver, WebhookSender, refused_address, refused_host
 from tests.helpers import SECRET, Server, start_server
 
 DEEP_ARRAY = "[" * 30_000 + "]" * 30_000  # 60 KB: inside the frame limit
@@ -564,3 +570,118 @@ async def test_an_organisation_admin_cannot_read_global_statistics(server: Serve
             assert resp.status == 403 and (await resp.json())["error"] == "forbidden"
         async with http.get(server.url + "/v1/stats", headers=server.auth("root", "admin")) as resp:
             assert resp.status == 200
+
+
+# --- webhook addresses --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.1/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://0.0.0.0/hook",
+        "http://224.0.0.1/hook",
+        "http://100.64.0.1/hook",
+        "http://[fe80::1]/hook",
+    ],
+)
+async def test_webhooks_to_special_addresses_are_refused(server: Server, url: str) -> None:
+    body = {
+        "name": "Bank",
+        "languages": ["en"],
+        "timezone": "Europe/London",
+        "queues": [{"id": "main", "name": "Main", "webhook_url": url, "webhook_secret": "s" * 16}],
+    }
+    async with (
+        aiohttp.ClientSession(headers=server.auth("boss", "admin")) as http,
+        http.put(server.url + "/v1/orgs/bank", json=body) as resp,
+    ):
+        problem = await resp.json()
+        assert resp.status == 400 and "queues.0.webhook_url" in problem["message"], problem
+
+
+def test_public_addresses_are_allowed() -> None:
+    assert refused_address("93.184.215.14") is None
+    assert refused_address("2606:4700::1111") is None
+    assert refused_host("hooks.example.org") is None  # a name is checked when resolved
+    assert refused_address("127.0.0.2") == "loopback"
+    assert refused_address("::ffff:10.0.0.1") == "private"
+
+
+class FixedResolver(AbstractResolver):
+    """Names resolve to what the test says: a rebinding DNS server, in effect."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            {"hostname": host, "host": a, "port": port, "family": family, "proto": 0, "flags": 0}
+            for a in self.answers[host]
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_resolved_addresses_are_checked() -> None:
+    resolver = PublicResolver(
+        FixedResolver(
+            {"inside.test": ["127.0.0.1", "10.0.0.5"], "mixed.test": ["10.0.0.5", "93.184.215.14"]}
+        )
+    )
+    with pytest.raises(OSError, match="refused addresses"):
+        await resolver.resolve("inside.test", 80)
+    assert [r["host"] for r in await resolver.resolve("mixed.test", 80)] == ["93.184.215.14"]
+
+
+async def _deliver(
+    url: str, resolver: AbstractResolver, allow_private: bool = False
+) -> tuple[WebhookSender, int]:
+    """One webhook to ``url``; returns the sender and the number of requests the receiver on
+    127.0.0.1 got."""
+    got: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(await request.read())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    sender = WebhookSender(
+        CollectorRegistry(),
+        attempts=1,
+        timeout_s=2,
+        resolver=resolver,
+        allow_private=allow_private,
+    )
+    lifespan = sender.lifespan(web.Application())
+    await anext(lifespan)
+    try:
+        sender.submit(WebhookEvent("call.queued", url.format(port=port), "s" * 16, {"id": "w1"}))
+        await sender.drain()
+    finally:
+        with contextlib.suppress(StopAsyncIteration):
+            await anext(lifespan)
+        await runner.cleanup()
+    return sender, len(got)
+
+
+@pytest.mark.parametrize("url", ["http://rebound.test:{port}/hook", "http://127.0.0.1:{port}/hook"])
+async def test_a_webhook_is_not_sent_to_a_private_address_at_connection_time(url: str) -> None:
+    sender, got = await _deliver(url, FixedResolver({"rebound.test": ["127.0.0.1"]}))
+    assert got == 0
+    assert sender.results.labels("failed")._value.get() == 1
