@@ -105,7 +105,7 @@ _BCP47 = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 
 def _check_language(tag: str) -> str:
     if len(tag) > 64 or not _BCP47.match(tag):
-        raise ValueError(f"{_shown(tag)} is not a BCP 47 language tag such as 'en' or 'pt-BR'")
+        raise ValueError(f"{shown(tag)} is not a BCP 47 language tag such as 'en' or 'pt-BR'")
     return tag
 
 
@@ -118,7 +118,7 @@ _TZ_SHAPE = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9][A-Za-z0-9_+-]*){0
 def _check_timezone(name: str) -> str:
     if len(name) > MAX_TIMEZONE_LENGTH or not _TZ_SHAPE.match(name):
         raise ValueError(
-            f"{_shown(name)} is not an IANA time zone such as 'Europe/London' "
+            f"{shown(name)} is not an IANA time zone such as 'Europe/London' "
             f"(at most {MAX_TIMEZONE_LENGTH} characters)"
         )
     if name not in _known_zones():
@@ -129,7 +129,7 @@ def _check_timezone(name: str) -> str:
     return name
 
 
-def _shown(value: str, limit: int = 40) -> str:
+def shown(value: str, limit: int = 40) -> str:
     """A value quoted in an error message, cut short: a message never echoes a whole input."""
     return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
 
@@ -198,7 +198,7 @@ class RingWindow(BaseModel):
     def _parse_hhmm(cls, value: object) -> object:
         if isinstance(value, str):
             if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
-                raise ValueError(f"{value!r} is not a time of day written HH:MM")
+                raise ValueError(f"{shown(value)} is not a time of day written HH:MM")
             hours, minutes = value.split(":")
             return time(int(hours), int(minutes))
         return value

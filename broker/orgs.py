@@ -24,6 +24,7 @@ from broker.model import (
     TimeZone,
     local_datetime,
     primary_language,
+    shown,
 )
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -42,7 +43,7 @@ CLOSING_HORIZON_DAYS = 8
 def check_id(value: str, what: str = "id") -> str:
     if not _ID.match(value):
         raise ValueError(
-            f"{value!r} is not a valid {what}: 1-64 lower-case letters, digits, '-' or '_', "
+            f"{shown(value)} is not a valid {what}: 1-64 lower-case letters, digits, '-' or '_', "
             "starting with a letter or digit"
         )
     return value
@@ -66,7 +67,7 @@ class Span(BaseModel):
     @classmethod
     def _hhmm(cls, value: str) -> str:
         if not _HHMM.match(value):
-            raise ValueError(f"{value!r} is not a time of day written HH:MM (00:00-24:00)")
+            raise ValueError(f"{shown(value)} is not a time of day written HH:MM (00:00-24:00)")
         return value
 
     @model_validator(mode="after")

@@ -685,3 +685,17 @@ async def test_a_webhook_is_not_sent_to_a_private_address_at_connection_time(url
     sender, got = await _deliver(url, FixedResolver({"rebound.test": ["127.0.0.1"]}))
     assert got == 0
     assert sender.results.labels("failed")._value.get() == 1
+
+
+async def test_errors_never_echo_a_long_input_whole(server: Server) -> None:
+    async with aiohttp.ClientSession(headers=server.auth("boss", "admin")) as http:
+        async with http.get(server.url + "/v1/orgs/" + "a" * 5000) as resp:
+            problem = await resp.json()
+            assert resp.status == 400 and len(problem["message"]) < 400, problem
+        body = {"x" * 50_000: 1, "ring_window": {"start": "9" * 50_000}}
+        async with http.put(server.url + "/v1/me/profile", json=body) as resp:
+            problem = await resp.json()
+            assert resp.status == 400 and len(problem["message"]) < 1000, problem
+    client = await server.connect("v1", "volunteer")
+    answer = await client.request({"type": "x" * 50_000})
+    assert answer["code"] == "bad_message" and len(answer["message"]) < 400
