@@ -22,7 +22,7 @@ from broker.events import (
     Status,
     Withdrawn,
 )
-from broker.model import Language
+from broker.model import Language, MultilineText, PlainText
 from broker.orgs import AgentView, TodayStats, WaitingCall
 from signaling import jsonin
 from signaling.jsonin import unpaired_surrogate
@@ -49,7 +49,7 @@ class Message(BaseModel):
 class Hello(Message):
     type: Literal["hello"]
     token: str = Field(min_length=1, max_length=8192)
-    client: str | None = Field(default=None, max_length=128)
+    client: PlainText | None = Field(default=None, max_length=128)
     resume: str | None = Field(default=None, max_length=256)
 
 
@@ -77,8 +77,8 @@ class AgentStatus(Message):
 class CallRequest(Message):
     type: Literal["call.request"]
     language: Language | None = None
-    topic: str | None = Field(default=None, max_length=200)
-    note: str | None = Field(default=None, max_length=1000)
+    topic: PlainText | None = Field(default=None, max_length=200)
+    note: MultilineText | None = Field(default=None, max_length=1000)
     org: str | None = Field(default=None, max_length=64)
     queue: str | None = Field(default=None, max_length=64)
 
@@ -150,8 +150,8 @@ class CallFeedback(Message):
     type: Literal["call.feedback"]
     call: CallId
     rating: Literal["up", "down"]
-    report: str | None = Field(default=None, max_length=64)
-    comment: str | None = Field(default=None, max_length=2000)
+    report: PlainText | None = Field(default=None, max_length=64)
+    comment: MultilineText | None = Field(default=None, max_length=2000)
 
 
 ClientMessage = Annotated[
@@ -371,7 +371,7 @@ def _explain(exc: ValidationError) -> str:
         where = ".".join(
             str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-"))
         )
-        parts.append(f"{where or 'message'}: {err['msg']}")
+        parts.append(f"{where[:100] or 'message'}: {err['msg'][:300]}")
     return "; ".join(parts)
 
 
