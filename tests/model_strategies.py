@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import json
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +73,20 @@ def _signal_data() -> st.SearchStrategy[dict[str, Any]]:
 @dataclass(frozen=True)
 class Hint:
     """A strategy for a validated field: ``leaf`` replaces each free string in the field's
-    schema (the items of a list, the branch of an optional); otherwise the whole value."""
+    schema (the items of a list, the branch of an optional); otherwise the whole value. A
+    callable is given the string's schema (for its length bounds)."""
 
-    strategy: st.SearchStrategy[Any]
+    strategy: st.SearchStrategy[Any] | Callable[[dict[str, Any]], st.SearchStrategy[Any]]
     leaf: bool = True
+
+    def for_schema(self, schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+        if isinstance(self.strategy, st.SearchStrategy):
+            return self.strategy
+        return self.strategy(schema)
+
+
+# Text a person types and another sees: control characters and bidirectional controls refused.
+TEXT_RULES = "_check_text.<locals>.check"
 
 
 # Validator (by qualified name) -> what valid values look like.
@@ -92,6 +102,7 @@ VALIDATOR_HINTS: dict[str, Hint] = {
     "Subscription._endpoint": Hint(IDS.map(lambda i: f"https://push.example.org/s/{i}")),
     "Signal._data": Hint(_signal_data(), leaf=False),
     "SignalData._candidate": Hint(st.none(), leaf=False),
+    TEXT_RULES: Hint(lambda sch: text(sch.get("minLength", 0), sch.get("maxLength", 200))),
 }
 
 
@@ -154,6 +165,16 @@ def field_hints(annotation: Any) -> dict[tuple[str, str], Hint]:
     return hints
 
 
+def text_fields(annotation: Any) -> set[tuple[str, str]]:
+    """(model, field) pairs under the rules for text a person sees."""
+    return {
+        (model.__name__, name)
+        for model in models_of(annotation)
+        for name in model.model_fields
+        if TEXT_RULES in _validator_names(model, name)
+    }
+
+
 def unhinted_validators(annotation: Any) -> list[str]:
     """Validated fields reachable from ``annotation`` that ``VALIDATOR_HINTS`` does not know."""
     missing = []
@@ -183,6 +204,7 @@ class Schema:
         self.root = self.adapter.json_schema()
         self.defs: dict[str, Any] = self.root.get("$defs", {})
         self.hints = field_hints(annotation)
+        self.text_fields = text_fields(annotation)
         self.pins = pins or {}
 
     def resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +225,7 @@ class Schema:
     def strategy(self, schema: dict[str, Any], hint: Hint | None = None) -> st.SearchStrategy[Any]:
         schema = self.resolve(schema)
         if hint is not None and not hint.leaf:
-            return hint.strategy
+            return hint.for_schema(schema)
         if "const" in schema:
             return st.just(schema["const"])
         if "enum" in schema:
@@ -222,7 +244,7 @@ class Schema:
             return st.lists(items, min_size=lo, max_size=hi)
         if kind == "string":
             if hint is not None:
-                return hint.strategy
+                return hint.for_schema(schema)
             return self._string(schema)
         if kind == "integer":
             return st.integers(schema.get("minimum", -1000), schema.get("maximum", 1000))
@@ -304,23 +326,27 @@ class Mutant:
         return f"Mutant({self.kind} at {'.'.join(map(str, self.path)) or 'body'}, {self.expect}: {shown!r})"
 
 
+Owner = tuple[str, str] | None  # (model, field) a value belongs to
+
+
 def nodes(
-    schema: Schema, value: Any, sub: dict[str, Any], path: Path = ()
-) -> Iterator[tuple[Path, dict[str, Any], Any]]:
-    """Every (path, schema, value) inside a valid example, the example itself first."""
+    schema: Schema, value: Any, sub: dict[str, Any], path: Path = (), owner: Owner = None
+) -> Iterator[tuple[Path, dict[str, Any], Any, Owner]]:
+    """Every (path, schema, value, owner) inside a valid example, the example itself first."""
     sub = schema.resolve(sub)
-    yield path, sub, value
+    yield path, sub, value, owner
     if isinstance(value, dict):
         branch = _branch(schema, sub, value)
         props = branch.get("properties", {})
         extra = branch.get("additionalProperties")
         for key, item in value.items():
             inner = props.get(key, extra if isinstance(extra, dict) else {})
-            yield from nodes(schema, item, inner, (*path, key))
+            mine = (branch.get("title", ""), key) if key in props else owner
+            yield from nodes(schema, item, inner, (*path, key), mine)
     elif isinstance(value, list):
         branch = _branch(schema, sub, value)
         for i, item in enumerate(value):
-            yield from nodes(schema, item, branch.get("items", {}), (*path, i))
+            yield from nodes(schema, item, branch.get("items", {}), (*path, i), owner)
 
 
 def _branch(schema: Schema, sub: dict[str, Any], value: Any) -> dict[str, Any]:
@@ -423,16 +449,19 @@ WRONG_VALUES: dict[str, list[str]] = {
 
 # Strings no field should take: a lone surrogate never encodes to UTF-8.
 LONE_SURROGATES = ['"\\ud800"', '"a\\udfffb"', '"\\udc00\\ud800"']
-# Strings a free-text field may or may not take, depending on its rules.
+# Odd strings, and what a field under the text rules (docs/protocol.md) must do with them;
+# other fields may take them or not.
 ODD_TEXT = [
-    '"a\\u0000b"',  # NUL
-    '"\\u202eevil"',  # right-to-left override
-    '"\\u2066x\\u2069"',  # isolate
-    '"\\u001b[31m"',  # an escape sequence
-    '"\\ud83d\\ude00"',  # an emoji, non-BMP (a valid pair)
-    '"\\uffff"',
-    '"\\u00a0"',
-    '"  "',
+    ('"a\\u0000b"', REJECT),  # NUL
+    ('"\\u202eevil"', REJECT),  # right-to-left override
+    ('"\\u2066x\\u2069"', REJECT),  # isolate
+    ('"\\u001b[31m"', REJECT),  # an escape sequence
+    ('"a\\u0085b"', REJECT),  # C1 next line
+    ('"\\ud83d\\ude00"', ACCEPT),  # an emoji, non-BMP (a valid pair)
+    ('"a\\ud83d\\ude00\\u200d\\ud83d\\udc69"', ACCEPT),  # joined emoji (ZWJ is allowed)
+    ('"\\uffff"', EITHER),
+    ('"\\u00a0"', EITHER),
+    ('"  "', EITHER),
 ]
 HUGE_NUMBERS = [
     "1e309",
@@ -461,13 +490,17 @@ class Splice:
 
 @st.composite
 def mutants(
-    draw: st.DrawFn, schema: Schema, valid: st.SearchStrategy[Any], open_objects: bool
+    draw: st.DrawFn,
+    schema: Schema,
+    valid: st.SearchStrategy[Any],
+    open_objects: bool,
+    supplied: frozenset[str] = frozenset(),
 ) -> Mutant:
     """One hostile body, from a valid example. ``open_objects``: objects without
     ``additionalProperties: false`` ignore unknown fields (the WebSocket messages)."""
     value = draw(valid)
     found = list(nodes(schema, value, schema.root))
-    path, sub, here = draw(st.sampled_from(found))
+    path, sub, here, owner = draw(st.sampled_from(found))
     types = _types(schema, sub)
     kinds = ["wrong_type", "deep", "extra", "drop", "unicode", "huge"]
     kind = draw(st.sampled_from(kinds))
@@ -513,7 +546,10 @@ def mutants(
         parent_sub = schema.resolve(_schema_at(schema, value, parent_path))
         parent = _branch(schema, parent_sub, _get(value, parent_path))
         if isinstance(key, str):
-            expect = REJECT if key in parent.get("required", []) else EITHER
+            required = key in parent.get("required", [])
+            # A field the route fills in itself (an id from the URL) may be left out.
+            supplied_here = path == (key,) and key in supplied
+            expect = REJECT if required and not supplied_here else EITHER
         else:
             items = len(_get(value, parent_path))
             expect = REJECT if items - 1 < parent.get("minItems", 0) else EITHER
@@ -525,8 +561,9 @@ def mutants(
         if draw(st.booleans()):
             raw = draw(st.sampled_from(LONE_SURROGATES))
             return Mutant("lone_surrogate", path, REJECT, Splice.dumps(value, path, raw))
-        raw = draw(st.sampled_from(ODD_TEXT))
-        return Mutant("odd_text", path, EITHER, Splice.dumps(value, path, raw))
+        raw, rule = draw(st.sampled_from(ODD_TEXT))
+        expect = rule if owner in schema.text_fields and isinstance(here, str) else EITHER
+        return Mutant("odd_text", path, expect, Splice.dumps(value, path, raw))
     # huge
     branch = _branch(schema, sub, here)
     if isinstance(here, str) and "maxLength" in branch:
@@ -546,7 +583,7 @@ def mutants(
 
 
 def _schema_at(schema: Schema, value: Any, path: Path) -> dict[str, Any]:
-    for p, sub, _ in nodes(schema, value, schema.root):
+    for p, sub, _, _ in nodes(schema, value, schema.root):
         if p == path:
             return sub
     raise KeyError(path)

@@ -10,8 +10,8 @@ What must hold for every frame and body:
   user's calls and duty read back the same).
 
 One server serves the whole module; it runs on this module's own event loop, driven example by
-example. Its rate limit is lifted: the limiter has its own tests, and here every frame must
-reach the parser.
+example. Its rate limits (messages, demo sign-ins) are lifted: the limiters have their own
+tests, and here every frame and body must reach the parser.
 """
 
 from __future__ import annotations
@@ -196,6 +196,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         demo=True,
         messages_per_s=1_000_000.0,
         message_burst=1_000_000,
+        demo_signins_per_hour=10_000,
         apns_key=apns.key_pem,
         apns_key_id=apns.key_id,
         apns_team_id=apns.team_id,
@@ -268,6 +269,7 @@ class Body:
     role: str
     variants: list[dict[tuple[str, str], Any]] = field(default_factory=lambda: [{}])
     claims: dict[str, Any] = field(default_factory=dict)
+    supplied: frozenset[str] = frozenset()  # required fields the route fills in itself
 
     def schema(self) -> Schema:
         return Schema(self.model)
@@ -308,6 +310,7 @@ BODIES = [
                 ("QueueConfig", "webhook_secret"): text(16, 64),
             },
         ],
+        supplied=frozenset({"id"}),  # from the URL
     ),
     Body(
         "device",
@@ -339,7 +342,14 @@ BODIES = [
             },
         ],
     ),
-    Body("demo-sign-in", "POST", "/v1/demo/token", DemoSignIn, "none"),
+    Body(
+        "demo-sign-in",
+        "POST",
+        "/v1/demo/token",
+        DemoSignIn,
+        "none",
+        [{("DemoSignIn", "org"): st.sampled_from([None, DEMO_ORG])}],  # the demo org only
+    ),
 ]
 
 
@@ -559,7 +569,10 @@ def test_broken_bodies_are_refused_and_change_nothing(
 ) -> None:
     valid = body.valid()
     mutant = data.draw(
-        st.one_of(mutants(body.schema(), valid, open_objects=False), frame_mutants(valid)),
+        st.one_of(
+            mutants(body.schema(), valid, open_objects=False, supplied=body.supplied),
+            frame_mutants(valid),
+        ),
         label="mutant",
     )
     harness.run(_post(harness, body, mutant))
