@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from prometheus_client import CollectorRegistry
 
-from broker.model import _check_timezone
+from broker.model import ErrorCode, _check_timezone
 from broker.queues import WebhookEvent
 from signaling.config import Settings
 from signaling.csvout import write_csv
@@ -28,6 +28,7 @@ from signaling.jsonin import MAX_DEPTH, JsonRejected, decode, depth_exceeds
 from signaling.logs import MAX_FIELD, MAX_MESSAGE, MAX_TRACEBACK, JsonFormatter
 from signaling.server import make_runner
 from signaling.webhooks import PublicResolver, WebhookSender, refused_address, refused_host
+from signaling.ws import error_message
 from tests.helpers import SECRET, Server, start_server
 
 DEEP_ARRAY = "[" * 30_000 + "]" * 30_000  # 60 KB: inside the frame limit
@@ -147,6 +148,14 @@ async def test_a_lone_surrogate_in_a_rest_body_is_a_400_naming_the_field(server:
         ) as resp:
             problem = await resp.json()
             assert resp.status == 400 and "display_name" in problem["message"], problem
+
+
+def test_an_error_reply_leaves_out_a_ref_it_cannot_echo() -> None:
+    for ref in ("\ud800", "x" * 65):
+        wire = error_message(ErrorCode.BAD_MESSAGE, "Bad \udfff text.", ref).wire()
+        assert "ref" not in wire and wire["code"] == "bad_message"
+        json.dumps(wire, ensure_ascii=False).encode()  # encodable as UTF-8
+    assert error_message(ErrorCode.BAD_MESSAGE, "ok", "r1").wire()["ref"] == "r1"
 
 
 async def test_the_send_path_drops_an_unencodable_message_not_the_connection(
