@@ -188,7 +188,7 @@ def unhinted_validators(annotation: Any) -> list[str]:
 
 # --- schema -> strategy ------------------------------------------------------------------------
 
-ABSENT = object()  # a pin that leaves the field out
+ABSENT = object()  # a pin that leaves the field out; any other pin is always sent
 
 
 class Schema:
@@ -294,10 +294,10 @@ class Schema:
             pin = self.pins.get((title, name), None)
             if pin is ABSENT:
                 continue
-            if pin is not None:
-                strategy = pin if isinstance(pin, st.SearchStrategy) else st.just(pin)
-            else:
-                strategy = self.strategy(sub, self.hints.get((title, name)))
+            if pin is not None:  # a pinned field is always sent
+                fixed[name] = pin if isinstance(pin, st.SearchStrategy) else st.just(pin)
+                continue
+            strategy = self.strategy(sub, self.hints.get((title, name)))
             (fixed if name in required else optional)[name] = strategy
         return st.fixed_dictionaries(fixed, optional=optional)
 
