@@ -172,6 +172,9 @@ class Person:
                 self.tally.error(exc)
                 return
 
+    async def run(self, until: float) -> None:
+        raise NotImplementedError
+
     async def request(self, message: dict[str, Any]) -> ServerMessage | None:
         try:
             return await self.client.request(message)
@@ -296,7 +299,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             people.append(RecipientRole(client, random.Random(rng.random()), tally, args.drop))
         sample("open")
         until = loop.time() + args.duration
-        runs = [asyncio.create_task(p.run(until)) for p in people]  # type: ignore[attr-defined]
+        runs = [asyncio.create_task(p.run(until)) for p in people]
 
         async def sampler() -> None:
             while True:

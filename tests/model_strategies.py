@@ -35,14 +35,14 @@ AUTH = "AgICAgICAgICAgICAgICAg"
 # Text a person writes: letters first, then letters, digits, punctuation, symbols (emoji and
 # other non-BMP characters included) and inner spaces. No control, format or surrogate code
 # points: those are what the mutations send.
-_WORDS = st.characters(categories=("L", "N", "P", "S"), codec="utf-8")
+_WORDS = st.characters(categories=["L", "N", "P", "S"], codec="utf-8")
 
 
 def text(min_size: int = 0, max_size: int = 40) -> st.SearchStrategy[str]:
     if max_size <= 0:
         return st.just("")
     body = st.text(st.one_of(_WORDS, st.just(" ")), max_size=max(0, min(max_size, 40) - 2))
-    first = st.characters(categories=("L",), codec="utf-8")
+    first = st.characters(categories=["L"], codec="utf-8")
     last = st.one_of(st.just(""), _WORDS)
     out = st.builds(lambda a, b, c: a + b + c, first, body, last)
     return out.filter(lambda s: min_size <= len(s) <= max_size)
@@ -322,8 +322,9 @@ class Mutant:
         p.text(repr(self))
 
     def __repr__(self) -> str:
-        shown = self.frame if len(self.frame) < 300 else self.frame[:300] + "..."  # type: ignore[operator]
-        return f"Mutant({self.kind} at {'.'.join(map(str, self.path)) or 'body'}, {self.expect}: {shown!r})"
+        cut = "..." if len(self.frame) > 300 else ""
+        where = ".".join(map(str, self.path)) or "body"
+        return f"Mutant({self.kind} at {where}, {self.expect}: {self.frame[:300]!r}{cut})"
 
 
 Owner = tuple[str, str] | None  # (model, field) a value belongs to
@@ -407,7 +408,7 @@ def _set(value: Any, path: Path, new: Any) -> Any:
         return new
     head, rest = path[0], path[1:]
     if isinstance(value, dict):
-        return {**value, head: _set(value[head], rest, new)}  # type: ignore[index]
+        return {**value, head: _set(value[head], rest, new)}
     copy = list(value)
     copy[head] = _set(copy[head], rest, new)  # type: ignore[index]
     return copy
@@ -420,7 +421,7 @@ def _drop(value: Any, path: Path) -> Any:
             return {k: v for k, v in value.items() if k != head}
         return [v for i, v in enumerate(value) if i != head]
     if isinstance(value, dict):
-        return {**value, head: _drop(value[head], rest)}  # type: ignore[index]
+        return {**value, head: _drop(value[head], rest)}
     copy = list(value)
     copy[head] = _drop(copy[head], rest)  # type: ignore[index]
     return copy
@@ -570,8 +571,8 @@ def mutants(
         over = branch["maxLength"] + draw(st.integers(1, 2000))
         return Mutant("too_long", path, REJECT, json.dumps(_set(value, path, "x" * over)))
     if isinstance(here, list) and "maxItems" in branch:
-        items = here[:1] * (branch["maxItems"] + 1) if here else [None] * (branch["maxItems"] + 1)
-        return Mutant("too_many", path, REJECT, json.dumps(_set(value, path, items)))
+        many = here[:1] * (branch["maxItems"] + 1) if here else [None] * (branch["maxItems"] + 1)
+        return Mutant("too_many", path, REJECT, json.dumps(_set(value, path, many)))
     if isinstance(here, (int, float)) and not isinstance(here, bool):
         raw = draw(st.sampled_from(HUGE_NUMBERS))
         bounded = "maximum" in branch and "minimum" in branch
