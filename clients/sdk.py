@@ -6,6 +6,11 @@ resumes with the token of its last ``welcome``. Every server frame is parsed wit
 ``signaling.messages.parse_server``, the same models the server is written with; an ``error`` in
 answer to a request is raised as the ``ProtocolError`` subclass named after its code.
 
+With a ``token_provider`` (an async callable returning a fresh token for the same user), the
+client keeps its sign-in alive: when the broker says the token expires soon (``auth.expiring``)
+it sends ``auth.refresh`` with a new token, and if the session was closed for an expired token
+anyway (4401) it signs in again with a new one and resumes.
+
 ``Recipient`` and ``Volunteer`` (the roles) are built on top of it in ``clients.roles``.
 """
 
@@ -17,7 +22,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import websockets
@@ -25,6 +30,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from signaling.messages import (
+    AuthExpiring,
+    AuthRefreshed,
     BadMessage,
     Error,
     Pong,
@@ -37,7 +44,9 @@ from signaling.messages import (
 log = logging.getLogger("vabroker.sdk")
 
 CLIENT_NAME = "vabroker-sdk/0.1"
-CLOSE_UNAUTHENTICATED = 4401
+CLOSE_UNAUTHENTICATED = 4401  # refused at hello, or the session's token expired
+CLOSE_REVOKED = 4403  # the sign-in was revoked: connecting again with it is pointless
+CLOSE_REPLACED = 4409  # a newer session of the same user took this one's place
 
 M = TypeVar("M")
 
@@ -135,6 +144,8 @@ def error_for(error: Error) -> ProtocolError:
 # --- the connection ----------------------------------------------------------------------------
 
 Listener = Callable[[ServerMessage], None]
+# Returns a fresh token for the same user (and role, and organisation).
+TokenProvider = Callable[[], Awaitable[str]]
 
 
 class Client:
@@ -144,7 +155,8 @@ class Client:
     and errors that answer a ``request`` (those are raised to the requester); ``on_resumed``
     after a resume, ``on_lost`` when the connection is gone for good. ``resume_within_s``
     bounds how long reconnecting is tried (clients cannot know the broker's grace period:
-    20 s, its default).
+    20 s, its default). ``token_provider`` keeps the sign-in alive past the token's expiry
+    (see the module's description); without it the session ends when its token does.
     """
 
     def __init__(
@@ -157,11 +169,12 @@ class Client:
         resume_within_s: float = 20.0,
         connect_timeout_s: float = 10.0,
         request_timeout_s: float = 10.0,
+        token_provider: TokenProvider | None = None,
     ) -> None:
         if not ws_url.startswith(("ws://", "wss://")):
             raise ValueError(f"{ws_url!r} is not a ws:// or wss:// URL")
-        if not token:
-            raise ValueError("a token is required")
+        if not token and token_provider is None:
+            raise ValueError("a token (or a token provider) is required")
         self.ws_url = ws_url
         self.token = token
         self.client_name = client_name
@@ -174,6 +187,11 @@ class Client:
         self.on_resumed: list[Callable[[], None]] = []
         self.on_lost: list[Callable[[BaseException | None], None]] = []
         self.resumes = 0
+        self.token_provider = token_provider
+        self.refreshes = 0
+        # When the session ends unless refreshed (seconds since the epoch, the broker's word).
+        self.expires_at: float | None = None
+        self._refresh: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None
         self._refs = itertools.count(1)
         self._pending: dict[str, asyncio.Future[ServerMessage]] = {}
@@ -199,6 +217,8 @@ class Client:
         self._closing = False
         self._done.clear()
         self._lost = None
+        if not self.token:
+            self.token = await self._fresh_token()
         welcome = await self._open(resume=None)
         self._reader = asyncio.create_task(self._read(), name="vabroker-sdk-reader")
         self._heartbeat = asyncio.create_task(self._beat(), name="vabroker-sdk-heartbeat")
@@ -240,18 +260,19 @@ class Client:
             raise ConnectionLost(f"Expected welcome, got {first.type!r}.")
         self._ws = ws
         self.welcome = first
+        self.expires_at = first.expires_at
         return first
 
     async def close(self) -> None:
         """Close for good (no resume); pending requests fail with ``ConnectionLost``."""
         self._closing = True
-        tasks = [t for t in (self._heartbeat, self._reader) if t is not None]
+        tasks = [t for t in (self._heartbeat, self._reader, self._refresh) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._heartbeat = self._reader = None
+        self._heartbeat = self._reader = self._refresh = None
         if self._ws is not None:
             await self._ws.close()
             self._ws = None
@@ -341,9 +362,18 @@ class Client:
             rc = ws.close_code
             self._ws = None
             self._fail_pending(ConnectionLost("The connection dropped."))
-            if rc == CLOSE_UNAUTHENTICATED or not self.reconnect:
+            final = (CLOSE_REVOKED, CLOSE_REPLACED)
+            expired = rc == CLOSE_UNAUTHENTICATED
+            if rc in final or not self.reconnect or (expired and self.token_provider is None):
                 self._finish(ConnectionLost(f"The connection closed ({rc}): {reason}"))
                 return
+            if expired:
+                # The token expired before a refresh got through: sign in again and resume.
+                try:
+                    self.token = await self._fresh_token()
+                except SdkError as exc:
+                    self._finish(exc)
+                    return
             if not await self._resume():
                 return
 
@@ -366,11 +396,56 @@ class Client:
             # behind the same URL) after the pause it asks for.
             log.info("the broker asked us to reconnect after %.1f s", message.after_s)
             self._pause_s = max(0.0, min(message.after_s, self.resume_within_s / 2))
+        if isinstance(message, AuthExpiring):
+            self.expires_at = message.expires_at
+            if self.token_provider is not None and (self._refresh is None or self._refresh.done()):
+                self._refresh = asyncio.get_running_loop().create_task(
+                    self._refresh_token(message.expires_in_s), name="vabroker-sdk-refresh"
+                )
         for listener in list(self.listeners):
             try:
                 listener(message)
             except Exception:
                 log.exception("listener failed on %s", message.type)
+
+    # --- the sign-in ---------------------------------------------------------------------------
+    async def _fresh_token(self) -> str:
+        if self.token_provider is None:
+            raise Unauthenticated("No token, and no token provider to ask for one.")
+        try:
+            token = await self.token_provider()
+        except Exception as exc:
+            raise Unauthenticated(f"The token provider failed: {exc!r}") from exc
+        if not isinstance(token, str) or not token:
+            raise Unauthenticated("The token provider returned no token.")
+        return token
+
+    async def refresh(self) -> AuthRefreshed:
+        """Send ``auth.refresh`` with a token from the provider now; raises the broker's
+        refusal (``Unauthenticated``), after which the session keeps its current token."""
+        token = await self._fresh_token()
+        answer = await self.expect({"type": "auth.refresh", "token": token}, AuthRefreshed)
+        self.token = token
+        self.expires_at = answer.expires_at
+        self.refreshes += 1
+        return answer
+
+    async def _refresh_token(self, within_s: float) -> None:
+        """Refresh before the session's token expires, trying again while there is time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while True:
+            try:
+                answer = await self.refresh()
+                log.info("token refreshed; the session lasts until %.0f", answer.expires_at)
+                return
+            except (SdkError, ConnectionLost) as exc:
+                left = deadline - loop.time()
+                if left <= 0.5 or self._closing:
+                    log.warning("could not refresh the token in time: %s", exc)
+                    return
+                log.info("token refresh failed (%s); trying again", exc)
+                await asyncio.sleep(min(5.0, left / 3))
 
     async def _resume(self) -> bool:
         """Reconnect with the last resume token until ``resume_within_s`` has passed."""
@@ -428,8 +503,9 @@ class Client:
     def _finish(self, exc: BaseException | None) -> None:
         self._lost = exc
         self._done.set()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for task in (self._heartbeat, self._refresh):
+            if task is not None:
+                task.cancel()
         for callback in list(self.on_lost):
             callback(exc)
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from broker.model import Call, Language, Profile, RingWindow, Role, TimeZone
 from broker.store.base import StoreUnavailable
 from signaling.app import CONTEXT, Context
-from signaling.auth import AuthError, Claims
+from signaling.auth import AuthError, Claims, revoked
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -61,6 +61,8 @@ async def authenticate(request: web.Request) -> tuple[Context, Claims, Profile]:
         claims = ctx.auth.verify(token.strip())
     except AuthError as exc:
         raise ApiError(401, "unauthenticated", str(exc)) from None
+    if revoked(claims, await ctx.store.revoked_before(claims.sub)):
+        raise ApiError(401, "unauthenticated", "This sign-in was revoked. Sign in again.")
     return ctx, claims, await ctx.profile_for(claims)
 
 

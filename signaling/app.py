@@ -85,6 +85,7 @@ def build_context(
         algorithms=list(settings.jwt_algorithms),
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
+        leeway_s=settings.jwt_leeway_s,
     )
     metrics = Metrics()
     ctx_holder: dict[str, Context] = {}
@@ -95,6 +96,8 @@ def build_context(
         lambda user: ctx_holder["ctx"].ice_servers(user),
         settings.heartbeat_s,
         settings.grace_s,
+        max_sessions=settings.max_sessions_per_user,
+        warning_s=settings.token_warning_s,
     )
     node_id = settings.node_id or "node-" + secrets.token_hex(4)
     from broker.store.redis import RedisStore

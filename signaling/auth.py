@@ -30,6 +30,9 @@ class Claims(BaseModel):
     org: str | None = Field(default=None, max_length=64)
     name: str | None = Field(default=None, max_length=120)
     exp: float  # NumericDate: RFC 7519 allows a fraction
+    # When the token was issued; a revocation of the user's sign-ins refuses tokens issued
+    # before it (and tokens without ``iat``, which cannot show they came after).
+    iat: float | None = None
     # OpenID Connect's own claims for a first profile: locale (BCP 47) and zoneinfo (IANA).
     locale: Language | None = None
     zoneinfo: TimeZone | None = None
@@ -100,6 +103,14 @@ class Authenticator:
         if claims.role is Role.AGENT and not claims.org:
             raise AuthError("An agent's token must name its organisation in the 'org' claim.")
         return claims
+
+
+def revoked(claims: Claims, revoked_before: float | None) -> bool:
+    """Whether a revocation of the user's sign-ins (``Store.revoked_before``) covers this
+    token: it was issued before the revocation time, or carries no ``iat`` at all."""
+    if revoked_before is None:
+        return False
+    return claims.iat is None or claims.iat < revoked_before
 
 
 def mint(

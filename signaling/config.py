@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     jwt_algorithms: list[Literal["HS256", "RS256", "ES256"]] = Field(default=["HS256"])
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
+    # Clock skew allowed when checking a token's exp; a session lives until exp plus this.
+    jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
 
     # Dispatch.
     policy: str = Field(default="default", description="dispatch policy, see broker.policies")
@@ -72,6 +74,18 @@ class Settings(BaseSettings):
     messages_per_s: float = Field(default=20.0, gt=0, description="per-connection message rate")
     message_burst: int = Field(default=60, ge=1)
     requests_per_hour: int = Field(default=30, ge=1)
+    max_sessions_per_user: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="live sessions a user may hold; a new one closes the oldest",
+    )
+    token_warning_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="auth.expiring this long before a session's token expires",
+    )
 
     # ICE: STUN/TURN servers handed to clients; TURN credentials per the TURN REST API scheme.
     stun_urls: list[str] = Field(default_factory=list)

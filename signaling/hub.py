@@ -4,6 +4,11 @@ A ``Session`` is one authenticated WebSocket. Its outgoing messages go through a
 drained by one writer task, so a slow client can never stall the broker or another client: when
 its queue is full it is disconnected (and may resume). The ``Hub`` knows every session of this
 node by user, runs the timer loop that fires the store's due timers, and pings every session.
+
+A session lives as long as its sign-in: the hub closes it when its token expires unrefreshed
+(4401, after an ``auth.expiring`` warning), when the user's sign-ins are revoked (``revoke``,
+4403, on every node through the router) and when the user opens more sessions than allowed
+(``enforce_cap``: the oldest, 4409). ``end_sessions`` is the one way to end a user's sessions.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from aiohttp import WSCloseCode, web
 
 from broker.dispatch import timer
 from broker.events import Assigned, Event, Ring, Withdrawn
-from broker.model import Profile
+from broker.model import ErrorCode, Profile
 from broker.service import GRACE, Broker
 from broker.store.base import Store, StoreUnavailable
-from signaling.messages import Message, Reconnect, event_message
+from signaling.messages import AuthExpiring, Error, Message, Reconnect, event_message
 from signaling.metrics import Metrics
 from signaling.routing import LocalRouter, Router
 
@@ -34,18 +39,49 @@ OUTBOX_LIMIT = 1000
 PARKED_LIMIT = 200
 CLOSE_SLOW = 4008  # private-use code: the client did not read fast enough
 CLOSE_RESTART = 1012  # service restart: reconnect elsewhere and resume
+# Private-use close codes of a session's sign-in (docs/protocol.md, "Session lifetime").
+CLOSE_EXPIRED = 4401  # the token expired unrefreshed: sign in again, and resume
+CLOSE_REVOKED = 4403  # the sign-in was revoked (or the user banned): no resume
+CLOSE_REPLACED = 4409  # the user opened more sessions than allowed: this, the oldest, closed
+
+Wire = dict[str, Any]
+
+
+class _Close:
+    """The writer's last item: close the socket with ``code`` once everything before is sent."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
 
 
 class Session:
     def __init__(
-        self, session_id: str, profile: Profile, ws: web.WebSocketResponse, resume_token: str
+        self,
+        session_id: str,
+        profile: Profile,
+        ws: web.WebSocketResponse,
+        resume_token: str,
+        issued_at: float | None = None,
     ) -> None:
         self.id = session_id
         self.profile = profile
         self.ws = ws
         self.resume_token = resume_token
         self.last_seen = time.monotonic()
-        self._out: asyncio.Queue[str | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self.opened = time.monotonic()
+        # The sign-in: when its token was issued (``iat``) and when the session must end
+        # unless refreshed (seconds since the epoch, like the token's claims).
+        self.issued_at = issued_at
+        self.expires_at: float | None = None
+        self._expiry: list[asyncio.TimerHandle] = []
+        # Set once the server decided to close the session (a close code above): what the
+        # client sends meanwhile is ignored, and the close decides whether it may resume.
+        self.ending: int | None = None
+        self.resumable = True
+        self._out: asyncio.Queue[str | _Close | None] = asyncio.Queue(OUTBOX_LIMIT)
         self._writer = asyncio.create_task(self._write(), name=f"writer-{session_id}")
 
     @property
@@ -63,17 +99,43 @@ class Session:
                 self.ws.close(code=CLOSE_SLOW, message=b"too slow")
             )
 
+    def end(self, code: int, error: Wire, resumable: bool = True) -> None:
+        """Close the session with ``code`` after sending ``error`` (and everything queued
+        before it). Only the first decision counts."""
+        if self.ending is not None:
+            return
+        self.ending = code
+        self.resumable = resumable
+        self.stop_expiry()
+        reason = str(error.get("code", ""))
+        try:
+            self._out.put_nowait(json.dumps(error, separators=(",", ":")))
+            self._out.put_nowait(_Close(code, reason))
+        except asyncio.QueueFull:  # a client this far behind does not get the explanation
+            asyncio.get_running_loop().create_task(
+                self.ws.close(code=code, message=reason.encode())
+            )
+
+    def stop_expiry(self) -> None:
+        for handle in self._expiry:
+            handle.cancel()
+        self._expiry = []
+
     async def _write(self) -> None:
         while True:
-            text = await self._out.get()
-            if text is None or self.ws.closed:
+            item = await self._out.get()
+            if item is None or self.ws.closed:
                 return
             try:
-                await self.ws.send_str(text)
+                if isinstance(item, _Close):
+                    await self.ws.close(code=item.code, message=item.reason.encode())
+                    return
+                await self.ws.send_str(item)
             except (ConnectionError, RuntimeError):
                 return
 
     async def close(self) -> None:
+        self.stop_expiry()
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
@@ -95,6 +157,8 @@ class Hub:
         ice_servers: Callable[[str], list[dict[str, Any]]],
         heartbeat_s: float,
         grace_s: float = 20.0,
+        max_sessions: int = 5,
+        warning_s: float = 60.0,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -102,6 +166,8 @@ class Hub:
         self.ice_servers = ice_servers
         self.heartbeat_s = heartbeat_s
         self.grace_s = grace_s
+        self.max_sessions = max_sessions
+        self.warning_s = warning_s
         self.sessions: dict[str, set[Session]] = defaultdict(set)
         # Messages for users who dropped and may resume: (when they dropped, messages).
         self.parked: dict[str, tuple[float, deque[Message]]] = {}
@@ -110,6 +176,7 @@ class Hub:
         # Where messages for users without a session here go (another node, in scale-out).
         self.router: Router = LocalRouter()
         self._wake = asyncio.Event()
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[object]] = set()
 
@@ -144,6 +211,128 @@ class Hub:
 
     def is_here(self, user_id: str) -> bool:
         return user_id in self.sessions
+
+    # --- sign-in lifetime --------------------------------------------------------------------
+    # Token times are wall-clock times (``exp``/``iat`` are checked against the system clock),
+    # so these use time.time(), not the broker's clock (virtual in the simulator).
+    def expire_at(self, session: Session, deadline: float) -> None:
+        """End ``session`` with 4401 at ``deadline`` unless this is called again with a later
+        one (``auth.refresh``); warn it with ``auth.expiring`` ``warning_s`` before."""
+        session.stop_expiry()
+        session.expires_at = deadline
+        loop = asyncio.get_running_loop()
+        left = deadline - time.time()
+        session._expiry = [loop.call_later(max(0.0, left), self._expired, session)]
+        if self.warning_s > 0:
+            warn_in = max(0.0, left - self.warning_s)
+            session._expiry.append(loop.call_later(warn_in, self._warn, session))
+
+    def _warn(self, session: Session) -> None:
+        deadline = session.expires_at
+        if deadline is None or session.ending is not None:
+            return
+        left = round(max(0.0, deadline - time.time()), 3)
+        session.send(AuthExpiring(expires_at=deadline, expires_in_s=left))
+
+    def _expired(self, session: Session) -> None:
+        log.info("token expired, closing the session", extra={"user": session.user_id})
+        error = Error(
+            code=ErrorCode.UNAUTHENTICATED.value,
+            message="Your sign-in has expired. Sign in again to carry on; a call in progress "
+            "waits for you for a short while.",
+        )
+        session.end(CLOSE_EXPIRED, error.wire(), resumable=True)
+
+    async def end_sessions(
+        self,
+        user_id: str,
+        code: int,
+        error_code: str,
+        message: str,
+        extra: Wire | None = None,
+        *,
+        before: float | None = None,
+        resumable: bool = False,
+    ) -> int:
+        """End a user's live sessions on every node: each gets ``error`` (``error_code``,
+        ``message`` and any ``extra`` fields) and is closed with ``code``. With ``before``,
+        only sessions signed in with a token issued before that time (or without ``iat``).
+        A session ended with ``resumable`` False cannot be resumed: its call ends at once.
+        Returns how many were ended on this node (other nodes are told through the router)."""
+        end: Wire = {
+            "code": code,
+            "error": {**(extra or {}), "type": "error", "code": error_code, "message": message},
+            "resumable": resumable,
+        }
+        if before is not None:
+            end["before"] = before
+        ended = self.end_here(user_id, end)
+        if self.router.remote:
+            await self.router.end_sessions(user_id, end)
+        return ended
+
+    async def revoke(
+        self,
+        user_id: str,
+        before: float | None = None,
+        error_code: str = ErrorCode.UNAUTHENTICATED.value,
+        message: str = "Your sign-in was revoked. Sign in again.",
+        extra: Wire | None = None,
+    ) -> float:
+        """Revoke the user's sign-ins issued before ``before`` (default: now): the fact goes
+        to the store, so that such tokens are refused at ``hello`` and ``auth.refresh`` on
+        every node, and every live session signed in with one is ended with 4403 and the
+        given ``error``, with no resume. Returns the revocation time now in force."""
+        when = time.time() if before is None else before
+        latest = await self.store.revoke_sessions(user_id, when)
+        await self.end_sessions(
+            user_id, CLOSE_REVOKED, error_code, message, extra, before=latest, resumable=False
+        )
+        return latest
+
+    def end_here(self, user_id: str, end: Wire) -> int:
+        """End sessions of this node as ``end`` says (see ``end_sessions``); ``end`` may also
+        name one ``session``. Returns how many."""
+        try:
+            code = int(end["code"])
+            error = dict(end["error"])
+            only = end.get("session")
+            before = end.get("before")
+            before = None if before is None else float(before)
+            resumable = bool(end.get("resumable", False))
+        except (KeyError, TypeError, ValueError):
+            log.error("malformed request to end sessions: %.200r", end)
+            return 0
+        ended = 0
+        for session in list(self.sessions.get(user_id, ())):
+            if only is not None and session.id != only:
+                continue
+            if before is not None and session.issued_at is not None and session.issued_at >= before:
+                continue  # signed in again after the revocation
+            if session.ending is None:
+                session.end(code, error, resumable)
+                ended += 1
+        return ended
+
+    async def enforce_cap(self, user_id: str) -> None:
+        """A user who opened more than ``max_sessions`` sessions: the oldest close (4409).
+        Across all nodes when the router knows every node's sessions; else on this node."""
+        error = Error(
+            code=ErrorCode.CONFLICT.value,
+            message=f"You have more than {self.max_sessions} sessions open; this one, the "
+            "oldest, was closed. Carry on in the newest.",
+        )
+        end: Wire = {"code": CLOSE_REPLACED, "error": error.wire(), "resumable": False}
+        over = await self.router.oldest_over(user_id, self.max_sessions)
+        if over is not None:
+            for session_id in over:
+                await self.router.end_sessions(user_id, {**end, "session": session_id})
+                self.end_here(user_id, {**end, "session": session_id})
+            return
+        live = [s for s in self.sessions.get(user_id, ()) if s.ending is None]
+        live.sort(key=lambda s: s.opened)
+        for session in live[: max(0, len(live) - self.max_sessions)]:
+            session.end(CLOSE_REPLACED, error.wire(), resumable=False)
 
     # --- delivery ----------------------------------------------------------------------------
     def send(self, user_id: str, message: Message) -> bool:
@@ -236,6 +425,10 @@ class Hub:
         ]
 
     async def stop(self) -> None:
+        # A flag as well as cancel(): redis-py can swallow a CancelledError that arrives
+        # inside one of its calls, and a loop that lost its cancel would run on for ever.
+        self._stopping = True
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -245,7 +438,7 @@ class Hub:
             bg.cancel()
 
     async def _timer_loop(self) -> None:
-        while True:
+        while not self._stopping:
             delay = 0.25
             try:
                 self.deliver(await self.broker.fire_due())
@@ -263,7 +456,7 @@ class Hub:
                     await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.heartbeat_s)
             self._purge_parked()
             limit = time.monotonic() - 2 * self.heartbeat_s

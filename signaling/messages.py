@@ -52,6 +52,13 @@ class Hello(Message):
     resume: str | None = Field(default=None, max_length=256)
 
 
+class AuthRefresh(Message):
+    """A fresh token for the session, before the current one expires."""
+
+    type: Literal["auth.refresh"]
+    token: str = Field(min_length=1, max_length=8192)
+
+
 class Ping(Message):
     type: Literal["ping"]
 
@@ -148,6 +155,7 @@ class CallFeedback(Message):
 
 ClientMessage = Annotated[
     Hello
+    | AuthRefresh
     | Ping
     | Availability
     | AgentStatus
@@ -183,6 +191,8 @@ class Welcome(Message):
     resume: str
     heartbeat_s: float
     ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    # When the session closes (4401) unless its token is refreshed: seconds since the epoch.
+    expires_at: float | None = None
 
 
 class Error(Message):
@@ -284,6 +294,21 @@ class QueueUpdateMessage(Message):
     today: TodayStats
 
 
+class AuthRefreshed(Message):
+    """The direct answer to ``auth.refresh``: the session now lasts until ``expires_at``."""
+
+    type: Literal["auth.refreshed"] = "auth.refreshed"
+    expires_at: float
+
+
+class AuthExpiring(Message):
+    """The session's token expires soon: send ``auth.refresh`` before ``expires_at``."""
+
+    type: Literal["auth.expiring"] = "auth.expiring"
+    expires_at: float
+    expires_in_s: float
+
+
 class Reconnect(Message):
     """The node is shutting down: connect again (elsewhere) and resume."""
 
@@ -305,7 +330,9 @@ ServerMessage = Annotated[
     | SignalRelay
     | CallEnded
     | QueueUpdateMessage
-    | Reconnect,
+    | Reconnect
+    | AuthRefreshed
+    | AuthExpiring,
     Field(discriminator="type"),
 ]
 _server = TypeAdapter[ServerMessage](ServerMessage)

@@ -9,7 +9,9 @@ The hub delivers to its own sessions; a message for anyone else goes to its ``Ro
   node's channel ``vb:node:NODE`` and that node hands it to its sessions. A user held nowhere,
   or held by a node that no longer listens, gets the message parked in Redis
   (``vb:parked:{u:ID}``, kept for the grace period), so that it reaches them on whichever node
-  they resume.
+  they resume. A request to end a user's sessions (their sign-in was revoked, or they opened
+  more than the session cap allows) goes the same way to every node holding them;
+  ``vb:sessions:{u:ID}`` (a zset of "node|session" -> opened at) lets the cap count all nodes.
 
 Nodes heartbeat into ``vb:nodes`` (a zset of node -> last beat). A node whose beat is older than
 ``node_ttl_s`` is dead: the first live node to remove it from the zset (ZREM answers 1 to one
@@ -60,6 +62,8 @@ class RouterHost(Protocol):
 
     async def reassert(self) -> None: ...
 
+    def end_here(self, user_id: str, end: Wire) -> int: ...
+
 
 class Router(Protocol):
     remote: bool
@@ -80,6 +84,15 @@ class Router(Protocol):
     async def detached(self, user_id: str, session_id: str, last: bool) -> None: ...
 
     async def take_parked(self, user_id: str) -> list[Wire]: ...
+
+    async def end_sessions(self, user_id: str, end: Wire) -> None:
+        """Ask every other node holding the user to end their sessions as ``end`` says."""
+        ...
+
+    async def oldest_over(self, user_id: str, cap: int) -> list[str] | None:
+        """Ids of the user's oldest sessions beyond ``cap`` on all nodes together; None when
+        this router does not know other nodes' sessions (then this node's are all there is)."""
+        ...
 
 
 class LocalRouter:
@@ -106,6 +119,12 @@ class LocalRouter:
     async def take_parked(self, user_id: str) -> list[Wire]:
         return []
 
+    async def end_sessions(self, user_id: str, end: Wire) -> None:
+        return None
+
+    async def oldest_over(self, user_id: str, cap: int) -> list[str] | None:
+        return None
+
 
 def _where(uid: str) -> str:
     return "vb:where:{u:" + uid + "}"
@@ -113,6 +132,10 @@ def _where(uid: str) -> str:
 
 def _parked(uid: str) -> str:
     return "vb:parked:{u:" + uid + "}"
+
+
+def _user_sessions(uid: str) -> str:
+    return "vb:sessions:{u:" + uid + "}"
 
 
 def _channel(node: str) -> str:
@@ -186,6 +209,7 @@ class RedisRouter:
         self._tasks: list[asyncio.Task[None]] = []
         self._host: RouterHost | None = None
         self._subscribed = asyncio.Event()
+        self._stopping = False
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self, host: RouterHost) -> None:
@@ -202,6 +226,7 @@ class RedisRouter:
             await asyncio.wait_for(self._subscribed.wait(), 5.0)
 
     async def stop(self) -> None:
+        self._stopping = True  # redis-py may swallow a cancel that lands inside its calls
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -219,14 +244,50 @@ class RedisRouter:
     async def _attached(self, user_id: str, session_id: str) -> None:
         await self.r.sadd(_where(user_id), self.node_id)
         await self.r.sadd(_sessions(self.node_id), f"{user_id}|{session_id}")
+        # NX: a session re-registered after a takeover keeps its age for the session cap.
+        await self.r.zadd(
+            _user_sessions(user_id), {f"{self.node_id}|{session_id}": time.time()}, nx=True
+        )
 
     async def detached(self, user_id: str, session_id: str, last: bool) -> None:
         await _guard(self._detached(user_id, session_id, last))
 
     async def _detached(self, user_id: str, session_id: str, last: bool) -> None:
         await self.r.srem(_sessions(self.node_id), f"{user_id}|{session_id}")
+        await self.r.zrem(_user_sessions(user_id), f"{self.node_id}|{session_id}")
         if last:
             await self.r.srem(_where(user_id), self.node_id)
+
+    # --- ending sessions -------------------------------------------------------------------
+    async def end_sessions(self, user_id: str, end: Wire) -> None:
+        async def publish() -> None:
+            nodes = [n for n in await self.r.smembers(_where(user_id)) if n != self.node_id]
+            if nodes:
+                text = json.dumps({"to": user_id, "end": end}, separators=(",", ":"))
+                await self._publish([(node, text) for node in nodes])
+
+        await _guard(publish())
+
+    async def oldest_over(self, user_id: str, cap: int) -> list[str] | None:
+        async def read() -> list[str]:
+            key = _user_sessions(user_id)
+            entries = [str(e) for e in await self.r.zrange(key, 0, -1)]
+            if len(entries) <= cap:
+                return []
+            # Over the cap: drop entries their node no longer holds (left behind while Redis
+            # was unreachable), so that they neither count nor stand in for a live session.
+            pipe = self.r.pipeline(transaction=False)
+            for entry in entries:
+                node, _, session_id = entry.partition("|")
+                pipe.sismember(_sessions(node), f"{user_id}|{session_id}")
+            held = await pipe.execute()
+            stale = [e for e, h in zip(entries, held, strict=True) if not h]
+            if stale:
+                await self.r.zrem(key, *stale)
+            live = [e.partition("|")[2] for e, h in zip(entries, held, strict=True) if h]
+            return live[: max(0, len(live) - cap)]
+
+        return await _guard(read())
 
     async def take_parked(self, user_id: str) -> list[Wire]:
         async def take() -> list[Wire]:
@@ -243,11 +304,11 @@ class RedisRouter:
     async def _send_loop(self) -> None:
         """One sender, so that messages to a user leave in the order they were sent; each
         round takes everything queued and looks presence up in one pipeline."""
-        while True:
+        while not self._stopping:
             batch = [await self._out.get()]
             while not self._out.empty() and len(batch) < 1000:
                 batch.append(self._out.get_nowait())
-            while True:
+            while not self._stopping:
                 try:
                     await self._route(batch)
                     break
@@ -320,14 +381,14 @@ class RedisRouter:
         """Messages other nodes publish for this node's sessions. After the channel was lost
         (Redis went away), subscribes again and hands on what was parked meanwhile for the
         users whose sockets are here."""
-        while True:
+        while not self._stopping:
             pubsub = self.pubsub_client.pubsub(ignore_subscribe_messages=True)
             try:
                 await asyncio.wait_for(pubsub.subscribe(_channel(self.node_id)), 5.0)
                 self._subscribed.set()
                 if self._host is not None:
                     await self._host.redeliver_parked()
-                while True:
+                while not self._stopping:
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is not None and msg.get("type") == "message":
                         self._arrived(msg["data"])
@@ -348,7 +409,12 @@ class RedisRouter:
     def _arrived(self, data: str) -> None:
         try:
             envelope = json.loads(data)
-            user_id, message = str(envelope["to"]), dict(envelope["msg"])
+            user_id = str(envelope["to"])
+            if "end" in envelope:  # end the user's sessions here (revoked, over the cap)
+                if self._host is not None:
+                    self._host.end_here(user_id, dict(envelope["end"]))
+                return
+            message = dict(envelope["msg"])
         except (ValueError, KeyError, TypeError):
             log.error("malformed message on the node channel: %.200s", data)
             return
@@ -359,7 +425,7 @@ class RedisRouter:
     # --- liveness --------------------------------------------------------------------------
     async def _beat_loop(self) -> None:
         first = True
-        while True:
+        while not self._stopping:
             try:
                 beat = self.beat_store.r
                 added = await beat.zadd(_NODES, {self.node_id: time.time()})
@@ -388,6 +454,7 @@ class RedisRouter:
             user_id, _, session_id = entry.partition("|")
             await self.store.set_connected(user_id, False)
             await self.r.srem(_where(user_id), node)
+            await self.r.zrem(_user_sessions(user_id), f"{node}|{session_id}")
             if self.grace_s > 0:
                 await self.broker.disconnected(user_id, session_id, self.grace_s)
             else:

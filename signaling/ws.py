@@ -17,13 +17,15 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from broker.model import BrokerError, CallState, ErrorCode
 from broker.store.base import ResumeTicket, StoreUnavailable
 from signaling.app import CONTEXT, Context
-from signaling.auth import AuthError
+from signaling.auth import AuthError, Claims, revoked
 from signaling.hub import Session
 from signaling.messages import (
     MAX_FRAME,
     Ack,
     AgentState,
     AgentStatus,
+    AuthRefresh,
+    AuthRefreshed,
     Availability,
     AvailabilityState,
     BadMessage,
@@ -49,7 +51,7 @@ from signaling.messages import (
 
 log = logging.getLogger("vabroker.ws")
 
-CLOSE_UNAUTHENTICATED = 4401
+CLOSE_UNAUTHENTICATED = 4401  # hello refused; also a session whose token expired (hub)
 SESSION_TOKEN_TTL_S = 86400.0
 
 
@@ -151,6 +153,9 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
     attached: Session | None = None
     connected = False
     try:
+        if revoked(claims, await ctx.store.revoked_before(claims.sub)):
+            await _refuse(ws, _REVOKED, hello.ref)
+            return None
         profile = await ctx.profile_for(claims)
         ticket = (
             await ctx.store.take_resume(hello.resume, ctx.clock.now()) if hello.resume else None
@@ -161,7 +166,7 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
         await ctx.store.put_resume(
             token, ResumeTicket(claims.sub, session_id), ctx.clock.now() + SESSION_TOKEN_TTL_S
         )
-        session = attached = Session(session_id, profile, ws, token)
+        session = attached = Session(session_id, profile, ws, token, claims.iat)
         ctx.hub.attach(session)
         await ctx.store.set_connected(profile.user_id, True)
         connected = True
@@ -191,8 +196,14 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
             resume=token,
             heartbeat_s=ctx.settings.heartbeat_s,
             ice_servers=ctx.ice_servers(profile.user_id),
+            expires_at=_deadline(ctx, claims),
         )
     )
+    ctx.hub.expire_at(session, _deadline(ctx, claims))
+    try:
+        await ctx.hub.enforce_cap(profile.user_id)
+    except StoreUnavailable:
+        log.warning("store unavailable: session cap not checked", extra={"user": profile.user_id})
     try:
         parked = await ctx.hub.unpark_all(profile.user_id)
     except StoreUnavailable:
@@ -217,6 +228,44 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
 
 
 _UNAVAILABLE = "The service is briefly unavailable. Please try again in a moment."
+_REVOKED = "This sign-in was revoked. Sign in again for a new token."
+
+
+def _deadline(ctx: Context, claims: Claims) -> float:
+    """When a session signed in with ``claims`` ends unless refreshed: the token's expiry
+    plus the leeway the token is verified with, so that a token accepted at hello is never
+    cut off at once for the clock skew that leeway forgives."""
+    return claims.exp + ctx.auth.leeway_s
+
+
+async def _refresh(ctx: Context, session: Session, message: AuthRefresh) -> None:
+    """``auth.refresh``: a new token for the same user, role and organisation. A refused
+    token changes nothing: the session keeps its current expiry."""
+    try:
+        claims = ctx.auth.verify(message.token)
+    except AuthError as exc:
+        raise BrokerError(
+            ErrorCode.UNAUTHENTICATED, f"{exc} The session keeps its token."
+        ) from None
+    profile = session.profile
+    if claims.sub != profile.user_id:
+        raise BrokerError(
+            ErrorCode.UNAUTHENTICATED,
+            "The new token is for another user; a session keeps its user. Connect again to "
+            "sign in as someone else.",
+        )
+    if claims.role is not profile.role or claims.org != profile.org:
+        raise BrokerError(
+            ErrorCode.UNAUTHENTICATED,
+            "The new token gives another role or organisation; connect again with it to "
+            "change them.",
+        )
+    if revoked(claims, await ctx.store.revoked_before(claims.sub)):
+        raise BrokerError(ErrorCode.UNAUTHENTICATED, _REVOKED)
+    deadline = _deadline(ctx, claims)
+    session.issued_at = claims.iat
+    ctx.hub.expire_at(session, deadline)
+    session.send(AuthRefreshed(expires_at=deadline, ref=message.ref))
 
 
 async def _serve(ctx: Context, session: Session) -> None:
@@ -224,6 +273,8 @@ async def _serve(ctx: Context, session: Session) -> None:
     bucket = TokenBucket(ctx.settings.messages_per_s, ctx.settings.message_burst)
     async for msg in ws:
         session.last_seen = time.monotonic()
+        if session.ending is not None:
+            continue  # closing (expired, revoked, over the cap): nothing more is acted on
         if msg.type == WSMsgType.PING:
             await ws.pong(msg.data)
             continue
@@ -272,6 +323,8 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
     match message:
         case Ping():
             session.send(Pong(ref=ref))
+        case AuthRefresh():
+            await _refresh(ctx, session, message)
         case Hello():
             raise BrokerError(ErrorCode.CONFLICT, "You are already signed in on this connection.")
         case Availability():
@@ -336,19 +389,24 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
 
 async def _goodbye(ctx: Context, session: Session) -> None:
     user = session.user_id
-    ctx.hub.detach(session, park=ctx.settings.grace_s > 0)
+    # A session the server ended for good (revoked, over the cap) is not resumed: its resume
+    # token goes, and with no other session its call ends now rather than after the grace.
+    grace = ctx.settings.grace_s if session.resumable else 0.0
+    ctx.hub.detach(session, park=grace > 0)
     await session.close()
     try:
         await ctx.store.set_connected(user, False)
         await ctx.hub.router.detached(user, session.id, last=not ctx.hub.is_here(user))
+        if not session.resumable:
+            await ctx.store.take_resume(session.resume_token, ctx.clock.now())
         if ctx.hub.is_here(user):
             return  # the same user still has another session open
         now = ctx.clock.now()
-        if ctx.settings.grace_s > 0:
+        if grace > 0:
             await ctx.store.put_resume(
-                session.resume_token, ResumeTicket(user, session.id), now + ctx.settings.grace_s
+                session.resume_token, ResumeTicket(user, session.id), now + grace
             )
-            await ctx.broker.disconnected(user, session.id, ctx.settings.grace_s)
+            await ctx.broker.disconnected(user, session.id, grace)
             ctx.hub.wake()
         else:
             ctx.hub.deliver(await ctx.broker.lost(user))

@@ -147,5 +147,18 @@ class Client:
                 got.append(dict(json.loads(raw)))
         return got
 
+    async def until_closed(self, timeout: float = 5.0) -> tuple[list[dict[str, Any]], int]:
+        """Everything received until the server closed the connection, and its close code."""
+        got = list(self.inbox)
+        self.inbox.clear()
+        try:
+            while True:
+                got.append(await self.recv(timeout))
+        except websockets.ConnectionClosed:
+            pass
+        code = self.ws.close_code
+        assert code is not None, "closed without a close code"
+        return got, code
+
     async def close(self) -> None:
         await self.ws.close()

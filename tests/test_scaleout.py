@@ -4,19 +4,22 @@ dying mid-call. Nodes are real ``vabroker serve`` processes; Redis is a real ``r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 
 from broker.store.redis import RedisStore
-from tests.helpers import Client
+from signaling.auth import mint
+from tests.helpers import SECRET, Client, start_server
 from tests.nodes import BrokerNode, broker_nodes, wait_for
 from tests.redis_procs import RedisServer
 
@@ -266,3 +269,61 @@ def _async(check: Any) -> Any:
         return bool(await asyncio.to_thread(check))
 
     return run
+
+
+# --- ending sessions on every node --------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(redis_url: str, tmp_path: Path, **settings: Any) -> AsyncIterator[Any]:
+    """Node B a ``vabroker serve`` process, node A in this process (so that the test can call
+    its hub, as an admin route would), on one Redis."""
+    with broker_nodes(redis_url, tmp_path, count=1, **settings) as (b,):
+        async with start_server(
+            store_url=redis_url, node_id="node-in", node_beat_s=0.5, node_ttl_s=4, **settings
+        ) as a:
+            yield a, b
+
+
+async def test_revoking_a_user_ends_their_sessions_on_every_node(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with two_nodes(redis_url, tmp_path) as (a, b):
+        here = await a.connect("v1", "volunteer")
+        there = await b.connect("v1", "volunteer")
+        bystander = await b.connect("v2", "volunteer")
+        before = await a.ctx.hub.revoke("v1", error_code="suspended", message="Banned.")
+        for client in (here, there):
+            got, code = await client.until_closed(timeout=10)
+            assert code == 4403
+            assert got[-1] == {"type": "error", "code": "suspended", "message": "Banned."}
+        assert (await bystander.request({"type": "ping"}))["type"] == "pong"
+        # The revocation is in the store: node B refuses a token issued before it.
+        ws = await websockets.connect(b.ws_url, proxy=None)
+        late = Client(ws, "v1")
+        old = mint(SECRET, "v1", "volunteer", ttl_s=3600, now=before - 5)
+        answer = await late.request({"type": "hello", "token": old}, timeout=10)
+        assert answer["type"] == "error" and answer["code"] == "unauthenticated"
+        assert (await late.until_closed(timeout=10))[1] == 4401
+        await bystander.close()
+
+
+async def test_the_session_cap_counts_sessions_on_every_node(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with two_nodes(redis_url, tmp_path, max_sessions_per_user=2) as (a, b):
+        # Left behind by a node that lost Redis as a session closed: it must not count.
+        stale = "node-gone|s_stale"
+        await a.ctx.store.r.zadd("vb:sessions:{u:v1}", {stale: 1.0})
+        first = await a.connect("v1", "volunteer")
+        second = await b.connect("v1", "volunteer")
+        third = await a.connect("v1", "volunteer")  # the oldest, on this node, closes
+        got, code = await first.until_closed(timeout=10)
+        assert code == 4409 and got[-1]["code"] == "conflict"
+        fourth = await a.connect("v1", "volunteer")  # the oldest is now on node B
+        got, code = await second.until_closed(timeout=10)
+        assert code == 4409 and got[-1]["code"] == "conflict"
+        for client in (third, fourth):
+            assert (await client.request({"type": "ping"}))["type"] == "pong"
+            await client.close()
+        assert await a.ctx.store.r.zscore("vb:sessions:{u:v1}", stale) is None

@@ -351,3 +351,77 @@ async def test_reconnect_message_pauses_then_resumes() -> None:
             assert client.welcome is not None and client.welcome.resume == "resume-2"
         finally:
             await client.close()
+
+
+# --- the sign-in's lifetime ---------------------------------------------------------------------
+
+
+class _Tokens:
+    """A token provider that counts its calls; each token lives ``ttl_s``."""
+
+    def __init__(self, server: Server, sub: str, ttl_s: float) -> None:
+        self.server, self.sub, self.ttl_s, self.calls = server, sub, ttl_s, 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        return self.server.token(self.sub, "volunteer", ttl_s=self.ttl_s)
+
+
+async def test_the_sdk_refreshes_its_token_before_it_expires() -> None:
+    async with start_server(jwt_leeway_s=0, token_warning_s=1.5) as srv:
+        tokens = _Tokens(srv, "v1", ttl_s=3)
+        client = Client(srv.ws_url, srv.token("v1", ttl_s=2), token_provider=tokens)
+        welcome = await client.connect()
+        try:
+            first_expiry = client.expires_at
+            await until(lambda: client.refreshes >= 2, 8, "two refreshes")
+            assert client.expires_at is not None and first_expiry is not None
+            assert client.expires_at > first_expiry + 1
+            assert client.resumes == 0 and client.connected  # never dropped
+            assert client.welcome is not None and client.welcome.session == welcome.session
+            assert isinstance(await client.expect({"type": "ping"}, Pong), Pong)
+        finally:
+            await client.close()
+
+
+async def test_an_expired_session_signs_in_again_and_resumes() -> None:
+    # No warning: the token runs out, the broker closes with 4401 and the SDK comes back.
+    async with start_server(jwt_leeway_s=0, token_warning_s=0, grace_s=10) as srv:
+        tokens = _Tokens(srv, "v1", ttl_s=3600)
+        client = Client(srv.ws_url, srv.token("v1", ttl_s=2), token_provider=tokens)
+        welcome = await client.connect()
+        try:
+            await until(lambda: client.resumes == 1, 6, "a resume with a fresh token")
+            assert tokens.calls == 1 and client.refreshes == 0
+            assert client.welcome is not None and client.welcome.session == welcome.session
+            assert isinstance(await client.expect({"type": "ping"}, Pong), Pong)
+        finally:
+            await client.close()
+
+
+async def test_without_a_provider_the_session_ends_with_its_token() -> None:
+    async with start_server(jwt_leeway_s=0, token_warning_s=1) as srv:
+        client = Client(srv.ws_url, srv.token("v1", ttl_s=2))
+        await client.connect()
+        lost = await asyncio.wait_for(client.wait_closed(), 6)
+        assert isinstance(lost, ConnectionLost) and "4401" in str(lost)
+        assert client.resumes == 0
+
+
+async def test_a_revoked_or_replaced_session_is_not_reconnected() -> None:
+    async with start_server(max_sessions_per_user=1) as srv:
+        tokens = _Tokens(srv, "v1", ttl_s=3600)
+        revoked = Client(srv.ws_url, srv.token("v1"), token_provider=tokens)
+        await revoked.connect()
+        await srv.ctx.hub.revoke("v1")
+        lost = await asyncio.wait_for(revoked.wait_closed(), 5)
+        assert isinstance(lost, ConnectionLost) and "4403" in str(lost)
+        assert revoked.resumes == 0 and tokens.calls == 0
+        older = Client(srv.ws_url, srv.token("v2"), token_provider=_Tokens(srv, "v2", 3600))
+        await older.connect()
+        newer = Client(srv.ws_url, srv.token("v2"))
+        await newer.connect()
+        lost = await asyncio.wait_for(older.wait_closed(), 5)
+        assert isinstance(lost, ConnectionLost) and "4409" in str(lost)
+        assert older.resumes == 0 and newer.connected
+        await newer.close()

@@ -490,6 +490,20 @@ async def test_resume_tokens_work_once_until_they_expire(st: Store) -> None:
     assert await st.take_resume("nope", NOW) is None
 
 
+async def test_revoking_sign_ins_keeps_the_latest_time(st: Store) -> None:
+    assert await st.revoked_before("u1") is None
+    assert await st.revoke_sessions("u1", NOW + 0.25) == NOW + 0.25
+    assert await st.revoked_before("u1") == NOW + 0.25  # fractions survive the round trip
+    assert await st.revoked_before("u2") is None  # one user's revocation is theirs alone
+    assert await st.revoke_sessions("u1", NOW - 100) == NOW + 0.25  # never moved back
+    assert await st.revoked_before("u1") == NOW + 0.25
+    assert await st.revoke_sessions("u1", NOW + 60) == NOW + 60
+    assert await st.revoked_before("u1") == NOW + 60
+    got = await asyncio.gather(*(st.revoke_sessions("u3", NOW + i) for i in range(20)))
+    assert await st.revoked_before("u3") == NOW + 19
+    assert max(got) == NOW + 19
+
+
 # --- Redis specifics (not part of the shared contract) ------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """The state store contract.
 
 Everything the broker must share between nodes lives behind this interface: profiles,
-availability, calls, rings, timers, resume tokens and history. Two implementations honour it:
+availability, calls, rings, timers, resume tokens, sign-in revocations and history. Two implementations honour it:
 ``MemoryStore`` (one process, the default) and the Redis store (many nodes). One contract test
 suite runs against both.
 
@@ -227,6 +227,16 @@ class Store(Protocol):
 
     async def take_resume(self, token: str, now: float) -> ResumeTicket | None:
         """Use a resume token once; None if unknown, used or expired."""
+
+    # --- sign-in revocation ----------------------------------------------------------------
+    async def revoke_sessions(self, user_id: str, before: float) -> float:
+        """Revoke every sign-in of the user issued before ``before`` (a token's ``iat``,
+        seconds since the epoch): such tokens are refused from now on. A later revocation
+        never lets an earlier one lapse: the latest time given is kept, and returned. The fact
+        is kept until the user is forgotten (it must outlive any token issued before it)."""
+
+    async def revoked_before(self, user_id: str) -> float | None:
+        """The user's revocation time (tokens issued before it are refused), or None."""
 
     # --- history ---------------------------------------------------------------------------
     async def calls_of(self, user_id: str, limit: int = 1000) -> list[Call]:

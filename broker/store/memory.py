@@ -125,6 +125,7 @@ class MemoryStore:
         self._timers: dict[str, float] = {}
         self._timer_heap: list[tuple[float, str]] = []
         self._resume: dict[str, tuple[ResumeTicket, float]] = {}
+        self._revoked: dict[str, float] = {}  # user -> tokens issued before this are refused
         self._hits: dict[str, deque[float]] = defaultdict(deque)
         # partner organisations, queues and agents
         self._orgs: dict[str, Org] = {}
@@ -567,6 +568,15 @@ class MemoryStore:
         if entry is None or entry[1] < now:
             return None
         return entry[0]
+
+    # --- sign-in revocation ----------------------------------------------------------------
+    async def revoke_sessions(self, user_id: str, before: float) -> float:
+        latest = max(before, self._revoked.get(user_id, before))
+        self._revoked[user_id] = latest
+        return latest
+
+    async def revoked_before(self, user_id: str) -> float | None:
+        return self._revoked.get(user_id)
 
     # --- history ---------------------------------------------------------------------------
     async def calls_of(self, user_id: str, limit: int = 1000) -> list[Call]:

@@ -9,7 +9,8 @@ runs on a single Redis and on a Cluster:
   the open call (``open``), the ring budget (``rday``/``rcount``), ``last_rung``, and the index
   entries the user is in (``idx``) or would be in when on duty (``plan``);
   ``vb:{u:ID}:ans`` (zset of answer times, for calls in the last 30 days), ``:hist`` (list of
-  ended calls, newest first), ``:blocked`` (set).
+  ended calls, newest first), ``:blocked`` (set), ``:revoked`` (string: sign-ins issued before
+  this time are refused; kept without a TTL).
 - ``vb:{CALL}:call`` hash, one JSON value per ``Call`` field; ``:ringing`` and ``:rung`` sets;
   ``:fb`` hash of feedback by user.
 - ``vb:{idx:LANG}:groups`` set of "zone|start|end" groups, and ``vb:{idx:LANG}:g:GROUP`` zsets of
@@ -386,6 +387,17 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return redis.call('ZCARD', KEYS[1])
 """
 
+# KEYS: the user's revocation string. ARGV: the new time. Keeps the latest; returns it as text
+# (a Lua number would come back truncated to an integer).
+_REVOKE = """
+local current = redis.call('GET', KEYS[1])
+if current == false or tonumber(ARGV[1]) > tonumber(current) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+return current
+"""
+
 
 # --- partner organisations, queues and agents --------------------------------------------------
 # Keys of one organisation share the hash tag ``{o:<id>}``: ``vb:{o:ID}`` (its configuration),
@@ -673,6 +685,7 @@ class RedisStore:
         self._finish_party = reg(_FINISH_PARTY)
         self._claim_due = reg(_CLAIM_DUE)
         self._hit = reg(_HIT)
+        self._revoke = reg(_REVOKE)
         self._queue_scripts()
         self._add_device = reg(_ADD_DEVICE)
         self._drop_devices = reg(_DROP_DEVICES)
@@ -1211,6 +1224,16 @@ class RedisStore:
         if float(expires_at) < now:
             return None
         return ResumeTicket(str(user_id), str(session_id))
+
+    # --- sign-in revocation ----------------------------------------------------------------
+    @unavailable_on_redis_errors
+    async def revoke_sessions(self, user_id: str, before: float) -> float:
+        return float(await self._revoke(keys=[_user(user_id) + ":revoked"], args=[repr(before)]))
+
+    @unavailable_on_redis_errors
+    async def revoked_before(self, user_id: str) -> float | None:
+        raw = await self.r.get(_user(user_id) + ":revoked")
+        return None if raw is None else float(raw)
 
     # --- history ---------------------------------------------------------------------------
     async def _calls(self, ids: list[str]) -> list[Call]:

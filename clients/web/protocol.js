@@ -76,7 +76,14 @@ const bool = (v) => typeof v === "boolean";
 
 // Required and optional fields of every server message (signaling/messages.py).
 const SERVER_MESSAGES = {
-  welcome: { user: obj, session: str, resume: str, heartbeat_s: num, ice_servers: Array.isArray },
+  welcome: {
+    user: obj,
+    session: str,
+    resume: str,
+    heartbeat_s: num,
+    ice_servers: Array.isArray,
+    expires_at: optNum,
+  },
   error: { code: str, message: str },
   pong: {},
   ack: {},
@@ -98,6 +105,9 @@ const SERVER_MESSAGES = {
   signal: { call: str, data: obj },
   "call.ended": { call: str, reason: str, by: optStr },
   reconnect: { after_s: optNum },
+  // The sign-in: the token expires soon (send auth.refresh), and the answer to auth.refresh.
+  "auth.expiring": { expires_at: num, expires_in_s: num },
+  "auth.refreshed": { expires_at: num },
   // Partner queues: the live queue of an agent's organisation.
   "queue.update": {},
 };
@@ -129,15 +139,25 @@ export function brokerUrl() {
   return `${scheme}//${location.host}/v1/ws`;
 }
 
+// Close codes of the sign-in (docs/protocol.md): the token expired or was refused; the
+// sign-in was revoked; a newer session of the same person took this one's place.
+export const CLOSE_UNAUTHENTICATED = 4401;
+export const CLOSE_REVOKED = 4403;
+export const CLOSE_REPLACED = 4409;
+
 // One signed-in WebSocket session. Server messages are dispatched by type to handlers added
 // with on(type, fn); answers to requests (same ref) resolve request()'s promise instead of
 // going to the handlers (an error answer rejects it). A dropped connection is resumed with the
-// token from welcome, so a call survives a brief network loss.
+// token from welcome, so a call survives a brief network loss. ``tokenSource`` (optional)
+// resolves with a fresh token for the same person: asked when the broker warns that the token
+// expires soon (auth.expiring), and sent with auth.refresh so that the session carries on.
 export class Session {
-  constructor(token, { url = brokerUrl(), onConnection = () => {} } = {}) {
+  constructor(token, { url = brokerUrl(), onConnection = () => {}, tokenSource = null } = {}) {
     this.token = token;
     this.url = url;
     this.onConnection = onConnection;
+    this.tokenSource = tokenSource;
+    this.refreshing = false;
     this.handlers = new Map();
     this.pending = new Map();
     this.nextRef = 1;
@@ -211,8 +231,13 @@ export class Session {
           return;
         }
         if (this.closedByUs) return;
-        if (event.code === 4401) {
+        if (event.code === CLOSE_UNAUTHENTICATED || event.code === CLOSE_REVOKED) {
           this.onConnection("signed-out");
+          return;
+        }
+        if (event.code === CLOSE_REPLACED) {
+          // Never reconnect by itself: two tabs would take each other's place for ever.
+          this.onConnection("replaced");
           return;
         }
         const afterS = this.reconnectAfterS ?? 0.5;
@@ -243,6 +268,7 @@ export class Session {
       // An answer that is also an event (call.assigned, call.ended) still updates the page.
       if (message.type === "error" || message.type === "ack" || message.type === "pong") return;
     }
+    if (message.type === "auth.expiring") this.refreshToken(message.expires_in_s);
     if (message.type === "reconnect") {
       // The broker node is going away: come back (to another node) after after_s and resume.
       this.reconnectAfterS = message.after_s || 0;
@@ -271,6 +297,24 @@ export class Session {
       }, timeoutMs);
       this.ws.send(JSON.stringify({ ...message, ref }));
     });
+  }
+
+  // Asks the token source for a fresh token and sends it before the current one expires.
+  // A refused or missing token changes nothing: the session ends when the old token does.
+  async refreshToken(withinS) {
+    if (!this.tokenSource || this.refreshing) return;
+    this.refreshing = true;
+    try {
+      const timeout = new Promise((resolve) => setTimeout(() => resolve(null), withinS * 1000));
+      const token = await Promise.race([this.tokenSource(), timeout]);
+      if (typeof token !== "string" || !token) return;
+      await this.request({ type: "auth.refresh", token });
+      this.token = token;
+    } catch (err) {
+      console.warn("the token was not refreshed:", err.message);
+    } finally {
+      this.refreshing = false;
+    }
   }
 
   ping(timeoutMs = 10000) {

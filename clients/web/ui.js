@@ -106,7 +106,11 @@ export async function startSession(role, register) {
   let problem = "";
   for (;;) {
     const token = await signIn(role, problem);
-    const session = new Session(token, { onConnection: connectionNotice });
+    // A fresh token for the same person may be posted by the deployment's sign-in page.
+    const session = new Session(token, {
+      onConnection: connectionNotice,
+      tokenSource: tokenFromMessage,
+    });
     register(session);
     try {
       const welcome = await session.connect();
@@ -143,8 +147,17 @@ export function connectionNotice(state) {
     reconnecting = false;
     announce("Reconnected.");
   } else if (state === "signed-out") {
-    // The broker refused the token on a reconnect (it expired): start again at sign-in.
+    // The token expired or the sign-in was revoked: start again at sign-in.
     forgetToken();
     location.reload();
+  } else if (state === "replaced") {
+    // Too many open sessions: this, the oldest, was closed. It stays closed (reconnecting
+    // would close another) until the person reloads it.
+    const text =
+      "This page was closed because you opened the service in another tab or device. " +
+      "Reload to use it here.";
+    showState("signed-out");
+    $("#sign-in-error").textContent = text;
+    announce(text);
   }
 }

@@ -196,3 +196,32 @@ async def test_ping_is_answered(browser: Browser, broker_server: Server) -> None
         await rec.evaluate("async () => (await window.vabrokerPage.session.ping()).type") == "pong"
     )
     await rec.context.close()
+
+
+async def test_the_session_refreshes_its_token_when_warned(
+    ui_module_page: Page, broker_server: Server
+) -> None:
+    # A token this short is warned about at once (auth.expiring comes a minute ahead).
+    short = broker_server.token("rec-refresh", "recipient", ttl_s=2)
+    fresh = broker_server.token("rec-refresh", "recipient", ttl_s=3600)
+    got = await ui_module_page.evaluate(
+        """async ([short, fresh]) => {
+            const { Session } = await import('./protocol.js');
+            let asked = 0;
+            const tokenSource = async () => { asked += 1; return fresh; };
+            const session = new Session(short, { tokenSource });
+            const warned = new Promise((resolve) => session.on('auth.expiring', resolve));
+            await session.connect();
+            const warning = await warned;
+            for (let i = 0; i < 100 && session.token !== fresh; i++) {
+                await new Promise((wake) => setTimeout(wake, 50));
+            }
+            const pong = await session.ping();
+            session.close();
+            return { asked, refreshed: session.token === fresh, left: warning.expires_in_s,
+                     pong: pong.type };
+        }""",
+        [short, fresh],
+    )
+    assert got["asked"] == 1 and got["refreshed"] is True and got["pong"] == "pong"
+    assert 0 < got["left"] <= 32
