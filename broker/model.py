@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time
 from typing import Annotated
@@ -103,18 +104,34 @@ _BCP47 = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 
 
 def _check_language(tag: str) -> str:
-    if not _BCP47.match(tag):
-        raise ValueError(f"{tag!r} is not a BCP 47 language tag such as 'en' or 'pt-BR'")
+    if len(tag) > 64 or not _BCP47.match(tag):
+        raise ValueError(f"{shown(tag)} is not a BCP 47 language tag such as 'en' or 'pt-BR'")
     return tag
 
 
+# IANA names are at most a few short parts ("America/Argentina/ComodRivadavia", 32 characters):
+# anything longer or odder is refused before any look-up (zoneinfo's walks the name's parts).
+MAX_TIMEZONE_LENGTH = 64
+_TZ_SHAPE = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9][A-Za-z0-9_+-]*){0,3}$")
+
+
 def _check_timezone(name: str) -> str:
+    if len(name) > MAX_TIMEZONE_LENGTH or not _TZ_SHAPE.match(name):
+        raise ValueError(
+            f"{shown(name)} is not an IANA time zone such as 'Europe/London' "
+            f"(at most {MAX_TIMEZONE_LENGTH} characters)"
+        )
     if name not in _known_zones():
         try:
             ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
             raise ValueError(f"{name!r} is not an IANA time zone such as 'Europe/London'") from exc
     return name
+
+
+def shown(value: str, limit: int = 40) -> str:
+    """A value quoted in an error message, cut short: a message never echoes a whole input."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
 
 
 _ZONES: frozenset[str] | None = None
@@ -127,8 +144,35 @@ def _known_zones() -> frozenset[str]:
     return _ZONES
 
 
+# Free text one person types and another sees (names, topics, notes, comments): no control
+# characters (C0 U+0000-U+001F, DEL, C1 U+0080-U+009F), which a screen reader or a terminal may act
+# on, and no bidirectional overrides or isolates (U+202A-U+202E, U+2066-U+2069), which make text
+# read differently from what it says (a name that shows as another person's). Multi-line text
+# (notes, comments, descriptions) may hold tab, line feed and carriage return. Refused, not
+# stripped: the sender is told which field and which character.
+_FORBIDDEN_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_FORBIDDEN_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _check_text(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        bad = pattern.search(value)
+        if bad is not None:
+            raise ValueError(
+                f"{what} must not contain U+{ord(bad.group()):04X} (control characters and "
+                "bidirectional overrides are refused)"
+            )
+        return value
+
+    return check
+
+
 Language = Annotated[str, AfterValidator(_check_language)]
 TimeZone = Annotated[str, AfterValidator(_check_timezone)]
+# One line of text a person sees (a name, a topic).
+PlainText = Annotated[str, AfterValidator(_check_text(_FORBIDDEN_IN_LINE, "text"))]
+# Text that may run over several lines (a note, a comment, a description).
+MultilineText = Annotated[str, AfterValidator(_check_text(_FORBIDDEN_IN_TEXT, "text"))]
 
 
 def local_datetime(timezone: str, ts: float) -> datetime:
@@ -154,7 +198,7 @@ class RingWindow(BaseModel):
     def _parse_hhmm(cls, value: object) -> object:
         if isinstance(value, str):
             if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
-                raise ValueError(f"{value!r} is not a time of day written HH:MM")
+                raise ValueError(f"{shown(value)} is not a time of day written HH:MM")
             hours, minutes = value.split(":")
             return time(int(hours), int(minutes))
         return value

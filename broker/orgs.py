@@ -17,7 +17,15 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
-from broker.model import Language, TimeZone, local_datetime, primary_language
+from broker.model import (
+    Language,
+    MultilineText,
+    PlainText,
+    TimeZone,
+    local_datetime,
+    primary_language,
+    shown,
+)
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -35,7 +43,7 @@ CLOSING_HORIZON_DAYS = 8
 def check_id(value: str, what: str = "id") -> str:
     if not _ID.match(value):
         raise ValueError(
-            f"{value!r} is not a valid {what}: 1-64 lower-case letters, digits, '-' or '_', "
+            f"{shown(value)} is not a valid {what}: 1-64 lower-case letters, digits, '-' or '_', "
             "starting with a letter or digit"
         )
     return value
@@ -59,7 +67,7 @@ class Span(BaseModel):
     @classmethod
     def _hhmm(cls, value: str) -> str:
         if not _HHMM.match(value):
-            raise ValueError(f"{value!r} is not a time of day written HH:MM (00:00-24:00)")
+            raise ValueError(f"{shown(value)} is not a time of day written HH:MM (00:00-24:00)")
         return value
 
     @model_validator(mode="after")
@@ -87,7 +95,7 @@ class QueueConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
-    name: str = Field(min_length=1, max_length=120)
+    name: PlainText = Field(min_length=1, max_length=120)
     languages: list[Language] = Field(default_factory=list, max_length=20)
     strategy: Strategy = "longest_idle"
     ring_timeout_s: float = Field(default=20.0, ge=5, le=600)
@@ -119,8 +127,8 @@ class Org(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
-    name: str = Field(min_length=1, max_length=120)
-    description: str = Field(default="", max_length=2000)
+    name: PlainText = Field(min_length=1, max_length=120)
+    description: MultilineText = Field(default="", max_length=2000)
     languages: list[Language] = Field(min_length=1, max_length=20)
     timezone: TimeZone
     hours: dict[Weekday, list[Span]] = Field(default_factory=dict)

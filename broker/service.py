@@ -203,7 +203,9 @@ class Broker:
             call = await self.store.get_call(call_id)
             if call is None or user_id not in await self.store.rung(call_id):
                 raise BrokerError(ErrorCode.NOT_FOUND, "You are not being rung for that call.")
-            return Outcome(call, [])  # already withdrawn or lapsed: declining it again is harmless
+            # Withdrawn, lapsed, or the call was answered elsewhere or ended: a decline that
+            # crosses any of these is an ordinary race, acknowledged (protocol: "decline").
+            return Outcome(call, [])
         await self.store.unschedule(timer(RING, call_id, user_id))
         # Every session and pushed device of the helper stops ringing, not only the one that
         # declined: another tab, a phone rung by push.

@@ -299,6 +299,7 @@ async def local_broker(**settings: Any) -> AsyncIterator[LocalBroker]:
 
     from signaling.app import create_app
     from signaling.config import Settings
+    from signaling.server import make_runner
 
     secret = secrets.token_urlsafe(32)
     values: dict[str, Any] = {
@@ -311,8 +312,9 @@ async def local_broker(**settings: Any) -> AsyncIterator[LocalBroker]:
         "requests_per_hour": 1000,
     }
     values.update(settings)
-    app = create_app(Settings(**values))
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    broker_settings = Settings(**values)
+    app = create_app(broker_settings)
+    runner = make_runner(app, broker_settings, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import io
+import asyncio
+import hmac
+import ipaddress
 import json
 import statistics
 from collections import defaultdict
@@ -13,10 +14,21 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from broker.model import Call, Language, Profile, RingWindow, Role, TimeZone
+from broker.model import (
+    Call,
+    Language,
+    MultilineText,
+    PlainText,
+    Profile,
+    RingWindow,
+    Role,
+    TimeZone,
+)
 from broker.store.base import StoreUnavailable
+from signaling import jsonin
 from signaling.app import CONTEXT, Context
 from signaling.auth import AuthError, Claims, revoked
+from signaling.csvout import write_csv
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -71,10 +83,18 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(
             400, "bad_request", "Send a JSON body with 'Content-Type: application/json'."
         )
+    limit = request.app[CONTEXT].settings.http_body_timeout_s
     try:
-        return json.loads(await request.read())
-    except ValueError as exc:
-        raise ApiError(400, "bad_request", f"The body is not valid JSON: {exc}.") from None
+        async with asyncio.timeout(limit):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408, "timeout", f"The body did not arrive within {limit:g} seconds."
+        ) from None
+    try:
+        return jsonin.decode(raw)
+    except jsonin.JsonRejected as exc:
+        raise ApiError(400, "bad_request", f"The body {exc}") from None
 
 
 async def read_object(request: web.Request, what: str) -> dict[str, Any]:
@@ -87,9 +107,15 @@ async def read_object(request: web.Request, what: str) -> dict[str, Any]:
 
 async def read_model(request: web.Request, model: type[M], what: str) -> M:
     """The body parsed into ``model``; a 400 naming each bad field otherwise."""
-    body = await read_object(request, what)
+    return validate_body(model, await read_object(request, what))
+
+
+def validate_body(model: type[M], body: dict[str, Any]) -> M:
+    """``body`` (decoded JSON) as ``model``, strictly: JSON's own types only, so ``true`` is not
+    1 and ``"5"`` is not 5. Validated as JSON text, where strict mode still reads the types JSON
+    lacks from their usual strings ("2026-12-25", "09:30", an enum's value, a URL)."""
     try:
-        return model.model_validate(body)
+        return model.model_validate_json(json.dumps(body), strict=True)
     except ValidationError as exc:
         raise validation_problem(exc) from None
 
@@ -98,7 +124,8 @@ def validation_problem(exc: ValidationError) -> ApiError:
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
+        # A field name comes from the client (an unknown key): never echo a long one whole.
+        parts.append(f"{where[:100]}: {err['msg'][:300]}")
     return ApiError(400, "bad_request", "; ".join(parts))
 
 
@@ -124,10 +151,28 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[CONTEXT].metrics.render()
+    ctx = request.app[CONTEXT]
+    allow = ctx.settings.metrics_allow
+    if allow and not _address_in(request.remote, allow):
+        raise ApiError(403, "forbidden", "Metrics are not served to this address.")
+    token = ctx.settings.metrics_token
+    if token is not None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        expected = token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise ApiError(401, "unauthenticated", "Metrics need 'Authorization: Bearer <token>'.")
+    body = ctx.metrics.render()
     return web.Response(
         body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
     )
+
+
+def _address_in(remote: str | None, networks: list[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
 # --- profile ----------------------------------------------------------------------------------
@@ -139,12 +184,12 @@ class ProfileUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    display_name: str | None = Field(default=None, min_length=1, max_length=120)
+    display_name: PlainText | None = Field(default=None, min_length=1, max_length=120)
     languages: list[Language] | None = Field(default=None, min_length=1, max_length=10)
     timezone: TimeZone | None = None
     ring_window: RingWindow | None = None
     daily_ring_cap: int | None = Field(default=None, ge=0, le=1000)
-    note: str | None = Field(default=None, max_length=1000)
+    note: MultilineText | None = Field(default=None, max_length=1000)
 
 
 def profile_body(profile: Profile) -> dict[str, Any]:
@@ -240,13 +285,8 @@ async def my_calls(request: web.Request) -> web.StreamResponse:
     rows = [call_row(c, claims.sub) for c in await ctx.store.calls_of(claims.sub)]
     if fmt == "json":
         return web.json_response({"calls": rows})
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return web.Response(
-        text=out.getvalue(),
+        text=write_csv(CSV_COLUMNS, rows),
         content_type="text/csv",
         headers={"Content-Disposition": 'attachment; filename="calls.csv"'},
     )
@@ -291,6 +331,14 @@ async def stats(request: web.Request) -> web.Response:
     ctx, claims, _ = await authenticate(request)
     if claims.role is not Role.ADMIN:
         raise ApiError(403, "forbidden", "Statistics are for administrators.")
+    if claims.org is not None:
+        # These figures cover every organisation and all volunteer help: an organisation's
+        # admin gets only their own organisation's figures, never these.
+        raise ApiError(
+            403,
+            "forbidden",
+            "These statistics are global; an organisation's admin cannot read them.",
+        )
     try:
         since = float(request.query.get("since", "0"))
         until = float(request.query.get("until", str(ctx.clock.now() + 1)))
@@ -311,7 +359,18 @@ async def stats(request: web.Request) -> web.Response:
     )
 
 
+# API answers carry a bearer's data: never cached, never sniffed as another type.
+API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+async def _api_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/v1/"):
+        for name, value in API_HEADERS.items():
+            response.headers.setdefault(name, value)
+
+
 def add_routes(app: web.Application) -> None:
+    app.on_response_prepare.append(_api_headers)
     app.middlewares.append(errors)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -13,7 +13,7 @@ from typing import Any
 import jwt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from broker.model import Language, Role, TimeZone
+from broker.model import Language, PlainText, Role, TimeZone
 
 USER_ID = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")
 
@@ -28,7 +28,7 @@ class Claims(BaseModel):
     sub: str
     role: Role
     org: str | None = Field(default=None, max_length=64)
-    name: str | None = Field(default=None, max_length=120)
+    name: PlainText | None = Field(default=None, max_length=120)
     exp: float  # NumericDate: RFC 7519 allows a fraction
     # When the token was issued; a revocation of the user's sign-ins refuses tokens issued
     # before it (and tokens without ``iat``, which cannot show they came after).

@@ -6,6 +6,7 @@ TOML file, defaults. A bad value stops start-up with a message naming the settin
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -87,6 +88,17 @@ class Settings(BaseSettings):
         description="auth.expiring this long before a session's token expires",
     )
 
+    # HTTP edge: slow or silent clients do not hold sockets (docs/operations.md, "Security").
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="a connection without a whole request head within this is closed",
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="reading a request's body: 408 after this"
+    )
+
     # ICE: STUN/TURN servers handed to clients; TURN credentials per the TURN REST API scheme.
     stun_urls: list[str] = Field(default_factory=list)
     turn_urls: list[str] = Field(default_factory=list)
@@ -134,9 +146,27 @@ class Settings(BaseSettings):
         description="push services a subscription may point at ('.suffix' for a domain)",
     )
 
+    # /metrics: open to anyone who can reach it unless a token and/or an address list is set.
+    metrics_token: SecretStr | None = Field(
+        default=None, description="/metrics needs 'Authorization: Bearer <token>'"
+    )
+    metrics_allow: list[str] = Field(
+        default_factory=list, description="networks (CIDR) /metrics answers; empty: any"
+    )
+
+    # Webhooks: organisations' receivers on loopback, private, link-local or other special
+    # addresses are refused (an organisation admin could otherwise reach the broker's network).
+    webhook_allow_private: bool = False
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
     demo: bool = False
+    demo_token_ttl_s: float = Field(
+        default=3600.0, ge=60, le=43200, description="life of a demo sign-in's token"
+    )
+    demo_signins_per_hour: int = Field(
+        default=20, ge=1, le=10000, description="demo sign-ins per client address per hour"
+    )
 
     @field_validator("ring_window_start", "ring_window_end")
     @classmethod
@@ -160,6 +190,18 @@ class Settings(BaseSettings):
             if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
                 raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL")
         return urls
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for net in networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{net!r} is not a network such as '10.0.0.0/8' or '::1'"
+                ) from None
+        return networks
 
     @field_validator("store_url")
     @classmethod

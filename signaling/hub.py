@@ -89,9 +89,19 @@ class Session:
         return self.profile.user_id
 
     def send(self, message: Message | dict[str, Any]) -> None:
-        data = message.wire() if isinstance(message, Message) else message
         try:
-            self._out.put_nowait(json.dumps(data, separators=(",", ":")))
+            data = message.wire() if isinstance(message, Message) else message
+            text = json.dumps(data, separators=(",", ":"))
+        except (ValueError, TypeError, RecursionError) as exc:
+            # A message that cannot be encoded is dropped, never the connection: the edge
+            # refuses unencodable client text, so this is a backstop, logged to be fixed.
+            log.error(
+                "message not sent: cannot be encoded",
+                extra={"user": self.user_id, "why": f"{type(exc).__name__}: {exc}"},
+            )
+            return
+        try:
+            self._out.put_nowait(text)
         except asyncio.QueueFull:
             log.warning("session too slow, disconnecting", extra={"user": self.user_id})
             self._out = asyncio.Queue(1)

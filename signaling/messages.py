@@ -8,7 +8,6 @@ ignored (clients and servers may be newer than each other); a wrong type or a mi
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -23,8 +22,10 @@ from broker.events import (
     Status,
     Withdrawn,
 )
-from broker.model import Language
+from broker.model import Language, MultilineText, PlainText
 from broker.orgs import AgentView, TodayStats, WaitingCall
+from signaling import jsonin
+from signaling.jsonin import unpaired_surrogate
 
 MAX_FRAME = 65_536
 
@@ -48,7 +49,7 @@ class Message(BaseModel):
 class Hello(Message):
     type: Literal["hello"]
     token: str = Field(min_length=1, max_length=8192)
-    client: str | None = Field(default=None, max_length=128)
+    client: PlainText | None = Field(default=None, max_length=128)
     resume: str | None = Field(default=None, max_length=256)
 
 
@@ -76,8 +77,8 @@ class AgentStatus(Message):
 class CallRequest(Message):
     type: Literal["call.request"]
     language: Language | None = None
-    topic: str | None = Field(default=None, max_length=200)
-    note: str | None = Field(default=None, max_length=1000)
+    topic: PlainText | None = Field(default=None, max_length=200)
+    note: MultilineText | None = Field(default=None, max_length=1000)
     org: str | None = Field(default=None, max_length=64)
     queue: str | None = Field(default=None, max_length=64)
 
@@ -149,8 +150,8 @@ class CallFeedback(Message):
     type: Literal["call.feedback"]
     call: CallId
     rating: Literal["up", "down"]
-    report: str | None = Field(default=None, max_length=64)
-    comment: str | None = Field(default=None, max_length=2000)
+    report: PlainText | None = Field(default=None, max_length=64)
+    comment: MultilineText | None = Field(default=None, max_length=2000)
 
 
 ClientMessage = Annotated[
@@ -346,11 +347,19 @@ class BadMessage(ValueError):
         self.ref = ref
 
 
+def _clean_ref(data: object) -> str | None:
+    """The message's ``ref``, when it is one that can be echoed back."""
+    raw = data.get("ref") if isinstance(data, dict) else None
+    if isinstance(raw, str) and len(raw) <= 64 and unpaired_surrogate(raw) is None:
+        return raw
+    return None
+
+
 def _decode(frame: str | bytes) -> dict[str, Any]:
     try:
-        data = json.loads(frame)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadMessage(f"The message is not valid JSON: {exc}.") from None
+        data = jsonin.decode(frame)
+    except jsonin.JsonRejected as exc:
+        raise BadMessage(f"The message {exc}", _clean_ref(exc.document)) from None
     if not isinstance(data, dict):
         raise BadMessage("A message must be a JSON object with a 'type'.")
     return data
@@ -362,14 +371,13 @@ def _explain(exc: ValidationError) -> str:
         where = ".".join(
             str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-"))
         )
-        parts.append(f"{where or 'message'}: {err['msg']}")
+        parts.append(f"{where[:100] or 'message'}: {err['msg'][:300]}")
     return "; ".join(parts)
 
 
 def parse_client(frame: str | bytes) -> ClientMessage:
     data = _decode(frame)
-    raw_ref = data.get("ref")
-    ref = raw_ref if isinstance(raw_ref, str) and len(raw_ref) <= 64 else None
+    ref = _clean_ref(data)
     kind = data.get("type")
     if not isinstance(kind, str):
         raise BadMessage("A message needs a string field 'type'.", ref)
@@ -377,8 +385,8 @@ def parse_client(frame: str | bytes) -> ClientMessage:
         return _client.validate_python(data)
     except ValidationError as exc:
         if any(e["type"] == "union_tag_invalid" for e in exc.errors()):
-            raise BadMessage(f"Unknown message type {kind!r}.", ref) from None
-        raise BadMessage(f"Bad {kind!r} message: {_explain(exc)}.", ref) from None
+            raise BadMessage(f"Unknown message type {kind[:64]!r}.", ref) from None
+        raise BadMessage(f"Bad {kind[:64]!r} message: {_explain(exc)}.", ref) from None
 
 
 def parse_server(frame: str | bytes) -> ServerMessage:

@@ -17,15 +17,14 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from prometheus_client import Gauge
-from pydantic import ValidationError
 
 from broker.model import Role
 from broker.orgs import WEEKDAYS, Org, check_id, is_open, next_closing, next_opening
-from signaling.api import ApiError, authenticate, read_object, validation_problem
+from signaling.api import ApiError, authenticate, read_object, validate_body
 from signaling.app import CONTEXT
 from signaling.auth import Claims
 from signaling.pages import DEMO_ORG
-from signaling.webhooks import WebhookSender
+from signaling.webhooks import WebhookSender, refused_host
 
 
 def _iso(ts: float | None, timezone: str) -> str | None:
@@ -113,11 +112,19 @@ async def put_org(request: web.Request) -> web.Response:
                 before = old.queue(queue_id)
                 if before is not None and before.webhook_secret is not None:
                     queue["webhook_secret"] = before.webhook_secret
-    try:
-        org = Org.model_validate({**body, "id": org_id})
-    except ValidationError as exc:
-        raise validation_problem(exc) from None
-    for queue in org.queues:
+    org = validate_body(Org, {**body, "id": org_id})
+    for n, queue in enumerate(org.queues):
+        host = (queue.webhook_url.host or "") if queue.webhook_url is not None else None
+        refused = None
+        if host is not None and not ctx.settings.webhook_allow_private:
+            refused = refused_host(host)
+        if refused is not None:
+            raise ApiError(
+                400,
+                "bad_request",
+                f"queues.{n}.webhook_url: {host} is a {refused} address; webhooks go to public "
+                "addresses only.",
+            )
         if queue.webhook_url is not None and queue.webhook_secret is None:
             raise ApiError(
                 400,
@@ -165,7 +172,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/orgs/{org_id}", put_org)
     app.router.add_get("/v1/orgs/{org_id}/queue", queue_view)
     ctx = app[CONTEXT]
-    sender = WebhookSender(ctx.metrics.registry)
+    sender = WebhookSender(ctx.metrics.registry, allow_private=ctx.settings.webhook_allow_private)
     ctx.extras["webhooks"] = sender
     ctx.broker.queues.webhooks.append(sender.submit)
     app.cleanup_ctx.append(sender.lifespan)

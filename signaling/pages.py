@@ -16,19 +16,18 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker.model import Language, Profile, RingWindow, Role, TimeZone
+from broker.model import Language, PlainText, Profile, RingWindow, Role, TimeZone
 from signaling.api import ApiError, read_model
 from signaling.app import CONTEXT
 from signaling.auth import mint
 
 PAGES = "/app/"
-DEMO_TOKEN_TTL_S = 12 * 3600.0
 DEMO_ORG = "demo-org"
 
 # Pages hold a bearer token in memory: no third-party script, frame or referrer may see it.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; connect-src 'self' ws: wss:; media-src 'self' blob: mediastream:; "
+        "default-src 'self'; connect-src 'self'; media-src 'self' blob: mediastream:; "
         "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     ),
     "Referrer-Policy": "no-referrer",
@@ -48,7 +47,7 @@ class DemoSignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["recipient", "volunteer", "agent"]
-    name: str | None = Field(default=None, min_length=1, max_length=120)
+    name: PlainText | None = Field(default=None, min_length=1, max_length=120)
     languages: list[Language] = Field(default_factory=lambda: ["en"], min_length=1, max_length=10)
     timezone: TimeZone = "UTC"
     org: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
@@ -70,9 +69,25 @@ async def demo_token(request: web.Request) -> web.Response:
             "Demo sign-in needs the broker's HS256 secret (VABROKER_JWT_SECRET); this broker "
             "only verifies tokens from an identity provider.",
         )
+    # Tokens for anyone who asks: few per address, short-lived, and never for a real
+    # organisation. Behind a proxy every client shares its address: demo mode is for trying.
+    hits = await ctx.store.hit(f"demo|{request.remote}", ctx.clock.now(), 3600.0)
+    if hits > ctx.settings.demo_signins_per_hour:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"At most {ctx.settings.demo_signins_per_hour} demo sign-ins an hour from one address; "
+            "please wait a while.",
+        )
     who = await read_model(request, DemoSignIn, "the demo sign-in, with a 'role'")
     role = Role(who.role)
-    org = (who.org or DEMO_ORG) if role is Role.AGENT else None
+    if who.org is not None and who.org != DEMO_ORG:
+        raise ApiError(
+            403,
+            "forbidden",
+            f"org: demo sign-in gives access to the demo organisation {DEMO_ORG!r} only.",
+        )
+    org = DEMO_ORG if role is Role.AGENT else None
     sub = f"demo-{role.value}-{secrets.token_hex(6)}"
     name = who.name or f"Demo {role.value} {sub[-4:]}"
     # Demo volunteers take rings at any hour and never hit a ring cap: a person trying the pages
@@ -97,7 +112,7 @@ async def demo_token(request: web.Request) -> web.Response:
         org=org,
         languages=list(who.languages),
         timezone=who.timezone,
-        ttl_s=DEMO_TOKEN_TTL_S,
+        ttl_s=ctx.settings.demo_token_ttl_s,
         now=ctx.clock.now(),
     )
     body_out: dict[str, object] = {"token": token, "user": {"id": sub, "role": role.value}}

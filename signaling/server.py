@@ -34,10 +34,26 @@ def secret_or_generated(settings: Settings) -> Settings:
     return settings.model_copy(update={"jwt_secret": SecretStr(secret)})
 
 
+def make_runner(
+    app: web.Application, settings: Settings, shutdown_timeout: float = 5.0
+) -> web.AppRunner:
+    """The runner with the edge's timeouts. aiohttp's keep-alive timer runs from the moment a
+    connection opens and closes it while no whole request head has arrived, so it is the header
+    timeout (and the idle timeout between requests); a body left unread by a handler is drained
+    for at most the body timeout before the connection closes."""
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=settings.http_header_timeout_s,
+        lingering_time=settings.http_body_timeout_s,
+    )
+
+
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     settings = secret_or_generated(settings)
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    runner = make_runner(app, settings)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()

@@ -9,6 +9,12 @@ routing. Each attempt is signed afresh:
 
 so that a receiver can check the body came from the broker and refuse replays of old requests
 (reject timestamps more than a few minutes from its own clock, and ``X-Webhook-Id`` it has seen).
+
+Receivers are on public addresses only (unless ``webhook_allow_private``): an organisation's
+admin writes the URL, and must not reach the broker's own network through it. A URL naming a
+refused address is refused when the organisation is saved; a host name is checked when it is
+resolved, on every connection, so a name that later resolves to a private address (DNS
+rebinding) is refused too.
 """
 
 from __future__ import annotations
@@ -17,14 +23,19 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from prometheus_client import CollectorRegistry, Counter
+from yarl import URL
 
 from broker.queues import WebhookEvent
 
@@ -50,6 +61,61 @@ def verify(
     return fresh and hmac.compare_digest(signature(secret, timestamp, body), header)
 
 
+def refused_address(address: str) -> str | None:
+    """Why webhooks may not go to this IP address (None: they may). IPv4-mapped IPv6 addresses
+    are judged as the IPv4 address they carry."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for why, hit in (
+        ("loopback", ip.is_loopback),
+        ("unspecified", ip.is_unspecified),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+        ("not public", not ip.is_global),
+    ):
+        if hit:
+            return why
+    return None
+
+
+def refused_host(host: str) -> str | None:
+    """Why a URL's host is refused before any look-up: a refused IP literal, or localhost."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return "loopback"
+    try:
+        ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return None  # a name: checked when it is resolved
+    return refused_address(name)
+
+
+class PublicResolver(AbstractResolver):
+    """The default resolver, less every address webhooks may not reach."""
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        kept = [r for r in results if refused_address(r["host"]) is None]
+        if not kept:
+            whys = sorted({refused_address(r["host"]) or "" for r in results})
+            raise OSError(f"{host} resolves only to refused addresses ({', '.join(whys)})")
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 class WebhookSender:
     def __init__(
         self,
@@ -59,7 +125,11 @@ class WebhookSender:
         timeout_s: float = 5.0,
         concurrency: int = 16,
         max_pending: int = 10_000,
+        allow_private: bool = False,
+        resolver: AbstractResolver | None = None,
     ) -> None:
+        self.allow_private = allow_private
+        self._resolver = resolver  # the name look-up beneath the address check (tests)
         self.attempts = attempts
         self.first_retry_s = first_retry_s
         self.timeout_s = timeout_s
@@ -91,6 +161,14 @@ class WebhookSender:
         assert self._session is not None
         body = json.dumps(event.body, separators=(",", ":")).encode()
         why = ""
+        refused = None if self.allow_private else refused_host(URL(event.url).host or "")
+        if refused is not None:
+            self.results.labels("failed").inc()
+            log.warning(
+                "webhook refused: not a public address",
+                extra={"event": event.kind, "url": event.url, "why": refused},
+            )
+            return
         async with self._limit:
             for attempt in range(self.attempts):
                 if attempt:
@@ -135,7 +213,9 @@ class WebhookSender:
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         """For ``app.cleanup_ctx``: a client session for the server's lifetime."""
-        self._session = aiohttp.ClientSession(trust_env=False)
+        resolver = self._resolver if self.allow_private else PublicResolver(self._resolver)
+        connector = aiohttp.TCPConnector(resolver=resolver)
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
         try:
             yield
         finally:

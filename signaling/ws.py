@@ -13,6 +13,7 @@ import secrets
 import time
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from pydantic import ValidationError
 
 from broker.model import BrokerError, CallState, ErrorCode
 from broker.store.base import ResumeTicket, StoreUnavailable
@@ -94,7 +95,7 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _refuse(ws: web.WebSocketResponse, message: str, ref: str | None = None) -> None:
-    error = Error(code=ErrorCode.UNAUTHENTICATED.value, message=message, ref=ref)
+    error = error_message(ErrorCode.UNAUTHENTICATED, message, ref)
     with contextlib.suppress(ConnectionError, RuntimeError):
         await ws.send_json(error.wire())
     await ws.close(code=CLOSE_UNAUTHENTICATED, message=b"unauthenticated")
@@ -178,7 +179,7 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
             if connected:
                 with contextlib.suppress(StoreUnavailable):
                     await ctx.store.set_connected(attached.user_id, False)
-        error = Error(code=ErrorCode.UNAVAILABLE.value, message=_UNAVAILABLE, ref=hello.ref)
+        error = error_message(ErrorCode.UNAVAILABLE, _UNAVAILABLE, hello.ref)
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_json(error.wire())
         await ws.close(code=1013, message=b"try again later")
@@ -312,7 +313,15 @@ def _error(
     ctx: Context, session: Session, code: ErrorCode, text: str, ref: str | None = None
 ) -> None:
     ctx.metrics.errors.labels(code.value).inc()
-    session.send(Error(code=code.value, message=text, ref=ref))
+    session.send(error_message(code, text, ref))
+
+
+def error_message(code: ErrorCode, text: str, ref: str | None = None) -> Error:
+    """An ``error`` that can always be sent: a ``ref`` that cannot be echoed is left out."""
+    try:
+        return Error(code=code.value, message=text, ref=ref)
+    except ValidationError:
+        return Error(code=code.value, message=text.encode("utf-8", "replace").decode())
 
 
 async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> None:

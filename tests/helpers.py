@@ -17,6 +17,7 @@ from websockets.asyncio.client import ClientConnection
 from signaling.app import CONTEXT, Context, create_app
 from signaling.auth import mint
 from signaling.config import Settings
+from signaling.server import make_runner
 
 SECRET = "test-secret-0123456789abcdef0123456789"
 
@@ -74,7 +75,7 @@ async def start_server(**overrides: Any) -> AsyncIterator[Server]:
     values.update(overrides)
     settings = Settings(**values)
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    runner = make_runner(app, settings, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -574,3 +574,27 @@ async def test_a_late_wave_rings_nobody_after_the_maximum_wait(
     events = await broker.fire_due()
     assert rings(events) == []
     assert of(events, Ended, "rec") == [Ended("rec", call_id, EndReason.NO_ANSWER)]
+
+
+@pytest.mark.parametrize("ending", ["answered", "cancelled", "no_answer"])
+async def test_a_decline_crossing_the_end_of_the_call_is_harmless(
+    store: MemoryStore, broker: Broker, clock: VirtualClock, ending: str
+) -> None:
+    await volunteer(store, "a")
+    await volunteer(store, "b")
+    rec = await recipient(store)
+    outcome = await broker.request(rec)
+    call_id = outcome.call.id  # type: ignore[union-attr]
+    assert rings(outcome.events) == ["a", "b"]
+    if ending == "answered":
+        await broker.accept(await store.get_profile("b"), call_id)  # type: ignore[arg-type]
+    elif ending == "cancelled":
+        await broker.cancel("rec", call_id)
+    else:
+        clock.advance(broker.settings.max_wait_s + 1)
+        await broker.fire_due()
+    late = await broker.decline("a", call_id)
+    assert late.events == []
+    with pytest.raises(BrokerError) as refused:
+        await broker.decline("never-rung", call_id)
+    assert refused.value.code is ErrorCode.NOT_FOUND

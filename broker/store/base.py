@@ -21,6 +21,10 @@ from broker.model import Call, Candidate, EndReason, Feedback, Profile, Role
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
 
+# How long after a call ends ``rung`` still names the helpers rung for it: a decline that crosses
+# the end of the call (answered elsewhere, cancelled, given up) is acknowledged, not refused.
+RUNG_KEPT_S = 3600.0
+
 
 class StoreUnavailable(Exception):
     """The store cannot be reached. Nothing was written; the caller may retry later."""
@@ -194,7 +198,7 @@ class Store(Protocol):
         """The call a volunteer is ringing for, if any."""
 
     async def rung(self, call_id: str) -> set[str]:
-        """Everyone ever rung for this call."""
+        """Everyone ever rung for this call; kept ``RUNG_KEPT_S`` after the call ends."""
 
     # --- feedback and blocks ---------------------------------------------------------------
     async def add_feedback(self, feedback: Feedback) -> bool:

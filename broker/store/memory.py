@@ -37,7 +37,14 @@ from broker.model import (
 )
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
-from broker.store.base import Assignment, Finish, Handover, PushedRing, ResumeTicket
+from broker.store.base import (
+    RUNG_KEPT_S,
+    Assignment,
+    Finish,
+    Handover,
+    PushedRing,
+    ResumeTicket,
+)
 
 THIRTY_DAYS = 30 * 86400.0
 
@@ -115,6 +122,7 @@ class MemoryStore:
         self._ring_of: dict[str, str] = {}
         self._ringing: dict[str, set[str]] = defaultdict(set)
         self._rung: dict[str, set[str]] = defaultdict(set)
+        self._rung_ended: deque[tuple[float, str]] = deque()  # (ended at, call): for expiry
         self._ring_count: dict[str, tuple[str, int]] = {}
         self._last_rung: dict[str, float] = {}
         self._answered: dict[str, deque[float]] = defaultdict(deque)
@@ -456,7 +464,9 @@ class MemoryStore:
                 del self._open_call[party]
             self._history[party].append(call_id)
         self._ended.append(call_id)
-        self._rung.pop(call_id, None)
+        self._rung_ended.append((now, call_id))
+        while self._rung_ended and self._rung_ended[0][0] < now - RUNG_KEPT_S:
+            self._rung.pop(self._rung_ended.popleft()[1], None)
         return Finish(call=call.model_copy(deep=True), withdrawn=withdrawn)
 
     async def mark_media(self, call_id: str, now: float) -> bool:

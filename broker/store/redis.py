@@ -76,6 +76,7 @@ from broker.model import (
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
 from broker.store.base import (
+    RUNG_KEPT_S,
     Assignment,
     Finish,
     Handover,
@@ -352,13 +353,17 @@ return 1
 """
 
 # Finish, the decision, on the call's slot. KEYS: call hash, ringing, rung.
-# ARGV: field/value pairs. Returns false, or {call..., '|', withdrawn...}.
+# ARGV: seconds to keep ``rung``, then field/value pairs. Returns false, or
+# {call..., '|', withdrawn...}.
 _FINISH_CALL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == '"ended"' then return false end
 local ringing = redis.call('SMEMBERS', KEYS[2])
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('DEL', KEYS[2])
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
 local out = redis.call('HGETALL', KEYS[1])
 out[#out + 1] = '|'
 for _, u in ipairs(ringing) do out[#out + 1] = u end
@@ -1064,7 +1069,8 @@ class RedisStore:
         }
         flat = [x for k, v in fields.items() for x in (k, _enc(v))]
         reply = await self._finish_call(
-            keys=[base + ":call", base + ":ringing", base + ":rung"], args=flat
+            keys=[base + ":call", base + ":ringing", base + ":rung"],
+            args=[int(RUNG_KEPT_S), *flat],
         )
         if reply is None:
             return None

@@ -26,7 +26,10 @@ async def shoot(page: Page, out: Path, name: str) -> None:
 
 
 async def main(out: Path) -> None:
-    async with start_server(demo=True) as server, async_playwright() as pw:
+    async with (
+        start_server(demo=True, demo_signins_per_hour=1000) as server,
+        async_playwright() as pw,
+    ):
         browser = await pw.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
         )
