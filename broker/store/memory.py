@@ -916,6 +916,8 @@ class MemoryStore:
             del self._resume[token]
         for timer_key in [k for k in self._timers if uid in k.split("|")[1:]]:
             del self._timers[timer_key]
+        self._timer_heap = [e for e in self._timer_heap if uid not in e[1].split("|")[1:]]
+        heapq.heapify(self._timer_heap)
         for key in hit_keys:
             self._hits.pop(key, None)
         org = self._agent_org.pop(uid, None)
