@@ -417,3 +417,26 @@ async def test_export_and_erasure_need_a_token(server: Server) -> None:
     assert code == 401 and answer["error"] == "unauthenticated"
     code, answer = await api(server, "DELETE", "/v1/me")
     assert code == 401
+
+
+async def test_demo_mode_signs_in_an_admin_and_has_cases_to_show() -> None:
+    async with start_server(demo=True) as server:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(server.url + "/v1/demo/token", json={"role": "admin"}) as resp,
+        ):
+            assert resp.status == 200
+            token = (await resp.json())["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.get(server.url + "/v1/admin/cases") as resp,
+        ):
+            assert resp.status == 200
+            cases = (await resp.json())["cases"]
+        assert len(cases) >= 3
+        open_against_volunteer = [
+            c for c in cases if c["state"] == "open" and c["reported"]["role"] == "volunteer"
+        ]
+        assert open_against_volunteer and open_against_volunteer[0]["call"]["topic"]
+        assert any(c["state"] == "resolved" for c in cases)

@@ -758,7 +758,7 @@ async def test_the_audit_log_appends_and_filters(st: Store) -> None:
 
 async def test_day_counters_add_up_per_scope(st: Store) -> None:
     one = Counts(created=1, answered=1, completed=1)
-    one.histogram[2] = 1
+    one.count_answer(2)
     two = Counts(created=1, unanswered=1)
     await st.add_counts(DAY, {"all": one, "lang:en": one})
     await st.add_counts(DAY, {"all": two, "org:o1": two})
