@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -77,7 +78,15 @@ def build_context(
     clock = clock or RealClock()
     store = store or open_store(settings.store_url)
     policy, timing = build_policy(settings.policy, settings.dispatch())
-    broker = Broker(store, clock, timing, settings.limits(), policy=policy)
+    broker = Broker(
+        store,
+        clock,
+        timing,
+        settings.limits(),
+        policy=policy,
+        safety=settings.safety(),
+        pseudonym_key=settings.pseudonym_secret(),
+    )
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     auth = Authenticator(
         secret=secret,
@@ -123,6 +132,7 @@ def create_app(
     settings: Settings, store: Store | None = None, clock: Clock | None = None
 ) -> web.Application:
     from signaling import (  # the route modules import this one for Context
+        admin,  # duty of care: cases, restrictions, audit, export and erasure
         api,
         orgs,  # partner organisations
         pages,
@@ -138,11 +148,16 @@ def create_app(
     pages.add_routes(app)
     push.setup(app)  # device routes; pushes rings to devices once started
     orgs.add_routes(app)
+    admin.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ctx.store.ping()
+        await ctx.broker.start()
         await ctx.hub.router.start(ctx.hub)
         ctx.hub.start()
+        # What start-up made lives as long as the process: out of the collector's way, so that
+        # a full collection scans only what requests made (tens of ms less at the tail).
+        gc.freeze()
         log.info("broker ready", extra={"node": ctx.node_id, "store": settings.store_url})
         yield
         await ctx.hub.stop()

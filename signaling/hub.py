@@ -81,6 +81,8 @@ class Session:
         # client sends meanwhile is ignored, and the close decides whether it may resume.
         self.ending: int | None = None
         self.resumable = True
+        # Set when the session has closed and its bookkeeping in the store is done.
+        self.gone = asyncio.Event()
         self._out: asyncio.Queue[str | _Close | None] = asyncio.Queue(OUTBOX_LIMIT)
         self._writer = asyncio.create_task(self._write(), name=f"writer-{session_id}")
 
@@ -188,6 +190,7 @@ class Hub:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._background: set[asyncio.Task[object]] = set()
 
     # --- sessions ----------------------------------------------------------------------------
@@ -299,6 +302,19 @@ class Hub:
             user_id, CLOSE_REVOKED, error_code, message, extra, before=latest, resumable=False
         )
         return latest
+
+    async def sign_out(
+        self, user_id: str, error_code: str, message: str, timeout_s: float = 5.0
+    ) -> None:
+        """End every session of the user on every node for good (4403, no resume), and wait
+        (at most ``timeout_s``) until this node's have closed and written their last facts to
+        the store, so that what the caller does next (an erasure) comes after them."""
+        here = list(self.sessions.get(user_id, ()))
+        await self.end_sessions(user_id, CLOSE_REVOKED, error_code, message, resumable=False)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                for session in here:
+                    await session.gone.wait()
 
     def end_here(self, user_id: str, end: Wire) -> int:
         """End sessions of this node as ``end`` says (see ``end_sessions``); ``end`` may also
@@ -429,6 +445,7 @@ class Hub:
 
     # --- background loops --------------------------------------------------------------------
     def start(self) -> None:
+        self._stopping = False
         self._tasks = [
             asyncio.create_task(self._timer_loop(), name="timers"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),

@@ -16,6 +16,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
 from broker.model import BrokerError, CallState, ErrorCode
+from broker.moderation import ReportReason
+from broker.privacy import iso, restriction_body
 from broker.store.base import ResumeTicket, StoreUnavailable
 from signaling.app import CONTEXT, Context
 from signaling.auth import AuthError, Claims, revoked
@@ -43,6 +45,7 @@ from signaling.messages import (
     Hello,
     Ping,
     Pong,
+    RestrictionInfo,
     Signal,
     SignalRelay,
     UserInfo,
@@ -172,6 +175,7 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
         await ctx.store.set_connected(profile.user_id, True)
         connected = True
         await ctx.hub.router.attached(profile.user_id, session_id)
+        restriction = await ctx.broker.safety.restriction(profile.user_id)
     except StoreUnavailable:
         if attached is not None:  # the store failed half-way: take back what was done
             ctx.hub.detach(attached, park=False)
@@ -198,6 +202,11 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
             heartbeat_s=ctx.settings.heartbeat_s,
             ice_servers=ctx.ice_servers(profile.user_id),
             expires_at=_deadline(ctx, claims),
+            restriction=(
+                RestrictionInfo.model_validate(restriction_body(restriction))
+                if restriction is not None
+                else None
+            ),
         )
     )
     ctx.hub.expire_at(session, _deadline(ctx, claims))
@@ -303,25 +312,34 @@ async def _serve(ctx: Context, session: Session) -> None:
         try:
             await _dispatch(ctx, session, message)
         except BrokerError as exc:
-            _error(ctx, session, exc.code, exc.message, message.ref)
+            _error(ctx, session, exc.code, exc.message, message.ref, exc.until)
         except StoreUnavailable:
             _error(ctx, session, ErrorCode.UNAVAILABLE, _UNAVAILABLE, message.ref)
         ctx.hub.wake()
 
 
 def _error(
-    ctx: Context, session: Session, code: ErrorCode, text: str, ref: str | None = None
+    ctx: Context,
+    session: Session,
+    code: ErrorCode,
+    text: str,
+    ref: str | None = None,
+    until: float | None = None,
 ) -> None:
     ctx.metrics.errors.labels(code.value).inc()
-    session.send(error_message(code, text, ref))
+    session.send(error_message(code, text, ref, until))
 
 
-def error_message(code: ErrorCode, text: str, ref: str | None = None) -> Error:
+def error_message(
+    code: ErrorCode, text: str, ref: str | None = None, until: float | None = None
+) -> Error:
     """An ``error`` that can always be sent: a ``ref`` that cannot be echoed is left out."""
     try:
-        return Error(code=code.value, message=text, ref=ref)
+        return Error(code=code.value, message=text, ref=ref, until=iso(until))
     except ValidationError:
-        return Error(code=code.value, message=text.encode("utf-8", "replace").decode())
+        return Error(
+            code=code.value, message=text.encode("utf-8", "replace").decode(), until=iso(until)
+        )
 
 
 async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> None:
@@ -340,7 +358,7 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
             await broker.set_available(profile, message.available)
             session.send(AvailabilityState(available=message.available, ref=ref))
         case AgentStatus():
-            events = await broker.queues.set_agent_status(profile, message.state)
+            events = await broker.set_agent_status(profile, message.state)
             session.send(AgentState(state=message.state, ref=ref))
             ctx.hub.deliver(events)
         case CallRequest():
@@ -390,10 +408,12 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
             outcome = await broker.end(user, message.call)
             ctx.hub.deliver(outcome.events, answer=(user, "call.ended", ref))
         case CallFeedback():
-            await broker.feedback(
-                user, message.call, message.rating, message.report, message.comment
+            report = ReportReason(message.report) if message.report else None
+            events = await broker.feedback(
+                user, message.call, message.rating, report, message.comment
             )
             session.send(Ack(ref=ref))
+            ctx.hub.deliver(events)
 
 
 async def _goodbye(ctx: Context, session: Session) -> None:
@@ -423,4 +443,6 @@ async def _goodbye(ctx: Context, session: Session) -> None:
         log.warning("store unavailable while closing a session", extra={"user": user})
     except asyncio.CancelledError:
         raise
+    finally:
+        session.gone.set()
     log.info("session closed", extra={"user": user})
