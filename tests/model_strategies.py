@@ -41,7 +41,10 @@ _WORDS = st.characters(categories=["L", "N", "P", "S"], codec="utf-8")
 def text(min_size: int = 0, max_size: int = 40) -> st.SearchStrategy[str]:
     if max_size <= 0:
         return st.just("")
-    body = st.text(st.one_of(_WORDS, st.just(" ")), max_size=max(0, min(max_size, 40) - 2))
+    top = max(min(max_size, 40), min_size)
+    body = st.text(
+        st.one_of(_WORDS, st.just(" ")), min_size=max(0, min_size - 1), max_size=max(0, top - 2)
+    )
     first = st.characters(categories=["L"], codec="utf-8")
     last = st.one_of(st.just(""), _WORDS)
     out = st.builds(lambda a, b, c: a + b + c, first, body, last)
@@ -221,6 +224,14 @@ class Schema:
 
     def valid(self) -> st.SearchStrategy[Any]:
         return self.strategy(self.root).filter(self.is_valid)
+
+    def branches(self) -> dict[str, st.SearchStrategy[Any]]:
+        """For a union of messages: valid examples of each, by its ``type``."""
+        out = {}
+        for branch in self.root.get("oneOf", []):
+            kind = self.resolve(branch)["properties"]["type"]["const"]
+            out[kind] = self.strategy(branch).filter(self.is_valid)
+        return out
 
     def strategy(self, schema: dict[str, Any], hint: Hint | None = None) -> st.SearchStrategy[Any]:
         schema = self.resolve(schema)
