@@ -574,7 +574,12 @@ def mutants(
             raw = draw(st.sampled_from(LONE_SURROGATES))
             return Mutant("lone_surrogate", path, REJECT, Splice.dumps(value, path, raw))
         raw, rule = draw(st.sampled_from(ODD_TEXT))
-        expect = rule if owner in schema.text_fields and isinstance(here, str) else EITHER
+        if not path:  # a string where the message or body should be
+            expect = REJECT
+        elif owner in schema.text_fields and isinstance(here, str):
+            expect = rule
+        else:
+            expect = EITHER
         return Mutant("odd_text", path, expect, Splice.dumps(value, path, raw))
     # huge
     branch = _branch(schema, sub, here)
@@ -591,7 +596,8 @@ def mutants(
             "huge_number", path, REJECT if bounded else EITHER, Splice.dumps(value, path, raw)
         )
     size = draw(st.sampled_from([5_000, 40_000]))
-    return Mutant("huge_string", path, EITHER, json.dumps(_set(value, path, "\U0001f600" * size)))
+    expect = REJECT if not path or (types and "string" not in types) else EITHER
+    return Mutant("huge_string", path, expect, json.dumps(_set(value, path, "\U0001f600" * size)))
 
 
 def _schema_at(schema: Schema, value: Any, path: Path) -> dict[str, Any]:

@@ -186,6 +186,8 @@ class Exchange:
         return [m for m in self.answers if m.get("type") == "error"]
 
     def refused(self) -> bool:
+        if self.closed == 1009:  # too large: refused, with or without the error first
+            return True
         return any(e["code"] in ("bad_message", "too_large") for e in self.errors())
 
 
