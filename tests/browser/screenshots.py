@@ -15,7 +15,8 @@ from pathlib import Path
 
 from playwright.async_api import Page, async_playwright, expect
 
-from tests.browser.pages import CHROMIUM, CHROMIUM_ARGS, live, open_as
+from tests.browser.cases import reported_call
+from tests.browser.pages import CHROMIUM, CHROMIUM_ARGS, live, open_as, open_page
 from tests.helpers import start_server
 
 
@@ -66,6 +67,43 @@ async def main(out: Path) -> None:
         await agent.check('input[value="available"]')
         await expect(live(agent)).to_have_text(re.compile("^You are available"))
         await shoot(agent, out, "agent-available")
+
+        # The operator's console, with a few reports to look at.
+        for n, (report, comment) in enumerate(
+            [
+                ("privacy", "They asked me to show my bank card to the camera."),
+                ("unsafe", None),
+                ("abusive", "Shouted at me when I could not find the label."),
+            ]
+        ):
+            await reported_call(server, f"rec-case-{n}", f"vol-case-{n}", report, comment=comment)
+        context = await browser.new_context(viewport={"width": 1100, "height": 900})
+        admin = await open_page(
+            context, server, "admin", server.token("admin-shot", "admin", name="Ola")
+        )
+        await expect(live(admin)).to_have_text(re.compile("Signed in as"))
+        await shoot(admin, out, "admin-overview")
+        await admin.click("#review-cases")
+        await expect(live(admin)).to_have_text(re.compile("^Moderation queue"))
+        await admin.locator("#cases button.review").first.click()
+        await expect(live(admin)).to_have_text(re.compile("^Case "))
+        await admin.check('input[name="action"][value="suspend"]')
+        await admin.fill("#resolve-days", "14")
+        await admin.fill("#resolve-note", "Shouting at a caller: a first suspension.")
+        await admin.click("#resolve")
+        await expect(admin.locator("#confirm")).to_have_attribute("open", "")
+        await shoot(admin, out, "admin-case")
+        await admin.click("#confirm-yes")
+        await expect(live(admin)).to_have_text(re.compile("resolved"))
+        await admin.click("#back-to-cases")
+        await expect(live(admin)).to_have_text(re.compile("^Moderation queue"))
+        await shoot(admin, out, "admin-cases")
+        await admin.click('#console-nav button[data-view="stats"]')
+        await expect(live(admin)).to_have_text(re.compile("^Statistics"))
+        await shoot(admin, out, "admin-stats")
+        await admin.click('#console-nav button[data-view="audit"]')
+        await expect(live(admin)).to_have_text(re.compile("^Audit log"))
+        await shoot(admin, out, "admin-audit")
         await browser.close()
 
 
