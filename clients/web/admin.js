@@ -102,7 +102,7 @@ const query = (params) => {
 // --- small pieces of text and DOM ---------------------------------------------------------------
 
 const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
-const when = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
+const when = (iso) => (iso ? new Date(iso).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" }) : "—");
 const seconds = (s) => (typeof s === "number" ? `${Math.round(s)} s` : "—");
 const percent = (p) => (typeof p === "number" ? `${Math.round(p)}%` : "—");
 const person = (p) => (p ? `${p.id} (${ROLES[p.role] || p.role})` : "—");
