@@ -28,6 +28,7 @@ const AUDIT_ACTIONS = {
   "org.put": "Organisation saved",
   "retention.sweep": "Retention sweep",
 };
+const RATINGS = { up: "Helpful", down: "Not helpful" };
 const RESOLUTIONS = { dismiss: "Dismissed", warn: "Warned", suspend: "Suspended", ban: "Banned" };
 const END_REASONS = {
   completed: "Completed",
@@ -350,7 +351,13 @@ function renderCase(c) {
       ? dataTable(
           "Feedback on the call",
           ["From", "Rating", "Report", "Comment", "When"],
-          feedback.map((f) => [f.user, f.rating === "up" ? "Helpful" : f.rating === "down" ? "Not helpful" : f.rating || "—", f.report ? reasonText(f.report) : "None", f.comment || "", when(f.at)]),
+          feedback.map((f) => [
+            f.user,
+            RATINGS[f.rating] || f.rating || "—",
+            f.report ? reasonText(f.report) : "None",
+            f.comment || "",
+            when(f.at),
+          ]),
         )
       : element("p", "No feedback on the call.", "muted"),
   );
@@ -697,7 +704,9 @@ function renderStats(s) {
       }),
       barChart({
         title: `Share of calls completed, by month (${range})`,
-        summary: `From ${percent(monthly[0].completed_pct)} in ${names[0]} to ${percent(monthly[monthly.length - 1].completed_pct)} in ${names[names.length - 1]}.`,
+        summary:
+          `From ${percent(monthly[0].completed_pct)} in ${names[0]} ` +
+          `to ${percent(monthly[monthly.length - 1].completed_pct)} in ${names[names.length - 1]}.`,
         categories: short,
         series: [{ name: "Completed", className: "s-completed", values: monthly.map((m) => m.completed_pct) }],
         unit: "%",
@@ -727,7 +736,11 @@ function renderStats(s) {
         summary: `${plural(answered, "answered call")}; half within ${seconds(answer.p50)}, 90% within ${seconds(answer.p90)}.`,
         categories: bounds,
         series: [{ name: "Answered calls", className: "s-answered", values: histogram.map((b) => b.count) }],
-        table: { caption: "Answered calls by time to answer", columns: ["Answered within", "Calls"], rows: histogram.map((b, i) => [labels[i], String(b.count)]) },
+        table: {
+          caption: "Answered calls by time to answer",
+          columns: ["Answered within", "Calls"],
+          rows: histogram.map((b, i) => [labels[i], String(b.count)]),
+        },
       }),
     );
   }
@@ -816,7 +829,8 @@ async function openAudit(event) {
     const answer = await api(`/v1/admin/audit${query({ ...auditFilter(), limit: 50 })}`);
     page.audit = { list: answer.entries, next: answer.next };
     renderAudit();
-    announce(`Audit log: ${answer.entries.length ? plural(answer.entries.length, "entry", "entries") : "no entries match"}${answer.next ? " shown; there are more" : ""}.`);
+    const count = answer.entries.length ? plural(answer.entries.length, "entry", "entries") : "no entries match";
+    announce(`Audit log: ${count}${answer.next ? " shown; there are more" : ""}.`);
   } catch (err) {
     failed($("#audit"), err);
   }
@@ -948,7 +962,14 @@ async function main() {
   const scope = page.claims.org ? ` of ${page.claims.org}` : "";
   $("#admin-who").textContent = `— ${name}${scope}`;
   $("#console-nav").hidden = false;
-  const views = { overview: openOverview, cases: () => openCases(), user: () => show("user", $("#lookup-id")), stats: () => openStats(), audit: () => openAudit(), orgs: () => openOrgs() };
+  const views = {
+    overview: openOverview,
+    cases: () => openCases(),
+    user: () => show("user", $("#lookup-id")),
+    stats: () => openStats(),
+    audit: () => openAudit(),
+    orgs: () => openOrgs(),
+  };
   for (const button of document.querySelectorAll("#console-nav button")) {
     button.addEventListener("click", () => views[button.dataset.view]());
   }
