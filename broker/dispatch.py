@@ -129,6 +129,8 @@ def ineligible(
     ring window are the store's filter (``Store.candidates``); these are the per-call rules."""
     if c.user_id == call.recipient_id:
         return "self"
+    if c.restricted:
+        return "restricted"
     if c.busy:
         return "busy"
     if c.user_id in rung:
@@ -261,6 +263,7 @@ class Dispatcher:
             c
             for c in candidates
             if not c.busy
+            and not c.restricted
             and c.rings_today < c.daily_ring_cap
             and c.user_id not in rung
             and c.user_id != me

@@ -73,6 +73,15 @@ class AgentStatusChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class AvailabilityChanged:
+    """The broker took a volunteer off duty (e.g. suspended)."""
+
+    to: str
+    available: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class QueueUpdate:
     """The agent console's view of their organisation's queues changed."""
 
@@ -80,4 +89,13 @@ class QueueUpdate:
     snapshot: QueueSnapshot
 
 
-Event = Ring | Withdrawn | Status | Assigned | Ended | AgentStatusChanged | QueueUpdate
+Event = (
+    Ring
+    | Withdrawn
+    | Status
+    | Assigned
+    | Ended
+    | AgentStatusChanged
+    | AvailabilityChanged
+    | QueueUpdate
+)

@@ -85,15 +85,17 @@ class ErrorCode(enum.StrEnum):
     QUEUE_FULL = "queue_full"
     UNAVAILABLE = "unavailable"
     TOO_LARGE = "too_large"
+    SUSPENDED = "suspended"
 
 
 class BrokerError(Exception):
     """A refusal the client should hear about, with a code from the protocol."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, until: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.until = until  # ``suspended``: when the restriction ends (None: not set)
 
 
 # --- validated scalar types -------------------------------------------------------------------
@@ -205,6 +207,7 @@ class Candidate:
     blocked: frozenset[str] = frozenset()
     favourite_of: frozenset[str] = frozenset()
     last_call_at: float = 0.0  # when they last answered a call; 0 if never (or not known)
+    restricted: bool = False  # suspended or banned: never rung
 
 
 class Call(BaseModel):

@@ -8,6 +8,7 @@ same methods with a virtual clock.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import secrets
@@ -27,7 +28,15 @@ from broker.dispatch import (
     search_languages,
     timer,
 )
-from broker.events import Assigned, Ended, Event, Status, Withdrawn
+from broker.events import (
+    AgentStatusChanged,
+    Assigned,
+    AvailabilityChanged,
+    Ended,
+    Event,
+    Status,
+    Withdrawn,
+)
 from broker.model import (
     BrokerError,
     Call,
@@ -39,7 +48,18 @@ from broker.model import (
     Role,
     WithdrawReason,
 )
+from broker.moderation import (
+    Case,
+    CaseAction,
+    ReportReason,
+    Restriction,
+    RestrictionKind,
+)
+from broker.orgs import AgentStateName
+from broker.privacy import RETENTION, Privacy
 from broker.queues import QROUTE, QWAIT, Queues, QueueSettings
+from broker.safety import RESTRICTION_END, SYSTEM, Safety, SafetySettings
+from broker.stats import counts_of, day_of, scopes_of
 from broker.store.base import Store
 
 log = logging.getLogger("vabroker.broker")
@@ -78,6 +98,8 @@ class Broker:
         rng: random.Random | None = None,
         new_id: Callable[[], str] = new_call_id,
         queues: QueueSettings | None = None,
+        safety: SafetySettings | None = None,
+        pseudonym_key: bytes | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -86,6 +108,17 @@ class Broker:
         self.dispatcher = Dispatcher(store, clock, self.settings, policy, rng)
         self.new_id = new_id
         self.queues = Queues(store, clock, self.dispatcher, queues)
+        self.safety_settings = safety or SafetySettings()
+        # Without a configured key (tests, the simulator) pseudonyms are still keyed, by a
+        # fixed key: the server always passes one derived from its secrets.
+        key = pseudonym_key or hashlib.sha256(b"vabroker pseudonym key").digest()
+        self.safety = Safety(store, clock, self.safety_settings, key)
+        self.privacy = Privacy(store, clock, self.safety)
+
+    async def start(self) -> None:
+        """Put the daily timers in place (once, whichever node starts first)."""
+        if await self.store.deadline(RETENTION) is None:
+            await self.store.schedule(RETENTION, self.clock.now() + 60.0)
 
     # --- helpers' availability ---------------------------------------------------------------
     async def set_available(self, profile: Profile, available: bool) -> None:
@@ -93,7 +126,14 @@ class Broker:
             raise BrokerError(
                 ErrorCode.FORBIDDEN, "Only volunteers set their availability this way."
             )
+        if available:
+            await self.safety.check(profile.user_id)  # going off duty is always allowed
         await self.store.set_on_duty(profile.user_id, available)
+
+    async def set_agent_status(self, profile: Profile, state: AgentStateName) -> list[Event]:
+        if state == "available" and profile.role is Role.AGENT:
+            await self.safety.check(profile.user_id)
+        return await self.queues.set_agent_status(profile, state)
 
     # --- asking for help ---------------------------------------------------------------------
     async def request(
@@ -107,6 +147,7 @@ class Broker:
     ) -> Outcome:
         if profile.role is not Role.RECIPIENT:
             raise BrokerError(ErrorCode.FORBIDDEN, "Only recipients can ask for help.")
+        await self.safety.check(profile.user_id)
         now = self.clock.now()
         if await self.store.current_call(profile.user_id):
             raise BrokerError(
@@ -255,9 +296,11 @@ class Broker:
         user_id: str,
         call_id: str,
         rating: str,
-        report: str | None = None,
+        report: ReportReason | None = None,
         comment: str | None = None,
-    ) -> None:
+    ) -> list[Event]:
+        """Keep a party's feedback. A report opens a case, blocks the pair, and may suspend
+        the reported helper (whose withdrawals and notices are returned)."""
         call = await self._own_call(user_id, call_id)
         if call.state is not CallState.ENDED:
             raise BrokerError(ErrorCode.CONFLICT, "Feedback is given after the call has ended.")
@@ -265,16 +308,116 @@ class Broker:
             call_id=call_id,
             user_id=user_id,
             rating=rating,
-            report=report,
+            report=report.value if report else None,
             comment=comment,
             at=self.clock.now(),
         )
         if not await self.store.add_feedback(entry):
             raise BrokerError(ErrorCode.CONFLICT, "You have already given feedback on this call.")
         other = call.peer_of(user_id)
-        if report and other:
-            # A report means "never match me with this person again".
-            await self.store.block(user_id, other)
+        if report is None or other is None:
+            return []
+        # A report means "never match me with this person again".
+        await self.store.block(user_id, other)
+        case, suspend = await self.safety.report(call, user_id, report)
+        if not suspend:
+            return []
+        target = await self.store.get_profile(other)
+        if target is None:
+            return []
+        limit = self.safety_settings
+        _, events = await self.restrict(
+            target,
+            RestrictionKind.SUSPENDED,
+            f"Reported by {limit.suspend_after_reports} or more different people within "
+            f"{limit.report_window_days} days; pending review.",
+            SYSTEM,
+            SYSTEM,
+            detail={"case": case.id},
+        )
+        return events
+
+    # --- duty of care --------------------------------------------------------------------------
+    async def restrict(
+        self,
+        target: Profile,
+        kind: RestrictionKind,
+        reason: str,
+        actor: str,
+        actor_role: str,
+        days: int | None = None,
+        detail: dict[str, object] | None = None,
+    ) -> tuple[Restriction, list[Event]]:
+        """Suspend or ban someone: recorded, and a helper stops being rung at once. Ending a
+        banned person's live sessions is the edge's (it holds them)."""
+        restriction = await self.safety.restrict(
+            target, kind, reason, actor, actor_role, days, dict(detail or {})
+        )
+        return restriction, await self._restricted(target)
+
+    async def reinstate(
+        self, target: Profile, reason: str, actor: str, actor_role: str
+    ) -> Restriction:
+        return await self.safety.reinstate(target, reason, actor, actor_role)
+
+    async def resolve_case(
+        self,
+        case_id: str,
+        action: CaseAction,
+        note: str,
+        days: int | None,
+        actor: str,
+        org: str | None,
+    ) -> tuple[Case, list[Event]]:
+        case = await self.safety.resolve(case_id, action, note, days, actor, org)
+        if action not in (CaseAction.SUSPEND, CaseAction.BAN):
+            return case, []
+        target = await self.store.get_profile(case.reported.id)
+        if target is None:
+            return case, []  # erased since: their pseudonym has nothing left to restrict
+        kind = RestrictionKind.BANNED if action is CaseAction.BAN else RestrictionKind.SUSPENDED
+        _, events = await self.restrict(
+            target, kind, note, actor, Role.ADMIN.value, days, {"case": case.id}
+        )
+        return case, events
+
+    async def _restricted(self, profile: Profile) -> list[Event]:
+        """Stop ringing a helper who was just restricted, and tell their sessions."""
+        uid = profile.user_id
+        events: list[Event] = []
+        if profile.role is Role.VOLUNTEER:
+            await self.store.set_on_duty(uid, False)
+            events.append(AvailabilityChanged(to=uid, available=False, reason="suspended"))
+        elif profile.role is Role.AGENT and profile.org:
+            events += await self.queues.set_agent_status(profile, "away")
+            events.append(AgentStatusChanged(to=uid, state="away", reason="suspended"))
+        ring = await self.store.ring_of(uid)
+        if ring is not None:
+            try:
+                events += (await self._release(uid, ring, WithdrawReason.EXPIRED)).events
+            except BrokerError:
+                pass  # the ring lapsed or was answered meanwhile
+        return events
+
+    async def erase(self, profile: Profile) -> tuple[str, list[Event]]:
+        """``DELETE /v1/me``: end the person's open call, then forget them."""
+        events: list[Event] = []
+        uid = profile.user_id
+        ring = await self.store.ring_of(uid)
+        if ring is not None:
+            try:
+                events += (await self._release(uid, ring, WithdrawReason.EXPIRED)).events
+            except BrokerError:
+                pass
+        call_id = await self.store.current_call(uid)
+        call = await self.store.get_call(call_id) if call_id else None
+        if call is not None and call.state.is_open:
+            reason = EndReason.CLOSED if call.state is CallState.ASSIGNED else EndReason.CANCELLED
+            events += (await self._finish(call.id, reason, call.party_of(uid))).events
+        if profile.role is Role.AGENT and profile.org:
+            events += await self.queues.set_agent_status(profile, "away")
+        pseudonym = await self.privacy.erase(profile)
+        return pseudonym, [e for e in events if e.to != uid]
 
     # --- connections -------------------------------------------------------------------------
     async def disconnected(self, user_id: str, session_id: str, grace_s: float) -> None:
@@ -371,6 +514,13 @@ class Broker:
             return events
         if kind == QROUTE:
             return await self.queues.wrapup_ended(args[0])
+        if kind == RESTRICTION_END:
+            await self.safety.lapse(args[0])
+            return []
+        if kind == RETENTION:
+            _, again = await self.privacy.sweep(self.safety_settings.retention_days)
+            await self.store.schedule(RETENTION, again)
+            return []
         log.error("unknown timer kind %r", kind)
         return []
 
@@ -398,6 +548,11 @@ class Broker:
         if done is None:
             return Outcome(await self.store.get_call(call_id), [])
         call = done.call
+        # Counted here because a call ends once: ``finish`` answers None the second time.
+        counts = counts_of(call)
+        await self.store.add_counts(
+            day_of(call.requested_at), {scope: counts for scope in scopes_of(call)}
+        )
         for key in (timer(WAVE, call_id), timer(EXPIRE, call_id)):
             await self.store.unschedule(key)
         withdraw = (

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import statistics
-from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -257,58 +255,6 @@ async def my_ice_servers(request: web.Request) -> web.Response:
     )
 
 
-# --- statistics -------------------------------------------------------------------------------
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return round(values[0], 2)
-    return round(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1], 2)
-
-
-def summarise(calls: list[Call]) -> dict[str, Any]:
-    answered = [c for c in calls if c.assigned_at is not None]
-    completed = [c for c in calls if c.end_reason is not None and c.end_reason.value == "completed"]
-    waits = sorted(c.answer_time_s for c in answered if c.answer_time_s is not None)
-    return {
-        "created": len(calls),
-        "answered": len(answered),
-        "completed": len(completed),
-        "completed_pct": round(100.0 * len(completed) / len(calls), 1) if calls else None,
-        "answer_s": {
-            "p50": _percentile(waits, 50),
-            "p90": _percentile(waits, 90),
-            "p99": _percentile(waits, 99),
-        },
-    }
-
-
-async def stats(request: web.Request) -> web.Response:
-    ctx, claims, _ = await authenticate(request)
-    if claims.role is not Role.ADMIN:
-        raise ApiError(403, "forbidden", "Statistics are for administrators.")
-    try:
-        since = float(request.query.get("since", "0"))
-        until = float(request.query.get("until", str(ctx.clock.now() + 1)))
-    except ValueError:
-        raise ApiError(400, "bad_request", "since and until are Unix times in seconds.") from None
-    calls = await ctx.store.ended_calls(since, until)
-    by_month: dict[str, list[Call]] = defaultdict(list)
-    by_language: dict[str, list[Call]] = defaultdict(list)
-    for call in calls:
-        by_month[datetime.fromtimestamp(call.requested_at, UTC).strftime("%Y-%m")].append(call)
-        by_language[call.language].append(call)
-    return web.json_response(
-        {
-            "total": summarise(calls),
-            "by_month": {k: summarise(v) for k, v in sorted(by_month.items())},
-            "by_language": {k: summarise(v) for k, v in sorted(by_language.items())},
-        }
-    )
-
-
 def add_routes(app: web.Application) -> None:
     app.middlewares.append(errors)
     app.router.add_get("/healthz", healthz)
@@ -318,4 +264,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/me/profile", put_profile)
     app.router.add_get("/v1/me/calls", my_calls)
     app.router.add_get("/v1/ice-servers", my_ice_servers)
-    app.router.add_get("/v1/stats", stats)

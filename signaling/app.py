@@ -77,7 +77,15 @@ def build_context(
     clock = clock or RealClock()
     store = store or open_store(settings.store_url)
     policy, timing = build_policy(settings.policy, settings.dispatch())
-    broker = Broker(store, clock, timing, settings.limits(), policy=policy)
+    broker = Broker(
+        store,
+        clock,
+        timing,
+        settings.limits(),
+        policy=policy,
+        safety=settings.safety(),
+        pseudonym_key=settings.pseudonym_secret(),
+    )
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     auth = Authenticator(
         secret=secret,
@@ -120,6 +128,7 @@ def create_app(
     settings: Settings, store: Store | None = None, clock: Clock | None = None
 ) -> web.Application:
     from signaling import (  # the route modules import this one for Context
+        admin,  # duty of care: cases, restrictions, audit, export and erasure
         api,
         orgs,  # partner organisations
         pages,
@@ -135,9 +144,11 @@ def create_app(
     pages.add_routes(app)
     push.setup(app)  # device routes; pushes rings to devices once started
     orgs.add_routes(app)
+    admin.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ctx.store.ping()
+        await ctx.broker.start()
         await ctx.hub.router.start(ctx.hub)
         ctx.hub.start()
         log.info("broker ready", extra={"node": ctx.node_id, "store": settings.store_url})

@@ -6,6 +6,7 @@ TOML file, defaults. A bad value stops start-up with a message naming the settin
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic_settings import (
 from broker.dispatch import DispatchSettings
 from broker.model import RingWindow
 from broker.policies import POLICIES
+from broker.safety import SafetySettings
 from broker.service import LimitSettings
 
 
@@ -118,6 +120,18 @@ class Settings(BaseSettings):
             ".notify.windows.com",
         ],
         description="push services a subscription may point at ('.suffix' for a domain)",
+    )
+
+    # Duty of care.
+    suspend_after_reports: int = Field(
+        default=3, ge=1, le=1000, description="different reporters that suspend a helper"
+    )
+    report_window_days: int = Field(default=90, ge=1, le=3650, description="reports count")
+    retention_days: int = Field(
+        default=365, ge=1, le=36500, description="days before calls lose their free text"
+    )
+    pseudonym_key: SecretStr | None = Field(
+        default=None, description="key of erased people's pseudonyms; default: from jwt_secret"
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -221,6 +235,21 @@ class Settings(BaseSettings):
 
     def limits(self) -> LimitSettings:
         return LimitSettings(requests_per_hour=self.requests_per_hour)
+
+    def safety(self) -> SafetySettings:
+        return SafetySettings(
+            suspend_after_reports=self.suspend_after_reports,
+            report_window_days=self.report_window_days,
+            retention_days=self.retention_days,
+        )
+
+    def pseudonym_secret(self) -> bytes:
+        """The pseudonym key: the setting, else derived from the token secret (or, with only a
+        public key, from that; set VABROKER_PSEUDONYM_KEY then, as a public key is public)."""
+        if self.pseudonym_key is not None:
+            return self.pseudonym_key.get_secret_value().encode()
+        base = self.jwt_secret.get_secret_value() if self.jwt_secret else self.jwt_public_key
+        return hashlib.sha256(b"vabroker pseudonyms|" + (base or "").encode()).digest()
 
     def ring_window(self) -> RingWindow:
         return RingWindow.model_validate(

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from broker.events import (
     AgentStatusChanged,
     Assigned,
+    AvailabilityChanged,
     Ended,
     Event,
     QueueUpdate,
@@ -138,11 +139,14 @@ class CallEnd(Message):
     call: CallId
 
 
+ReportName = Literal["inappropriate", "abusive", "unsafe", "privacy", "poor_quality", "other"]
+
+
 class CallFeedback(Message):
     type: Literal["call.feedback"]
     call: CallId
     rating: Literal["up", "down"]
-    report: str | None = Field(default=None, max_length=64)
+    report: ReportName | None = None
     comment: str | None = Field(default=None, max_length=2000)
 
 
@@ -176,6 +180,15 @@ class UserInfo(BaseModel):
     display_name: str = ""
 
 
+class RestrictionInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    kind: str
+    since: str
+    until: str | None
+    message: str
+
+
 class Welcome(Message):
     type: Literal["welcome"] = "welcome"
     user: UserInfo
@@ -183,12 +196,26 @@ class Welcome(Message):
     resume: str
     heartbeat_s: float
     ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    restriction: RestrictionInfo | None = None
+
+    def wire(self) -> dict[str, Any]:
+        out = super().wire()
+        if self.restriction is not None:
+            out["restriction"] = self.restriction.model_dump(mode="json")  # keeps until: null
+        return out
 
 
 class Error(Message):
     type: Literal["error"] = "error"
     code: str
     message: str
+    until: str | None = None  # code "suspended": when the restriction ends (null: not set)
+
+    def wire(self) -> dict[str, Any]:
+        out = super().wire()
+        if self.code == "suspended":
+            out["until"] = self.until
+        return out
 
 
 class Pong(Message):
@@ -202,6 +229,8 @@ class Ack(Message):
 class AvailabilityState(Message):
     type: Literal["availability"] = "availability"
     available: bool
+    # Set when the broker changed it itself: "suspended".
+    reason: str | None = None
 
 
 class AgentState(Message):
@@ -403,6 +432,8 @@ def event_message(event: Event, now: float, ice_servers: list[dict[str, Any]]) -
             )
         case AgentStatusChanged():
             return AgentState(state=event.state, reason=event.reason)
+        case AvailabilityChanged():
+            return AvailabilityState(available=event.available, reason=event.reason)
         case QueueUpdate():
             snap = event.snapshot
             return QueueUpdateMessage(

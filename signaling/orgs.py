@@ -20,6 +20,7 @@ from prometheus_client import Gauge
 from pydantic import ValidationError
 
 from broker.model import Role
+from broker.moderation import AuditAction
 from broker.orgs import WEEKDAYS, Org, check_id, is_open, next_closing, next_opening
 from signaling.api import ApiError, authenticate, read_object, validation_problem
 from signaling.app import CONTEXT
@@ -126,6 +127,15 @@ async def put_org(request: web.Request) -> web.Response:
                 "(at least 16 characters).",
             )
     await ctx.store.put_org(org)
+    await ctx.broker.safety.record(
+        claims.sub,
+        claims.role.value,
+        AuditAction.ORG_PUT,
+        org.id,
+        "Organisation created." if old is None else "Organisation changed.",
+        org=org.id,
+        detail={"queues": [q.id for q in org.queues], "created": old is None},
+    )
     ctx.hub.deliver(await ctx.broker.queues.reconfigured(org.id))
     return web.json_response(org_body(org), status=200 if old else 201)
 

@@ -35,7 +35,8 @@ import redis.exceptions as rex
 
 from broker.events import Event
 from broker.store.base import StoreUnavailable
-from broker.store.redis import REDIS_DOWN, RedisStore, parse_redis_url
+from broker.store.redis import RedisStore, parse_redis_url
+from broker.store.redis_common import REDIS_DOWN
 
 if TYPE_CHECKING:
     from broker.service import Broker

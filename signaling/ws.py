@@ -15,6 +15,8 @@ import time
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from broker.model import BrokerError, CallState, ErrorCode
+from broker.moderation import ReportReason
+from broker.privacy import iso, restriction_body
 from broker.store.base import ResumeTicket, StoreUnavailable
 from signaling.app import CONTEXT, Context
 from signaling.auth import AuthError
@@ -40,6 +42,7 @@ from signaling.messages import (
     Hello,
     Ping,
     Pong,
+    RestrictionInfo,
     Signal,
     SignalRelay,
     UserInfo,
@@ -166,6 +169,7 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
         await ctx.store.set_connected(profile.user_id, True)
         connected = True
         await ctx.hub.router.attached(profile.user_id, session_id)
+        restriction = await ctx.broker.safety.restriction(profile.user_id)
     except StoreUnavailable:
         if attached is not None:  # the store failed half-way: take back what was done
             ctx.hub.detach(attached, park=False)
@@ -191,6 +195,11 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
             resume=token,
             heartbeat_s=ctx.settings.heartbeat_s,
             ice_servers=ctx.ice_servers(profile.user_id),
+            restriction=(
+                RestrictionInfo.model_validate(restriction_body(restriction))
+                if restriction is not None
+                else None
+            ),
         )
     )
     try:
@@ -251,17 +260,22 @@ async def _serve(ctx: Context, session: Session) -> None:
         try:
             await _dispatch(ctx, session, message)
         except BrokerError as exc:
-            _error(ctx, session, exc.code, exc.message, message.ref)
+            _error(ctx, session, exc.code, exc.message, message.ref, exc.until)
         except StoreUnavailable:
             _error(ctx, session, ErrorCode.UNAVAILABLE, _UNAVAILABLE, message.ref)
         ctx.hub.wake()
 
 
 def _error(
-    ctx: Context, session: Session, code: ErrorCode, text: str, ref: str | None = None
+    ctx: Context,
+    session: Session,
+    code: ErrorCode,
+    text: str,
+    ref: str | None = None,
+    until: float | None = None,
 ) -> None:
     ctx.metrics.errors.labels(code.value).inc()
-    session.send(Error(code=code.value, message=text, ref=ref))
+    session.send(Error(code=code.value, message=text, ref=ref, until=iso(until)))
 
 
 async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> None:
@@ -278,7 +292,7 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
             await broker.set_available(profile, message.available)
             session.send(AvailabilityState(available=message.available, ref=ref))
         case AgentStatus():
-            events = await broker.queues.set_agent_status(profile, message.state)
+            events = await broker.set_agent_status(profile, message.state)
             session.send(AgentState(state=message.state, ref=ref))
             ctx.hub.deliver(events)
         case CallRequest():
@@ -328,10 +342,12 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
             outcome = await broker.end(user, message.call)
             ctx.hub.deliver(outcome.events, answer=(user, "call.ended", ref))
         case CallFeedback():
-            await broker.feedback(
-                user, message.call, message.rating, message.report, message.comment
+            report = ReportReason(message.report) if message.report else None
+            events = await broker.feedback(
+                user, message.call, message.rating, report, message.comment
             )
             session.send(Ack(ref=ref))
+            ctx.hub.deliver(events)
 
 
 async def _goodbye(ctx: Context, session: Session) -> None:

@@ -10,6 +10,21 @@ from typing import Any
 import pytest
 
 from broker.model import Call, CallState, EndReason, Feedback, Profile, RingWindow, Role
+from broker.moderation import (
+    AuditAction,
+    AuditEntry,
+    AuditQuery,
+    Case,
+    CaseAction,
+    CaseQuery,
+    CaseState,
+    Party,
+    ReportReason,
+    Resolution,
+    Restriction,
+    RestrictionKind,
+)
+from broker.stats import Counts
 from broker.notify.devices import Device, DeviceRegistration
 from broker.store import MemoryStore, ResumeTicket, Store, StoreUnavailable, open_store
 from broker.store.base import PushedRing
@@ -609,3 +624,258 @@ async def test_pushes_are_recorded_once_and_taken_once(st: Store) -> None:
     assert got == [PushedRing(device_ids=["d1", "d2", "d3"], expires_at=NOW + 45.5)]
     assert await st.take_pushes("c_1", "v1") is None
     assert await st.take_pushes("c_1", "v2") == PushedRing(["d1"], NOW + 45)
+
+
+# --- duty of care: restrictions, reports, cases, the audit log, counters, erasure --------------
+
+
+def _restriction(until: float | None = None) -> Restriction:
+    return Restriction(
+        kind=RestrictionKind.SUSPENDED, since=NOW, until=until, message="Suspended.", by="a1"
+    )
+
+
+async def test_restrictions_are_kept_apart_from_the_profile(st: Store) -> None:
+    await online(st, volunteer("v1"), volunteer("v2"))
+    assert await st.get_restriction("v1") is None
+    await st.set_restriction("v1", _restriction())
+    # A profile write (PUT /v1/me/profile) cannot lift it.
+    await st.put_profile(volunteer("v1", display_name="New name"))
+    assert await st.get_restriction("v1") == _restriction()
+    facts = {c.user_id: c.restricted for c in await st.candidates("en", NOW)}
+    assert facts == {"v1": True, "v2": False}
+    assert await st.clear_restriction("v1") == _restriction()
+    assert await st.clear_restriction("v1") is None
+    assert not any(c.restricted for c in await st.candidates("en", NOW))
+    # A suspension with an end is not a fact of the candidate after it.
+    await st.set_restriction("v2", _restriction(until=NOW + 60))
+    assert [c.restricted for c in await st.candidates("en", NOW + 30) if c.user_id == "v2"] == [
+        True
+    ]
+    assert [c.restricted for c in await st.candidates("en", NOW + 61) if c.user_id == "v2"] == [
+        False
+    ]
+    assert await st.revoked_before("v1") is None
+    await st.set_revoked_before("v1", NOW + 0.5)
+    assert await st.revoked_before("v1") == NOW + 0.5
+
+
+async def test_reports_count_different_people_inside_the_window(st: Store) -> None:
+    window = 90 * 86400.0
+    assert await st.note_report("v1", "r1", NOW, window) == 1
+    assert await st.note_report("v1", "r1", NOW + 10, window) == 1  # the same person again
+    assert await st.note_report("v1", "r2", NOW + 20, window) == 2
+    assert await st.note_report("v2", "r3", NOW + 20, window) == 1
+    # r1's last report was at NOW + 10: exactly a window later it no longer counts.
+    assert await st.note_report("v1", "r3", NOW + 10 + window, window) == 2
+    assert await st.note_report("v1", "r4", NOW + 20 + window, window) == 2
+
+
+async def test_concurrent_reports_count_each_reporter_once(st: Store) -> None:
+    counts = await asyncio.gather(
+        *(st.note_report("v1", f"r{i}", NOW, 1e6) for i in range(10))
+    )
+    assert sorted(counts) == list(range(1, 11))
+
+
+def _case(reporter: str, reported: str, reason: str = "abusive", org: str | None = None) -> Case:
+    return Case(
+        reason=ReportReason(reason),
+        opened_at=NOW,
+        org=org,
+        call_id="c_" + reporter,
+        reporter=Party(id=reporter, role=Role.RECIPIENT),
+        reported=Party(id=reported, role=Role.VOLUNTEER),
+    )
+
+
+async def test_cases_are_filed_listed_newest_first_and_filtered(st: Store) -> None:
+    filed = [
+        await st.add_case(_case("r1", "v1")),
+        await st.add_case(_case("r2", "v1", "unsafe")),
+        await st.add_case(_case("r3", "a1", "privacy", org="o1")),
+        await st.add_case(_case("v1", "r1", "other")),
+    ]
+    assert [c.seq for c in filed] == sorted({c.seq for c in filed})
+    assert len({c.id for c in filed}) == 4
+    assert await st.get_case(filed[1].id) == filed[1]
+    assert await st.get_case("case_404") is None
+    everything = await st.cases(CaseQuery(), None, 10)
+    assert [c.id for c in everything] == [c.id for c in reversed(filed)]
+    page = await st.cases(CaseQuery(), None, 2)
+    rest = await st.cases(CaseQuery(), page[-1].seq, 10)
+    assert [c.id for c in page + rest] == [c.id for c in everything]
+    about_v1 = await st.cases(CaseQuery(user="v1"), None, 10)
+    assert [c.id for c in about_v1] == [filed[3].id, filed[1].id, filed[0].id]
+    assert [c.id for c in await st.cases(CaseQuery(reason=ReportReason.UNSAFE), None, 10)] == [
+        filed[1].id
+    ]
+    assert [c.id for c in await st.cases(CaseQuery(org="o1"), None, 10)] == [filed[2].id]
+    assert await st.count_cases(CaseQuery(state=CaseState.OPEN)) == 4
+    assert await st.count_cases(CaseQuery(state=CaseState.OPEN, org="o1")) == 1
+    assert await st.count_cases(CaseQuery(user="v1", reason=ReportReason.ABUSIVE)) == 1
+
+
+async def test_a_case_is_resolved_once(st: Store) -> None:
+    case = await st.add_case(_case("r1", "v1"))
+    decisions = [
+        Resolution(action=CaseAction.WARN, note=f"note {i}", by=f"a{i}", at=NOW + i)
+        for i in range(5)
+    ]
+    results = await asyncio.gather(*(st.resolve_case(case.id, d) for d in decisions))
+    won = [r for r in results if r is not None]
+    assert len(won) == 1 and won[0].state is CaseState.RESOLVED
+    assert await st.get_case(case.id) == won[0]
+    assert await st.resolve_case(case.id, decisions[0]) is None
+    assert await st.resolve_case("case_404", decisions[0]) is None
+    assert await st.count_cases(CaseQuery(state=CaseState.OPEN)) == 0
+    assert [c.id for c in await st.cases(CaseQuery(state=CaseState.RESOLVED), None, 5)] == [
+        case.id
+    ]
+
+
+def _entry(actor: str, action: AuditAction, target: str, org: str | None = None) -> AuditEntry:
+    return AuditEntry(
+        at=NOW,
+        actor=actor,
+        actor_role="admin",
+        action=action,
+        target=target,
+        reason="why",
+        org=org,
+        detail={"n": 1},
+    )
+
+
+async def test_the_audit_log_appends_and_filters(st: Store) -> None:
+    a = await st.append_audit(_entry("a1", AuditAction.USER_SUSPEND, "v1"))
+    b = await st.append_audit(_entry("system", AuditAction.USER_SUSPEND, "v2"))
+    c = await st.append_audit(_entry("a2", AuditAction.ORG_PUT, "o1", org="o1"))
+    assert a.seq < b.seq < c.seq and len({a.id, b.id, c.id}) == 3
+    assert await st.audit(AuditQuery(), None, 10) == [c, b, a]
+    assert await st.audit(AuditQuery(), c.seq, 1) == [b]
+    assert await st.audit(AuditQuery(target="v1"), None, 10) == [a]
+    assert await st.audit(AuditQuery(actor="system"), None, 10) == [b]
+    assert await st.audit(AuditQuery(action=AuditAction.ORG_PUT), None, 10) == [c]
+    assert await st.audit(AuditQuery(org="o1"), None, 10) == [c]
+
+
+async def test_day_counters_add_up_per_scope(st: Store) -> None:
+    one = Counts(created=1, answered=1, completed=1)
+    one.histogram[2] = 1
+    two = Counts(created=1, unanswered=1)
+    await st.add_counts(DAY, {"all": one, "lang:en": one})
+    await st.add_counts(DAY, {"all": two, "org:o1": two})
+    got = await st.day_counts([DAY, "2026-06-16"])
+    assert got[1] == {}
+    assert set(got[0]) == {"all", "lang:en", "org:o1"}
+    total = got[0]["all"]
+    assert (total.created, total.answered, total.unanswered, total.completed) == (2, 1, 1, 1)
+    assert total.histogram[2] == 1 and sum(total.histogram) == 1
+    assert got[0]["org:o1"].created == 1 and got[0]["lang:en"].completed == 1
+
+
+async def test_on_duty_is_counted(st: Store) -> None:
+    await online(st, volunteer("v1"), volunteer("v2"))
+    assert await st.on_duty_count() == 2
+    await st.set_on_duty("v2", False)
+    assert await st.on_duty_count() == 1
+
+
+async def _dump(st: Store) -> str:
+    """Everything the store holds, as text: the memory store's every structure, or every key of
+    Redis (on every master of a cluster) with its value."""
+    if isinstance(st, MemoryStore):
+        return repr(vars(st))
+    assert isinstance(st, RedisStore)
+    parts: list[str] = []
+    async for key in st.r.scan_iter(match="*", count=1000):
+        kind = await st.r.type(key)
+        if kind == "string":
+            value: object = await st.r.get(key)
+        elif kind == "hash":
+            value = await st.r.hgetall(key)
+        elif kind == "set":
+            value = sorted(await st.r.smembers(key))
+        elif kind == "zset":
+            value = await st.r.zrange(key, 0, -1, withscores=True)
+        elif kind == "list":
+            value = await st.r.lrange(key, 0, -1)
+        else:
+            value = kind
+        parts.append(f"{key} = {value!r}")
+    return "\n".join(parts)
+
+
+async def test_an_erased_person_leaves_no_trace_but_a_pseudonym(st: Store) -> None:
+    uid, alias = "erin-7f3a", "p_" + "0" * 32
+    texts = ["Reading my bank letter", "I use a white cane", "He was rude to me", "Erin Example"]
+    await st.put_profile(
+        Profile(user_id=uid, role=Role.RECIPIENT, display_name=texts[3], note=texts[1])
+    )
+    await online(st, volunteer("v1"))
+    await st.add_device(apns(uid, "0123456789abcdef" * 4))
+    await st.put_resume("tok-1", ResumeTicket(uid, "s_1"), NOW + 100)
+    await st.hit(f"request|{uid}", NOW, 3600.0)
+    await st.schedule(f"grace|{uid}|s_1", NOW + 20)
+    await st.create_call(
+        new_call("c_1", recipient=uid, recipient_name=texts[3], topic=texts[0], note=texts[1])
+    )
+    await ringing_call_for(st, "c_1", "v1")
+    await st.assign("c_1", "v1", "V", Role.VOLUNTEER, NOW + 1)
+    await st.finish("c_1", EndReason.COMPLETED, Role.RECIPIENT, NOW + 60)
+    await st.add_feedback(
+        Feedback(call_id="c_1", user_id=uid, rating="down", report="abusive", comment=texts[2], at=NOW)
+    )
+    await st.block(uid, "v1")
+    await st.block("v1", uid)
+    await st.note_report("v1", uid, NOW + 61, 1e6)
+    await st.add_case(
+        Case(
+            reason=ReportReason.ABUSIVE,
+            opened_at=NOW + 61,
+            call_id="c_1",
+            reporter=Party(id=uid, role=Role.RECIPIENT),
+            reported=Party(id="v1", role=Role.VOLUNTEER),
+        )
+    )
+    await st.set_restriction(uid, _restriction())
+    await st.append_audit(_entry("a1", AuditAction.USER_SUSPEND, uid))
+    assert uid in await _dump(st)
+
+    await st.erase_user(uid, alias, [f"request|{uid}"])
+
+    dump = await _dump(st)
+    assert uid not in dump
+    for text in texts:
+        assert text not in dump
+    call = await st.get_call("c_1")
+    assert call is not None and call.recipient_id == alias and call.topic is None
+    assert call.helper_id == "v1"  # the other party's record stays
+    assert await st.get_restriction(alias) == _restriction()
+    assert [c.reporter.id for c in await st.cases(CaseQuery(user=alias), None, 5)] == [alias]
+    assert [e.target for e in await st.audit(AuditQuery(target=alias), None, 5)] == [alias]
+    assert [f.user_id for f in await st.feedback_of("c_1")] == [alias]
+    assert await st.note_report("v1", "r9", NOW + 62, 1e6) == 2  # their report still counts
+    assert await st.get_profile(uid) is None and await st.calls_of(uid) == []
+
+
+async def test_scrubbing_old_calls_and_sweep_marks(st: Store) -> None:
+    for i in range(3):
+        await st.create_call(new_call(f"c_{i}", recipient=f"r{i}", topic="topic", note="note"))
+        await st.finish(f"c_{i}", EndReason.CANCELLED, Role.RECIPIENT, NOW + i)
+    assert await st.ended_between(NOW, NOW + 2, 10) == [("c_0", NOW), ("c_1", NOW + 1)]
+    assert await st.ended_between(NOW + 1, NOW + 10, 1) == [("c_1", NOW + 1)]
+    await st.scrub_call("c_1", {"r1": "p_r1"})
+    call = await st.get_call("c_1")
+    assert call is not None and (call.recipient_id, call.topic, call.note) == ("p_r1", None, None)
+    other = await st.get_call("c_2")
+    assert other is not None and other.topic == "topic"
+    assert await st.get_mark("retention") is None
+    await st.set_mark("retention", NOW + 1)
+    assert await st.get_mark("retention") == NOW + 1
+
+
+async def ringing_call_for(st: Store, cid: str, *uids: str) -> None:
+    for uid in uids:
+        assert await st.reserve_ring(cid, uid, DAY, 10, NOW)

@@ -14,12 +14,15 @@ caller: ``create_call`` (one open call per recipient), ``reserve_ring`` (the rin
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from broker.model import Call, Candidate, EndReason, Feedback, Profile, Role
+from broker.moderation import AuditEntry, AuditQuery, Case, CaseQuery, Resolution, Restriction
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
+from broker.stats import Counts
 
 
 class StoreUnavailable(Exception):
@@ -322,3 +325,92 @@ class Store(Protocol):
 
     async def handle_time(self, org_id: str, queue_id: str) -> float | None:
         """The queue's moving average handle time; None before its first call."""
+
+    # --- duty of care: restrictions ----------------------------------------------------------
+    # A restriction is kept apart from the profile, so that a profile write (which replaces the
+    # whole profile) can never lift a suspension. Candidates carry it as ``restricted``.
+
+    async def get_restriction(self, user_id: str) -> Restriction | None:
+        """The user's restriction as stored, whether or not it has ended by now."""
+
+    async def set_restriction(self, user_id: str, restriction: Restriction) -> None: ...
+
+    async def clear_restriction(self, user_id: str) -> Restriction | None:
+        """Remove the user's restriction in one step; what was removed, None if none."""
+
+    async def set_revoked_before(self, user_id: str, at: float) -> None:
+        """Sign-ins (tokens issued) before ``at`` are no longer honoured for this user."""
+
+    async def revoked_before(self, user_id: str) -> float | None: ...
+
+    async def note_report(
+        self, reported_id: str, reporter_id: str, at: float, window_s: float
+    ) -> int:
+        """Record that ``reporter_id`` reported ``reported_id`` at ``at`` and return, in the
+        same atomic step, how many different people reported them in ``(at - window_s, at]``.
+        A person who reports the same user again counts once."""
+
+    # --- duty of care: cases -------------------------------------------------------------------
+    async def add_case(self, case: Case) -> Case:
+        """File a new case; returns it with the ``id`` and ``seq`` the store gave it (``seq``
+        grows with every case, so newest first is highest ``seq`` first)."""
+
+    async def get_case(self, case_id: str) -> Case | None: ...
+
+    async def cases(self, query: CaseQuery, before: int | None, limit: int) -> list[Case]:
+        """Cases matching ``query`` with ``seq`` below ``before`` (all when None), newest
+        first, at most ``limit``."""
+
+    async def count_cases(self, query: CaseQuery) -> int: ...
+
+    async def resolve_case(self, case_id: str, resolution: Resolution) -> Case | None:
+        """Resolve an open case, once: the resolved case, or None if it does not exist or was
+        already resolved (by this or another node)."""
+
+    # --- duty of care: the audit log -----------------------------------------------------------
+    async def append_audit(self, entry: AuditEntry) -> AuditEntry:
+        """Append an entry; returns it with its ``id`` and ``seq``. Entries are never changed
+        or removed, except by ``erase_user`` replacing the erased id with its pseudonym."""
+
+    async def audit(self, query: AuditQuery, before: int | None, limit: int) -> list[AuditEntry]:
+        """Entries matching ``query`` with ``seq`` below ``before``, newest first."""
+
+    # --- feedback --------------------------------------------------------------------------------
+    async def feedback_of(self, call_id: str) -> list[Feedback]:
+        """Every party's feedback on a call, oldest first."""
+
+    # --- statistics ------------------------------------------------------------------------------
+    async def add_counts(self, day: str, counts: Mapping[str, Counts]) -> None:
+        """Add one ended call's counts to ``day``'s counters, per scope, in one step."""
+
+    async def day_counts(self, days: list[str]) -> list[dict[str, Counts]]:
+        """The counters of each day in ``days`` by scope (an empty dict for a day with none)."""
+
+    async def on_duty_count(self) -> int:
+        """How many volunteers are on duty now."""
+
+    # --- people's data ---------------------------------------------------------------------------
+    async def erase_user(self, user_id: str, pseudonym: str, hit_keys: list[str]) -> None:
+        """Forget a person: profile, duty, devices, blocks (theirs, and their id in others'),
+        resume tickets, the rate-limit keys ``hit_keys``, agent records, history lists. In the
+        calls they took part in, their id becomes ``pseudonym`` and their free text goes
+        (``scrub_call``); in cases, audit entries and report records their id becomes
+        ``pseudonym``. A restriction and a sign-in revocation move to the pseudonym, so that
+        they still apply if the same identity signs in again. Their open call must have been
+        ended first."""
+
+    async def scrub_call(self, call_id: str, pseudonyms: Mapping[str, str]) -> None:
+        """In a call record and its feedback: each party named in ``pseudonyms`` is replaced by
+        their pseudonym, their name removed, and the free text they wrote (the recipient's
+        topic and note; each party's feedback comment) removed."""
+
+    async def ended_between(
+        self, since: float, until: float, limit: int
+    ) -> list[tuple[str, float]]:
+        """Calls that ended in ``[since, until)``: (id, end time), earliest first, at most
+        ``limit``."""
+
+    async def get_mark(self, name: str) -> float | None:
+        """A named progress mark of a sweep (e.g. how far retention has gone)."""
+
+    async def set_mark(self, name: str, value: float) -> None: ...

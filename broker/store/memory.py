@@ -18,7 +18,7 @@ import heapq
 import random
 from bisect import bisect_right
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import time
 from itertools import accumulate
 from typing import Any
@@ -35,8 +35,21 @@ from broker.model import (
     local_datetime,
     primary_language,
 )
+from broker.moderation import (
+    AuditEntry,
+    AuditQuery,
+    Case,
+    CaseQuery,
+    CaseState,
+    Resolution,
+    Restriction,
+    pseudonymised_case,
+    pseudonymised_entry,
+    scrubbed_call,
+)
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
+from broker.stats import Counts
 from broker.store.base import Assignment, Finish, Handover, PushedRing, ResumeTicket
 
 THIRTY_DAYS = 30 * 86400.0
@@ -133,6 +146,15 @@ class MemoryStore:
         self._agent_org: dict[str, str] = {}
         self._queue_days: dict[tuple[str, str], QueueDayStats] = {}
         self._handle: dict[tuple[str, str], float] = {}
+        # duty of care
+        self._restrictions: dict[str, Restriction] = {}
+        self._revoked: dict[str, float] = {}
+        self._reporters: dict[str, dict[str, float]] = defaultdict(dict)  # reported -> by whom
+        self._cases: dict[int, Case] = {}
+        self._case_ids: dict[str, int] = {}
+        self._audit: list[AuditEntry] = []
+        self._days: dict[str, dict[str, Counts]] = {}
+        self._marks: dict[str, float] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
     async def ping(self) -> None:
@@ -244,7 +266,11 @@ class MemoryStore:
             busy=user_id in self._ring_of or user_id in self._open_call,
             blocked=profile.blocked,
             last_call_at=self._last_call.get(user_id, 0.0),
+            restricted=user_id in self._restrictions and self._restrictions[user_id].active(now),
         )
+        restriction = self._restrictions.get(user_id)
+        if restriction is not None and restriction.until is not None and restriction.until > now:
+            recount_at = min(recount_at, restriction.until)
         return candidate, recount_at
 
     async def candidates_sample(
@@ -736,6 +762,215 @@ class MemoryStore:
 
     async def handle_time(self, org_id: str, queue_id: str) -> float | None:
         return self._handle.get((org_id, queue_id))
+
+    # --- duty of care: restrictions -----------------------------------------------------------
+    async def get_restriction(self, user_id: str) -> Restriction | None:
+        return self._restrictions.get(user_id)
+
+    async def set_restriction(self, user_id: str, restriction: Restriction) -> None:
+        self._restrictions[user_id] = restriction
+        self._changed(user_id)
+
+    async def clear_restriction(self, user_id: str) -> Restriction | None:
+        gone = self._restrictions.pop(user_id, None)
+        self._changed(user_id)
+        return gone
+
+    async def set_revoked_before(self, user_id: str, at: float) -> None:
+        self._revoked[user_id] = at
+
+    async def revoked_before(self, user_id: str) -> float | None:
+        return self._revoked.get(user_id)
+
+    async def note_report(
+        self, reported_id: str, reporter_id: str, at: float, window_s: float
+    ) -> int:
+        reporters = self._reporters[reported_id]
+        reporters[reporter_id] = at
+        for who in [w for w, when in reporters.items() if when <= at - window_s]:
+            del reporters[who]
+        return sum(1 for when in reporters.values() if when <= at)
+
+    # --- duty of care: cases ------------------------------------------------------------------
+    async def add_case(self, case: Case) -> Case:
+        seq = len(self._cases) + 1
+        case = case.model_copy(update={"seq": seq, "id": f"case_{seq}"})
+        self._cases[seq] = case
+        self._case_ids[case.id] = seq
+        return case
+
+    async def get_case(self, case_id: str) -> Case | None:
+        seq = self._case_ids.get(case_id)
+        return self._cases[seq] if seq is not None else None
+
+    async def cases(self, query: CaseQuery, before: int | None, limit: int) -> list[Case]:
+        out: list[Case] = []
+        top = len(self._cases) if before is None else min(before - 1, len(self._cases))
+        for seq in range(top, 0, -1):
+            if len(out) >= limit:
+                break
+            case = self._cases[seq]
+            if query.matches(case):
+                out.append(case)
+        return out
+
+    async def count_cases(self, query: CaseQuery) -> int:
+        return sum(1 for case in self._cases.values() if query.matches(case))
+
+    async def resolve_case(self, case_id: str, resolution: Resolution) -> Case | None:
+        seq = self._case_ids.get(case_id)
+        if seq is None or self._cases[seq].resolution is not None:
+            return None
+        case = self._cases[seq].model_copy(
+            update={"state": CaseState.RESOLVED, "resolution": resolution}
+        )
+        self._cases[seq] = case
+        return case
+
+    # --- duty of care: the audit log ----------------------------------------------------------
+    async def append_audit(self, entry: AuditEntry) -> AuditEntry:
+        seq = len(self._audit) + 1
+        entry = entry.model_copy(update={"seq": seq, "id": f"audit_{seq}"}, deep=True)
+        self._audit.append(entry)
+        return entry.model_copy(deep=True)
+
+    async def audit(self, query: AuditQuery, before: int | None, limit: int) -> list[AuditEntry]:
+        out: list[AuditEntry] = []
+        top = len(self._audit) if before is None else min(before - 1, len(self._audit))
+        for seq in range(top, 0, -1):
+            if len(out) >= limit:
+                break
+            entry = self._audit[seq - 1]
+            if query.matches(entry):
+                out.append(entry.model_copy(deep=True))
+        return out
+
+    async def feedback_of(self, call_id: str) -> list[Feedback]:
+        return [f.model_copy() for f in self._feedback_log if f.call_id == call_id]
+
+    # --- statistics ---------------------------------------------------------------------------
+    async def add_counts(self, day: str, counts: Mapping[str, Counts]) -> None:
+        scopes = self._days.setdefault(day, {})
+        for scope, c in counts.items():
+            scopes.setdefault(scope, Counts()).add(c)
+
+    async def day_counts(self, days: list[str]) -> list[dict[str, Counts]]:
+        out: list[dict[str, Counts]] = []
+        for day in days:
+            scopes = self._days.get(day, {})
+            copy: dict[str, Counts] = {}
+            for scope, c in scopes.items():
+                copy[scope] = Counts()
+                copy[scope].add(c)
+            out.append(copy)
+        return out
+
+    async def on_duty_count(self) -> int:
+        return len(self._on_duty)
+
+    # --- people's data ------------------------------------------------------------------------
+    async def erase_user(self, user_id: str, pseudonym: str, hit_keys: list[str]) -> None:
+        uid = user_id
+        await self.set_on_duty(uid, False)
+        profile = self._profiles.pop(uid, None)
+        if profile is not None:
+            self._unindex(profile)
+        for device in list(self._device_list.get(uid, ())):
+            await self.remove_device(uid, device.id)
+        for pushed in [k for k in self._pushed if k[1] == uid]:
+            del self._pushed[pushed]
+        self._connections.pop(uid, None)
+        for helpers in self._helpers.values():
+            helpers.pop(uid, None)
+        tables: list[dict[str, Any]] = [
+            self._last_call,
+            self._candidate,
+            self._open_call,
+            self._ring_of,
+            self._ring_count,
+            self._last_rung,
+            self._answered,
+        ]
+        for table in tables:
+            table.pop(uid, None)
+        history = self._history.pop(uid, [])
+        peers: set[str] = set()
+        for call_id in history:
+            call = self._calls.get(call_id)
+            if call is not None:
+                peer = call.peer_of(uid)
+                if peer is not None:
+                    peers.add(peer)
+            await self.scrub_call(call_id, {uid: pseudonym})
+        for someone in self._profiles.values():
+            if uid in someone.blocked:
+                peers.add(someone.user_id)
+        for peer in peers:
+            blocker = self._profiles.get(peer)
+            if blocker is not None and uid in blocker.blocked:
+                self._profiles[peer] = blocker.model_copy(
+                    update={"blocked": blocker.blocked - {uid}}
+                )
+                self._changed(peer)
+        for token in [t for t, (ticket, _) in self._resume.items() if ticket.user_id == uid]:
+            del self._resume[token]
+        for timer_key in [k for k in self._timers if uid in k.split("|")[1:]]:
+            del self._timers[timer_key]
+        self._timer_heap = [e for e in self._timer_heap if uid not in e[1].split("|")[1:]]
+        heapq.heapify(self._timer_heap)
+        for key in hit_keys:
+            self._hits.pop(key, None)
+        org = self._agent_org.pop(uid, None)
+        if org is not None:
+            self._agents[org].pop(uid, None)
+        restriction = self._restrictions.pop(uid, None)
+        if restriction is not None:
+            self._restrictions[pseudonym] = restriction
+        revoked = self._revoked.pop(uid, None)
+        if revoked is not None:
+            self._revoked[pseudonym] = revoked
+        mine = self._reporters.pop(uid, None)
+        if mine:
+            self._reporters[pseudonym] = mine
+        for reporters in self._reporters.values():
+            if uid in reporters:
+                reporters[pseudonym] = reporters.pop(uid)
+        for seq, case in self._cases.items():
+            if case.involves(uid):
+                self._cases[seq] = pseudonymised_case(case, uid, pseudonym)
+        for i, entry in enumerate(self._audit):
+            self._audit[i] = pseudonymised_entry(entry, uid, pseudonym)
+
+    async def scrub_call(self, call_id: str, pseudonyms: Mapping[str, str]) -> None:
+        call = self._calls.get(call_id)
+        if call is None:
+            return
+        self._calls[call_id] = scrubbed_call(call, pseudonyms)
+        for i, fb in enumerate(self._feedback_log):
+            if fb.call_id == call_id and fb.user_id in pseudonyms:
+                self._feedback.discard((call_id, fb.user_id))
+                fb = fb.model_copy(update={"user_id": pseudonyms[fb.user_id], "comment": None})
+                self._feedback_log[i] = fb
+                self._feedback.add((call_id, fb.user_id))
+
+    async def ended_between(
+        self, since: float, until: float, limit: int
+    ) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        for call_id in self._ended:  # in the order calls ended
+            ended = self._calls[call_id].ended_at
+            if ended is None or ended < since:
+                continue
+            if ended >= until or len(out) >= limit:
+                break
+            out.append((call_id, ended))
+        return out
+
+    async def get_mark(self, name: str) -> float | None:
+        return self._marks.get(name)
+
+    async def set_mark(self, name: str, value: float) -> None:
+        self._marks[name] = value
 
 
 def _replace(record: AgentRecord, update: dict[str, object]) -> AgentRecord:

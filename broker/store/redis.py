@@ -48,11 +48,10 @@ Every Redis connection or timeout error becomes ``StoreUnavailable``.
 
 from __future__ import annotations
 
-import functools
 import json
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -80,8 +79,21 @@ from broker.store.base import (
     Handover,
     PushedRing,
     ResumeTicket,
-    StoreUnavailable,
 )
+from broker.store.redis_common import (
+    REDIS_DOWN,
+    unavailable_on_redis_errors,
+)
+from broker.store.redis_common import (
+    call_key as _call,
+)
+from broker.store.redis_common import (
+    enc as _enc,
+)
+from broker.store.redis_common import (
+    user_key as _user,
+)
+from broker.store.redis_safety import ON_DUTY, SafetyMixin
 
 THIRTY_DAYS = 30 * 86400.0
 _LOCKED_FIELDS = frozenset(
@@ -92,40 +104,7 @@ _OPEN_STATES = ('"searching"', '"queued"')
 P = ParamSpec("P")
 T = TypeVar("T")
 
-REDIS_DOWN: tuple[type[BaseException], ...] = (
-    rex.ConnectionError,
-    rex.TimeoutError,
-    rex.ClusterDownError,
-    rex.ClusterError,
-    rex.TryAgainError,
-    rex.MasterDownError,
-    rex.ReadOnlyError,
-    OSError,
-)
-
-
-def unavailable_on_redis_errors(
-    method: Callable[P, Coroutine[Any, Any, T]],
-) -> Callable[P, Coroutine[Any, Any, T]]:
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except REDIS_DOWN as exc:
-            raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
-
-    return wrapper
-
-
 # --- keys -------------------------------------------------------------------------------------
-
-
-def _user(uid: str) -> str:
-    return "vb:{u:" + uid + "}"
-
-
-def _call(cid: str) -> str:
-    return "vb:{" + cid + "}"
 
 
 def _lang(lang: str) -> str:
@@ -146,10 +125,6 @@ def _org(org_id: str) -> str:
 
 
 _ENDED_INDEX = "vb:ended"
-
-
-def _enc(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 def _call_fields(call: Call) -> dict[str, str]:
@@ -226,7 +201,7 @@ return 0
 # volunteer: a wave reads hundreds, and one flat reply parses far faster than nested arrays.
 _FACTS = """
 local h = redis.call('HMGET', KEYS[1], 'duty', 'role', 'conn', 'dev', 'cap', 'ring_of', 'open',
-  'rday', 'rcount', 'last_rung', 'langs')
+  'rday', 'rcount', 'last_rung', 'langs', 'runtil')
 local blocked = redis.call('SMEMBERS', KEYS[3])
 if #blocked == 0 then blocked = cjson.empty_array or {} end
 return cjson.encode({h, redis.call('ZCOUNT', KEYS[2], ARGV[1], '+inf'), blocked})
@@ -647,7 +622,7 @@ def parse_redis_url(url: str) -> tuple[str, bool, dict[str, Any]]:
     return urlunsplit((base, parts.netloc, parts.path, "", "")), cluster, options
 
 
-class RedisStore:
+class RedisStore(SafetyMixin):
     def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
         self.r: Any = client
         self.cluster = isinstance(client, RedisCluster)
@@ -679,6 +654,7 @@ class RedisStore:
         self._del_if = reg(_DEL_IF)
         self._record_pushes = reg(_RECORD_PUSHES)
         self._take_pushes = reg(_TAKE_PUSHES)
+        self._safety_scripts()
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -763,6 +739,11 @@ class RedisStore:
     async def set_on_duty(self, user_id: str, on_duty: bool) -> None:
         reply = await self._set_duty(keys=[_user(user_id)], args=["1" if on_duty else "0"])
         await self._reindex(user_id, reply)
+        # Only counted (``on_duty_count``); the user's own hash has the final word.
+        if on_duty:
+            await self.r.sadd(ON_DUTY, user_id)
+        else:
+            await self.r.srem(ON_DUTY, user_id)
 
     @unavailable_on_redis_errors
     async def is_on_duty(self, user_id: str) -> bool:
@@ -867,7 +848,7 @@ class RedisStore:
             h, count, blocked = json.loads(reply)
             if isinstance(blocked, dict):  # an empty Lua table encodes as {}
                 blocked = []
-            duty, role, conn, dev, cap, ring_of, open_, rday, rcount, last_rung, langs = h
+            duty, role, conn, dev, cap, ring_of, open_, rday, rcount, last_rung, langs, runtil = h
             # The index is a hint: the user's own hash has the final word.
             if duty != "1" or role != Role.VOLUNTEER.value or lang not in (langs or "").split():
                 continue
@@ -885,6 +866,7 @@ class RedisStore:
                     daily_ring_cap=int(cap or 0),
                     busy=bool(ring_of or open_),
                     blocked=frozenset(blocked),
+                    restricted=bool(runtil) and (runtil == "inf" or float(runtil) > now),
                 )
             )
         return out
@@ -1201,6 +1183,11 @@ class RedisStore:
         ttl = int(min(max(expires_at - time.time(), 0.0), 30 * 86400.0)) + 3600
         value = _enc([ticket.user_id, ticket.session_id, expires_at])
         await self.r.set("vb:resume:{" + token + "}", value, ex=ttl)
+        # The user's tickets, so that an erasure finds them.
+        mine = _user(ticket.user_id) + ":resume"
+        await self._pipelined(
+            lambda pipe: (pipe.sadd(mine, token), pipe.expire(mine, 31 * 86400 + 7200))
+        )
 
     @unavailable_on_redis_errors
     async def take_resume(self, token: str, now: float) -> ResumeTicket | None:
@@ -1208,6 +1195,7 @@ class RedisStore:
         if raw is None:
             return None
         user_id, session_id, expires_at = json.loads(raw)
+        await self.r.srem(_user(str(user_id)) + ":resume", token)
         if float(expires_at) < now:
             return None
         return ResumeTicket(str(user_id), str(session_id))

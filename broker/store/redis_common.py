@@ -1,0 +1,52 @@
+"""What every part of the Redis store shares: key names of users and calls, value encoding,
+and turning Redis being unreachable into ``StoreUnavailable``."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
+
+import redis.exceptions as rex
+
+from broker.store.base import StoreUnavailable
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    rex.ConnectionError,
+    rex.TimeoutError,
+    rex.ClusterDownError,
+    rex.ClusterError,
+    rex.TryAgainError,
+    rex.MasterDownError,
+    rex.ReadOnlyError,
+    OSError,
+)
+
+
+def unavailable_on_redis_errors(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except REDIS_DOWN as exc:
+            raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+
+    return wrapper
+
+
+def user_key(uid: str) -> str:
+    return "vb:{u:" + uid + "}"
+
+
+def call_key(cid: str) -> str:
+    return "vb:{" + cid + "}"
+
+
+def enc(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
