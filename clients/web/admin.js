@@ -587,7 +587,7 @@ async function lookUp(event) {
     $("#user-detail").replaceChildren();
     $("#restrict-form").hidden = true;
     page.user = null;
-    fieldError(field, $("#lookup-error"), err.status === 404 ? `No user with the id ${id}. ${err.message}` : err.message);
+    fieldError(field, $("#lookup-error"), err.status === 404 ? `No user with the id ${id}.` : err.message);
   }
 }
 
@@ -639,8 +639,7 @@ const DAY_S = 86400;
 
 function statsPeriod() {
   const choice = $("#stats-period").value;
-  if (choice === "all") return {};
-  // Whole UTC days, up to the end of today.
+  // Whole UTC days, up to the end of today (the broker answers at most about ten years at once).
   const until = (Math.floor(Date.now() / 1000 / DAY_S) + 1) * DAY_S;
   return { since: until - Number(choice) * DAY_S, until };
 }
@@ -796,6 +795,16 @@ function auditFilter() {
   return { actor: $("#audit-actor").value.trim(), target: $("#audit-target").value.trim(), action: $("#audit-action").value };
 }
 
+// A value of an entry's detail: times (Unix seconds or ISO 8601, under keys such as "until")
+// as dates, anything else as it is.
+function detailText(key, value) {
+  if (/(^|_)(at|since|until)$/.test(key)) {
+    if (typeof value === "number") return when(new Date(value * 1000).toISOString());
+    if (typeof value === "string" && !Number.isNaN(Date.parse(value))) return when(value);
+  }
+  return value !== null && typeof value === "object" ? JSON.stringify(value) : String(value);
+}
+
 function renderAudit() {
   const { list, next } = page.audit;
   const box = $("#audit");
@@ -813,7 +822,7 @@ function renderAudit() {
           e.target || "—",
           e.reason || "",
           Object.entries(e.detail || {})
-            .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`)
+            .map(([k, v]) => `${k}: ${detailText(k, v)}`)
             .join("; "),
         ]),
       ),

@@ -26,6 +26,17 @@ async def shoot(page: Page, out: Path, name: str) -> None:
     print(path)
 
 
+async def until(page: Page, expression: str, timeout_s: float = 15.0) -> None:
+    """Waits until ``expression`` is true in the page. Polled with evaluate: Playwright's
+    wait_for_function builds its predicate with eval, which the pages' CSP refuses."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await page.evaluate(expression):
+        if loop.time() > deadline:
+            raise TimeoutError(f"{expression} stayed false for {timeout_s} s")
+        await asyncio.sleep(0.1)
+
+
 async def main(out: Path) -> None:
     async with start_server(demo=True) as server, async_playwright() as pw:
         browser = await pw.chromium.launch(
@@ -44,7 +55,7 @@ async def main(out: Path) -> None:
         await rec.fill("#topic", "reading a medicine label")
         await rec.click("#call")
         await expect(live(rec)).to_have_text("Ringing 1 volunteer.")
-        await rec.wait_for_function("document.querySelector('#preview').readyState >= 2")
+        await until(rec, "document.querySelector('#preview').readyState >= 2")
         await shoot(rec, out, "recipient-searching")
         await expect(live(vol)).to_have_text(re.compile("^Call from Rae"))
         await vol.emulate_media(reduced_motion="reduce")  # a still frame of the ring
@@ -52,7 +63,7 @@ async def main(out: Path) -> None:
         await vol.click("#accept")
         await expect(live(vol)).to_have_text(re.compile("^Connected"))
         await expect(live(rec)).to_have_text(re.compile("^Connected"))
-        await vol.wait_for_function("document.querySelector('#remote-video').readyState >= 2")
+        await until(vol, "document.querySelector('#remote-video').readyState >= 2")
         await asyncio.sleep(0.5)  # a few frames in, so the picture is not the first one
         await shoot(vol, out, "volunteer-in-call")
         await shoot(rec, out, "recipient-in-call")
