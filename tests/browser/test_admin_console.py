@@ -163,6 +163,31 @@ async def test_console_in_every_state_has_no_axe_violations(
     assert resolved["resolution"]["action"] == "warn"
     assert resolved["resolution"]["by"] == "admin-axe"
 
+    # A conflict: another administrator resolves a case while this one has it open.
+    third = await case_of(
+        broker_server, await reported_call(broker_server, "rec-axe-3", "vol-axe-3", "other")
+    )
+    await admin.click("#back-to-cases")
+    await admin.get_by_role("button", name=re.compile("report about vol-axe-3$")).click()
+    await expect(live(admin)).to_have_text(re.compile(f"^Case {third['id']}: Other"))
+    status, _ = await admin_api(
+        broker_server,
+        "POST",
+        f"/v1/admin/cases/{third['id']}/resolve",
+        {"action": "dismiss", "note": "Nothing to act on."},
+        sub="admin-other",
+    )
+    assert status == 200
+    await admin.check('input[name="action"][value="warn"]')
+    await admin.fill("#resolve-note", "A warning.")
+    await admin.click("#resolve")
+    await expect(live(admin)).to_have_text(
+        "That case is already resolved. The case shows the resolution now."
+    )
+    await expect(admin.locator("#resolve-form")).to_be_hidden()
+    await expect(admin.locator("#case-detail")).to_contain_text("admin-other")
+    await assert_accessible(admin, "case")
+
     # User look-up, from the other case: suspend the recipient for 3 days.
     await admin.click("#back-to-cases")
     await admin.get_by_role("button", name=re.compile("report about rec-axe-2$")).click()
@@ -199,6 +224,20 @@ async def test_console_in_every_state_has_no_axe_violations(
     refused = await rec.request({"type": "call.request"})
     assert refused["type"] == "error" and refused["code"] == "suspended"
     await rec.close()
+
+    # Reinstating needs a reason too, and no confirmation.
+    await admin.fill("#restrict-reason", "")
+    await admin.click("#reinstate-user")
+    await expect(live(admin)).to_have_text("Write the reason for reinstating rec-axe-2.")
+    assert await focused(admin) == "restrict-reason"
+    await assert_accessible(admin, "user")
+    await admin.fill("#restrict-reason", "Apologised; a first offence.")
+    await admin.click("#reinstate-user")
+    await expect(live(admin)).to_have_text("rec-axe-2 is reinstated.")
+    await expect(admin.locator("#user-restriction")).to_have_text("Not restricted.")
+    await expect(admin.locator("#suspend-user")).to_be_visible()
+    status, user = await admin_api(broker_server, "GET", "/v1/admin/users/rec-axe-2")
+    assert status == 200 and user["restriction"] is None
 
     # A look-up error: an unknown user.
     await admin.fill("#lookup-id", "nobody-at-all")
@@ -237,8 +276,13 @@ async def test_console_in_every_state_has_no_axe_violations(
     await assert_accessible(admin, "audit")
     await admin.fill("#audit-target", "rec-axe-2")
     await admin.click('#audit-form button[type="submit"]')
-    await expect(audit.locator("tbody tr")).to_have_count(1)
+    await expect(audit.locator("tbody tr")).to_have_count(2)  # suspended, then reinstated
     await expect(audit).not_to_contain_text("Case resolved")
+    await admin.select_option("#audit-action", "user.suspend")
+    await admin.click('#audit-form button[type="submit"]')
+    await expect(live(admin)).to_have_text("Audit log: 1 entry.")
+    await expect(audit.locator("tbody tr")).to_have_count(1)
+    await expect(audit).not_to_contain_text("User reinstated")
     # The CSV download carries the same filter.
     async with admin.expect_download() as download_info:
         await admin.click("#audit-csv")
