@@ -7,7 +7,7 @@ import { forgetToken } from "./protocol.js";
 import { barChart, dataTable, markScrollable } from "./charts.js";
 import { $, announce, languageName, showState, signIn } from "./ui.js";
 
-const page = { token: null, claims: {}, cases: { next: null }, audit: { next: null }, caseId: null, user: null };
+const page = { token: null, claims: {}, cases: { next: null }, audit: { next: null }, case: null, user: null, busy: false };
 window.vabrokerPage = page; // for diagnostics and the browser tests
 
 const REASONS = {
@@ -392,7 +392,6 @@ function renderCase(c) {
 async function openCase(id) {
   try {
     const c = await api(`/v1/admin/cases/${encodeURIComponent(id)}`);
-    page.caseId = id;
     renderCase(c);
     if (c.state === "open") {
       show("case", document.querySelector('input[name="action"]:checked'));
@@ -440,8 +439,23 @@ function confirmAction({ title, text, yes }) {
   });
 }
 
+// One decision at a time: a second Enter while the first is being sent does nothing.
+async function once(work) {
+  if (page.busy) return;
+  page.busy = true;
+  try {
+    await work();
+  } finally {
+    page.busy = false;
+  }
+}
+
 async function resolveCase(event) {
   event.preventDefault();
+  await once(() => decideCase());
+}
+
+async function decideCase() {
   const c = page.case;
   const action = document.querySelector('input[name="action"]:checked').value;
   const note = $("#resolve-note").value.trim();
@@ -996,9 +1010,9 @@ async function main() {
   }
   $("#resolve-form").addEventListener("submit", resolveCase);
   $("#lookup-form").addEventListener("submit", lookUp);
-  $("#suspend-user").addEventListener("click", () => restrict("suspend"));
-  $("#ban-user").addEventListener("click", () => restrict("ban"));
-  $("#reinstate-user").addEventListener("click", () => restrict("reinstate"));
+  for (const kind of ["suspend", "ban", "reinstate"]) {
+    $(`#${kind}-user`).addEventListener("click", () => once(() => restrict(kind)));
+  }
   $("#stats-form").addEventListener("submit", openStats);
   $("#audit-form").addEventListener("submit", openAudit);
   $("#more-audit").addEventListener("click", moreAudit);
