@@ -15,12 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from broker.model import BrokerError, Call, ErrorCode, Profile, Role
+from broker.model import BrokerError, Call, EndReason, ErrorCode, Feedback, Profile, Role
 from broker.moderation import (
     AuditAction,
     AuditEntry,
@@ -36,7 +37,7 @@ from broker.privacy import iso, restriction_body
 from broker.safety import CaseDetail
 from broker.stats import Counts, days_between, midnight, report, summary, today
 from signaling.api import ApiError, authenticate, profile_body, read_model
-from signaling.app import Context
+from signaling.app import CONTEXT, Context
 from signaling.auth import Claims
 
 MAX_PAGE = 200
@@ -460,6 +461,67 @@ async def erase_me(request: web.Request) -> web.Response:
     return web.json_response({"erased": True})
 
 
+# --- demo mode ------------------------------------------------------------------------------------
+
+DEMO_VOLUNTEER = "demo-volunteer-casey"
+DEMO_REPORTS: list[tuple[str, str, ReportReason, str]] = [
+    # (recipient, who reports, reason, comment)
+    ("demo-recipient-ana", "recipient", ReportReason.INAPPROPRIATE, "Made personal remarks."),
+    ("demo-recipient-ben", "recipient", ReportReason.POOR_QUALITY, "Could not read the label."),
+    ("demo-recipient-cho", "volunteer", ReportReason.ABUSIVE, "Shouted at me."),
+]
+
+
+async def seed_demo_cases(ctx: Context) -> None:
+    """``--demo``: a few ended calls and reports, so that the console has cases to show: two
+    open against a demo volunteer (under the suspension threshold) and one resolved."""
+    store, now = ctx.store, ctx.clock.now()
+    if await store.count_cases(CaseQuery()) > 0:
+        return  # seeded before (a Redis store outlives the process)
+    await store.put_profile(
+        Profile(user_id=DEMO_VOLUNTEER, role=Role.VOLUNTEER, display_name="Casey (demo)")
+    )
+    for n, (rec_id, reporter, reason, comment) in enumerate(DEMO_REPORTS):
+        await store.put_profile(
+            Profile(user_id=rec_id, role=Role.RECIPIENT, display_name=rec_id.split("-")[-1])
+        )
+        started = now - (n + 1) * 3 * 3600.0
+        call = Call(
+            id=f"c_demo{n}",
+            recipient_id=rec_id,
+            recipient_name=rec_id.split("-")[-1].title(),
+            language="en",
+            languages=["en"],
+            topic="Reading a letter",
+            requested_at=started,
+        )
+        if not await store.create_call(call):
+            continue
+        day = datetime.fromtimestamp(started, UTC).date().isoformat()
+        await store.reserve_ring(call.id, DEMO_VOLUNTEER, day, 1000, started + 5)
+        await store.assign(call.id, DEMO_VOLUNTEER, "Casey (demo)", Role.VOLUNTEER, started + 9)
+        done = await store.finish(call.id, EndReason.COMPLETED, Role.RECIPIENT, started + 300)
+        if done is None:
+            continue
+        who = rec_id if reporter == "recipient" else DEMO_VOLUNTEER
+        await store.add_feedback(
+            Feedback(
+                call_id=call.id,
+                user_id=who,
+                rating="down",
+                report=reason.value,
+                comment=comment,
+                at=started + 320,
+            )
+        )
+        await store.block(who, done.call.peer_of(who) or "")
+        case, _ = await ctx.broker.safety.report(done.call, who, reason)
+        if reporter == "volunteer":
+            await ctx.broker.safety.resolve(
+                case.id, CaseAction.WARN, "Demo: warned about conduct.", None, "demo-admin", None
+            )
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/admin/overview", overview)
     app.router.add_get("/v1/admin/cases", list_cases)
@@ -473,3 +535,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/stats", stats)
     app.router.add_get("/v1/me/export", export_me)
     app.router.add_delete("/v1/me", erase_me)
+    ctx = app[CONTEXT]
+    if ctx.settings.demo:
+
+        async def demo(app: web.Application) -> None:
+            await seed_demo_cases(ctx)
+
+        app.on_startup.append(demo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -151,6 +152,9 @@ def create_app(
         await ctx.broker.start()
         await ctx.hub.router.start(ctx.hub)
         ctx.hub.start()
+        # What start-up made lives as long as the process: out of the collector's way, so that
+        # a full collection scans only what requests made (tens of ms less at the tail).
+        gc.freeze()
         log.info("broker ready", extra={"node": ctx.node_id, "store": settings.store_url})
         yield
         await ctx.hub.stop()

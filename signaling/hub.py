@@ -111,6 +111,7 @@ class Hub:
         self.router: Router = LocalRouter()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._background: set[asyncio.Task[object]] = set()
 
     # --- sessions ----------------------------------------------------------------------------
@@ -230,12 +231,16 @@ class Hub:
 
     # --- background loops --------------------------------------------------------------------
     def start(self) -> None:
+        self._stopping = False
         self._tasks = [
             asyncio.create_task(self._timer_loop(), name="timers"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
 
     async def stop(self) -> None:
+        # The flag as well as the cancel: a cancellation that lands inside a store call can be
+        # lost there (seen with the Redis client at shutdown), and the loop must end anyway.
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -245,7 +250,7 @@ class Hub:
             bg.cancel()
 
     async def _timer_loop(self) -> None:
-        while True:
+        while not self._stopping:
             delay = 0.25
             try:
                 self.deliver(await self.broker.fire_due())

@@ -47,7 +47,7 @@ class DemoSignIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["recipient", "volunteer", "agent"]
+    role: Literal["recipient", "volunteer", "agent", "admin"]
     name: str | None = Field(default=None, min_length=1, max_length=120)
     languages: list[Language] = Field(default_factory=lambda: ["en"], min_length=1, max_length=10)
     timezone: TimeZone = "UTC"

@@ -10,7 +10,7 @@ import pytest
 from broker.clock import VirtualClock
 from broker.dispatch import DispatchSettings
 from broker.events import AvailabilityChanged, Event, Ring, Withdrawn
-from broker.model import BrokerError, CallState, ErrorCode, Profile, Role, WithdrawReason
+from broker.model import BrokerError, CallState, ErrorCode, Profile, WithdrawReason
 from broker.moderation import (
     AuditAction,
     AuditQuery,
@@ -46,9 +46,7 @@ def rings(events: list[Event]) -> list[str]:
     return sorted(e.to for e in events if isinstance(e, Ring))
 
 
-async def answered_call(
-    broker: Broker, rec: Profile, helper: str, topic: str | None = None
-) -> str:
+async def answered_call(broker: Broker, rec: Profile, helper: str, topic: str | None = None) -> str:
     """A call from ``rec`` that ``helper`` answers and that then ends."""
     outcome = await broker.request(rec, topic=topic)
     assert outcome.call is not None

@@ -20,6 +20,7 @@ from broker.model import (
     Role,
     WithdrawReason,
 )
+from broker.moderation import ReportReason
 from broker.service import Broker
 from broker.store.memory import MemoryStore
 
@@ -485,7 +486,7 @@ async def test_feedback_once_and_a_report_blocks(store: MemoryStore, broker: Bro
         await broker.feedback("rec", call_id, "down")  # not ended yet
     await broker.accept(val, call_id)
     await broker.end("rec", call_id)
-    await broker.feedback("rec", call_id, "down", report="rude")
+    await broker.feedback("rec", call_id, "down", report=ReportReason.ABUSIVE)
     with pytest.raises(BrokerError) as err:
         await broker.feedback("rec", call_id, "up")
     assert err.value.code is ErrorCode.CONFLICT

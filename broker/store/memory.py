@@ -855,15 +855,10 @@ class MemoryStore:
             scopes.setdefault(scope, Counts()).add(c)
 
     async def day_counts(self, days: list[str]) -> list[dict[str, Counts]]:
-        out: list[dict[str, Counts]] = []
-        for day in days:
-            scopes = self._days.get(day, {})
-            copy: dict[str, Counts] = {}
-            for scope, c in scopes.items():
-                copy[scope] = Counts()
-                copy[scope].add(c)
-            out.append(copy)
-        return out
+        empty: dict[str, Counts] = {}
+        return [
+            {scope: Counts(c.v) for scope, c in self._days.get(day, empty).items()} for day in days
+        ]
 
     async def on_duty_count(self) -> int:
         return len(self._on_duty)

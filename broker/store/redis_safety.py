@@ -11,7 +11,8 @@ Layout (hash tags keep each atomic step on one slot, so a Redis Cluster works):
   ``:i:o:ORG``. One slot: resolving moves the case between state indexes in one script.
 - ``vb:{audit}:seq``, ``vb:{audit}:e`` hash seq -> entry JSON, indexes ``:i:all``,
   ``:i:a:ACTOR``, ``:i:t:TARGET``, ``:i:x:ACTION``, ``:i:o:ORG``.
-- ``vb:{stats}:d:DAY`` hash ``scope|counter`` -> count, one per UTC day.
+- ``vb:{stats}:d:DAY`` hash ``scope`` -> that scope's counters (comma-separated), one per
+  UTC day.
 - ``vb:onduty`` set (counted only), ``vb:marks`` hash of sweep marks.
 """
 
@@ -82,9 +83,25 @@ redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 return 1
 """
 
-# KEYS: day hash. ARGV: field, increment, ...
+# KEYS: day hash. ARGV: scope, packed counts (comma-separated integers), ... Adds each vector
+# to the scope's, so that a day's counters are one field per scope (read back in one HGETALL).
 _ADD_COUNTS = """
-for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if not cur then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  else
+    local sum = {}
+    for x in string.gmatch(cur, '[^,]+') do sum[#sum + 1] = tonumber(x) end
+    local j = 0
+    for x in string.gmatch(ARGV[i + 1], '[^,]+') do
+      j = j + 1
+      sum[j] = (sum[j] or 0) + tonumber(x)
+    end
+    for k = 1, #sum do sum[k] = string.format('%d', sum[k]) end
+    redis.call('HSET', KEYS[1], ARGV[i], table.concat(sum, ','))
+  end
+end
 return 1
 """
 
@@ -298,10 +315,7 @@ class SafetyMixin:
     # --- statistics ----------------------------------------------------------------------------
     @unavailable_on_redis_errors
     async def add_counts(self, day: str, counts: Mapping[str, Counts]) -> None:
-        flat: list[Any] = []
-        for scope, c in counts.items():
-            for name, n in c.as_fields().items():
-                flat += [f"{scope}|{name}", n]
+        flat = [x for scope, c in counts.items() for x in (scope, c.packed())]
         if flat:
             await self._add_counts_script(keys=[f"{_STATS}:d:{day}"], args=flat)
 
@@ -310,14 +324,7 @@ class SafetyMixin:
         replies = await self._pipelined(
             lambda pipe: [pipe.hgetall(f"{_STATS}:d:{day}") for day in days]
         )
-        out: list[dict[str, Counts]] = []
-        for raw in replies:
-            fields: dict[str, dict[str, str]] = {}
-            for key, value in raw.items():
-                scope, _, name = key.rpartition("|")
-                fields.setdefault(scope, {})[name] = value
-            out.append({scope: Counts.from_fields(f) for scope, f in fields.items()})
-        return out
+        return [{scope: Counts.unpacked(v) for scope, v in raw.items()} for raw in replies]
 
     @unavailable_on_redis_errors
     async def on_duty_count(self) -> int:
