@@ -114,7 +114,7 @@ async def test_demo_sign_in_needs_the_brokers_own_secret() -> None:
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        ({"role": "admin"}, "role"),
+        ({"role": "superuser"}, "role"),
         ({"role": "recipient", "extra": 1}, "extra"),
         ({"role": "recipient", "languages": ["not a tag"]}, "languages"),
         ({"role": "recipient", "timezone": "Mars/Base"}, "timezone"),
