@@ -377,6 +377,36 @@ async def test_keyboard_only_case_from_the_list_to_a_suspension(
     await admin.context.close()
 
 
+async def test_more_cases_than_a_page(browser: Browser, broker_server: Server) -> None:
+    """The queue shows 20 cases at a time; More cases adds the next page and focus goes to the
+    first case it added."""
+    for n in range(21):
+        await reported_call(broker_server, f"rec-page-{n}", f"vol-page-{n}", "other")
+    status, overview = await admin_api(broker_server, "GET", "/v1/admin/overview")
+    assert status == 200 and overview["open_cases"] > 20
+    admin = await open_console(browser, broker_server, "admin-page", "Pat")
+    await admin.keyboard.press("Enter")
+    await expect(live(admin)).to_have_text("Moderation queue: 20 open cases shown; there are more.")
+    await expect(admin.locator("#cases tbody tr")).to_have_count(20)
+    first_of_next = await admin.evaluate(
+        "document.querySelectorAll('#cases button.review')[19].dataset.case"
+    )
+    await admin.locator("#more-cases").focus()
+    await admin.keyboard.press("Enter")
+    more = overview["open_cases"] - 20
+    await expect(live(admin)).to_have_text(f"{more} more case{'s' if more > 1 else ''} shown.")
+    await expect(admin.locator("#cases tbody tr")).to_have_count(overview["open_cases"])
+    await expect(admin.locator("#more-cases")).to_be_hidden()
+    assert await admin.evaluate("document.activeElement.dataset.case") not in (None, first_of_next)
+    assert (
+        await admin.evaluate(
+            "[...document.querySelectorAll('#cases button.review')].indexOf(document.activeElement)"
+        )
+        == 20
+    )
+    await admin.context.close()
+
+
 async def test_console_reflows_at_320_css_pixels(browser: Browser, broker_server: Server) -> None:
     """400% zoom of a 1280 px window: no sideways scrolling of the page (WCAG 1.4.10); wide
     tables scroll in their own box, which is then a focusable, named region."""
