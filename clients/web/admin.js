@@ -39,6 +39,9 @@ const END_REASONS = {
   closed: "Organisation closed",
 };
 
+// Why the console went back to sign-in, kept across the reload that gets it there.
+const PROBLEM_KEY = "vabroker.console-problem";
+
 class ConsoleError extends Error {
   constructor(code, message, status = 0) {
     super(message);
@@ -77,12 +80,15 @@ async function api(path, options = {}) {
   } catch {
     throw new ConsoleError("unavailable", "Could not reach the service. Check the connection and try again.");
   }
-  if (response.status === 401) {
-    forgetToken();
-    location.reload();
-    throw new ConsoleError("unauthenticated", "Your sign-in has expired.", 401);
-  }
   const body = await response.json().catch(() => null);
+  if (response.status === 401) {
+    // Back to sign-in, and the sign-in page says why (the reload forgets everything else).
+    const why = (body && body.message) || "Your sign-in has expired.";
+    forgetToken();
+    sessionStorage.setItem(PROBLEM_KEY, why);
+    location.reload();
+    throw new ConsoleError("unauthenticated", why, 401);
+  }
   if (!response.ok) {
     throw new ConsoleError(
       (body && body.error) || "unavailable",
@@ -941,7 +947,8 @@ async function openOrgs(event) {
 // the first overview request checks the token: a refused one, or one for another role, sends
 // the person back to sign-in, saying why.
 async function signInAsAdmin() {
-  let problem = "";
+  let problem = sessionStorage.getItem(PROBLEM_KEY) || "";
+  sessionStorage.removeItem(PROBLEM_KEY);
   for (;;) {
     const token = await signIn("admin", problem);
     page.token = token;

@@ -8,6 +8,7 @@ then a report in ``call.feedback``."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from datetime import datetime
@@ -405,6 +406,32 @@ async def test_more_cases_than_a_page(browser: Browser, broker_server: Server) -
         == 20
     )
     await admin.context.close()
+
+
+async def test_an_expired_sign_in_goes_back_to_sign_in_saying_why(
+    browser: Browser, broker_server: Server
+) -> None:
+    # The broker normally allows 30 s of clock skew past a token's expiry; none here, so that
+    # the token below lapses within the test.
+    auth = broker_server.ctx.auth
+    leeway, auth.leeway_s = auth.leeway_s, 0.0
+    try:
+        context = await new_context(browser)
+        expires = int(time.time()) + 5
+        token = broker_server.token("admin-brief", "admin", name="Bri", ttl_s=5)
+        admin = await open_page(context, broker_server, "admin", token)
+        await expect(live(admin)).to_have_text(re.compile("^Signed in as Bri, administrator"))
+        await asyncio.sleep(max(0.0, expires + 1 - time.time()))
+        await admin.click('#console-nav button[data-view="audit"]')
+        await expect(live(admin)).to_have_text(re.compile(r"^Please sign in\. .*expired"))
+        await expect(admin.locator("#sign-in-error")).to_contain_text("expired")
+        assert await focused(admin) == "demo-sign-in"
+        assert await admin.evaluate("sessionStorage.getItem('vabroker.token')") is None
+        await expect(admin.locator("#console-nav")).to_be_hidden()
+        await assert_accessible(admin, "signed-out")
+        await context.close()
+    finally:
+        auth.leeway_s = leeway
 
 
 async def test_console_reflows_at_320_css_pixels(browser: Browser, broker_server: Server) -> None:
