@@ -434,6 +434,31 @@ async def test_an_expired_sign_in_goes_back_to_sign_in_saying_why(
         auth.leeway_s = leeway
 
 
+async def test_an_organisations_administrator_sees_only_its_own(
+    browser: Browser, broker_server: Server
+) -> None:
+    """An administrator whose token names an organisation: greeted as such; volunteers' cases
+    are not in their queue, and a volunteer is not a user they can look up."""
+    admin = await open_as(
+        browser, broker_server, "admin", "admin-org", "admin", name="Oren", org="demo-org"
+    )
+    await expect(live(admin)).to_have_text(
+        re.compile(r"^Signed in as Oren of demo-org, administrator\. .* No open cases\.$")
+    )
+    await expect(admin.locator("#admin-who")).to_have_text("— Oren of demo-org")
+    await admin.keyboard.press("Enter")
+    await expect(live(admin)).to_have_text(
+        "Moderation queue: No open cases. The moderation queue is empty."
+    )
+    await admin.click('#console-nav button[data-view="user"]')
+    assert await focused(admin) == "lookup-id"
+    await admin.keyboard.type("vol-kb")
+    await admin.keyboard.press("Enter")
+    await expect(live(admin)).to_have_text("No user with the id vol-kb.")
+    await assert_accessible(admin, "user")
+    await admin.context.close()
+
+
 async def test_console_reflows_at_320_css_pixels(browser: Browser, broker_server: Server) -> None:
     """400% zoom of a 1280 px window: no sideways scrolling of the page (WCAG 1.4.10); wide
     tables scroll in their own box, which is then a focusable, named region."""
