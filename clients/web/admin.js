@@ -271,7 +271,10 @@ function caseFilter() {
 function caseListText(count, more) {
   const f = caseFilter();
   const what = f.state === "open" ? "open case" : "resolved case";
-  if (count === 0) return f.state === "open" ? "No open cases. The moderation queue is empty." : "No resolved cases match.";
+  if (count === 0) {
+    if (f.reason || f.user) return `No ${what}s match.`;
+    return f.state === "open" ? "No open cases. The moderation queue is empty." : "No resolved cases yet.";
+  }
   return `${plural(count, what)}${more ? " shown; there are more" : ""}.`;
 }
 

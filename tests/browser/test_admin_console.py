@@ -405,6 +405,20 @@ async def test_more_cases_than_a_page(browser: Browser, broker_server: Server) -
         )
         == 20
     )
+    # Filters: resolved cases about one user; open cases of a reason nobody reported.
+    await admin.select_option("#case-state", "resolved")
+    await admin.fill("#case-user", "vol-kb")
+    await admin.click('#case-filter button[type="submit"]')
+    await expect(live(admin)).to_have_text("Moderation queue: 1 resolved case.")
+    await expect(admin.locator("#cases tbody tr")).to_have_count(1)
+    await expect(admin.locator("#cases tbody tr")).to_contain_text("Resolved: Suspended")
+    await admin.select_option("#case-state", "open")
+    await admin.fill("#case-user", "")
+    await admin.select_option("#case-reason", "privacy")
+    await admin.click('#case-filter button[type="submit"]')
+    await expect(live(admin)).to_have_text("Moderation queue: No open cases match.")
+    await expect(admin.locator("#cases table")).to_have_count(0)
+    await assert_accessible(admin, "cases")
     await admin.context.close()
 
 
