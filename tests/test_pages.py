@@ -31,7 +31,7 @@ async def test_pages_are_served_with_a_strict_policy(server: Server) -> None:
     assert status == 302 and headers["Location"] == "/app/"
     status, headers, body = await fetch(server.url + "/app/")
     assert status == 200 and "recipient.html" in body
-    for name in ("recipient.html", "volunteer.html", "agent.html"):
+    for name in ("recipient.html", "volunteer.html", "agent.html", "admin.html"):
         status, headers, body = await fetch(f"{server.url}/app/{name}")
         assert status == 200 and headers["Content-Type"].startswith("text/html")
         assert 'id="live"' in body and 'aria-live="polite"' in body
@@ -58,9 +58,8 @@ def test_every_page_file_is_package_data() -> None:
     config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     globs = config["tool"]["setuptools"]["package-data"]["*"]
     files = [p.name for p in web_root().iterdir() if p.is_file()]
-    assert {"index.html", "recipient.html", "volunteer.html", "agent.html", "protocol.js"} <= set(
-        files
-    )
+    pages = {"index.html", "recipient.html", "volunteer.html", "agent.html", "admin.html"}
+    assert pages | {"protocol.js", "admin.js", "charts.js"} <= set(files)
     assert [f for f in files if not any(fnmatch(f, g) for g in globs)] == []
 
 

@@ -771,6 +771,23 @@ async def test_the_audit_log_appends_and_filters(st: Store) -> None:
     assert await st.audit(AuditQuery(org="o1"), None, 10) == [c]
 
 
+async def test_the_audit_log_filters_and_pages_through_a_long_history(st: Store) -> None:
+    # Far more entries than one read of the store's index, only some of them matching: every
+    # match comes back exactly once, newest first, page after page.
+    actions = [AuditAction.USER_SUSPEND, AuditAction.ORG_PUT]
+    made = [
+        await st.append_audit(_entry(f"a{i % 3}", actions[i % 2], f"t{i % 5}")) for i in range(450)
+    ]
+    query = AuditQuery(actor="a1", action=AuditAction.USER_SUSPEND)
+    expected = [e for e in reversed(made) if query.matches(e)]
+    got: list[AuditEntry] = []
+    before: int | None = None
+    while page := await st.audit(query, before, 40):
+        got += page
+        before = page[-1].seq
+    assert got == expected and len(expected) == 75
+
+
 async def test_day_counters_add_up_per_scope(st: Store) -> None:
     one = Counts(created=1, answered=1, completed=1)
     one.count_answer(2)

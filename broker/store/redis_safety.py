@@ -19,8 +19,8 @@ Layout (hash tags keep each atomic step on one slot, so a Redis Cluster works):
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from broker.model import Call, Feedback, Profile, Role
 from broker.moderation import (
@@ -112,6 +112,8 @@ redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[1], 'AGGREGATE', 'MAX')
 redis.call('DEL', KEYS[1])
 return 1
 """
+
+R = TypeVar("R")
 
 
 def _case_indexes(case: Case) -> list[str]:
@@ -226,25 +228,8 @@ class SafetyMixin:
 
     @unavailable_on_redis_errors
     async def cases(self, query: CaseQuery, before: int | None, limit: int) -> list[Case]:
-        index = _case_query_keys(query)[0]
-        out: list[Case] = []
-        top = "+inf" if before is None else f"({before}"
-        while len(out) < limit:
-            page = await self.r.zrevrangebyscore(index, top, "-inf", start=0, num=_PAGE)
-            if not page:
-                break
-            for raw in await self.r.hmget(f"{_CASES}:c", page):
-                if raw is None:
-                    continue
-                case = Case.model_validate_json(raw)
-                top = f"({case.seq}"
-                if query.matches(case):
-                    out.append(case)
-                    if len(out) >= limit:
-                        break
-            if len(page) < _PAGE:
-                break
-        return out
+        raws = self._newest(_case_query_keys(query)[0], f"{_CASES}:c", before)
+        return await _matching(raws, Case.model_validate_json, query.matches, limit)
 
     @unavailable_on_redis_errors
     async def count_cases(self, query: CaseQuery) -> int:
@@ -278,25 +263,25 @@ class SafetyMixin:
 
     @unavailable_on_redis_errors
     async def audit(self, query: AuditQuery, before: int | None, limit: int) -> list[AuditEntry]:
-        index = _audit_query_key(query)
-        out: list[AuditEntry] = []
+        raws = self._newest(_audit_query_key(query), f"{_AUDIT}:e", before)
+        return await _matching(raws, AuditEntry.model_validate_json, query.matches, limit)
+
+    async def _newest(self, index: str, records: str, before: int | None) -> AsyncIterator[str]:
+        """Records listed in ``index`` (a zset scored by sequence number), newest first and
+        older than ``before``, read a page at a time from the hash ``records``."""
         top = "+inf" if before is None else f"({before}"
-        while len(out) < limit:
-            page = await self.r.zrevrangebyscore(index, top, "-inf", start=0, num=_PAGE)
+        while True:
+            page = await self.r.zrevrangebyscore(
+                index, top, "-inf", start=0, num=_PAGE, withscores=True
+            )
             if not page:
-                break
-            for raw in await self.r.hmget(f"{_AUDIT}:e", page):
-                if raw is None:
-                    continue
-                entry = AuditEntry.model_validate_json(raw)
-                top = f"({entry.seq}"
-                if query.matches(entry):
-                    out.append(entry)
-                    if len(out) >= limit:
-                        break
+                return
+            for raw in await self.r.hmget(records, [member for member, _ in page]):
+                if raw is not None:
+                    yield raw
+            top = f"({int(page[-1][1])}"
             if len(page) < _PAGE:
-                break
-        return out
+                return
 
     @unavailable_on_redis_errors
     async def feedback_of(self, call_id: str) -> list[Feedback]:
@@ -444,3 +429,17 @@ class SafetyMixin:
     @unavailable_on_redis_errors
     async def set_mark(self, name: str, value: float) -> None:
         await self.r.hset(_MARKS, name, repr(value))
+
+
+async def _matching(
+    raws: AsyncIterator[str], parse: Callable[[str], R], keep: Callable[[R], bool], limit: int
+) -> list[R]:
+    """The first ``limit`` parsed records that ``keep`` accepts."""
+    out: list[R] = []
+    async for raw in raws:
+        record = parse(raw)
+        if keep(record):
+            out.append(record)
+            if len(out) >= limit:
+                break
+    return out

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from playwright.async_api import Page, async_playwright, expect
 
-from tests.browser.pages import CHROMIUM, CHROMIUM_ARGS, live, open_as
+from tests.browser.cases import reported_call
+from tests.browser.pages import CHROMIUM, CHROMIUM_ARGS, live, open_as, open_page
 from tests.helpers import start_server
 
 
@@ -23,6 +24,17 @@ async def shoot(page: Page, out: Path, name: str) -> None:
     path = out / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     print(path)
+
+
+async def until(page: Page, expression: str, timeout_s: float = 15.0) -> None:
+    """Waits until ``expression`` is true in the page. Polled with evaluate: Playwright's
+    wait_for_function builds its predicate with eval, which the pages' CSP refuses."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await page.evaluate(expression):
+        if loop.time() > deadline:
+            raise TimeoutError(f"{expression} stayed false for {timeout_s} s")
+        await asyncio.sleep(0.1)
 
 
 async def main(out: Path) -> None:
@@ -46,7 +58,7 @@ async def main(out: Path) -> None:
         await rec.fill("#topic", "reading a medicine label")
         await rec.click("#call")
         await expect(live(rec)).to_have_text("Ringing 1 volunteer.")
-        await rec.wait_for_function("document.querySelector('#preview').readyState >= 2")
+        await until(rec, "document.querySelector('#preview').readyState >= 2")
         await shoot(rec, out, "recipient-searching")
         await expect(live(vol)).to_have_text(re.compile("^Call from Rae"))
         await vol.emulate_media(reduced_motion="reduce")  # a still frame of the ring
@@ -54,7 +66,7 @@ async def main(out: Path) -> None:
         await vol.click("#accept")
         await expect(live(vol)).to_have_text(re.compile("^Connected"))
         await expect(live(rec)).to_have_text(re.compile("^Connected"))
-        await vol.wait_for_function("document.querySelector('#remote-video').readyState >= 2")
+        await until(vol, "document.querySelector('#remote-video').readyState >= 2")
         await asyncio.sleep(0.5)  # a few frames in, so the picture is not the first one
         await shoot(vol, out, "volunteer-in-call")
         await shoot(rec, out, "recipient-in-call")
@@ -69,6 +81,40 @@ async def main(out: Path) -> None:
         await agent.check('input[value="available"]')
         await expect(live(agent)).to_have_text(re.compile("^You are available"))
         await shoot(agent, out, "agent-available")
+
+        # The operator's console, with a few reports to look at.
+        for n, (report, comment) in enumerate(
+            [
+                ("privacy", "They asked me to show my bank card to the camera."),
+                ("unsafe", None),
+                ("abusive", "Shouted at me when I could not find the label."),
+            ]
+        ):
+            await reported_call(server, f"rec-case-{n}", f"vol-case-{n}", report, comment=comment)
+        context = await browser.new_context(viewport={"width": 1100, "height": 900})
+        admin = await open_page(
+            context, server, "admin", server.token("admin-shot", "admin", name="Ola")
+        )
+        await expect(live(admin)).to_have_text(re.compile("Signed in as"))
+        await shoot(admin, out, "admin-overview")
+        await admin.click("#review-cases")
+        await expect(live(admin)).to_have_text(re.compile("^Moderation queue"))
+        await admin.locator("#cases button.review").first.click()
+        await expect(live(admin)).to_have_text(re.compile("^Case "))
+        await admin.check('input[name="action"][value="suspend"]')
+        await admin.fill("#resolve-days", "14")
+        await admin.fill("#resolve-note", "Shouting at a caller: a first suspension.")
+        await admin.click("#resolve")
+        await expect(admin.locator("#confirm")).to_have_attribute("open", "")
+        await shoot(admin, out, "admin-case")
+        await admin.click("#confirm-yes")
+        await expect(live(admin)).to_have_text(re.compile("resolved"))
+        await admin.click('#console-nav button[data-view="stats"]')
+        await expect(live(admin)).to_have_text(re.compile("^Statistics"))
+        await shoot(admin, out, "admin-stats")
+        await admin.click('#console-nav button[data-view="audit"]')
+        await expect(live(admin)).to_have_text(re.compile("^Audit log"))
+        await shoot(admin, out, "admin-audit")
         await browser.close()
 
 
