@@ -200,6 +200,10 @@ class ProfileUpdate(BaseModel):
                 raise ValueError(
                     f"{', '.join(nulls)}: may not be null; leave a field out to keep it"
                 )
+            window = data.get("ring_window")
+            if isinstance(window, dict) and not {"start", "end"} <= window.keys():
+                # A window replaces the whole window: a missing end would become 22:00.
+                raise ValueError("ring_window: give both start and end, as HH:MM")
         return data
 
 
