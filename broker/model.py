@@ -190,7 +190,8 @@ def primary_language(tag: str) -> str:
 class RingWindow(BaseModel):
     """Local hours in which a volunteer accepts rings. ``end`` before ``start`` spans midnight."""
 
-    model_config = ConfigDict(frozen=True)
+    # A misspelt key ("strat") is refused, not ignored: ignoring it would leave the default.
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     start: time = time(8, 0)
     end: time = time(22, 0)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from broker.model import (
     Call,
@@ -188,6 +188,26 @@ class ProfileUpdate(BaseModel):
     ring_window: RingWindow | None = None
     daily_ring_cap: int | None = Field(default=None, ge=0, le=1000)
     note: MultilineText | None = Field(default=None, max_length=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_null_for_kept_fields(cls, data: Any) -> Any:
+        # ``None`` is the "not sent" default; a profile always has these, so an explicit null
+        # would otherwise reach the store as a profile without a name or languages.
+        if isinstance(data, dict):
+            nulls = sorted(k for k, v in data.items() if v is None and k in _NOT_NULL)
+            if nulls:
+                raise ValueError(
+                    f"{', '.join(nulls)}: may not be null; leave a field out to keep it"
+                )
+            window = data.get("ring_window")
+            if isinstance(window, dict) and not {"start", "end"} <= window.keys():
+                # A window replaces the whole window: a missing end would become 22:00.
+                raise ValueError("ring_window: give both start and end, as HH:MM")
+        return data
+
+
+_NOT_NULL = frozenset({"display_name", "languages", "timezone", "ring_window", "daily_ring_cap"})
 
 
 def profile_body(profile: Profile) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """JSON from clients: the one decoder for WebSocket frames and REST bodies.
 
-Three rules on top of RFC 8259, each refused with a message naming what was wrong:
+Four rules on top of RFC 8259, each refused with a message naming what was wrong:
 
 - Nesting is at most ``MAX_DEPTH`` arrays and objects deep. The real messages are at most about
   six deep (an organisation's hours); a limit far above that costs nothing, and it is checked by
@@ -10,6 +10,9 @@ Three rules on top of RFC 8259, each refused with a message naming what was wron
 - No string, key or value, holds an unpaired UTF-16 surrogate (``"\\ud800"`` written as an
   escape): such text cannot be encoded as UTF-8, so it could neither be stored nor sent on to
   another person. A correctly paired escape (an emoji written as two escapes) is fine.
+- No object names a key twice. RFC 8259 leaves the meaning of a repeated key open (the standard
+  decoder keeps the last one, other parsers the first), so a document with one could mean one
+  thing to the broker and another to whatever checked or logged it first.
 """
 
 from __future__ import annotations
@@ -74,6 +77,21 @@ def unpaired_surrogate(document: Any) -> str | None:
     return None
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return document
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -90,7 +108,13 @@ def decode(data: str | bytes) -> Any:
     if depth_exceeds(text):
         raise JsonRejected(f"nests arrays and objects more than {MAX_DEPTH} deep (the limit).")
     try:
-        document = json.loads(text, parse_constant=_no_constant)
+        document = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except _RepeatedKey as exc:
+        key = str(exc.args[0])
+        shown = repr(key if len(key) <= 64 else key[:64] + "...")
+        raise JsonRejected(
+            f"names the key {shown} twice in one object; send each key once."
+        ) from None
     except ValueError as exc:
         raise JsonRejected(f"is not valid JSON: {exc}.") from None
     if _SURROGATE_ESCAPE.search(text):
