@@ -19,7 +19,16 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from broker.model import BrokerError, Call, EndReason, ErrorCode, Feedback, Profile, Role
+from broker.model import (
+    BrokerError,
+    Call,
+    EndReason,
+    ErrorCode,
+    Feedback,
+    MultilineText,
+    Profile,
+    Role,
+)
 from broker.moderation import (
     AuditAction,
     AuditEntry,
@@ -51,7 +60,7 @@ class Resolve(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["dismiss", "warn", "suspend", "ban"]
-    note: str = Field(min_length=1, max_length=2000)
+    note: MultilineText = Field(min_length=1, max_length=2000)
     days: int | None = Field(default=None, ge=1, le=3650)
 
     @model_validator(mode="after")
@@ -64,14 +73,14 @@ class Resolve(BaseModel):
 class Suspend(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: MultilineText = Field(min_length=1, max_length=2000)
     days: int | None = Field(default=None, ge=1, le=3650)
 
 
 class Because(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: MultilineText = Field(min_length=1, max_length=2000)
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -296,6 +296,10 @@ BAD: list[tuple[str, str, Any, str]] = [
     ("POST", "/v1/admin/users/val/suspend", {}, "reason"),
     ("POST", "/v1/admin/users/val/ban", {"reason": "r", "extra": 1}, "extra"),
     ("POST", "/v1/admin/users/val/reinstate", {"reason": 5}, "reason"),
+    # What an admin writes is shown to other admins: the text rules hold here too.
+    ("POST", "/v1/admin/users/val/suspend", {"reason": "spoof\u202egnp.exe"}, "reason"),
+    ("POST", "/v1/admin/users/val/ban", {"reason": "a\x00b"}, "reason"),
+    ("POST", "/v1/admin/cases/case_1/resolve", {"action": "warn", "note": "x\x07"}, "note"),
 ]
 
 
