@@ -20,25 +20,21 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.serving import SECRET, broker_process  # noqa: E402
 from clients.media import MediaOptions  # noqa: E402
 from clients.roles import Recipient, Volunteer  # noqa: E402
 from clients.sdk import Client, ConnectionLost  # noqa: E402
 from signaling.auth import mint  # noqa: E402
 from signaling.messages import CallEnded, CallRing  # noqa: E402
-
-SECRET = "bench-secret-0123456789abcdef0123456789"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -46,58 +42,20 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
-async def broker_process(volunteers: int) -> Any:
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "VABROKER_JWT_SECRET": SECRET,
-            "VABROKER_FIRST_WAVE": str(volunteers),
-            "VABROKER_RING_WINDOW_START": "00:00",
-            "VABROKER_RING_WINDOW_END": "00:00",
-            "VABROKER_DAILY_RING_CAP": "1000",
-            "VABROKER_REQUESTS_PER_HOUR": "1000",
-            "VABROKER_LOG_LEVEL": "WARNING",
-            "NO_PROXY": "127.0.0.1,localhost,::1",
-        }
-    )
-    # The broker's log goes to a file: a pipe nobody reads would freeze it once full.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "clients.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
-        try:
-            url = f"ws://127.0.0.1:{port}/v1/ws"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    _, w = await asyncio.open_connection("127.0.0.1", port)
-                    w.close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("the broker did not start") from None
-                    await asyncio.sleep(0.05)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
+async def setup_broker(volunteers: int) -> AsyncIterator[str]:
+    settings = {
+        "VABROKER_FIRST_WAVE": str(volunteers),
+        "VABROKER_DAILY_RING_CAP": "1000",
+        "VABROKER_REQUESTS_PER_HOUR": "1000",
+    }
+    async with broker_process(settings) as broker:
+        yield broker.url
 
 
 async def bench(calls: int, volunteers: int) -> dict[str, Any]:
     options = MediaOptions(loopback_ice=True, connect_timeout_s=10)
-    async with broker_process(volunteers) as url:
+    async with setup_broker(volunteers) as url:
         vols = []
         for i in range(volunteers):
             token = mint(SECRET, f"v{i}", "volunteer", name=f"v{i}", languages=["en"])

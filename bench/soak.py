@@ -20,14 +20,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -37,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.serving import SECRET, BrokerProcess, broker_process  # noqa: E402
 from clients.sdk import Client, ConnectionLost, ProtocolError  # noqa: E402
 from signaling.auth import mint  # noqa: E402
 from signaling.messages import (  # noqa: E402
@@ -47,78 +43,21 @@ from signaling.messages import (  # noqa: E402
     ServerMessage,
 )
 
-SECRET = "bench-secret-0123456789abcdef0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Broker:
-    url: str
-    pid: int
-
-    def rss_mb(self) -> float:
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS for the broker process")
-
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
 
 @contextlib.asynccontextmanager
-async def broker_process(first_wave: int, grace_s: float) -> AsyncIterator[Broker]:
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
+async def soak_broker(first_wave: int, grace_s: float) -> AsyncIterator[BrokerProcess]:
+    async with broker_process(
         {
-            "VABROKER_JWT_SECRET": SECRET,
             "VABROKER_FIRST_WAVE": str(first_wave),
-            "VABROKER_RING_WINDOW_START": "00:00",
-            "VABROKER_RING_WINDOW_END": "00:00",
             "VABROKER_DAILY_RING_CAP": "1000",
             "VABROKER_REQUESTS_PER_HOUR": "1000000",
             "VABROKER_RING_TIMEOUT_S": "6",
             "VABROKER_WAVE_INTERVAL_S": "2",
             "VABROKER_MAX_WAIT_S": "20",
             "VABROKER_GRACE_S": str(grace_s),
-            "VABROKER_LOG_LEVEL": "WARNING",
-            "NO_PROXY": "127.0.0.1,localhost,::1",
         }
-    )
-    # The broker's log goes to a file: a pipe nobody reads would freeze it once full.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "clients.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    _, w = await asyncio.open_connection("127.0.0.1", port)
-                    w.close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        log.seek(0)
-                        raise RuntimeError(
-                            f"the broker did not start: {log.read()[-2000:]!r}"
-                        ) from None
-                    await asyncio.sleep(0.05)
-            yield Broker(f"ws://127.0.0.1:{port}/v1/ws", proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    ) as broker:
+        yield broker
 
 
 @dataclass
@@ -259,7 +198,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     tally = Tally()
     samples: list[dict[str, Any]] = []
-    async with broker_process(args.first_wave, args.grace) as broker:
+    async with soak_broker(args.first_wave, args.grace) as broker:
         loop = asyncio.get_running_loop()
         start = loop.time()
         baseline = {"rss_mb": round(broker.rss_mb(), 1), "fds": broker.fds()}

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, BrowserContext, Locator, Page
+from playwright.async_api import Browser, BrowserContext, Locator, Page, expect
 
 from tests.helpers import Server
 
@@ -92,3 +92,26 @@ async def presented_frames(page: Page, selector: str, seconds: float) -> int:
         [selector, seconds * 1000],
     )
     return count
+
+
+async def assert_accessible(page: Page, state: str) -> None:
+    """The page has reached ``state`` (its body's data-state), axe-core finds no violation and
+    every visible control is a large enough target."""
+    await expect(page.locator("body")).to_have_attribute("data-state", state)
+    violations = await axe_violations(page)
+    assert violations == [], f"{page.url.split('#')[0]} in state {state}:\n{explain(violations)}"
+    # Every visible control is a large target (WCAG 2.5.8 asks for 24 px; these are 44+).
+    small = await page.evaluate(
+        """() => [...document.querySelectorAll('button, select, input, textarea, a.button')]
+            .filter((el) => el.offsetParent !== null)
+            .map((el) => [el.id || el.textContent.trim(), el.getBoundingClientRect()])
+            .filter(([, r]) => r.width < 24 || r.height < 24)
+            .map(([name, r]) => `${name}: ${r.width}x${r.height}`)"""
+    )
+    assert small == [], f"small targets in state {state}: {small}"
+
+
+async def focused(page: Page) -> str:
+    return str(
+        await page.evaluate("() => document.activeElement.id || document.activeElement.tagName")
+    )

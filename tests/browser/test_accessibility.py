@@ -8,12 +8,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, expect
 
 from broker.store.memory import MemoryStore
 from tests.browser.pages import (
+    assert_accessible,
     axe_violations,
     explain,
+    focused,
     live,
     new_context,
     open_as,
@@ -22,27 +24,6 @@ from tests.browser.pages import (
 from tests.helpers import Server, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-async def assert_accessible(page: Page, state: str) -> None:
-    await expect(page.locator("body")).to_have_attribute("data-state", state)
-    violations = await axe_violations(page)
-    assert violations == [], f"{page.url.split('#')[0]} in state {state}:\n{explain(violations)}"
-    # Every visible control is a large target (WCAG 2.5.8 asks for 24 px; these are 44+).
-    small = await page.evaluate(
-        """() => [...document.querySelectorAll('button, select, input, textarea, a.button')]
-            .filter((el) => el.offsetParent !== null)
-            .map((el) => [el.id || el.textContent.trim(), el.getBoundingClientRect()])
-            .filter(([, r]) => r.width < 24 || r.height < 24)
-            .map(([name, r]) => `${name}: ${r.width}x${r.height}`)"""
-    )
-    assert small == [], f"small targets in state {state}: {small}"
-
-
-async def focused(page: Page) -> str:
-    return str(
-        await page.evaluate("() => document.activeElement.id || document.activeElement.tagName")
-    )
 
 
 async def agent_view(server: Server, user_id: str) -> tuple[str, str]:

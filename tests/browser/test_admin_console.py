@@ -18,31 +18,19 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from tests.browser.cases import admin_api, case_of, reported_call
-from tests.browser.pages import axe_violations, explain, live, new_context, open_as, open_page
+from tests.browser.pages import (
+    assert_accessible,
+    axe_violations,
+    explain,
+    focused,
+    live,
+    new_context,
+    open_as,
+    open_page,
+)
 from tests.helpers import Server, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-async def assert_accessible(page: Page, state: str) -> None:
-    await expect(page.locator("body")).to_have_attribute("data-state", state)
-    violations = await axe_violations(page)
-    assert violations == [], f"console in state {state}:\n{explain(violations)}"
-    # Every visible control is a large target (WCAG 2.5.8 asks for 24 px).
-    small = await page.evaluate(
-        """() => [...document.querySelectorAll('button, select, input, textarea, a.button')]
-            .filter((el) => el.offsetParent !== null)
-            .map((el) => [el.id || el.textContent.trim(), el.getBoundingClientRect()])
-            .filter(([, r]) => r.width < 24 || r.height < 24)
-            .map(([name, r]) => `${name}: ${r.width}x${r.height}`)"""
-    )
-    assert small == [], f"small targets in state {state}: {small}"
-
-
-async def focused(page: Page) -> str:
-    return str(
-        await page.evaluate("() => document.activeElement.id || document.activeElement.tagName")
-    )
 
 
 async def open_console(browser: Browser, server: Server, sub: str, name: str) -> Page:
