@@ -118,6 +118,14 @@ class TooLarge(ProtocolError):
     code = "too_large"
 
 
+class Suspended(ProtocolError):
+    """The user is suspended or banned: no going on duty, no asking for help. ``until`` is
+    when it ends (ISO 8601 UTC), or None for a ban or a suspension until reinstated."""
+
+    code = "suspended"
+    until: str | None = None
+
+
 ERRORS: dict[str, type[ProtocolError]] = {
     cls.code: cls
     for cls in (
@@ -131,6 +139,7 @@ ERRORS: dict[str, type[ProtocolError]] = {
         QueueFull,
         Unavailable,
         TooLarge,
+        Suspended,
     )
 }
 
@@ -138,7 +147,10 @@ ERRORS: dict[str, type[ProtocolError]] = {
 def error_for(error: Error) -> ProtocolError:
     """The exception for an ``error`` message; an unknown code (a newer broker) keeps its code."""
     cls = ERRORS.get(error.code, ProtocolError)
-    return cls(error.message, error.ref, None if cls is not ProtocolError else error.code)
+    exc = cls(error.message, error.ref, None if cls is not ProtocolError else error.code)
+    if isinstance(exc, Suspended):
+        exc.until = error.until
+    return exc
 
 
 # --- the connection ----------------------------------------------------------------------------

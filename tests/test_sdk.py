@@ -13,6 +13,8 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from broker.model import ErrorCode
+from broker.moderation import RestrictionKind
 from clients.media import (
     BLOCK,
     STAMP_BITS,
@@ -31,6 +33,7 @@ from clients.sdk import (
     NotFound,
     ProtocolError,
     RateLimited,
+    Suspended,
     Unauthenticated,
     error_for,
     http_url,
@@ -42,25 +45,27 @@ from tests.helpers import Server, start_server
 
 
 def test_every_protocol_error_code_has_its_exception() -> None:
-    codes = {
-        "bad_message",
-        "unauthenticated",
-        "forbidden",
-        "not_found",
-        "conflict",
-        "rate_limited",
-        "org_closed",
-        "queue_full",
-        "unavailable",
-        "too_large",
-    }
-    assert set(ERRORS) == codes
+    assert set(ERRORS) == {code.value for code in ErrorCode}
     for code, cls in ERRORS.items():
         exc = error_for(Error(code=code, message="words", ref="r1"))
         assert type(exc) is cls and exc.code == code and exc.ref == "r1"
         assert str(exc) == f"{code}: words"
     unknown = error_for(Error(code="from_the_future", message="m"))
     assert type(unknown) is ProtocolError and unknown.code == "from_the_future"
+
+
+async def test_a_suspended_volunteer_is_told_until_when(server: Server) -> None:
+    vol = await volunteer(server, "v-held", auto_accept=False)
+    profile = await server.ctx.store.get_profile("v-held")
+    assert profile is not None
+    _, events = await server.ctx.broker.restrict(
+        profile, RestrictionKind.SUSPENDED, "under review", "boss", "admin", days=3
+    )
+    server.ctx.hub.deliver(events)
+    with pytest.raises(Suspended) as caught:
+        await vol.set_available(True)
+    assert caught.value.until is not None and caught.value.until.startswith("20")
+    await vol.client.close()
 
 
 async def test_protocol_errors_are_raised_typed(server: Server) -> None:
