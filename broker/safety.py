@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -132,6 +133,10 @@ class Safety:
         now = self.clock.now()
         until = now + days * DAY if days is not None and kind is RestrictionKind.SUSPENDED else None
         message = BANNED_MESSAGE if kind is RestrictionKind.BANNED else SUSPENDED_MESSAGE
+        if until is not None:
+            # Said in words too: a screen reader reads the message, not the ``until`` field.
+            ends = datetime.fromtimestamp(until, UTC)
+            message += f" It ends on {ends.day} {ends:%B %Y} at {ends:%H:%M} UTC."
         restriction = Restriction(
             kind=kind, since=now, until=until, message=message, reason=reason, by=actor
         )

@@ -4,6 +4,7 @@ retention sweep and the per-day counters. No sockets."""
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -177,6 +178,8 @@ async def test_a_suspension_with_days_ends_by_its_timer(
     with pytest.raises(BrokerError) as refused:
         await care.set_available(val, True)
     assert refused.value.until == restriction.until
+    ends = datetime.fromtimestamp(restriction.until, UTC)
+    assert f"It ends on {ends.day} {ends:%B %Y} at {ends:%H:%M} UTC." in refused.value.message
     clock.advance(7 * DAY)
     await care.fire_due()
     assert await store.get_restriction("val") is None

@@ -2,7 +2,7 @@
 // the call itself, and wrap-up before the next one.
 
 import { helperCall } from "./helper.js";
-import { $, announce, languageName, minutes, showState, startSession } from "./ui.js";
+import { $, announce, languageName, minutes, restrictionNotice, showState, startSession, SUSPENDED_NOTICE } from "./ui.js";
 
 const page = { session: null, ring: null, callId: null, media: null, mic: null, status: "away", queue: null };
 const call = helperCall(page);
@@ -137,12 +137,13 @@ async function ready() {
 
 // The broker may set an agent away on its own (e.g. after missed rings): say so.
 function onStatusFromBroker(message) {
-  if (message.ref || message.state === page.status) return;
+  if (message.ref || (message.state === page.status && message.reason !== "suspended")) return;
   page.status = message.state;
   for (const radio of document.querySelectorAll('input[name="status"]')) {
     radio.checked = radio.value === page.status;
   }
-  announce(message.state === "away" ? "You were set to away." : `Your status is now ${message.state}.`);
+  if (message.reason === "suspended") announce(`You were set to away. ${SUSPENDED_NOTICE}`);
+  else announce(message.state === "away" ? "You were set to away." : `Your status is now ${message.state}.`);
 }
 
 async function main() {
@@ -167,7 +168,7 @@ async function main() {
   $("#ready").addEventListener("click", ready);
   showState("idle", { focus: false });
   document.querySelector('input[name="status"]:checked').focus();
-  announce(`Signed in as ${welcome.user.display_name} of ${welcome.user.org}. You are away.`);
+  announce(`Signed in as ${welcome.user.display_name} of ${welcome.user.org}. You are away.${restrictionNotice(welcome)}`);
   loadQueue();
 }
 

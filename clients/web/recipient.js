@@ -9,6 +9,7 @@ import {
   announce,
   languageName,
   progressText,
+  restrictionNotice,
   showState,
   startSession,
 } from "./ui.js";
@@ -235,7 +236,7 @@ async function main() {
   } else {
     showState("idle", { focus: false });
     $("#call").focus();
-    announce(`Signed in as ${name}. Ready to call a volunteer.`);
+    announce(`Signed in as ${name}. Ready to call a volunteer.${restrictionNotice(page.session.welcome)}`);
   }
   partners();
 }

@@ -161,3 +161,12 @@ export function connectionNotice(state) {
     announce(text);
   }
 }
+
+// A restricted person hears why at sign-in, in the broker's own words (they include the end
+// date of a suspension that has one). Empty when there is no restriction.
+export function restrictionNotice(welcome) {
+  const restriction = welcome && welcome.restriction;
+  return restriction && typeof restriction.message === "string" ? ` ${restriction.message}` : "";
+}
+
+export const SUSPENDED_NOTICE = "Your account is suspended while our team reviews reports about a call.";

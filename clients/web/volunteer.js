@@ -2,7 +2,7 @@
 // camera and talk back, and look at past calls.
 
 import { helperCall } from "./helper.js";
-import { $, announce, languageName, showState, startSession } from "./ui.js";
+import { $, announce, languageName, restrictionNotice, showState, startSession, SUSPENDED_NOTICE } from "./ui.js";
 
 const page = { session: null, ring: null, callId: null, media: null, mic: null, onDuty: false };
 const call = helperCall(page);
@@ -37,6 +37,14 @@ async function setDuty(onDuty) {
   const button = $("#duty");
   button.setAttribute("aria-checked", String(page.onDuty));
   announce(waitingText());
+}
+
+// The broker took the volunteer off duty (a suspension): the switch follows, and they hear why.
+function onAvailabilityFromBroker(message) {
+  if (message.ref || message.available === page.onDuty) return;
+  page.onDuty = message.available;
+  $("#duty").setAttribute("aria-checked", String(page.onDuty));
+  announce(message.reason === "suspended" ? `You were taken off duty. ${SUSPENDED_NOTICE}` : waitingText());
 }
 
 function onRing(ring) {
@@ -149,7 +157,8 @@ async function main() {
       .on("call.withdrawn", onWithdrawn)
       .on("call.assigned", call.onAssigned)
       .on("signal", call.onSignal)
-      .on("call.ended", onEnded);
+      .on("call.ended", onEnded)
+      .on("availability", onAvailabilityFromBroker);
   });
   $("#duty").addEventListener("click", () => setDuty(!page.onDuty));
   $("#accept").addEventListener("click", accept);
@@ -166,7 +175,8 @@ async function main() {
   if (response && response.ok) page.onDuty = (await response.json()).available === true;
   $("#duty").setAttribute("aria-checked", String(page.onDuty));
   $("#duty").focus();
-  announce(`Signed in as ${page.session.welcome.user.display_name}. ${waitingText()}`);
+  const welcome = page.session.welcome;
+  announce(`Signed in as ${welcome.user.display_name}. ${waitingText()}${restrictionNotice(welcome)}`);
   history();
 }
 

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, Route, expect
 
+from broker.moderation import RestrictionKind
 from tests.browser.pages import axe_violations, explain, live, open_as
 from tests.helpers import Server
 
@@ -225,3 +226,37 @@ async def test_the_session_refreshes_its_token_when_warned(
     )
     assert got["asked"] == 1 and got["refreshed"] is True and got["pong"] == "pong"
     assert 0 < got["left"] <= 32
+
+
+async def test_a_volunteer_hears_of_a_suspension_and_its_end(
+    browser: Browser, broker_server: Server
+) -> None:
+    vol = await open_as(browser, broker_server, "volunteer", "vol-held", "volunteer", name="Vi")
+    await expect(live(vol)).to_have_text(re.compile("Signed in as Vi"))
+    await vol.locator("#duty").click()
+    await expect(vol.locator("#duty")).to_have_attribute("aria-checked", "true")
+    profile = await broker_server.ctx.store.get_profile("vol-held")
+    assert profile is not None
+    _, events = await broker_server.ctx.broker.restrict(
+        profile, RestrictionKind.SUSPENDED, "under review", "boss", "admin", days=3
+    )
+    broker_server.ctx.hub.deliver(events)
+    # Taken off duty by the broker: the switch follows and the volunteer is told why.
+    await expect(vol.locator("#duty")).to_have_attribute("aria-checked", "false")
+    await expect(live(vol)).to_have_text(
+        re.compile("You were taken off duty. Your account is suspended")
+    )
+    # Going on duty again is refused with the end date in words.
+    await vol.locator("#duty").click()
+    await expect(live(vol)).to_have_text(
+        re.compile(r"suspended.*It ends on \d+ \w+ \d{4} at \d\d:\d\d UTC")
+    )
+    await expect(vol.locator("#duty")).to_have_attribute("aria-checked", "false")
+    # Signing in again: the welcome carries the restriction, and the page says it.
+    await vol.reload()
+    await expect(live(vol)).to_have_text(
+        re.compile(r"Signed in as Vi\. You are off duty\. Your account is suspended")
+    )
+    violations = await axe_violations(vol)
+    assert violations == [], explain(violations)
+    await vol.context.close()
