@@ -40,7 +40,9 @@ minutes); ``get_call`` reads it from the file then, and history (``calls_of``), 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from collections import deque
@@ -107,6 +109,85 @@ ORG, AGENT, QUEUE_DAY, HANDLE = "org", "agent", "queue_day", "handle"
 RESTRICTION, REPORTERS, DAY, MARK = "restriction", "reporters", "day", "mark"
 
 
+class StoreInUse(Exception):
+    """Another process has the file open as its store: two brokers on one file would each
+    hold their own copy of the state and overwrite each other's."""
+
+
+class NotABrokerFile(Exception):
+    """The file is not a vabroker database (or is one from a newer vabroker)."""
+
+
+def _lock(path: str) -> int | None:
+    """Hold ``PATH.lock`` for as long as the store is open (released by the kernel when the
+    process dies, however it dies). None for an in-memory database."""
+    if path == ":memory:":
+        return None
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreInUse(f"{path} is in use by another vabroker process") from None
+    return fd
+
+
+def check_broker_file(path: str | Path) -> int:
+    """The schema version of a vabroker database file; ``NotABrokerFile`` if it is not one
+    this vabroker can read."""
+    if not Path(path).is_file():
+        raise NotABrokerFile(f"{path}: no such file")
+    try:
+        db = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise NotABrokerFile(f"{path} is not a vabroker database ({exc})") from None
+    if row is None:
+        raise NotABrokerFile(f"{path} is not a vabroker database (no schema version)")
+    version = int(row[0])
+    if version > SCHEMA_VERSION:
+        raise NotABrokerFile(
+            f"{path} was written by a newer vabroker (schema {version}, this one reads "
+            f"{SCHEMA_VERSION})"
+        )
+    return version
+
+
+def backup(src: str | Path, dest: str | Path) -> None:
+    """Copy a store file to ``dest`` with SQLite's online backup API: a consistent copy even
+    while a broker is writing to ``src``."""
+    check_broker_file(src)
+    source = sqlite3.connect(str(src))
+    target = sqlite3.connect(str(dest))
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+
+
+def restore(src: str | Path, dest: str | Path) -> None:
+    """Replace the store file ``dest`` with the backup ``src``. Refused (``StoreInUse``)
+    while a broker has ``dest`` open."""
+    check_broker_file(src)
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    fd = _lock(str(dest))
+    try:
+        source = sqlite3.connect(str(src))
+        target = sqlite3.connect(str(dest))
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def sqlite_path(url: str) -> tuple[str, str]:
     """``sqlite://PATH[?synchronous=normal|full]``: everything after ``sqlite://`` is the path
     (``sqlite:///var/lib/vabroker/broker.db`` is absolute, ``sqlite://data/broker.db``
@@ -163,19 +244,32 @@ class SqliteStore(MemoryStore):
         self._now = now
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit: a single statement is its own transaction; several go in ``_tx``.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._db.execute("PRAGMA foreign_keys=OFF")
+        self._lock_fd = _lock(self.path)
         self._depth = 0
         self._recently_ended: deque[tuple[float, str]] = deque()
         self._closed = False
-        self._create_schema()
-        self._load()
         self.recovered: list[str] = []
-        if recover:
-            self.recovered = self._recover()
+        # Autocommit: a single statement is its own transaction; several go in ``_tx``.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._create_schema()
+            self._load()
+            if recover:
+                self.recovered = self._recover()
+        except sqlite3.DatabaseError as exc:
+            self._release()
+            raise NotABrokerFile(f"{self.path} is not a vabroker database ({exc})") from None
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        self._closed = True
+        self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -189,7 +283,7 @@ class SqliteStore(MemoryStore):
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise NotABrokerFile(
                 f"{self.path} was written by a newer vabroker (schema {row[0]}, this one "
                 f"reads {SCHEMA_VERSION}): upgrade vabroker, or restore an older backup"
             )
@@ -390,8 +484,7 @@ class SqliteStore(MemoryStore):
 
     async def close(self) -> None:
         if not self._closed:
-            self._closed = True
-            self._db.close()
+            self._release()
 
     # --- profiles and availability ---------------------------------------------------------
     async def put_profile(self, profile: Profile) -> None:
@@ -771,16 +864,7 @@ class SqliteStore(MemoryStore):
                         (fb.user_id, fb.model_dump_json(), seq),
                     )
 
-    # --- what the file holds, for backups and migrations --------------------------------------
-    def backup_to(self, dest: str | Path) -> None:
-        """Copy the whole database to ``dest`` with SQLite's online backup (consistent while
-        the store is in use)."""
-        target = sqlite3.connect(str(dest))
-        try:
-            self._db.backup(target)
-        finally:
-            target.close()
-
+    # --- checks ---------------------------------------------------------------------------------
     def durable_state(self) -> dict[str, Any]:
         """Everything this store keeps in memory that the file must give back on a reopen
         (open calls and recent ones; not connections, rings in flight, queues or resume
