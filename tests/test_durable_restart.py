@@ -187,8 +187,17 @@ async def test_every_record_survives_a_kill(node: BrokerNode, tmp_path: Path) ->
     status, stats = await http(node, "GET", "/v1/stats", "boss", "admin")
     assert status == 200, stats
     assert stats["total"]["created"] == 2 and stats["total"]["completed"] == 1, stats
-    # Nobody is left in a call: both parties can call again.
+    # Each party is told when they sign in again, once; nobody is left in a call.
     rec2 = await node.connect("r2", "recipient", name="Ray")
+    told = await rec2.expect("call.ended", timeout=10)
+    assert told == {"type": "call.ended", "call": open_call, "reason": "failed"}, told
+    vol2 = await node.connect("v2", languages=["en"], name="Vic")
+    told = await vol2.expect("call.ended", timeout=10)
+    assert told["call"] == open_call and told["reason"] == "failed", told
+    await vol2.close()
+    vol2 = await node.connect("v2", languages=["en"], name="Vic")
+    assert not [m for m in await vol2.quiet(0.5) if m["type"] == "call.ended"]
+    await vol2.close()
     again = await rec2.request({"type": "call.request", "language": "en"})
     assert again["type"] == "call.status", again
     await rec2.close()

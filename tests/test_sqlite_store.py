@@ -96,6 +96,9 @@ async def test_calls_open_at_a_crash_end_as_failed_on_restart(tmp_path: Path) ->
             assert await restarted.current_call(party) is None
     (counts,) = await restarted.day_counts([day_of(NOW)])
     assert counts["all"].created == 2 and counts["all"].answered == 1
+    # Each party is told once, even across another restart before they sign in.
+    assert await restarted.take_interrupted("r1") == ["c1"]
+    assert await restarted.take_interrupted("r1") == []
     # The helper's fairness record is rebuilt from the calls.
     await restarted.set_connected("v1", True)
     (candidate,) = [c for c in await restarted.candidates("en", NOW + 600) if c.user_id == "v1"]
@@ -104,6 +107,9 @@ async def test_calls_open_at_a_crash_end_as_failed_on_restart(tmp_path: Path) ->
     # Recovery happens once: a second restart finds nothing open.
     third = SqliteStore(path, now=lambda: NOW + 900)
     assert third.recovered == []
+    assert await third.take_interrupted("r1") == []
+    assert await third.take_interrupted("v1") == ["c1"]
+    assert await third.take_interrupted("r2") == ["c2"]
     (counts,) = await third.day_counts([day_of(NOW)])
     assert counts["all"].created == 2
     await third.close()

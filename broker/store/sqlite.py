@@ -31,7 +31,9 @@ tickets (the sessions they resume are gone).
 
 On start the in-memory indexes are rebuilt from the file. Calls still open in the file were
 interrupted by a crash or a kill: they end with ``EndReason.FAILED`` and no ``ended_by``, at the
-time of the restart, are filed in both parties' history and counted in the day's statistics.
+time of the restart, are filed in both parties' history and counted in the day's statistics;
+each party is sent ``call.ended`` (reason ``failed``, no ``by``) when they next sign in
+(``take_interrupted``, the ``RecoveringStore`` extension).
 
 Memory stays bounded: an ended call leaves memory ``keep_ended_s`` after it ended (default ten
 minutes); ``get_call`` reads it from the file then, and history (``calls_of``), statistics
@@ -107,6 +109,7 @@ PROFILE, DUTY, DEVICES, RUNG, TIMER, REVOKED = (
 )
 ORG, AGENT, QUEUE_DAY, HANDLE = "org", "agent", "queue_day", "handle"
 RESTRICTION, REPORTERS, DAY, MARK = "restriction", "reporters", "day", "mark"
+INTERRUPTED = "interrupted"  # user -> calls ended on start-up they have not been told of
 
 
 class StoreInUse(Exception):
@@ -246,6 +249,8 @@ class SqliteStore(MemoryStore):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock(self.path)
         self._depth = 0
+        self._end_seq = 0
+        self._interrupted: dict[str, list[str]] = {}
         self._recently_ended: deque[tuple[float, str]] = deque()
         self._closed = False
         self.recovered: list[str] = []
@@ -320,22 +325,30 @@ class SqliteStore(MemoryStore):
         return list(rows.fetchall())
 
     def _save_call(self, call: Call, ended: bool = False) -> None:
+        """Write a call; ``ended`` when it has just ended (it takes the next place in the order
+        calls ended; any other write keeps the place it has)."""
+        row = (
+            call.id,
+            call.state.value,
+            call.helper_id,
+            call.assigned_at,
+            call.ended_at,
+            call.model_dump_json(),
+        )
         if ended:
-            seq = self._db.execute("SELECT COALESCE(MAX(end_seq), 0) + 1 FROM calls").fetchone()[0]
-        else:
-            row = self._db.execute("SELECT end_seq FROM calls WHERE id = ?", (call.id,)).fetchone()
-            seq = row[0] if row else None
+            self._end_seq += 1
+            self._db.execute(
+                "INSERT OR REPLACE INTO calls (id, state, helper_id, assigned_at, ended_at, "
+                "body, end_seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*row, self._end_seq),
+            )
+            return
         self._db.execute(
-            "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                call.id,
-                call.state.value,
-                call.helper_id,
-                call.assigned_at,
-                call.ended_at,
-                seq,
-                call.model_dump_json(),
-            ),
+            "INSERT INTO calls (id, state, helper_id, assigned_at, ended_at, body) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state, "
+            "helper_id = excluded.helper_id, assigned_at = excluded.assigned_at, "
+            "ended_at = excluded.ended_at, body = excluded.body",
+            row,
         )
 
     def _stored_call(self, call_id: str) -> Call | None:
@@ -428,6 +441,8 @@ class SqliteStore(MemoryStore):
             self._reporters[user_id] = dict(json.loads(value))
         for day, value in self._records(DAY):
             self._days[day] = {scope: Counts(v) for scope, v in json.loads(value).items()}
+        for user_id, value in self._records(INTERRUPTED):
+            self._interrupted[user_id] = list(json.loads(value))
         for name, value in self._records(MARK):
             self._marks[name] = float(value)
         for (body,) in self._db.execute("SELECT body FROM cases ORDER BY seq"):
@@ -436,6 +451,9 @@ class SqliteStore(MemoryStore):
             self._case_ids[case.id] = case.seq
         for (body,) in self._db.execute("SELECT body FROM audit ORDER BY seq"):
             self._audit.append(AuditEntry.model_validate_json(body))
+        self._end_seq = self._db.execute("SELECT COALESCE(MAX(end_seq), 0) FROM calls").fetchone()[
+            0
+        ]
         for (body,) in self._db.execute("SELECT body FROM calls WHERE ended_at IS NULL"):
             call = Call.model_validate_json(body)
             self._calls[call.id] = call
@@ -471,6 +489,10 @@ class SqliteStore(MemoryStore):
                 continue
             done = self._finish_now(call_id, EndReason.FAILED, None, now)
             if done is not None:
+                for party in (done.call.recipient_id, done.call.helper_id):
+                    if party is not None:
+                        self._interrupted.setdefault(party, []).append(call_id)
+                        self._put(INTERRUPTED, party, json.dumps(self._interrupted[party]))
                 c = counts_of(done.call)
                 self._add_counts_now(
                     day_of(done.call.requested_at), {s: c for s in scopes_of(done.call)}
@@ -663,6 +685,13 @@ class SqliteStore(MemoryStore):
                     self._delete(TIMER, key)
         return due
 
+    # --- calls ended by a restart (``RecoveringStore``) ----------------------------------------
+    async def take_interrupted(self, user_id: str) -> list[str]:
+        calls = self._interrupted.pop(user_id, [])
+        if calls:
+            self._delete(INTERRUPTED, user_id)
+        return calls
+
     # --- sign-in revocation --------------------------------------------------------------------
     async def revoke_sessions(self, user_id: str, before: float) -> float:
         latest = await super().revoke_sessions(user_id, before)
@@ -822,7 +851,18 @@ class SqliteStore(MemoryStore):
             for call_id in history:
                 await self.scrub_call(call_id, {uid: pseudonym})
             self._db.execute("DELETE FROM history WHERE user_id = ?", (uid,))
-            for kind in (PROFILE, DUTY, DEVICES, RUNG, AGENT, RESTRICTION, REVOKED, REPORTERS):
+            self._interrupted.pop(uid, None)
+            for kind in (
+                PROFILE,
+                DUTY,
+                DEVICES,
+                RUNG,
+                AGENT,
+                RESTRICTION,
+                REVOKED,
+                REPORTERS,
+                INTERRUPTED,
+            ):
                 self._delete(kind, uid)
             for blocker in blockers:
                 self._save_profile(blocker)
@@ -893,4 +933,5 @@ class SqliteStore(MemoryStore):
             "audit": list(self._audit),
             "days": {d: {s: c.v for s, c in sc.items()} for d, sc in self._days.items()},
             "marks": dict(self._marks),
+            "interrupted": {u: list(c) for u, c in self._interrupted.items()},
         }
