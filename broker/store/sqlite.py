@@ -15,7 +15,9 @@ syncs every commit to the disk as well (every acknowledged write survives a powe
 cost of one fsync per write.
 
 SQLite is called synchronously on the event loop thread: a write is tens of microseconds, and
-keeping it inside the method keeps every method one atomic step, as the contract needs.
+keeping it inside the method keeps every method one atomic step, as the contract needs. A write
+the file refuses (a full disk) raises out of the method after memory has changed: the process
+should then be restarted, and it comes back as the file last was.
 
 What is durable: profiles (with blocks), duty, push devices, organisations (queues' settings),
 agents' records, calls (on creation, assignment, media, overflow and end), each party's history,
@@ -487,17 +489,20 @@ class SqliteStore(MemoryStore):
             call = self._calls[call_id]
             if not call.state.can_become(CallState.ENDED):
                 continue
-            done = self._finish_now(call_id, EndReason.FAILED, None, now)
-            if done is not None:
+            # One transaction per call: a crash during recovery leaves each call either
+            # untouched (recovered at the next start) or ended, counted and noted.
+            with self._tx():
+                done = self._finish_now(call_id, EndReason.FAILED, None, now)
+                if done is None:
+                    continue
                 for party in (done.call.recipient_id, done.call.helper_id):
                     if party is not None:
                         self._interrupted.setdefault(party, []).append(call_id)
                         self._put(INTERRUPTED, party, json.dumps(self._interrupted[party]))
                 c = counts_of(done.call)
-                self._add_counts_now(
-                    day_of(done.call.requested_at), {s: c for s in scopes_of(done.call)}
-                )
-                ended.append(call_id)
+                scopes = {s: c for s in scopes_of(done.call)}
+                self._add_counts_now(day_of(done.call.requested_at), scopes)
+            ended.append(call_id)
         return ended
 
     # --- lifecycle -----------------------------------------------------------------------------
