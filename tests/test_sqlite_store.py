@@ -4,6 +4,7 @@ file, backups, and the settings and commands that choose and copy the file."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -232,3 +233,18 @@ async def test_backup_and_restore_commands(
     restored = SqliteStore(data / "broker.db")
     assert [c.id for c in await restored.calls_of("v1")] == ["c1"]
     await restored.close()
+
+
+def test_serve_refuses_a_bad_store_or_a_file_in_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VABROKER_STORE_URL", raising=False)
+    monkeypatch.setenv("VABROKER_JWT_SECRET", "x" * 32)
+    assert main(["serve", "--store", "sqlite://"]) == 2
+    assert "names no file" in capsys.readouterr().err
+    holder = SqliteStore(tmp_path / "broker.db")  # as another vabroker serve would
+    try:
+        assert main(["serve", "--port", "0", "--data-dir", str(tmp_path)]) == 1
+        assert "in use by another vabroker process" in capsys.readouterr().err
+    finally:
+        asyncio.run(holder.close())
