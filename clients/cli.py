@@ -50,7 +50,7 @@ def _store_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from broker.store.sqlite import NotABrokerFile, StoreInUse
+    from broker.store.sqlite_file import NotABrokerFile, StoreInUse
     from signaling.config import ConfigError, serve_settings
     from signaling.logs import setup_logging
     from signaling.server import serve
@@ -84,7 +84,7 @@ def _file_args(p: argparse.ArgumentParser) -> None:
 
 def _sqlite_file(args: argparse.Namespace) -> Path:
     """The store file ``vabroker serve`` would open with the same options."""
-    from broker.store.sqlite import sqlite_path
+    from broker.store.sqlite_file import sqlite_path
     from signaling.config import serve_settings
 
     url = serve_settings(args.config, **_store_overrides(args)).store_url
@@ -103,7 +103,7 @@ def _backup_args(p: argparse.ArgumentParser) -> None:
 
 
 def _backup(args: argparse.Namespace) -> int:
-    from broker.store.sqlite import NotABrokerFile, backup
+    from broker.store.sqlite_file import NotABrokerFile, backup
     from signaling.config import ConfigError
 
     try:
@@ -126,7 +126,7 @@ def _restore_args(p: argparse.ArgumentParser) -> None:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from broker.store.sqlite import NotABrokerFile, StoreInUse, restore
+    from broker.store.sqlite_file import NotABrokerFile, StoreInUse, restore
     from signaling.config import ConfigError
 
     try:

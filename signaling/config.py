@@ -232,7 +232,7 @@ class Settings(BaseSettings):
                 "memory:// or redis://host:6379/0"
             )
         if url.split("://", 1)[0].lower() == "sqlite":
-            from broker.store.sqlite import sqlite_path
+            from broker.store.sqlite_file import sqlite_path
 
             sqlite_path(url)  # a clear message now rather than at start-up
         return url

@@ -13,10 +13,10 @@ import pytest
 from broker.model import Call, CallState, EndReason, Feedback, Profile, RingWindow, Role
 from broker.stats import day_of
 from broker.store import open_store
-from broker.store.sqlite import (
+from broker.store.sqlite import SqliteStore
+from broker.store.sqlite_file import (
     SCHEMA_VERSION,
     NotABrokerFile,
-    SqliteStore,
     StoreInUse,
     backup,
     restore,

@@ -44,7 +44,6 @@ minutes); ``get_call`` reads it from the file then, and history (``calls_of``), 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
@@ -54,7 +53,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from broker.model import Call, CallState, EndReason, Feedback, Profile, Role, primary_language
 from broker.moderation import AuditEntry, Case, Resolution, Restriction, scrubbed_call
@@ -63,42 +61,15 @@ from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats
 from broker.stats import Counts, counts_of, day_of, scopes_of
 from broker.store.base import Assignment, Finish, Handover
 from broker.store.memory import THIRTY_DAYS, MemoryStore
+from broker.store.sqlite_file import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    NotABrokerFile,
+    lock_file,
+    sqlite_path,
+)
 
 KEEP_ENDED_S = 600.0
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS records (
-    kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS calls (
-    id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    helper_id TEXT,
-    assigned_at REAL,
-    ended_at REAL,
-    end_seq INTEGER,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS calls_open ON calls (state) WHERE ended_at IS NULL;
-CREATE INDEX IF NOT EXISTS calls_ended ON calls (ended_at, end_seq);
-CREATE INDEX IF NOT EXISTS calls_end_seq ON calls (end_seq);
-CREATE INDEX IF NOT EXISTS calls_helper ON calls (helper_id, assigned_at);
-CREATE TABLE IF NOT EXISTS history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, call_id TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS history_user ON history (user_id, seq);
-CREATE TABLE IF NOT EXISTS feedback (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    call_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    UNIQUE (call_id, user_id)
-);
-CREATE TABLE IF NOT EXISTS cases (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);
-"""
 
 # Kinds of the key-value ``records`` table.
 PROFILE, DUTY, DEVICES, RUNG, TIMER, REVOKED = (
@@ -112,103 +83,6 @@ PROFILE, DUTY, DEVICES, RUNG, TIMER, REVOKED = (
 ORG, AGENT, QUEUE_DAY, HANDLE = "org", "agent", "queue_day", "handle"
 RESTRICTION, REPORTERS, DAY, MARK = "restriction", "reporters", "day", "mark"
 INTERRUPTED = "interrupted"  # user -> calls ended on start-up they have not been told of
-
-
-class StoreInUse(Exception):
-    """Another process has the file open as its store: two brokers on one file would each
-    hold their own copy of the state and overwrite each other's."""
-
-
-class NotABrokerFile(Exception):
-    """The file is not a vabroker database (or is one from a newer vabroker)."""
-
-
-def _lock(path: str) -> int | None:
-    """Hold ``PATH.lock`` for as long as the store is open (released by the kernel when the
-    process dies, however it dies). None for an in-memory database."""
-    if path == ":memory:":
-        return None
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StoreInUse(f"{path} is in use by another vabroker process") from None
-    return fd
-
-
-def check_broker_file(path: str | Path) -> int:
-    """The schema version of a vabroker database file; ``NotABrokerFile`` if it is not one
-    this vabroker can read."""
-    if not Path(path).is_file():
-        raise NotABrokerFile(f"{path}: no such file")
-    try:
-        db = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as exc:
-        raise NotABrokerFile(f"{path} is not a vabroker database ({exc})") from None
-    if row is None:
-        raise NotABrokerFile(f"{path} is not a vabroker database (no schema version)")
-    version = int(row[0])
-    if version > SCHEMA_VERSION:
-        raise NotABrokerFile(
-            f"{path} was written by a newer vabroker (schema {version}, this one reads "
-            f"{SCHEMA_VERSION})"
-        )
-    return version
-
-
-def backup(src: str | Path, dest: str | Path) -> None:
-    """Copy a store file to ``dest`` with SQLite's online backup API: a consistent copy even
-    while a broker is writing to ``src``."""
-    check_broker_file(src)
-    source = sqlite3.connect(str(src))
-    target = sqlite3.connect(str(dest))
-    try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
-
-
-def restore(src: str | Path, dest: str | Path) -> None:
-    """Replace the store file ``dest`` with the backup ``src``. Refused (``StoreInUse``)
-    while a broker has ``dest`` open."""
-    check_broker_file(src)
-    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    fd = _lock(str(dest))
-    try:
-        source = sqlite3.connect(str(src))
-        target = sqlite3.connect(str(dest))
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-            source.close()
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def sqlite_path(url: str) -> tuple[str, str]:
-    """``sqlite://PATH[?synchronous=normal|full]``: everything after ``sqlite://`` is the path
-    (``sqlite:///var/lib/vabroker/broker.db`` is absolute, ``sqlite://data/broker.db``
-    relative to the working directory). Returns (path, synchronous)."""
-    rest = url.split("://", 1)[1]
-    path, _, query = rest.partition("?")
-    if not path:
-        raise ValueError(f"store URL {url!r} names no file: expected sqlite:///path/to/file.db")
-    options = parse_qs(query, keep_blank_values=True)
-    unknown = set(options) - {"synchronous"}
-    if unknown:
-        raise ValueError(f"store URL {url!r}: unknown option(s) {sorted(unknown)}")
-    synchronous = options.get("synchronous", ["normal"])[-1].lower()
-    if synchronous not in ("normal", "full"):
-        raise ValueError(f"store URL {url!r}: synchronous must be normal or full")
-    return path, synchronous
 
 
 def _key(*parts: str) -> str:
@@ -249,7 +123,7 @@ class SqliteStore(MemoryStore):
         self._now = now
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(self.path)
+        self._lock_fd = lock_file(self.path)
         self._depth = 0
         self._end_seq = 0
         self._interrupted: dict[str, list[str]] = {}
@@ -285,7 +159,7 @@ class SqliteStore(MemoryStore):
 
     # --- plumbing --------------------------------------------------------------------------
     def _create_schema(self) -> None:
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(SCHEMA)
         row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
