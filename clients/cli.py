@@ -103,6 +103,8 @@ def _backup_args(p: argparse.ArgumentParser) -> None:
 
 
 def _backup(args: argparse.Namespace) -> int:
+    import sqlite3
+
     from broker.store.sqlite_file import NotABrokerFile, backup
     from signaling.config import ConfigError
 
@@ -113,7 +115,7 @@ def _backup(args: argparse.Namespace) -> int:
         if args.dest.absolute() == source.absolute():
             raise ValueError("the backup cannot be the store's own file")
         backup(source, args.dest)
-    except (ConfigError, NotABrokerFile, ValueError, OSError) as exc:
+    except (ConfigError, NotABrokerFile, ValueError, OSError, sqlite3.Error) as exc:
         print(f"vabroker: {exc}", file=sys.stderr)
         return 2
     print(f"backed up {source} to {args.dest}")
@@ -126,6 +128,8 @@ def _restore_args(p: argparse.ArgumentParser) -> None:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    import sqlite3
+
     from broker.store.sqlite_file import NotABrokerFile, StoreInUse, restore
     from signaling.config import ConfigError
 
@@ -134,7 +138,7 @@ def _restore(args: argparse.Namespace) -> int:
         if args.src.absolute() == target.absolute():
             raise ValueError("the backup is the store's own file")
         restore(args.src, target)
-    except (ConfigError, NotABrokerFile, StoreInUse, ValueError, OSError) as exc:
+    except (ConfigError, NotABrokerFile, StoreInUse, ValueError, OSError, sqlite3.Error) as exc:
         print(f"vabroker: {exc}", file=sys.stderr)
         return 2
     print(f"restored {target} from {args.src}")

@@ -222,6 +222,8 @@ async def test_backup_and_restore_commands(
     assert main(["backup", str(dest), "--data-dir", str(data)]) == 2
     assert "exists (add --force" in capsys.readouterr().err
     assert main(["backup", str(dest), "--data-dir", str(data), "--force"]) == 0
+    assert main(["backup", str(tmp_path), "--data-dir", str(data), "--force"]) == 2
+    assert "unable to open" in capsys.readouterr().err  # a directory is not a file
     assert main(["backup", str(dest), "--store", "memory://"]) == 2
     assert "copy the embedded store's file" in capsys.readouterr().err
     assert main(["restore", str(dest), "--data-dir", str(data)]) == 2
