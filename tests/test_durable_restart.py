@@ -134,6 +134,7 @@ async def test_every_record_survives_a_kill(node: BrokerNode, tmp_path: Path) ->
     before: dict[str, Any] = {}
     for path, sub, role in [
         ("/v1/me/profile", "v1", "volunteer"),
+        ("/v1/me/profile", "v2", "volunteer"),
         ("/v1/orgs/bank", "boss", "admin"),
         ("/v1/me/calls", "r1", "recipient"),
         ("/v1/me/export", "r1", "recipient"),
@@ -152,6 +153,7 @@ async def test_every_record_survives_a_kill(node: BrokerNode, tmp_path: Path) ->
 
     for path, sub, role in [
         ("/v1/me/profile", "v1", "volunteer"),
+        ("/v1/me/profile", "v2", "volunteer"),
         ("/v1/orgs/bank", "boss", "admin"),
         ("/v1/me/calls", "r1", "recipient"),
         ("/v1/me/export", "r1", "recipient"),
@@ -169,6 +171,7 @@ async def test_every_record_survives_a_kill(node: BrokerNode, tmp_path: Path) ->
     me = before["/v1/me/profilev1"]
     assert me["languages"] == ["fr", "en"] and me["daily_ring_cap"] == 3
     assert [d["id"] for d in me["devices"]] == [dev["id"]]
+    assert me["available"] is False and before["/v1/me/profilev2"]["available"] is True
     assert before["/v1/admin/users/s1boss"]["restriction"]["kind"] == "suspended"
     export = before["/v1/me/exportr1"]
     assert export["blocks"] == ["v1"]
