@@ -10,6 +10,7 @@ messages/s, and the broker's resident memory per idle connection. Times are CLOC
 which every process on the machine shares. ``--json`` prints the figures as JSON.
 
     python bench/ring.py --volunteers 5000 --calls 200
+    python bench/ring.py --volunteers 5000 --calls 200 --store sqlite   # the durable store
 """
 
 from __future__ import annotations
@@ -275,6 +276,12 @@ def main() -> None:
     p.add_argument("--burst", type=int, default=200, help="signals relayed per call")
     p.add_argument("--json", action="store_true")
     p.add_argument(
+        "--store",
+        default="memory://",
+        help="the broker's store URL (default memory://); 'sqlite' for the durable store "
+        "in a fresh temporary file",
+    )
+    p.add_argument(
         "--role", choices=["bench", "volunteers"], default="bench", help=argparse.SUPPRESS
     )
     p.add_argument("--url", help=argparse.SUPPRESS)
@@ -283,7 +290,10 @@ def main() -> None:
     if args.role == "volunteers":
         asyncio.run(volunteers(args.url, args.volunteers))
         return
-    result = asyncio.run(run(args.volunteers, args.calls, args.burst))
+    store_url = args.store
+    if store_url == "sqlite":
+        store_url = f"sqlite://{tempfile.mkdtemp(prefix='vabroker-bench-')}/broker.db"
+    result = asyncio.run(run(args.volunteers, args.calls, args.burst, store_url))
     if args.json:
         print(json.dumps(result, indent=2))
         return

@@ -432,7 +432,7 @@ class Broker:
         return await self.replay(user_id)
 
     async def replay(self, user_id: str) -> list[Event]:
-        events: list[Event] = []
+        events: list[Event] = await self._interrupted(user_id)
         call_id = await self.store.current_call(user_id)
         call = await self.store.get_call(call_id) if call_id else None
         if call is not None and call.state is CallState.ASSIGNED:
@@ -476,6 +476,21 @@ class Broker:
                 EndReason.PEER_LOST if call.state is CallState.ASSIGNED else EndReason.CANCELLED
             )
             events += (await self._finish(call.id, reason, role)).events
+        return events
+
+    async def _interrupted(self, user_id: str) -> list[Event]:
+        """``call.ended`` (``failed``, by nobody) for each of the user's calls that a restart of
+        a durable store ended while they were away (``RecoveringStore``)."""
+        take = getattr(self.store, "take_interrupted", None)
+        if take is None:
+            return []
+        events: list[Event] = []
+        for call_id in await take(user_id):
+            call = await self.store.get_call(call_id)
+            party = call.party_of(user_id) if call is not None else None
+            if call is None or party is None or call.end_reason is None:
+                continue
+            events.append(Ended(to=user_id, call_id=call_id, reason=call.end_reason, party=party))
         return events
 
     # --- timers ------------------------------------------------------------------------------

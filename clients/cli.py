@@ -22,7 +22,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
     p.add_argument("--config", type=Path, help="TOML configuration file")
-    p.add_argument("--store", help="state store URL: memory:// (default) or redis://host:port/db")
+    _store_args(p)
     p.add_argument(
         "--demo",
         action="store_true",
@@ -31,28 +31,117 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        help="state store URL: sqlite:///path/file.db, redis://host:port/db or memory:// "
+        "(default: the durable store in the data directory)",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="where the durable store keeps its file, broker.db "
+        "(default $XDG_DATA_HOME/vabroker or ~/.local/share/vabroker)",
+    )
+
+
+def _store_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = {"store_url": args.store, "data_dir": args.data_dir}
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from signaling.config import ConfigError, load_settings
+    from broker.store.sqlite_file import NotABrokerFile, StoreInUse
+    from signaling.config import ConfigError, serve_settings
     from signaling.logs import setup_logging
     from signaling.server import serve
 
     overrides = {
         k: v
-        for k, v in {
-            "host": args.host,
-            "port": args.port,
-            "store_url": args.store,
-            "demo": args.demo,
-        }.items()
+        for k, v in {"host": args.host, "port": args.port, "demo": args.demo}.items()
         if v is not None
     }
     try:
-        settings = load_settings(args.config, **overrides)
+        settings = serve_settings(args.config, **overrides, **_store_overrides(args))
     except ConfigError as exc:
         print(f"vabroker: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except (StoreInUse, NotABrokerFile) as exc:
+        print(f"vabroker: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- the durable store: backup, restore, migrate -------------------------------------------------
+
+
+def _file_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML configuration file (to find the store)")
+    _store_args(p)
+
+
+def _sqlite_file(args: argparse.Namespace) -> Path:
+    """The store file ``vabroker serve`` would open with the same options."""
+    from broker.store.sqlite_file import sqlite_path
+    from signaling.config import serve_settings
+
+    url = serve_settings(args.config, **_store_overrides(args)).store_url
+    if url.split("://", 1)[0].lower() != "sqlite":
+        raise ValueError(
+            f"the store is {url}: backup and restore copy the embedded store's file "
+            "(use Redis's own persistence, RDB or AOF, for a Redis store)"
+        )
+    return Path(sqlite_path(url)[0])
+
+
+def _backup_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dest", type=Path, help="file to write the copy to")
+    p.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    _file_args(p)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from broker.store.sqlite_file import NotABrokerFile, backup
+    from signaling.config import ConfigError
+
+    try:
+        source = _sqlite_file(args)
+        if args.dest.exists() and not args.force:
+            raise ValueError(f"{args.dest} exists (add --force to replace it)")
+        if args.dest.absolute() == source.absolute():
+            raise ValueError("the backup cannot be the store's own file")
+        backup(source, args.dest)
+    except (ConfigError, NotABrokerFile, ValueError, OSError, sqlite3.Error) as exc:
+        print(f"vabroker: {exc}", file=sys.stderr)
+        return 2
+    print(f"backed up {source} to {args.dest}")
+    return 0
+
+
+def _restore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", type=Path, help="a file written by `vabroker backup`")
+    _file_args(p)
+
+
+def _restore(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from broker.store.sqlite_file import NotABrokerFile, StoreInUse, restore
+    from signaling.config import ConfigError
+
+    try:
+        target = _sqlite_file(args)
+        if args.src.absolute() == target.absolute():
+            raise ValueError("the backup is the store's own file")
+        restore(args.src, target)
+    except (ConfigError, NotABrokerFile, StoreInUse, ValueError, OSError, sqlite3.Error) as exc:
+        print(f"vabroker: {exc}", file=sys.stderr)
+        return 2
+    print(f"restored {target} from {args.src}")
     return 0
 
 
@@ -309,6 +398,12 @@ Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpar
 
 COMMANDS: dict[str, Command] = {
     "serve": ("run the broker", _serve_args, _serve),
+    "backup": (
+        "copy the durable store's file (safe while the broker runs)",
+        _backup_args,
+        _backup,
+    ),
+    "restore": ("replace the durable store's file with a backup", _restore_args, _restore),
     "token": ("mint a development token with the configured secret", _token_args, _token),
     "volunteer": ("go on duty as a volunteer bot and answer calls", _volunteer_args, _volunteer),
     "call": ("ask for help as a recipient and show the call", _call_args, _call),

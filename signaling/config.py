@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -39,7 +40,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     node_id: str = Field(default="", max_length=64, description="this node's name; random if empty")
+    # A broker built in code (tests, the simulator) keeps its state in memory; ``vabroker
+    # serve`` defaults to the durable store in ``data_dir`` (``serve_settings``).
     store_url: str = "memory://"
+    data_dir: str = Field(
+        default="", description="where the durable store keeps its file; empty: the data home"
+    )
     # Scale-out (Redis store): how often a node says it is alive, and after how long without a
     # word another node takes over its sessions.
     node_beat_s: float = Field(default=1.0, gt=0, le=60)
@@ -221,7 +227,14 @@ class Settings(BaseSettings):
     @classmethod
     def _store_url(cls, url: str) -> str:
         if "://" not in url:
-            raise ValueError(f"{url!r} is not a store URL such as memory:// or redis://host:6379/0")
+            raise ValueError(
+                f"{url!r} is not a store URL such as sqlite:///var/lib/vabroker/broker.db, "
+                "memory:// or redis://host:6379/0"
+            )
+        if url.split("://", 1)[0].lower() == "sqlite":
+            from broker.store.sqlite_file import sqlite_path
+
+            sqlite_path(url)  # a clear message now rather than at start-up
         return url
 
     @field_validator("apns_base_url", "fcm_base_url", "fcm_token_url")
@@ -331,8 +344,36 @@ def _explain(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Settings from defaults, a TOML file, the environment and ``overrides``, in rising order."""
+def default_data_dir() -> Path:
+    """The user's data home: ``$XDG_DATA_HOME/vabroker``, else ``~/.local/share/vabroker``."""
+    home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(home) / "vabroker"
+
+
+def data_dir_of(settings: Settings) -> Path:
+    return Path(settings.data_dir).expanduser() if settings.data_dir else default_data_dir()
+
+
+def durable_store_url(data_dir: Path) -> str:
+    """The durable embedded store's URL for a data directory."""
+    return f"sqlite://{data_dir.absolute() / 'broker.db'}"
+
+
+def serve_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """What ``vabroker serve`` runs with: ``load_settings``, except that a store named nowhere
+    (flag, environment, file) is the durable store in the data directory, not memory."""
+    first = load_settings(config_file, **overrides)
+    default = {"store_url": durable_store_url(data_dir_of(first))}
+    return load_settings(config_file, _defaults=default, **overrides)
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    _defaults: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings from defaults, a TOML file, the environment and ``overrides``, in rising order
+    (``_defaults`` replace the built-in defaults, below everything else)."""
     file_values: dict[str, Any] = {}
     source = "environment"
     if config_file is not None:
@@ -358,7 +399,12 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
+            return (
+                init_settings,
+                env_settings,
+                InitSettingsSource(settings_cls, file_values),
+                InitSettingsSource(settings_cls, dict(_defaults or {})),
+            )
 
     try:
         return Settings.model_validate(_Layered(**overrides).model_dump())

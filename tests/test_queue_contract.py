@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from broker.service import Broker
 from broker.store import open_store
 from broker.store.base import Store
 from broker.store.memory import MemoryStore
+from broker.store.sqlite import SqliteStore
 from tests.queue_helpers import caller, make_org, put_agent, rings
 from tests.redis_procs import RedisClusterProcs, RedisServer
 
@@ -42,13 +44,22 @@ def queue_cluster() -> Iterator[RedisClusterProcs]:
         yield cluster
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[OpenClient]:
+@pytest.fixture(params=["memory", "sqlite", "redis", "cluster"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenClient]:
     """A function that opens clients onto one shared state: the same memory store, or new
     connections to one real redis-server / local 3-master Redis Cluster (flushed first)."""
     if request.param == "memory":
         shared = MemoryStore()
         yield lambda: shared
+        return
+    if request.param == "sqlite":
+        # One process, one store: every "client" is the same store over one file.
+        durable = SqliteStore(tmp_path / "broker.db")
+        yield lambda: durable
+        await durable.close()
+        reopened = SqliteStore(tmp_path / "broker.db", recover=False, now=lambda: NOW)
+        assert reopened.durable_state() == durable.durable_state()
+        await reopened.close()
         return
     procs: RedisServer | RedisClusterProcs = request.getfixturevalue(
         "queue_redis" if request.param == "redis" else "queue_cluster"

@@ -1,10 +1,12 @@
 """The state store contract, run unchanged against every store: the memory store, one real
-``redis-server`` and a local 3-master Redis Cluster (both started by these tests)."""
+``redis-server`` and a local 3-master Redis Cluster (both started by these tests), and the
+durable SQLite store, whose file must give back everything each test left in it."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,7 @@ from broker.stats import Counts
 from broker.store import MemoryStore, ResumeTicket, Store, StoreUnavailable, open_store
 from broker.store.base import PushedRing
 from broker.store.redis import RedisStore, parse_redis_url
+from broker.store.sqlite import SqliteStore
 from tests.redis_procs import RedisClusterProcs, RedisServer
 
 NOW = 1_781_524_800.0  # 2026-06-15 12:00 UTC
@@ -47,10 +50,12 @@ def redis_cluster() -> Iterator[RedisClusterProcs]:
         yield cluster
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
-async def st(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+@pytest.fixture(params=["memory", "sqlite", "redis", "cluster"])
+async def st(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "memory":
         store: Store = MemoryStore()
+    elif request.param == "sqlite":
+        store = open_store(f"sqlite://{tmp_path}/broker.db")
     elif request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         server.flush()
@@ -64,6 +69,13 @@ async def st(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+    if isinstance(store, SqliteStore):
+        # Whatever the test left in the store comes back from the file, as it was.
+        reopened = SqliteStore(store.path, recover=False, now=lambda: NOW)
+        try:
+            assert reopened.durable_state() == store.durable_state()
+        finally:
+            await reopened.close()
 
 
 def volunteer(uid: str, **fields: object) -> Profile:

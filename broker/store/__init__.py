@@ -25,17 +25,23 @@ __all__ = [
 
 
 def open_store(url: str) -> Store:
-    """``memory://`` for the embedded store; ``redis://host:port/db`` (``rediss://`` for TLS)
+    """``memory://`` for the in-process store (tests, the simulator), ``sqlite://PATH`` for
+    the durable embedded store (``sqlite:///var/lib/vabroker/broker.db``, see
+    ``broker.store.sqlite``); ``redis://host:port/db`` (``rediss://`` for TLS)
     for one Redis, ``redis+cluster://host:port`` (``rediss+cluster://``) for a Redis Cluster
     reached through any of its nodes. Redis URLs take ``?timeout=SECONDS`` (default 2)."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "memory":
         return MemoryStore()
+    if scheme == "sqlite":
+        from broker.store.sqlite import SqliteStore
+
+        return SqliteStore.from_url(url)
     if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         from broker.store.redis import RedisStore
 
         return RedisStore.from_url(url)
     raise ValueError(
-        f"unsupported store URL {url!r}: expected memory://, redis://, rediss:// "
-        "or redis+cluster://"
+        f"unsupported store URL {url!r}: expected memory://, sqlite://, redis://, "
+        "rediss:// or redis+cluster://"
     )

@@ -91,6 +91,17 @@ class SamplingStore(Protocol):
         ...
 
 
+class RecoveringStore(Protocol):
+    """An optional extension of ``Store`` for a store that outlives its process (the durable
+    embedded store): calls it ended on start-up because the process holding them died
+    (``EndReason.FAILED``), for their parties to be told when they next sign in."""
+
+    async def take_interrupted(self, user_id: str) -> list[str]:
+        """Remove and return the ids of the user's calls ended that way that they have not
+        been told of, oldest first."""
+        ...
+
+
 class Store(Protocol):
     # --- lifecycle -------------------------------------------------------------------------
     async def ping(self) -> None:
