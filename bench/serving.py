@@ -1,5 +1,6 @@
 """A broker as a process of its own for the benchmarks: ``vabroker serve`` on a free 127.0.0.1
-port, on the embedded store, with a bench secret, ring windows open all day and quiet logs."""
+port, on the in-memory store unless told otherwise, with a bench secret, ring windows open all
+day and quiet logs."""
 
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ async def broker_process(settings: dict[str, str]) -> AsyncIterator[BrokerProces
     env.update(
         {
             "VABROKER_JWT_SECRET": SECRET,
+            # The in-memory store unless a bench asks for another: nothing left on disk.
+            "VABROKER_STORE_URL": "memory://",
             "VABROKER_RING_WINDOW_START": "00:00",
             "VABROKER_RING_WINDOW_END": "00:00",
             "VABROKER_LOG_LEVEL": "WARNING",

@@ -169,6 +169,7 @@ def test_serve_generates_a_secret_serves_and_shuts_down(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VABROKER_")}
+    env["XDG_DATA_HOME"] = str(tmp_path)  # the default data directory, not the user's own
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [*VABROKER, "serve", "--port", str(port)], stdout=sink, stderr=sink, env=env
@@ -182,6 +183,8 @@ def test_serve_generates_a_secret_serves_and_shuts_down(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
             assert resp.status == 200
         assert "export VABROKER_JWT_SECRET=" in log.read_text()
+        # With no store named, the durable store in the default data directory.
+        assert (tmp_path / "vabroker" / "broker.db").is_file()
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0, log.read_text()
