@@ -46,7 +46,7 @@ log = logging.getLogger("vabroker.sdk")
 CLIENT_NAME = "vabroker-sdk/0.1"
 CLOSE_UNAUTHENTICATED = 4401  # refused at hello, or the session's token expired
 CLOSE_REVOKED = 4403  # the sign-in was revoked: connecting again with it is pointless
-CLOSE_REPLACED = 4409  # a newer session of the same user took this one's place
+CLOSE_REPLACED = 4409  # the same user opened a newer session, which took this one's place
 
 M = TypeVar("M")
 

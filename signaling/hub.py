@@ -306,7 +306,7 @@ class Hub:
     async def sign_out(
         self, user_id: str, error_code: str, message: str, timeout_s: float = 5.0
     ) -> None:
-        """End every session of the user on every node for good (4403, no resume), and wait
+        """End all the user's sessions on every node for good (4403, no resume), and wait
         (at most ``timeout_s``) until this node's have closed and written their last facts to
         the store, so that what the caller does next (an erasure) comes after them."""
         here = list(self.sessions.get(user_id, ()))

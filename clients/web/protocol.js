@@ -140,7 +140,7 @@ export function brokerUrl() {
 }
 
 // Close codes of the sign-in (docs/protocol.md): the token expired or was refused; the
-// sign-in was revoked; a newer session of the same person took this one's place.
+// sign-in was revoked; the same person opened a newer session, which took this one's place.
 export const CLOSE_UNAUTHENTICATED = 4401;
 export const CLOSE_REVOKED = 4403;
 export const CLOSE_REPLACED = 4409;
