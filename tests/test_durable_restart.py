@@ -24,6 +24,19 @@ from tests.redis_procs import free_port
 P256 = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4"
 AUTH = "BTBZMqHH6r4Tts7J_aSIgg"
 
+# What is read before the kill and again after the restart: (path, who, role).
+READ_BACK = [
+    ("/v1/me/profile", "v1", "volunteer"),
+    ("/v1/me/profile", "v2", "volunteer"),
+    ("/v1/orgs/bank", "boss", "admin"),
+    ("/v1/me/calls", "r1", "recipient"),
+    ("/v1/me/export", "r1", "recipient"),
+    ("/v1/admin/cases", "boss", "admin"),
+    ("/v1/admin/audit", "boss", "admin"),
+    ("/v1/admin/users/s1", "boss", "admin"),
+    ("/v1/admin/users/v1", "boss", "admin"),
+]
+
 
 def _vapid_pem() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
@@ -132,17 +145,7 @@ async def test_every_record_survives_a_kill(node: BrokerNode, tmp_path: Path) ->
     rec2 = await node.connect("r2", "recipient", name="Ray")
     open_call = await call_between(rec2, vol2)
     before: dict[str, Any] = {}
-    for path, sub, role in [
-        ("/v1/me/profile", "v1", "volunteer"),
-        ("/v1/me/profile", "v2", "volunteer"),
-        ("/v1/orgs/bank", "boss", "admin"),
-        ("/v1/me/calls", "r1", "recipient"),
-        ("/v1/me/export", "r1", "recipient"),
-        ("/v1/admin/cases", "boss", "admin"),
-        ("/v1/admin/audit", "boss", "admin"),
-        ("/v1/admin/users/s1", "boss", "admin"),
-        ("/v1/admin/users/v1", "boss", "admin"),
-    ]:
+    for path, sub, role in READ_BACK:
         status, before[path + sub] = await http(node, "GET", path, sub, role)
         assert status == 200, (path, before[path + sub])
 
@@ -151,17 +154,7 @@ async def test_every_record_survives_a_kill(node: BrokerNode, tmp_path: Path) ->
         await client.close()
     node.start()
 
-    for path, sub, role in [
-        ("/v1/me/profile", "v1", "volunteer"),
-        ("/v1/me/profile", "v2", "volunteer"),
-        ("/v1/orgs/bank", "boss", "admin"),
-        ("/v1/me/calls", "r1", "recipient"),
-        ("/v1/me/export", "r1", "recipient"),
-        ("/v1/admin/cases", "boss", "admin"),
-        ("/v1/admin/audit", "boss", "admin"),
-        ("/v1/admin/users/s1", "boss", "admin"),
-        ("/v1/admin/users/v1", "boss", "admin"),
-    ]:
+    for path, sub, role in READ_BACK:
         status, after = await http(node, "GET", path, sub, role)
         assert status == 200, (path, after)
         if path == "/v1/me/export":  # an export is stamped with when it was made

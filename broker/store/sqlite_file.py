@@ -96,6 +96,10 @@ def backup(src: str | Path, dest: str | Path) -> None:
     """Copy a store file to ``dest`` with SQLite's online backup API: a consistent copy even
     while a broker is writing to ``src``."""
     check_broker_file(src)
+    _copy(src, dest)
+
+
+def _copy(src: str | Path, dest: str | Path) -> None:
     source = sqlite3.connect(str(src))
     target = sqlite3.connect(str(dest))
     try:
@@ -112,13 +116,7 @@ def restore(src: str | Path, dest: str | Path) -> None:
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
     fd = lock_file(str(dest))
     try:
-        source = sqlite3.connect(str(src))
-        target = sqlite3.connect(str(dest))
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-            source.close()
+        _copy(src, dest)
     finally:
         if fd is not None:
             os.close(fd)
