@@ -306,3 +306,23 @@ def test_bad_migrations_are_refused_with_a_message(
     assert main(["migrate", "--from", args[0], "--to", args[1]]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_file_a_broker_has_open_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(filled(tmp_path / "x.db"))
+    running = SqliteStore(tmp_path / "x.db")  # as a running broker holds it
+    try:
+        args = [
+            "migrate",
+            "--from",
+            f"sqlite://{tmp_path}/x.db",
+            "--to",
+            f"sqlite://{tmp_path}/y.db",
+        ]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "in use by another vabroker process" in err and "Traceback" not in err
+    finally:
+        asyncio.run(running.close())
