@@ -145,6 +145,47 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="the store to read: sqlite:///path/file.db, redis://host:port/db or "
+        "redis+cluster://host:port",
+    )
+    p.add_argument("--to", dest="target", required=True, help="the empty store to write")
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    import redis.exceptions as rex
+
+    from broker.store.base import MigrationRefused, StoreUnavailable
+    from broker.store.migrate import migrate
+    from broker.store.sqlite_file import NotABrokerFile, StoreInUse
+
+    try:
+        counts = asyncio.run(migrate(args.source, args.target))
+    except (
+        ValueError,
+        MigrationRefused,
+        StoreUnavailable,
+        StoreInUse,
+        NotABrokerFile,
+        OSError,
+        sqlite3.Error,
+        rex.RedisError,
+        rex.RedisClusterException,  # a cluster with no reachable node
+    ) as exc:
+        print(f"vabroker migrate: {exc}", file=sys.stderr)
+        return 2
+    for kind, n in counts.items():
+        print(f"{kind:12} {n}")
+    print(f"{'total':12} {sum(counts.values())}")
+    return 0
+
+
 def _token_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--role", required=True, choices=["recipient", "volunteer", "agent", "admin"])
     p.add_argument("--sub", required=True, help="user id")
@@ -404,6 +445,11 @@ COMMANDS: dict[str, Command] = {
         _backup,
     ),
     "restore": ("replace the durable store's file with a backup", _restore_args, _restore),
+    "migrate": (
+        "copy every record from one durable store into an empty one (sqlite, redis)",
+        _migrate_args,
+        _migrate,
+    ),
     "token": ("mint a development token with the configured secret", _token_args, _token),
     "volunteer": ("go on duty as a volunteer bot and answer calls", _volunteer_args, _volunteer),
     "call": ("ask for help as a recipient and show the call", _call_args, _call),

@@ -14,9 +14,9 @@ caller: ``create_call`` (one open call per recipient), ``reserve_ring`` (the rin
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from broker.model import Call, Candidate, EndReason, Feedback, Profile, Role
 from broker.moderation import AuditEntry, AuditQuery, Case, CaseQuery, Resolution, Restriction
@@ -99,6 +99,80 @@ class RecoveringStore(Protocol):
     async def take_interrupted(self, user_id: str) -> list[str]:
         """Remove and return the ids of the user's calls ended that way that they have not
         been told of, oldest first."""
+        ...
+
+
+RecordKind = Literal[
+    "profile",
+    "rung",
+    "duty",
+    "devices",
+    "org",
+    "agent",
+    "queue_day",
+    "handle",
+    "call",
+    "history",
+    "feedback",
+    "restriction",
+    "reporters",
+    "case",
+    "audit",
+    "revoked",
+    "day",
+    "timer",
+    "mark",
+]
+
+# The order a migration writes kinds in: what a record refers to comes before it (a profile
+# before its duty, a call before the history naming it).
+RECORD_KINDS: tuple[RecordKind, ...] = get_args(RecordKind)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One durable record, as a migration moves it between stores. By kind, ``key`` and
+    ``value`` are:
+
+    - ``profile`` (user): ``Profile`` with its blocks; ``duty`` (user): True;
+      ``rung`` (user): (ring day, rings that day, last rung at) — the ring budget;
+      ``devices`` (user): ``list[Device]``, oldest first; ``revoked`` (user): float;
+      ``restriction`` (user): ``Restriction``; ``reporters`` (reported user): who reported
+      them, ``dict[str, float]`` of when.
+    - ``org`` (org): ``Org``; ``agent`` (org, user): ``AgentRecord`` (its stored facts; the
+      live ones at their defaults); ``queue_day`` (org, day): ``QueueDayStats``;
+      ``handle`` (org, queue): float.
+    - ``call`` (call): ``Call``; ``history`` (user): their ended calls' ids, oldest first;
+      ``feedback`` (call, user): ``Feedback``.
+    - ``case`` (case id): ``Case``; ``audit`` (entry id): ``AuditEntry`` (both with their
+      ``seq``); ``day`` (day): the counters by scope, ``dict[str, list[int]]``;
+      ``timer`` (name): its deadline; ``mark`` (name): a sweep's mark.
+    """
+
+    kind: RecordKind
+    key: tuple[str, ...]
+    value: Any
+
+
+class MigrationRefused(Exception):
+    """A migration that must not run (e.g. into a store that already holds records)."""
+
+
+@runtime_checkable
+class Portable(Protocol):
+    """An optional extension of ``Store`` for a store that keeps records worth moving (the
+    durable embedded store, Redis): ``vabroker migrate`` reads every record of one and writes
+    it, as it was, into another. Hot state (connections, rings in flight, pushes, queue
+    positions, rate limits, resume tickets) is not a record."""
+
+    def export_records(self) -> AsyncIterator[Record]:
+        """Every record, kinds in ``RECORD_KINDS`` order; calls that ended in the order they
+        ended, then open ones."""
+        ...
+
+    async def import_records(self, records: AsyncIterable[Record]) -> int:
+        """Write records as they are (ids, sequence numbers and times kept) into this store,
+        which must be empty; returns how many were written."""
         ...
 
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -80,7 +80,9 @@ from broker.store.base import (
     Finish,
     Handover,
     PushedRing,
+    Record,
     ResumeTicket,
+    StoreUnavailable,
 )
 from broker.store.redis_common import (
     REDIS_DOWN,
@@ -95,6 +97,7 @@ from broker.store.redis_common import (
 from broker.store.redis_common import (
     user_key as _user,
 )
+from broker.store.redis_portable import export_redis, import_redis
 from broker.store.redis_safety import ON_DUTY, SafetyMixin
 
 THIRTY_DAYS = 30 * 86400.0
@@ -1484,3 +1487,15 @@ class RedisStore(SafetyMixin):
     async def handle_time(self, org_id: str, queue_id: str) -> float | None:
         raw = await self.r.hget(_org(org_id) + ":handle", queue_id)
         return float(raw) if raw is not None else None
+
+    # --- migration (``Portable``) ----------------------------------------------------------------
+    async def export_records(self) -> AsyncIterator[Record]:
+        try:
+            async for record in export_redis(self):
+                yield record
+        except REDIS_DOWN as exc:
+            raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+
+    @unavailable_on_redis_errors
+    async def import_records(self, records: AsyncIterable[Record]) -> int:
+        return await import_redis(self, records)

@@ -49,7 +49,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ from broker.moderation import AuditEntry, Case, Resolution, Restriction, scrubbe
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats
 from broker.stats import Counts, counts_of, day_of, scopes_of
-from broker.store.base import Assignment, Finish, Handover
+from broker.store.base import Assignment, Finish, Handover, Record
 from broker.store.memory import THIRTY_DAYS, MemoryStore
 from broker.store.sqlite_file import (
     SCHEMA,
@@ -68,6 +68,7 @@ from broker.store.sqlite_file import (
     lock_file,
     sqlite_path,
 )
+from broker.store.sqlite_portable import export_sqlite, import_sqlite
 
 KEEP_ENDED_S = 600.0
 
@@ -782,6 +783,14 @@ class SqliteStore(MemoryStore):
                         "UPDATE feedback SET user_id = ?, body = ? WHERE seq = ?",
                         (fb.user_id, fb.model_dump_json(), seq),
                     )
+
+    # --- migration (``Portable``) ------------------------------------------------------------------
+    async def export_records(self) -> AsyncIterator[Record]:
+        async for record in export_sqlite(self):
+            yield record
+
+    async def import_records(self, records: AsyncIterable[Record]) -> int:
+        return await import_sqlite(self, records)
 
     # --- checks ---------------------------------------------------------------------------------
     def durable_state(self) -> dict[str, Any]:
