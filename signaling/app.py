@@ -15,7 +15,7 @@ from broker.clock import Clock, RealClock
 from broker.model import Profile
 from broker.policies import build_policy
 from broker.service import Broker
-from broker.store import Store, open_store
+from broker.store import Store, open_store, shown_url
 from signaling.auth import Authenticator, Claims
 from signaling.config import Settings
 from signaling.hub import Hub
@@ -158,7 +158,9 @@ def create_app(
         # What start-up made lives as long as the process: out of the collector's way, so that
         # a full collection scans only what requests made (tens of ms less at the tail).
         gc.freeze()
-        log.info("broker ready", extra={"node": ctx.node_id, "store": settings.store_url})
+        log.info(
+            "broker ready", extra={"node": ctx.node_id, "store": shown_url(settings.store_url)}
+        )
         yield
         await ctx.hub.stop()
         await ctx.hub.router.stop()

@@ -28,7 +28,7 @@ from broker.moderation import (
 )
 from broker.notify.devices import Device, DeviceRegistration
 from broker.stats import Counts
-from broker.store import MemoryStore, ResumeTicket, Store, StoreUnavailable, open_store
+from broker.store import MemoryStore, ResumeTicket, Store, StoreUnavailable, open_store, shown_url
 from broker.store.base import PushedRing
 from broker.store.redis import RedisStore, parse_redis_url
 from broker.store.sqlite import SqliteStore
@@ -552,6 +552,14 @@ def test_bad_redis_urls_are_refused_with_a_reason(url: str, message: str) -> Non
             open_store(url)
         else:
             parse_redis_url(url)
+
+
+def test_a_refused_url_never_shows_its_password() -> None:
+    for url in ("redis://:hunter2@h:1/0?pool=3", "memcached://u:hunter2@h:1"):
+        with pytest.raises(ValueError) as refused:
+            open_store(url) if url.startswith("memcached") else parse_redis_url(url)
+        assert "hunter2" not in str(refused.value) and ":***@h:1" in str(refused.value)
+    assert shown_url("redis://h:1/0") == "redis://h:1/0"
 
 
 def test_redis_urls() -> None:

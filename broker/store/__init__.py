@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from broker.store.base import (
     Assignment,
     Finish,
@@ -21,7 +23,22 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "open_store",
+    "shown_url",
 ]
+
+
+def shown_url(url: str) -> str:
+    """A store URL as it may appear in a message or a log: its password, if any, masked."""
+    parts = urlsplit(url)
+    try:
+        password = parts.password
+    except ValueError:  # a netloc too broken to read: show none of it
+        return urlunsplit((parts.scheme, "***", parts.path, "", ""))
+    if password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def open_store(url: str) -> Store:
@@ -42,6 +59,6 @@ def open_store(url: str) -> Store:
 
         return RedisStore.from_url(url)
     raise ValueError(
-        f"unsupported store URL {url!r}: expected memory://, sqlite://, redis://, "
+        f"unsupported store URL {shown_url(url)!r}: expected memory://, sqlite://, redis://, "
         "rediss:// or redis+cluster://"
     )

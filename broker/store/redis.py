@@ -74,6 +74,7 @@ from broker.model import (
 )
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
+from broker.store import shown_url
 from broker.store.base import (
     RUNG_KEPT_S,
     Assignment,
@@ -620,9 +621,9 @@ def parse_redis_url(url: str) -> tuple[str, bool, dict[str, Any]]:
     cluster = scheme.endswith("+cluster")
     base = scheme.removesuffix("+cluster")
     if base not in ("redis", "rediss"):
-        raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} in {url!r}")
+        raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} in {shown_url(url)!r}")
     if not parts.hostname:
-        raise ValueError(f"Redis URL {url!r} names no host")
+        raise ValueError(f"Redis URL {shown_url(url)!r} names no host")
     query = parse_qs(parts.query)
     options: dict[str, Any] = {}
     timeout = 2.0
@@ -630,13 +631,19 @@ def parse_redis_url(url: str) -> tuple[str, bool, dict[str, Any]]:
         try:
             timeout = float(query.pop("timeout")[0])
         except ValueError:
-            raise ValueError(f"Redis URL {url!r}: timeout must be a number of seconds") from None
+            raise ValueError(
+                f"Redis URL {shown_url(url)!r}: timeout must be a number of seconds"
+            ) from None
         if not 0 < timeout <= 60:
-            raise ValueError(f"Redis URL {url!r}: timeout must be between 0 and 60 seconds")
+            raise ValueError(
+                f"Redis URL {shown_url(url)!r}: timeout must be between 0 and 60 seconds"
+            )
     if query:
-        raise ValueError(f"Redis URL {url!r}: unknown option(s) {', '.join(sorted(query))}")
+        raise ValueError(
+            f"Redis URL {shown_url(url)!r}: unknown option(s) {', '.join(sorted(query))}"
+        )
     if cluster and parts.path not in ("", "/", "/0"):
-        raise ValueError(f"Redis URL {url!r}: a Redis Cluster has only database 0")
+        raise ValueError(f"Redis URL {shown_url(url)!r}: a Redis Cluster has only database 0")
     options["socket_timeout"] = timeout
     options["socket_connect_timeout"] = timeout
     return urlunsplit((base, parts.netloc, parts.path, "", "")), cluster, options
