@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 from pydantic import SecretStr
 
+from broker.store.sqlite_file import sqlite_path
 from signaling.app import create_app
 from signaling.config import Settings
 
@@ -18,13 +21,28 @@ log = logging.getLogger("vabroker.server")
 
 
 def secret_or_generated(settings: Settings) -> Settings:
-    """Without a configured secret (or public key), generate one for this run and say how to mint
-    tokens with it. Unsigned tokens are never accepted."""
+    """Without a configured secret (or public key), generate one and say how to mint tokens
+    with it. Unsigned tokens are never accepted. On the durable store the generated secret is
+    kept beside the store's file (readable by its owner only), so that tokens stay valid and
+    erased people's pseudonyms (keyed by it) stay the same across restarts; on the in-memory
+    store it is for this run only."""
     if settings.jwt_secret is not None or settings.jwt_public_key is not None:
         return settings
-    secret = secrets.token_urlsafe(32)
+    kept = _secret_file(settings.store_url)
+    if kept is not None and kept.exists():
+        secret = kept.read_text().strip()
+        where = f"read from {kept}"
+    else:
+        secret = secrets.token_urlsafe(32)
+        where = "generated for this run"
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secret + "\n")
+            where = f"generated and kept in {kept}"
     print(
-        "No VABROKER_JWT_SECRET configured: generated one for this run.\n"
+        f"No VABROKER_JWT_SECRET configured: {where}.\n"
         f"  export VABROKER_JWT_SECRET={secret}\n"
         "  vabroker token --role volunteer --sub vol1 --name 'Val' --lang en --tz Europe/London\n"
         "mints a development token for it (set the same variable in that shell first).",
@@ -32,6 +50,14 @@ def secret_or_generated(settings: Settings) -> Settings:
         flush=True,
     )
     return settings.model_copy(update={"jwt_secret": SecretStr(secret)})
+
+
+def _secret_file(store_url: str) -> Path | None:
+    """Where a generated secret is kept: beside the durable store's file; None in memory."""
+    if not store_url.startswith("sqlite://"):
+        return None
+    path, _ = sqlite_path(store_url)
+    return Path(path).absolute().parent / "jwt_secret"
 
 
 def make_runner(

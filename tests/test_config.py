@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from signaling.auth import Authenticator
-from signaling.config import ConfigError, load_settings
+from signaling.config import ConfigError, Settings, load_settings
+from signaling.server import secret_or_generated
 
 
 def test_defaults() -> None:
@@ -188,3 +189,26 @@ def test_serve_generates_a_secret_serves_and_shuts_down(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0, log.read_text()
+
+
+def test_a_generated_secret_is_kept_beside_the_durable_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("VABROKER_JWT_SECRET", "VABROKER_JWT_PUBLIC_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    url = f"sqlite://{tmp_path}/data/broker.db"
+    first = secret_or_generated(Settings(store_url=url)).jwt_secret
+    again = secret_or_generated(Settings(store_url=url)).jwt_secret
+    assert first is not None and again is not None
+    # A restart keeps its tokens valid, and erased people's pseudonyms the same.
+    assert first.get_secret_value() == again.get_secret_value()
+    kept = tmp_path / "data" / "jwt_secret"
+    assert kept.read_text().strip() == first.get_secret_value()
+    assert kept.stat().st_mode & 0o777 == 0o600
+    said = capsys.readouterr().err
+    assert f"generated and kept in {kept}" in said and f"read from {kept}" in said
+    # In memory there is nothing to keep: each run has its own.
+    one = secret_or_generated(Settings(store_url="memory://")).jwt_secret
+    two = secret_or_generated(Settings(store_url="memory://")).jwt_secret
+    assert one is not None and two is not None
+    assert one.get_secret_value() != two.get_secret_value()
