@@ -1,12 +1,14 @@
 """JSON from clients: the one decoder for WebSocket frames and REST bodies.
 
-Four rules on top of RFC 8259, each refused with a message naming what was wrong:
+The rules on top of RFC 8259, each refused with a message naming what was wrong:
 
 - Nesting is at most ``MAX_DEPTH`` arrays and objects deep. The real messages are at most about
   six deep (an organisation's hours); a limit far above that costs nothing, and it is checked by
   a linear scan of the text before parsing, so no recursive code ever sees a hostile document
   (the standard decoder and every re-serialisation recurse once per level).
-- Bytes are UTF-8 (RFC 8259 section 8.1); ``NaN`` and ``Infinity`` are not JSON numbers.
+- Bytes are UTF-8 (RFC 8259 section 8.1); ``NaN`` and ``Infinity`` are not JSON numbers, and a
+  number a double cannot hold (``1e400``, or ``1e-400``, which is not zero) is refused rather
+  than turned into infinity or 0.0 (RFC 8259 section 6 leaves such numbers to the parser).
 - No string, key or value, holds an unpaired UTF-16 surrogate (``"\\ud800"`` written as an
   escape): such text cannot be encoded as UTF-8, so it could neither be stored nor sent on to
   another person. A correctly paired escape (an emoji written as two escapes) is fine.
@@ -18,6 +20,7 @@ Four rules on top of RFC 8259, each refused with a message naming what was wrong
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -96,6 +99,24 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+class _OutOfRange(ValueError):
+    pass
+
+
+_NONZERO_MANTISSA = re.compile(r"^-?0*\.?0*[1-9]")
+
+
+def _number(literal: str) -> float:
+    """A JSON number with a fraction or exponent, refused when a double cannot hold it: one
+    too large would become infinity, and one too small but not zero (``1e-400``) would become
+    0.0, a value the client did not send."""
+    value = float(literal)
+    mantissa = re.split("[eE]", literal, maxsplit=1)[0]
+    if math.isinf(value) or (value == 0.0 and _NONZERO_MANTISSA.match(mantissa)):
+        raise _OutOfRange(literal)
+    return value
+
+
 def decode(data: str | bytes) -> Any:
     """Parse client JSON under the rules above; ``JsonRejected`` otherwise."""
     if isinstance(data, bytes | bytearray):
@@ -108,12 +129,24 @@ def decode(data: str | bytes) -> Any:
     if depth_exceeds(text):
         raise JsonRejected(f"nests arrays and objects more than {MAX_DEPTH} deep (the limit).")
     try:
-        document = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        document = json.loads(
+            text,
+            parse_constant=_no_constant,
+            parse_float=_number,
+            object_pairs_hook=_unique_keys,
+        )
     except _RepeatedKey as exc:
         key = str(exc.args[0])
         shown = repr(key if len(key) <= 64 else key[:64] + "...")
         raise JsonRejected(
             f"names the key {shown} twice in one object; send each key once."
+        ) from None
+    except _OutOfRange as exc:
+        number = str(exc.args[0])
+        shown = number if len(number) <= 40 else number[:40] + "..."
+        raise JsonRejected(
+            f"has the number {shown}, which is out of range (a double holds about 1e-308 to "
+            "1e308); send it within the field's limits."
         ) from None
     except ValueError as exc:
         raise JsonRejected(f"is not valid JSON: {exc}.") from None

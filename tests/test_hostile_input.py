@@ -54,6 +54,22 @@ def test_unpaired_surrogates_are_refused_and_pairs_are_fine() -> None:
         decode(b'{"a": "\xff"}')
 
 
+def test_numbers_a_double_cannot_hold_are_refused_not_rounded() -> None:
+    for literal in ("1e-400", "-2.5e-999", "1e309", "-1e400"):
+        with pytest.raises(JsonRejected, match="out of range"):
+            decode('{"wrapup_s": ' + literal + "}")
+    # Zero written any way is zero, and small numbers a double holds are kept.
+    assert decode("[0.0e-999, -0e5, 1e-300, 2.5]") == [0.0, 0.0, 1e-300, 2.5]
+
+
+async def test_a_number_out_of_range_on_the_websocket_is_a_bad_message(server: Server) -> None:
+    client = await server.connect("v1", "volunteer")
+    await client.ws.send('{"type": "ping", "ref": "p1", "at": 1e-400}')
+    msg = await client.recv()
+    assert msg["code"] == "bad_message" and "out of range" in msg["message"], msg
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+
+
 # --- 1. nesting ---------------------------------------------------------------------------------
 
 
