@@ -87,6 +87,7 @@ from broker.store.base import (
 )
 from broker.store.redis_common import (
     REDIS_DOWN,
+    agent_record,
     unavailable_on_redis_errors,
 )
 from broker.store.redis_common import (
@@ -1379,15 +1380,9 @@ class RedisStore(SafetyMixin):
             if not h:
                 continue
             out.append(
-                AgentRecord(
-                    user_id=user_id,
-                    state="available" if h.get("state") == "available" else "away",
-                    display_name=h.get("display_name", ""),
-                    since=float(h.get("since", 0)),
-                    idle_since=float(h.get("idle_since", 0)),
-                    wrapup_until=float(h.get("wrapup_until", 0)),
-                    missed=int(h.get("missed", 0)),
-                    calls=int(h.get("calls", 0)),
+                agent_record(
+                    user_id,
+                    h,
                     last_rung_at=float(last_rung or 0),
                     connected=int(conn or 0) > 0,
                     busy=open_call is not None,

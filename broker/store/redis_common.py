@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.exceptions as rex
 
+from broker.orgs import AgentRecord
 from broker.store.base import StoreUnavailable
 
 P = ParamSpec("P")
@@ -50,3 +51,19 @@ def call_key(cid: str) -> str:
 
 def enc(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def agent_record(user_id: str, h: dict[str, str], **live: Any) -> AgentRecord:
+    """An agent's stored hash as a record; ``live`` adds the facts read elsewhere (connected,
+    busy, ringing, last rung)."""
+    return AgentRecord(
+        user_id=user_id,
+        state="available" if h.get("state") == "available" else "away",
+        display_name=h.get("display_name", ""),
+        since=float(h.get("since", 0)),
+        idle_since=float(h.get("idle_since", 0)),
+        wrapup_until=float(h.get("wrapup_until", 0)),
+        missed=int(h.get("missed", 0)),
+        calls=int(h.get("calls", 0)),
+        **live,
+    )

@@ -20,7 +20,7 @@ from broker.moderation import AuditEntry, Case, Restriction
 from broker.orgs import AgentRecord, Org, QueueDayStats
 from broker.stats import Counts
 from broker.store.base import Record
-from broker.store.redis_common import call_key, user_key
+from broker.store.redis_common import agent_record, call_key, user_key
 
 if TYPE_CHECKING:
     from broker.store.redis import RedisStore
@@ -73,7 +73,7 @@ async def export_redis(store: RedisStore) -> AsyncIterator[Record]:
         for user_id in sorted(await r.smembers(_org(org_id) + ":agents")):
             a = await r.hgetall(f"{_org(org_id)}:a:{user_id}")
             if a:
-                yield Record("agent", (org_id, user_id), _agent(user_id, a))
+                yield Record("agent", (org_id, user_id), agent_record(user_id, a))
     for org_id in org_ids:
         for key in await _scan(store, _org(org_id) + ":day:*"):
             day = key[len(_org(org_id) + ":day:") :]
@@ -135,19 +135,6 @@ async def export_redis(store: RedisStore) -> AsyncIterator[Record]:
 
 def _end_order(call: Call) -> tuple[bool, float, str]:
     return (call.ended_at is None, call.ended_at or call.requested_at, call.id)
-
-
-def _agent(user_id: str, h: dict[str, str]) -> AgentRecord:
-    return AgentRecord(
-        user_id=user_id,
-        state="available" if h.get("state") == "available" else "away",
-        display_name=h.get("display_name", ""),
-        since=float(h.get("since", 0)),
-        idle_since=float(h.get("idle_since", 0)),
-        wrapup_until=float(h.get("wrapup_until", 0)),
-        missed=int(h.get("missed", 0)),
-        calls=int(h.get("calls", 0)),
-    )
 
 
 async def import_redis(store: RedisStore, records: AsyncIterable[Record]) -> int:
