@@ -65,6 +65,7 @@ log = logging.getLogger("vabroker.routing")
 Wire = dict[str, Any]
 T = TypeVar("T")
 PARKED_LIMIT = 200
+_ROUNDS = 4  # of sending and parking, for one batch
 
 
 class RouterHost(Protocol):
@@ -167,19 +168,20 @@ def _sessions(node: str) -> str:
 _NODES = "vb:nodes"
 _DOWN: tuple[type[BaseException], ...] = (StoreUnavailable, *REDIS_DOWN)
 
-# KEYS: parked list, presence set (one slot: the user's). ARGV: limit, ttl seconds, number of
-# nodes already tried, those nodes..., messages... Parks the messages unless presence now names
-# a node not tried (it registered the user since the sender looked): then returns those nodes.
+# KEYS: parked list, presence set (one slot: the user's). ARGV: limit, ttl seconds, '1' to park
+# whatever presence says, number of nodes already tried, those nodes..., messages... Parks the
+# messages unless presence now names a node not tried (it registered the user since the sender
+# looked): then returns those nodes.
 _PARK = """
 local tried = {}
-local n = tonumber(ARGV[3])
-for i = 4, 3 + n do tried[ARGV[i]] = true end
+local n = tonumber(ARGV[4])
+for i = 5, 4 + n do tried[ARGV[i]] = true end
 local fresh = {}
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if not tried[node] then fresh[#fresh + 1] = node end
 end
-if #fresh > 0 then return fresh end
-for i = 4 + n, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+if #fresh > 0 and ARGV[3] ~= '1' then return fresh end
+for i = 5 + n, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
@@ -197,7 +199,7 @@ return got
 class _Outgoing:
     """One message on its way to a user on another node."""
 
-    __slots__ = ("event", "message", "reached", "text", "user_id")
+    __slots__ = ("event", "message", "parked", "reached", "text", "user_id")
 
     def __init__(self, user_id: str, message: Wire, event: Event | None, text: str) -> None:
         self.user_id = user_id
@@ -205,6 +207,7 @@ class _Outgoing:
         self.event = event
         self.text = text  # the envelope, numbered once: sent again, it is known again
         self.reached = False
+        self.parked = False
 
 
 class BeatWatch:
@@ -429,7 +432,7 @@ class RedisRouter:
                     break
 
     async def _route(self, items: list[_Outgoing]) -> None:
-        todo = [i for i in items if not i.reached]
+        todo = [i for i in items if not (i.reached or i.parked)]
         users = list(dict.fromkeys(i.user_id for i in todo))
         pipe = self.r.pipeline(transaction=False)
         for uid in users:
@@ -440,12 +443,13 @@ class RedisRouter:
         tried: dict[str, set[str]] = {u: set() for u in users}
         # Rounds: send to the nodes presence names; park what reached none, unless presence
         # changed meanwhile (then send again to the nodes it names now).
-        for _ in range(4):
+        for round_ in range(1, _ROUNDS + 1):
             await self._send_to(todo, where, tried)
             todo = [i for i in todo if not i.reached]
             if not todo:
                 break
-            fresh = await self._park_or_refresh(todo, tried)
+            # Presence changing round after round: park at last rather than go on.
+            fresh = await self._park_or_refresh(todo, tried, force=round_ == _ROUNDS)
             todo = [i for i in todo if i.user_id in fresh]
             where = fresh
             if not todo:
@@ -478,20 +482,23 @@ class RedisRouter:
                 item.reached = item.reached or heard > 0
 
     async def _park_or_refresh(
-        self, items: list[_Outgoing], tried: dict[str, set[str]]
+        self, items: list[_Outgoing], tried: dict[str, set[str]], force: bool
     ) -> dict[str, set[str]]:
         """Park messages held by no live node for wherever their users resume; returns, by
-        user, the nodes presence names that were not tried yet (their messages not parked)."""
-        by_user: dict[str, list[str]] = {}
+        user, the nodes presence names that were not tried yet (their messages not parked).
+        Parked messages are marked so, so that a round tried again does not park them twice
+        (on a cluster, where one master failing leaves the others' replies good)."""
+        by_user: dict[str, list[_Outgoing]] = {}
         for item in items:
-            by_user.setdefault(item.user_id, []).append(
-                json.dumps(item.message, separators=(",", ":"))
-            )
+            by_user.setdefault(item.user_id, []).append(item)
         ttl = max(1, int(self.grace_s) + 5)
-
-        def fill(pipe: Any) -> None:
-            for uid, texts in by_user.items():
+        fresh: dict[str, set[str]] = {}
+        for _attempt in (1, 2):
+            pipe = self.r.pipeline(transaction=False)
+            users = list(by_user)
+            for uid in users:
                 nodes = sorted(tried.get(uid, ()))
+                texts = [json.dumps(i.message, separators=(",", ":")) for i in by_user[uid]]
                 pipe.execute_command(
                     "EVALSHA",
                     self._park.sha,
@@ -500,26 +507,31 @@ class RedisRouter:
                     _where(uid),
                     PARKED_LIMIT,
                     ttl,
+                    "1" if force else "0",
                     len(nodes),
                     *nodes,
                     *texts,
                 )
-
-        try:
-            replies = await self._pipeline(fill)
-        except rex.NoScriptError:
+            replies = await pipe.execute(raise_on_error=False)
+            failed: BaseException | None = None
+            for uid, reply in zip(users, replies, strict=True):
+                if isinstance(reply, rex.NoScriptError):
+                    continue  # loaded below, then tried again
+                if isinstance(reply, BaseException):
+                    failed = failed or reply
+                    continue
+                if isinstance(reply, list):
+                    fresh[uid] = {str(n) for n in reply}
+                else:
+                    for item in by_user[uid]:
+                        item.parked = True
+                del by_user[uid]
+            if failed is not None:
+                raise failed
+            if not by_user:
+                break
             await self.r.script_load(_PARK)
-            replies = await self._pipeline(fill)
-        fresh: dict[str, set[str]] = {}
-        for uid, reply in zip(by_user, replies, strict=True):
-            if isinstance(reply, list):
-                fresh[uid] = {str(n) for n in reply}
         return fresh
-
-    async def _pipeline(self, fill: Any) -> list[Any]:
-        pipe = self.r.pipeline(transaction=False)
-        fill(pipe)
-        return list(await pipe.execute())
 
     async def _publish(self, items: list[tuple[str, str]]) -> list[int]:
         if self.cluster:
@@ -588,11 +600,14 @@ class RedisRouter:
                 self._subscribed.set()
                 await self._redeliver()
                 self._spawn(self._redeliver(after=self.settle_s))
+                checked = time.monotonic()
                 while not self._stopping:
                     msg = await pubsub.get_message(timeout=1.0)
-                    if msg is None:
+                    if time.monotonic() - checked >= 1.0:
+                        checked = time.monotonic()
                         if self._moved(owner):
                             raise ConnectionError("this node's channel moved to another master")
+                    if msg is None:
                         continue
                     kind = msg.get("type")
                     if kind in ("message", "smessage"):
