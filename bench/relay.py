@@ -120,10 +120,11 @@ class Peer:
         return await asyncio.wait_for(self.kinds.setdefault(kind, asyncio.Queue()).get(), 15)
 
     async def close(self) -> None:
-        await self.ws.close()
         self.reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
             await self.reader
+        with contextlib.suppress(TimeoutError, websockets.ConnectionClosed):
+            await asyncio.wait_for(self.ws.close(), 5)
 
 
 async def _call(a_url: str, b_url: str, i: int) -> tuple[Peer, Peer, str]:

@@ -272,7 +272,10 @@ class RedisRouter:
         self.cluster = store.cluster
         target, _cluster, options = parse_redis_url(url)
         self._target = target
-        self._pubsub_options: dict[str, Any] = {**options, "socket_timeout": None}
+        self._pubsub_options: dict[str, Any] = {
+            **{k: v for k, v in options.items() if k != "startup_nodes"},
+            "socket_timeout": None,
+        }
         # One Redis: pub/sub on a plain connection of its own. A cluster: one per subscription,
         # to whichever master owns the channel then (see _subscribe).
         self.pubsub_client: Any = (

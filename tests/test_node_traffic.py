@@ -353,6 +353,11 @@ async def test_the_seed_master_fails_over_during_calls(tmp_path: Path) -> None:
                 assert listening[1::2] == [1, 1], listening
             finally:
                 await direct.aclose()
+            # The URL's node is only a seed: a node started now, its URL naming the dead master
+            # first, starts from the next seed and serves.
+            seeds = f"redis+cluster://127.0.0.1:{seed.port},127.0.0.1:{promoted.port}?timeout=1"
+            with broker_nodes(seeds, tmp_path, count=1, names=["node-late"], **SETTINGS) as (c,):
+                assert c.ready() == 200
             # Calls carry on: a new call crosses the nodes after the failover.
             vol = await b.connect("v-after", "volunteer", **EN)
             await vol.request({"type": "availability", "available": True})
