@@ -199,7 +199,19 @@ async def nodes_run(
                     )
                 )
             )
-            await asyncio.sleep(2.0)  # the last ones arrive
+            # The last ones arrive (a node behind the rate drains its backlog); what has not
+            # arrived after 30 s is counted lost.
+            expected = sum(len(times) for times in sent)
+            deadline = time.perf_counter() + 30
+            while time.perf_counter() < deadline:
+                got = sum(
+                    sum(1 for seq, _ in senders[k ^ 1].arrived if seq in sent[k])
+                    for k in range(len(senders))
+                )
+                if got >= expected:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # copies, if any
         latencies: list[float] = []
         lost = copies = 0
         for k in range(len(senders)):

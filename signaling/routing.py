@@ -45,6 +45,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -210,6 +211,28 @@ class _Outgoing:
         self.parked = False
 
 
+class HeardNumbers:
+    """The envelope numbers lately heard from one sender. Not just the highest: one batch is
+    sent in rounds (a user found on another node at the second look goes out after users with
+    higher numbers), so numbers from one sender do not arrive in order. A sender's numbers only
+    advance as its batches go through, and a batch is at most 1,000, so the last ``keep``
+    numbers cover any batch sent again."""
+
+    def __init__(self, keep: int = 20_000) -> None:
+        self.keep = keep
+        self._numbers: set[int] = set()
+        self._order: deque[int] = deque()
+
+    def first_time(self, number: int) -> bool:
+        if number in self._numbers:
+            return False
+        self._numbers.add(number)
+        self._order.append(number)
+        if len(self._order) > self.keep:
+            self._numbers.discard(self._order.popleft())
+        return True
+
+
 class BeatWatch:
     """Which nodes stopped beating, judged only on what this node has watched itself.
 
@@ -309,11 +332,11 @@ class RedisRouter:
         self._gate = asyncio.Event()
         self._gate.set()
         self._stopping = False
-        # Envelopes are numbered by (this node's life, running number); the highest number heard
-        # from each sender drops a copy of a batch sent again.
+        # Envelopes are numbered by (this node's life, running number); the numbers heard
+        # lately from each sender drop a copy of a batch sent again.
         self._life = secrets.token_hex(4)
         self._sent = 0
-        self._heard: dict[str, int] = {}
+        self._heard: dict[str, HeardNumbers] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self, host: RouterHost) -> None:
@@ -674,9 +697,11 @@ class RedisRouter:
             user_id = str(envelope["to"])
             sender, number = envelope.get("from"), envelope.get("n")
             if isinstance(sender, str) and isinstance(number, int):
-                if number <= self._heard.get(sender, 0):
+                heard = self._heard.get(sender)
+                if heard is None:
+                    heard = self._heard[sender] = HeardNumbers()
+                if not heard.first_time(number):
                     return  # a copy: its batch was sent again after failing half-way
-                self._heard[sender] = number
             if "end" in envelope:  # end the user's sessions here (revoked, over the cap)
                 if self._host is not None:
                     self._host.end_here(user_id, dict(envelope["end"]))
@@ -692,17 +717,21 @@ class RedisRouter:
     # --- liveness --------------------------------------------------------------------------
     async def _beat_loop(self) -> None:
         first = True
+        reassert = False
         while not self._stopping:
             try:
                 beat = self.beat_store.r
                 added = await beat.zadd(_NODES, {self.node_id: time.time()})
-                if added and not first and self._host is not None:
+                if added and not first:
                     # Another node thought this one dead (it was too busy or cut off to beat)
                     # and took its sessions over: they are still here, so say so again, and
-                    # take what was parked for them meanwhile.
+                    # take what was parked for them meanwhile (until done, across failures).
                     log.warning("this node was taken for dead: re-registering its sessions")
-                    await self._redeliver(reassert=True)
+                    reassert = True
                 first = False
+                if reassert and self._host is not None:
+                    await self._redeliver(reassert=True)
+                    reassert = False
                 beats = {
                     str(n): float(b) for n, b in await beat.zrange(_NODES, 0, -1, withscores=True)
                 }
