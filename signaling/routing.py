@@ -315,10 +315,10 @@ class RedisRouter:
         self.grace_s = grace_s
         self.beat_s = beat_s
         self.ttl_s = ttl_s
-        # A sender's round (look up presence, publish, park) ends within a few request timeouts
-        # or fails and starts again: what it parked for this node's users while this node could
-        # not hear is taken once more after this long.
-        self.settle_s = 2 * float(options["socket_timeout"]) + 2 * beat_s
+        # A sender's round (a look at presence, then up to _ROUNDS of publishing and parking)
+        # ends within that many request timeouts or fails and starts again: what it parked for
+        # this node's users while this node could not hear is taken once more after this long.
+        self.settle_s = (1 + 2 * _ROUNDS + 1) * float(options["socket_timeout"])
         self.watch = BeatWatch(ttl_s, gap_s=max(2 * beat_s, ttl_s / 2))
         self._park = self.r.register_script(_PARK)
         self._take = self.r.register_script(_TAKE)
