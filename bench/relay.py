@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -186,6 +187,7 @@ async def nodes_run(
         next_seq = [1] * len(senders)
         # Warm up for a second at the rate (not counted), then measure.
         for phase in ("warm-up", "measured"):
+            cpu_before = _cpu_s(a.pid) + _cpu_s(b.pid)
             start = time.perf_counter()
             end = start + (1.0 if phase == "warm-up" else seconds)
             sent: list[dict[int, float]] = [{} for _ in senders]
@@ -212,6 +214,7 @@ async def nodes_run(
                     break
                 await asyncio.sleep(0.1)
             await asyncio.sleep(0.5)  # copies, if any
+            cpu_used = _cpu_s(a.pid) + _cpu_s(b.pid) - cpu_before
         latencies: list[float] = []
         lost = copies = 0
         for k in range(len(senders)):
@@ -231,7 +234,16 @@ async def nodes_run(
         "lost": lost,
         "copies": copies,
         "errors": errors,
+        # Both nodes' CPU time (user + system) per signal relayed, backlog included.
+        "node_cpu_ms_per_signal": round(cpu_used * 1000 / max(1, len(latencies)), 3),
     }
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the transports alone -----------------------------------------------------------------------
