@@ -22,12 +22,12 @@ elsewhere would also be parked and delivered twice.
 What is accepted without an error is not dropped on the way (parked messages still expire
 with the grace period, at most ``PARKED_LIMIT`` kept per user). The sender's one loop holds a
 batch while Redis is unreachable and tries again; an envelope carries its sender's running
-number, so that a batch sent again after a partial failure is not handed on twice. A message is parked by one
-script on the user's slot that first looks at presence again: a node that registered the user
-since the sender looked gets it live instead. A node that subscribes again, or finds that others
-took it for dead, takes what was parked for its users right away, and once more after every
-sender has had time to finish a round it began while this node could not hear (such a late
-message comes after newer ones).
+number, so that a batch sent again after a partial failure is not handed on twice. A message
+is parked by one script on the user's slot that first looks at presence again: a node that
+registered the user since the sender looked gets it live instead. A node that subscribes
+again, or finds that others took it for dead, takes what was parked for its users right away,
+and once more after every sender has had time to finish a round it began while this node could
+not hear (such a late message comes after newer ones).
 
 Nodes heartbeat into ``vb:nodes`` (a zset of node -> last beat). A node is dead when this node has
 watched its beat stand still for ``node_ttl_s`` without losing sight of Redis itself: a beat left
