@@ -229,6 +229,21 @@ class RedisClusterProcs:
                     return node
         raise LookupError(f"no replica of the master on port {master.port}")
 
+    def fail_over(self, master: RedisServer, timeout: float = 20.0) -> RedisServer:
+        """A manual failover (``CLUSTER FAILOVER`` at ``master``'s replica): the replica takes
+        over, the old master lives on as its replica. Returns the new master."""
+        replica = self.replica_of(master)
+        answer = _cli(replica.port, "CLUSTER", "FAILOVER")
+        if answer != "OK":
+            raise RuntimeError(f"CLUSTER FAILOVER refused: {answer}")
+        _wait(
+            lambda: "role:master" in _cli(replica.port, "INFO", "replication"),
+            "the replica to take over",
+            timeout,
+        )
+        _wait(self._ready, "the cluster to report cluster_state:ok after the failover", timeout)
+        return replica
+
     def kill_master(self, master: RedisServer, timeout: float = 20.0) -> RedisServer:
         """Kill ``master`` (SIGKILL) and wait until its replica is promoted and the cluster
         reports ok again; returns the new master."""
