@@ -13,12 +13,30 @@ The hub delivers to its own sessions; a message for anyone else goes to its ``Ro
   more than the session cap allows) goes the same way to every node holding them;
   ``vb:sessions:{u:ID}`` (a zset of "node|session" -> opened at) lets the cap count all nodes.
 
-Nodes heartbeat into ``vb:nodes`` (a zset of node -> last beat). A node whose beat is older than
-``node_ttl_s`` is dead: the first live node to remove it from the zset (ZREM answers 1 to one
-caller only) takes over its sessions (``vb:node:NODE:sessions``): they are no longer connected,
-leave presence, and their grace timers are scheduled in the store like any dropped connection.
-So a SIGKILLed node's calls still end if their parties never come back, and resume works on any
-node because resume tokens live in the store.
+On a Redis Cluster the node channels are sharded channels (SPUBLISH/SSUBSCRIBE): a node
+subscribes at the master that owns its channel's slot, and follows the cluster's topology (a
+failover, a slot moved) by subscribing again wherever the slot went. Plain PUBLISH would not do:
+its count of receivers only counts subscribers of the Redis node that ran it, so a message heard
+elsewhere would also be parked and delivered twice.
+
+What is accepted without an error is not dropped on the way (parked messages still expire
+with the grace period, at most ``PARKED_LIMIT`` kept per user). The sender's one loop holds a
+batch while Redis is unreachable and tries again; an envelope carries its sender's running
+number, so that a batch sent again after a partial failure is not handed on twice. A message
+is parked by one script on the user's slot that first looks at presence again: a node that
+registered the user since the sender looked gets it live instead. A node that subscribes
+again, or finds that others took it for dead, takes what was parked for its users right away,
+and once more after every sender has had time to finish a round it began while this node could
+not hear (such a late message comes after newer ones).
+
+Nodes heartbeat into ``vb:nodes`` (a zset of node -> last beat). A node is dead when this node has
+watched its beat stand still for ``node_ttl_s`` without losing sight of Redis itself: a beat left
+old by an outage of the store (Redis restarted from its AOF, or a failover) is no sign of death,
+since no node could beat meanwhile. The first live node to remove a dead one from the zset (ZREM
+answers 1 to one caller only) takes over its sessions (``vb:node:NODE:sessions``): they are no
+longer connected, leave presence, and their grace timers are scheduled in the store like any
+dropped connection. So a SIGKILLed node's calls still end if their parties never come back, and
+resume works on any node because resume tokens live in the store.
 """
 
 from __future__ import annotations
@@ -27,10 +45,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
@@ -48,6 +68,7 @@ log = logging.getLogger("vabroker.routing")
 Wire = dict[str, Any]
 T = TypeVar("T")
 PARKED_LIMIT = 200
+_ROUNDS = 4  # of sending and parking, for one batch
 
 
 class RouterHost(Protocol):
@@ -150,9 +171,20 @@ def _sessions(node: str) -> str:
 _NODES = "vb:nodes"
 _DOWN: tuple[type[BaseException], ...] = (StoreUnavailable, *REDIS_DOWN)
 
-# KEYS: parked list. ARGV: limit, ttl seconds, messages...
+# KEYS: parked list, presence set (one slot: the user's). ARGV: limit, ttl seconds, '1' to park
+# whatever presence says, number of nodes already tried, those nodes..., messages... Parks the
+# messages unless presence now names a node not tried (it registered the user since the sender
+# looked): then returns those nodes.
 _PARK = """
-for i = 3, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+local tried = {}
+local n = tonumber(ARGV[4])
+for i = 5, 4 + n do tried[ARGV[i]] = true end
+local fresh = {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if not tried[node] then fresh[#fresh + 1] = node end
+end
+if #fresh > 0 and ARGV[3] ~= '1' then return fresh end
+for i = 5 + n, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
@@ -167,12 +199,85 @@ return got
 """
 
 
+class _Outgoing:
+    """One message on its way to a user on another node."""
+
+    __slots__ = ("event", "message", "parked", "reached", "text", "user_id")
+
+    def __init__(self, user_id: str, message: Wire, event: Event | None, text: str) -> None:
+        self.user_id = user_id
+        self.message = message
+        self.event = event
+        self.text = text  # the envelope, numbered once: sent again, it is known again
+        self.reached = False
+        self.parked = False
+
+
+class HeardNumbers:
+    """The envelope numbers lately heard from one sender. Not just the highest: one batch is
+    sent in rounds (a user found on another node at the second look goes out after users with
+    higher numbers), so numbers from one sender do not arrive in order. A sender's numbers only
+    advance as its batches go through, and a batch is at most 1,000, so the last ``keep``
+    numbers cover any batch sent again."""
+
+    def __init__(self, keep: int = 20_000) -> None:
+        self.keep = keep
+        self._numbers: set[int] = set()
+        self._order: deque[int] = deque()
+
+    def first_time(self, number: int) -> bool:
+        if number in self._numbers:
+            return False
+        self._numbers.add(number)
+        self._order.append(number)
+        if len(self._order) > self.keep:
+            self._numbers.discard(self._order.popleft())
+        return True
+
+
+class BeatWatch:
+    """Which nodes stopped beating, judged only on what this node has watched itself.
+
+    A node is dead when its beat has stood still for ``ttl_s`` of this node's uninterrupted
+    watching. Comparing a beat's time with the clock would take every node for dead after an
+    outage of the store longer than ``ttl_s`` (their last beats in the AOF are old, and none
+    could beat meanwhile); watching restarts instead whenever this node lost sight of Redis:
+    an error, or a gap between two looks longer than ``gap_s``."""
+
+    def __init__(self, ttl_s: float, gap_s: float) -> None:
+        self.ttl_s = ttl_s
+        self.gap_s = gap_s
+        self._seen: dict[str, tuple[float, float]] = {}  # node -> (beat, watched since)
+        self._last_look: float | None = None
+
+    def lost_sight(self) -> None:
+        self._seen.clear()
+        self._last_look = None
+
+    def look(self, beats: dict[str, float], now: float) -> list[str]:
+        """Record the beats read at ``now`` (a monotonic time); the nodes now dead."""
+        if self._last_look is not None and now - self._last_look > self.gap_s:
+            self._seen.clear()
+        self._last_look = now
+        dead = []
+        for node, beat in beats.items():
+            seen = self._seen.get(node)
+            if seen is None or seen[0] != beat:
+                self._seen[node] = (beat, now)
+            elif now - seen[1] >= self.ttl_s:
+                dead.append(node)
+        for node in [n for n in self._seen if n not in beats]:
+            del self._seen[node]
+        return dead
+
+
 class RedisRouter:
     """Presence, cross-node delivery and node liveness on the Redis the store uses.
 
-    Keys go through the store's client (a cluster client on a cluster). Pub/sub goes through a
-    plain connection to the URL's node: Redis Cluster broadcasts PUBLISH to every node, so
-    subscribing at one node hears messages published at any.
+    Keys go through the store's client (a cluster client on a cluster, which follows failovers).
+    On one Redis, pub/sub goes through a plain connection to it; on a cluster, through sharded
+    channels at the master owning this node's channel, found anew in the cluster's current
+    topology each time the subscription is lost or its slot moves.
     """
 
     remote = True
@@ -189,13 +294,21 @@ class RedisRouter:
     ) -> None:
         self.store = store
         self.r: Any = store.r
-        target, cluster, options = parse_redis_url(url)
-        if cluster:
-            parts = urlsplit(target)
-            target = f"{parts.scheme}://{parts.netloc}/0"
-        self.pubsub_client = aioredis.Redis.from_url(
-            target, decode_responses=True, **{**options, "socket_timeout": None}
+        self.cluster = store.cluster
+        target, _cluster, options = parse_redis_url(url)
+        self._target = target
+        self._pubsub_options: dict[str, Any] = {
+            **{k: v for k, v in options.items() if k != "startup_nodes"},
+            "socket_timeout": None,
+        }
+        # One Redis: pub/sub on a plain connection of its own. A cluster: one per subscription,
+        # to whichever master owns the channel then (see _subscribe).
+        self.pubsub_client: Any = (
+            None
+            if self.cluster
+            else aioredis.Redis.from_url(target, decode_responses=True, **self._pubsub_options)
         )
+        self._subscriber: Any = None
         # Beats on connections of their own: behind a burst of a thousand queued requests in the
         # store's pool, a beat would be late and the node taken for dead.
         self.beat_store = RedisStore.from_url(url)
@@ -204,13 +317,28 @@ class RedisRouter:
         self.grace_s = grace_s
         self.beat_s = beat_s
         self.ttl_s = ttl_s
+        # A sender's round (a look at presence, then up to _ROUNDS of publishing and parking)
+        # ends within that many request timeouts or fails and starts again: what it parked for
+        # this node's users while this node could not hear is taken once more after this long.
+        self.settle_s = (1 + 2 * _ROUNDS + 1) * float(options["socket_timeout"])
+        self.watch = BeatWatch(ttl_s, gap_s=max(2 * beat_s, ttl_s / 2))
         self._park = self.r.register_script(_PARK)
         self._take = self.r.register_script(_TAKE)
         self._out: asyncio.Queue[tuple[str, Wire, Event | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._host: RouterHost | None = None
         self._subscribed = asyncio.Event()
+        # Closed while parked messages are handed on, so that a live message arriving meanwhile
+        # does not overtake the older parked ones.
+        self._gate = asyncio.Event()
+        self._gate.set()
         self._stopping = False
+        # Envelopes are numbered by (this node's life, running number); the numbers heard
+        # lately from each sender drop a copy of a batch sent again.
+        self._life = secrets.token_hex(4)
+        self._sent = 0
+        self._heard: dict[str, HeardNumbers] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self, host: RouterHost) -> None:
@@ -228,14 +356,16 @@ class RedisRouter:
 
     async def stop(self) -> None:
         self._stopping = True  # redis-py may swallow a cancel that lands inside its calls
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._background]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         with contextlib.suppress(*REDIS_DOWN):
             await self.r.zrem(_NODES, self.node_id)
-        await self.pubsub_client.aclose()
+        if self.pubsub_client is not None:
+            await self.pubsub_client.aclose()
         await self.beat_store.close()
 
     # --- presence --------------------------------------------------------------------------
@@ -302,75 +432,146 @@ class RedisRouter:
         self._out.put_nowait((user_id, message, event))
         return True
 
+    def _envelope(self, user_id: str, message: Wire) -> str:
+        self._sent += 1
+        return json.dumps(
+            {"from": self._life, "n": self._sent, "to": user_id, "msg": message},
+            separators=(",", ":"),
+        )
+
     async def _send_loop(self) -> None:
         """One sender, so that messages to a user leave in the order they were sent; each
-        round takes everything queued and looks presence up in one pipeline."""
+        round takes everything queued and looks presence up in one pipeline. A round that
+        fails for want of Redis is held and tried again until it goes through."""
         while not self._stopping:
             batch = [await self._out.get()]
             while not self._out.empty() and len(batch) < 1000:
                 batch.append(self._out.get_nowait())
+            items = [_Outgoing(u, m, e, self._envelope(u, m)) for u, m, e in batch]
             while not self._stopping:
                 try:
-                    await self._route(batch)
+                    await self._route(items)
                     break
                 except _DOWN:
-                    log.warning("Redis unavailable: holding %d messages", len(batch))
+                    log.warning("Redis unavailable: holding %d messages", len(items))
                     await asyncio.sleep(0.5)
                 except Exception:
-                    log.exception("routing failed; %d messages dropped", len(batch))
+                    log.exception("routing failed; %d messages dropped", len(items))
                     break
 
-    async def _route(self, batch: list[tuple[str, Wire, Event | None]]) -> None:
-        users = list(dict.fromkeys(u for u, _, _ in batch))
+    async def _route(self, items: list[_Outgoing]) -> None:
+        todo = [i for i in items if not (i.reached or i.parked)]
+        users = list(dict.fromkeys(i.user_id for i in todo))
         pipe = self.r.pipeline(transaction=False)
         for uid in users:
             pipe.smembers(_where(uid))
-        where = dict(zip(users, await pipe.execute(), strict=True))
-        sends: list[tuple[str, str]] = []  # (node, envelope)
-        owners: list[int] = []  # the batch entry each send belongs to
-        park: dict[str, list[str]] = {}
-        for i, (uid, message, _) in enumerate(batch):
-            text = json.dumps({"to": uid, "msg": message}, separators=(",", ":"))
-            for node in where[uid]:
-                if node != self.node_id:
-                    sends.append((node, text))
-                    owners.append(i)
-        heard = await self._publish(sends) if sends else []
-        reached = [False] * len(batch)
-        for i, n in zip(owners, heard, strict=True):
-            reached[i] = reached[i] or n > 0
-        outcomes: list[tuple[Event, bool]] = []
-        for i, (uid, message, event) in enumerate(batch):
-            if event is not None:
-                outcomes.append((event, reached[i]))
-            if not reached[i]:
-                # Held by no live node: park it for wherever they resume.
-                park.setdefault(uid, []).append(json.dumps(message, separators=(",", ":")))
-        if park:
-            ttl = max(1, int(self.grace_s) + 5)
-            pipe = self.r.pipeline(transaction=False)
-            for uid, texts in park.items():
-                pipe.execute_command(
-                    "EVALSHA", self._park.sha, 1, _parked(uid), PARKED_LIMIT, ttl, *texts
-                )
-            try:
-                await pipe.execute()
-            except rex.NoScriptError:
-                await self.r.script_load(_PARK)
-                pipe = self.r.pipeline(transaction=False)
-                for uid, texts in park.items():
-                    pipe.execute_command(
-                        "EVALSHA", self._park.sha, 1, _parked(uid), PARKED_LIMIT, ttl, *texts
-                    )
-                await pipe.execute()
+        where: dict[str, set[str]] = {
+            u: set(nodes) for u, nodes in zip(users, await pipe.execute(), strict=True)
+        }
+        tried: dict[str, set[str]] = {u: set() for u in users}
+        # Rounds: send to the nodes presence names; park what reached none, unless presence
+        # changed meanwhile (then send again to the nodes it names now).
+        for round_ in range(1, _ROUNDS + 1):
+            await self._send_to(todo, where, tried)
+            todo = [i for i in todo if not i.reached]
+            if not todo:
+                break
+            # Presence changing round after round: park at last rather than go on.
+            fresh = await self._park_or_refresh(todo, tried, force=round_ == _ROUNDS)
+            todo = [i for i in todo if i.user_id in fresh]
+            where = fresh
+            if not todo:
+                break
         if self._host is not None:
-            for event, here in outcomes:
-                self._host.routed(event, here)
+            for item in items:
+                if item.event is not None:
+                    self._host.routed(item.event, item.reached)
+
+    async def _send_to(
+        self, items: list[_Outgoing], where: dict[str, set[str]], tried: dict[str, set[str]]
+    ) -> None:
+        sends: list[tuple[str, str]] = []  # (node, envelope)
+        owners: list[_Outgoing] = []
+        for item in items:
+            for node in sorted(where.get(item.user_id, ())):
+                if node == self.node_id:
+                    # The user connected here since the hub looked.
+                    if self._host is not None and self._host.deliver_here(
+                        item.user_id, item.message
+                    ):
+                        item.reached = True
+                    continue
+                sends.append((node, item.text))
+                owners.append(item)
+        for uid, nodes in where.items():
+            tried.setdefault(uid, set()).update(nodes)
+        if sends:
+            for item, heard in zip(owners, await self._publish(sends), strict=True):
+                item.reached = item.reached or heard > 0
+
+    async def _park_or_refresh(
+        self, items: list[_Outgoing], tried: dict[str, set[str]], force: bool
+    ) -> dict[str, set[str]]:
+        """Park messages held by no live node for wherever their users resume; returns, by
+        user, the nodes presence names that were not tried yet (their messages not parked).
+        Parked messages are marked so, so that a round tried again does not park them twice
+        (on a cluster, where one master failing leaves the others' replies good)."""
+        by_user: dict[str, list[_Outgoing]] = {}
+        for item in items:
+            by_user.setdefault(item.user_id, []).append(item)
+        ttl = max(1, int(self.grace_s) + 5)
+        fresh: dict[str, set[str]] = {}
+        for _attempt in (1, 2):
+            pipe = self.r.pipeline(transaction=False)
+            users = list(by_user)
+            for uid in users:
+                nodes = sorted(tried.get(uid, ()))
+                texts = [json.dumps(i.message, separators=(",", ":")) for i in by_user[uid]]
+                pipe.execute_command(
+                    "EVALSHA",
+                    self._park.sha,
+                    2,
+                    _parked(uid),
+                    _where(uid),
+                    PARKED_LIMIT,
+                    ttl,
+                    "1" if force else "0",
+                    len(nodes),
+                    *nodes,
+                    *texts,
+                )
+            replies = await pipe.execute(raise_on_error=False)
+            failed: BaseException | None = None
+            for uid, reply in zip(users, replies, strict=True):
+                if isinstance(reply, rex.NoScriptError):
+                    continue  # loaded below, then tried again
+                if isinstance(reply, BaseException):
+                    failed = failed or reply
+                    continue
+                if isinstance(reply, list):
+                    fresh[uid] = {str(n) for n in reply}
+                else:
+                    for item in by_user[uid]:
+                        item.parked = True
+                del by_user[uid]
+            if failed is not None:
+                raise failed
+            if not by_user:
+                break
+            await self.r.script_load(_PARK)
+        return fresh
 
     async def _publish(self, items: list[tuple[str, str]]) -> list[int]:
-        pipe = self.pubsub_client.pipeline(transaction=False)
-        for node, text in items:
-            pipe.publish(_channel(node), text)
+        if self.cluster:
+            # Sharded: routed by the channel's slot to the master its subscriber listens at,
+            # whose count of receivers is then the whole truth.
+            pipe = self.r.pipeline(transaction=False)
+            for node, text in items:
+                pipe.execute_command("SPUBLISH", _channel(node), text)
+        else:
+            pipe = self.pubsub_client.pipeline(transaction=False)
+            for node, text in items:
+                pipe.publish(_channel(node), text)
         return [int(n) for n in await pipe.execute()]
 
     @property
@@ -378,29 +579,114 @@ class RedisRouter:
         """Whether this node hears its channel; a node that does not is not ready."""
         return self._subscribed.is_set()
 
-    async def _listen(self) -> None:
-        """Messages other nodes publish for this node's sessions. After the channel was lost
-        (Redis went away), subscribes again and hands on what was parked meanwhile for the
-        users whose sockets are here."""
-        while not self._stopping:
+    async def _subscribe(self) -> tuple[Any, str | None]:
+        """A subscription to this node's channel: on one Redis, at it; on a cluster, at the
+        master the current topology says owns the channel's slot (returned by name)."""
+        channel = _channel(self.node_id)
+        if not self.cluster:
             pubsub = self.pubsub_client.pubsub(ignore_subscribe_messages=True)
             try:
-                await asyncio.wait_for(pubsub.subscribe(_channel(self.node_id)), 5.0)
+                await asyncio.wait_for(pubsub.subscribe(channel), 5.0)
+            except BaseException:
+                await self._close_quietly(pubsub)
+                raise
+            return pubsub, None
+        # Read the topology afresh: after a failover the cached one names a dead master.
+        await asyncio.wait_for(self.r.nodes_manager.initialize(), 5.0)
+        owner = self.r.get_node_from_key(channel)
+        self._subscriber = aioredis.Redis.from_url(
+            _at(self._target, owner.host, int(owner.port)),
+            decode_responses=True,
+            **self._pubsub_options,
+        )
+        pubsub = self._subscriber.pubsub(ignore_subscribe_messages=False)
+        try:
+            await asyncio.wait_for(pubsub.ssubscribe(channel), 5.0)
+        except BaseException:
+            await self._close_quietly(pubsub)
+            raise
+        return pubsub, str(owner.name)
+
+    def _moved(self, owner: str | None) -> bool:
+        """Whether the channel's slot is no longer where this node subscribed (as far as the
+        store's cluster client, which follows MOVED replies, knows)."""
+        if owner is None:
+            return False
+        try:
+            return bool(self.r.get_node_from_key(_channel(self.node_id)).name != owner)
+        except Exception:
+            return True
+
+    async def _listen(self) -> None:
+        """Messages other nodes publish for this node's sessions. After the channel was lost
+        (Redis went away, the master failed over, the slot moved), subscribes again and hands
+        on what was parked meanwhile for the users whose sockets are here."""
+        while not self._stopping:
+            pubsub: Any = None
+            try:
+                pubsub, owner = await self._subscribe()
                 self._subscribed.set()
-                if self._host is not None:
-                    await self._host.redeliver_parked()
+                await self._redeliver()
+                self._spawn(self._redeliver(after=self.settle_s))
+                checked = time.monotonic()
                 while not self._stopping:
                     msg = await pubsub.get_message(timeout=1.0)
-                    if msg is not None and msg.get("type") == "message":
+                    if time.monotonic() - checked >= 1.0:
+                        checked = time.monotonic()
+                        if self._moved(owner):
+                            raise ConnectionError("this node's channel moved to another master")
+                    if msg is None:
+                        continue
+                    kind = msg.get("type")
+                    if kind in ("message", "smessage"):
+                        if not self._gate.is_set():
+                            await self._gate.wait()
                         self._arrived(msg["data"])
+                    elif kind == "sunsubscribe":  # the slot left that master
+                        raise ConnectionError("the master dropped this node's channel")
             except asyncio.CancelledError:
-                await self._close_quietly(pubsub)
+                if pubsub is not None:
+                    await self._close_quietly(pubsub)
                 raise
             except Exception as exc:
                 self._subscribed.clear()
                 log.warning("node channel lost (%s); subscribing again", exc)
-                await self._close_quietly(pubsub)
+                if pubsub is not None:
+                    await self._close_quietly(pubsub)
                 await asyncio.sleep(0.5)
+            finally:
+                if self._subscriber is not None:
+                    subscriber, self._subscriber = self._subscriber, None
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(subscriber.aclose(), 1.0)
+
+    async def _redeliver(self, after: float = 0.0, reassert: bool = False) -> None:
+        """Hand on what was parked for this node's users (after re-registering them first,
+        with ``reassert``), with live messages held back meanwhile."""
+        if after:
+            await asyncio.sleep(after)
+        if self._host is None:
+            return
+        self._gate.clear()
+        try:
+            if reassert:
+                await self._host.reassert()
+            await self._host.redeliver_parked()
+        finally:
+            self._gate.set()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except _DOWN:
+                pass  # the next subscription takes them
+            except Exception:
+                log.exception("handing on parked messages")
+
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @staticmethod
     async def _close_quietly(pubsub: Any) -> None:
@@ -411,6 +697,13 @@ class RedisRouter:
         try:
             envelope = json.loads(data)
             user_id = str(envelope["to"])
+            sender, number = envelope.get("from"), envelope.get("n")
+            if isinstance(sender, str) and isinstance(number, int):
+                heard = self._heard.get(sender)
+                if heard is None:
+                    heard = self._heard[sender] = HeardNumbers()
+                if not heard.first_time(number):
+                    return  # a copy: its batch was sent again after failing half-way
             if "end" in envelope:  # end the user's sessions here (revoked, over the cap)
                 if self._host is not None:
                     self._host.end_here(user_id, dict(envelope["end"]))
@@ -426,24 +719,32 @@ class RedisRouter:
     # --- liveness --------------------------------------------------------------------------
     async def _beat_loop(self) -> None:
         first = True
+        reassert = False
         while not self._stopping:
             try:
                 beat = self.beat_store.r
                 added = await beat.zadd(_NODES, {self.node_id: time.time()})
-                if added and not first and self._host is not None:
+                if added and not first:
                     # Another node thought this one dead (it was too busy or cut off to beat)
-                    # and took its sessions over: they are still here, so say so again.
+                    # and took its sessions over: they are still here, so say so again, and
+                    # take what was parked for them meanwhile (until done, across failures).
                     log.warning("this node was taken for dead: re-registering its sessions")
-                    await self._host.reassert()
+                    reassert = True
                 first = False
-                dead = await beat.zrangebyscore(_NODES, "-inf", time.time() - self.ttl_s)
-                for node in dead:
+                if reassert and self._host is not None:
+                    await self._redeliver(reassert=True)
+                    reassert = False
+                beats = {
+                    str(n): float(b) for n, b in await beat.zrange(_NODES, 0, -1, withscores=True)
+                }
+                for node in self.watch.look(beats, time.monotonic()):
                     if node != self.node_id and await beat.zrem(_NODES, node):
                         log.warning("node %s stopped beating: taking over its sessions", node)
                         await self._take_over(node)
             except _DOWN:
-                pass
+                self.watch.lost_sight()
             except Exception:
+                self.watch.lost_sight()
                 log.exception("node heartbeat")
             await asyncio.sleep(self.beat_s)
 
@@ -463,6 +764,14 @@ class RedisRouter:
             await self.r.srem(_sessions(node), entry)
         if events and self._host is not None:
             self._host.deliver(events)
+
+
+def _at(target: str, host: str, port: int) -> str:
+    """``target`` (a Redis URL) pointed at another server, keeping scheme and credentials."""
+    parts = urlsplit(target)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, "/0", "", ""))
 
 
 async def _guard(aw: Awaitable[T]) -> T:

@@ -109,13 +109,22 @@ def node_env(store_url: str, name: str, **settings: Any) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def broker_nodes(store_url: str, logdir: Path, count: int = 2, **settings: Any) -> Any:
+def broker_nodes(
+    store_url: str | list[str],
+    logdir: Path,
+    count: int = 2,
+    names: list[str] | None = None,
+    **settings: Any,
+) -> Any:
+    """``count`` nodes on one store; ``store_url`` may give each node its own URL (a cluster
+    entered through different nodes), ``names`` their node ids."""
     nodes = []
     try:
         for i in range(count):
-            name = f"node-{'ABCDEFGH'[i]}"
+            name = names[i] if names else f"node-{'ABCDEFGH'[i]}"
+            url = store_url[i] if isinstance(store_url, list) else store_url
             node = BrokerNode(
-                name, free_port(), logdir / f"{name}.log", node_env(store_url, name, **settings)
+                name, free_port(), logdir / f"{name}.log", node_env(url, name, **settings)
             )
             node.start()
             nodes.append(node)

@@ -161,25 +161,34 @@ class RedisServer:
 
 @dataclass
 class RedisClusterProcs:
-    """A local Redis Cluster of three masters (no replicas), made with ``redis-cli --cluster
-    create``."""
+    """A local Redis Cluster of three masters made with ``redis-cli --cluster create``; with
+    ``replicas=1`` each master has a replica, so that a master can fail over (``nodes[:masters]``
+    are the masters as created, the rest their replicas)."""
 
     nodes: list[RedisServer] = field(default_factory=list)
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, masters: int = 3) -> Iterator[RedisClusterProcs]:
+    def start(cls, masters: int = 3, replicas: int = 0) -> Iterator[RedisClusterProcs]:
         require_redis()
         workdir = Path(tempfile.mkdtemp(prefix="vb-cluster-"))
         cluster = cls()
         try:
-            for _ in range(masters):
+            for _ in range(masters * (1 + replicas)):
                 node = RedisServer(free_port(bus=True), workdir, cluster=True)
                 node.run()
                 cluster.nodes.append(node)
             addresses = [f"127.0.0.1:{n.port}" for n in cluster.nodes]
             done = subprocess.run(
-                ["redis-cli", "--cluster", "create", *addresses, "--cluster-yes"],
+                [
+                    "redis-cli",
+                    "--cluster",
+                    "create",
+                    *addresses,
+                    "--cluster-replicas",
+                    str(replicas),
+                    "--cluster-yes",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -195,11 +204,58 @@ class RedisClusterProcs:
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _ready(self) -> bool:
-        return all("cluster_state:ok" in _cli(n.port, "CLUSTER", "INFO") for n in self.nodes)
+        live = [n for n in self.nodes if n.proc is not None]
+        if not all("cluster_state:ok" in _cli(n.port, "CLUSTER", "INFO") for n in live):
+            return False
+        # Every replica has finished its first sync, so that a failover loses nothing.
+        return all(
+            "master_link_status:up" in info or "role:master" in info
+            for info in (_cli(n.port, "INFO", "replication") for n in live)
+        )
 
     @property
     def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+        return self.url_at(0)
+
+    def url_at(self, index: int) -> str:
+        """The cluster's URL with ``nodes[index]`` as the seed."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[index].port}"
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        for node in self.nodes:
+            if node is not master and node.proc is not None:
+                info = _cli(node.port, "INFO", "replication").splitlines()
+                if f"master_port:{master.port}" in (line.strip() for line in info):
+                    return node
+        raise LookupError(f"no replica of the master on port {master.port}")
+
+    def fail_over(self, master: RedisServer, timeout: float = 20.0) -> RedisServer:
+        """A manual failover (``CLUSTER FAILOVER`` at ``master``'s replica): the replica takes
+        over, the old master lives on as its replica. Returns the new master."""
+        replica = self.replica_of(master)
+        answer = _cli(replica.port, "CLUSTER", "FAILOVER")
+        if answer != "OK":
+            raise RuntimeError(f"CLUSTER FAILOVER refused: {answer}")
+        _wait(
+            lambda: "role:master" in _cli(replica.port, "INFO", "replication"),
+            "the replica to take over",
+            timeout,
+        )
+        _wait(self._ready, "the cluster to report cluster_state:ok after the failover", timeout)
+        return replica
+
+    def kill_master(self, master: RedisServer, timeout: float = 20.0) -> RedisServer:
+        """Kill ``master`` (SIGKILL) and wait until its replica is promoted and the cluster
+        reports ok again; returns the new master."""
+        replica = self.replica_of(master)
+        master.stop()
+        _wait(
+            lambda: "role:master" in _cli(replica.port, "INFO", "replication"),
+            "the replica to be promoted",
+            timeout,
+        )
+        _wait(self._ready, "the cluster to report cluster_state:ok after the failover", timeout)
+        return replica
 
     def flush(self) -> None:
         for node in self.nodes:

@@ -543,6 +543,11 @@ async def test_revoking_sign_ins_keeps_the_latest_time(st: Store) -> None:
         ("redis://h:1/0?timeout=0", "between 0 and 60"),
         ("redis://h:1/0?pool=3", "unknown option(s) pool"),
         ("redis+cluster://h:1/2", "only database 0"),
+        ("redis://h:1,h:2/0", "several addresses are for a Redis Cluster"),
+        ("redis+cluster://h:1,h2", "seed 'h2' is not host:port"),
+        ("redis+cluster://h:1,h2:99999", "seed 'h2:99999' is not host:port"),
+        ("redis+cluster://h:1,:7", "seed ':7' is not host:port"),
+        ("redis+cluster://,h:1", "names no host"),
         ("memcached://h:1", "unsupported store URL"),
     ],
 )
@@ -569,6 +574,9 @@ def test_redis_urls() -> None:
         {"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
     )
     assert parse_redis_url("redis+cluster://h:7")[:2] == ("redis://h:7", True)
+    target, cluster, options = parse_redis_url("redis+cluster://:pw@h1:7,h2:8,[::1]:9")
+    assert (target, cluster) == ("redis://:pw@h1:7", True)
+    assert [(n.host, n.port) for n in options["startup_nodes"]] == [("h2", 8), ("::1", 9)]
 
 
 async def test_unreachable_redis_is_store_unavailable() -> None:

@@ -58,7 +58,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from broker.model import (
     Call,
@@ -614,15 +614,27 @@ def _split(reply: list[Any]) -> tuple[list[str], list[str]]:
 
 def parse_redis_url(url: str) -> tuple[str, bool, dict[str, Any]]:
     """``redis://``, ``rediss://`` (TLS), ``redis+cluster://`` and ``rediss+cluster://``
-    (Redis Cluster: the address of any one node). Returns the URL redis-py understands, whether
-    it is a cluster, and client options. ``?timeout=SECONDS`` sets the socket timeouts (default
-    2: a request fails as ``unavailable`` rather than hang while Redis is away)."""
+    (Redis Cluster: seeds, the addresses of one or more of its nodes, comma-separated:
+    ``redis+cluster://h1:7000,h2:7000``; the topology is read from the first that answers and
+    followed from then on). Returns the URL redis-py understands (with the first seed), whether
+    it is a cluster, and client options (``startup_nodes``: the other seeds, for a cluster).
+    ``?timeout=SECONDS`` sets the socket timeouts (default 2: a request fails as
+    ``unavailable`` rather than hang while Redis is away)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     cluster = scheme.endswith("+cluster")
     base = scheme.removesuffix("+cluster")
     if base not in ("redis", "rediss"):
         raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} in {shown_url(url)!r}")
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    first, *more = hosts.split(",")
+    if more and not cluster:
+        raise ValueError(
+            f"Redis URL {shown_url(url)!r}: several addresses are for a Redis Cluster "
+            "(redis+cluster://) only"
+        )
+    seeds = [_seed(url, seed) for seed in more]
+    parts = parts._replace(netloc=credentials + at + first)
     if not parts.hostname:
         raise ValueError(f"Redis URL {shown_url(url)!r} names no host")
     query = parse_qs(parts.query)
@@ -647,7 +659,18 @@ def parse_redis_url(url: str) -> tuple[str, bool, dict[str, Any]]:
         raise ValueError(f"Redis URL {shown_url(url)!r}: a Redis Cluster has only database 0")
     options["socket_timeout"] = timeout
     options["socket_connect_timeout"] = timeout
+    if seeds:
+        options["startup_nodes"] = [ClusterNode(host, port) for host, port in seeds]
     return urlunsplit((base, parts.netloc, parts.path, "", "")), cluster, options
+
+
+def _seed(url: str, seed: str) -> tuple[str, int]:
+    host, colon, port = seed.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"Redis URL {shown_url(url)!r}: seed {seed!r} is not host:port (a port 1-65535)"
+        )
+    return host.strip("[]"), int(port)
 
 
 class RedisStore(SafetyMixin):

@@ -1,0 +1,436 @@
+"""Node-to-node traffic under trouble: a Redis restarted from its AOF, a Redis Cluster entered
+through different masters, and a failover of the master the nodes' URL names, all during calls.
+
+Clients count: both parties of each call send numbered signals all along and each counts what
+it receives. Every signal accepted without an error must arrive exactly once; a signal refused
+must be refused with ``unavailable`` (never silence). Nodes are real ``vabroker serve``
+processes; Redis is a real ``redis-server`` (or a local Redis Cluster with replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from broker.store.redis import RedisStore
+from signaling.routing import BeatWatch, HeardNumbers
+from tests.helpers import Client
+from tests.nodes import BrokerNode, broker_nodes, wait_for
+from tests.redis_procs import RedisClusterProcs, RedisServer
+
+EN = {"languages": ["en"], "timezone": "Europe/London"}
+SETTINGS: dict[str, Any] = {
+    "grace_s": 30,
+    "messages_per_s": 200,
+    "message_burst": 200,
+    "ring_timeout_s": 60,
+    "wave_interval_s": 60,
+}
+
+
+# --- judging liveness (no Redis needed) --------------------------------------------------------
+
+
+def test_a_beat_left_old_by_an_outage_is_no_sign_of_death() -> None:
+    watch = BeatWatch(ttl_s=4.0, gap_s=2.0)
+    assert watch.look({"a": 100.0, "b": 100.0}, now=0.0) == []
+    assert watch.look({"a": 100.5, "b": 100.0}, now=0.5) == []
+    watch.lost_sight()  # Redis went away for ten seconds; nobody could beat
+    assert watch.look({"a": 100.5, "b": 100.0}, now=10.5) == []
+    assert watch.look({"a": 111.0, "b": 100.0}, now=11.0) == []
+    # b's beat has now stood still for the whole ttl of uninterrupted watching: dead.
+    for step in range(1, 9):
+        dead = watch.look({"a": 111.0 + step, "b": 100.0}, now=11.0 + step / 2)
+    assert dead == ["b"]
+
+
+def test_a_gap_in_watching_starts_the_watch_again() -> None:
+    watch = BeatWatch(ttl_s=4.0, gap_s=2.0)
+    watch.look({"b": 1.0}, now=0.0)
+    # A look 5 s later (the loop was stalled, or Redis answered after retrying): not dead.
+    assert watch.look({"b": 1.0}, now=5.0) == []
+    assert watch.look({"b": 1.0}, now=6.5) == []
+    assert watch.look({"b": 1.0}, now=8.0) == []
+    assert watch.look({"b": 1.0}, now=9.5) == ["b"]
+
+
+def test_a_beat_going_back_counts_as_a_beat() -> None:
+    watch = BeatWatch(ttl_s=2.0, gap_s=1.0)
+    watch.look({"b": 5.0}, now=0.0)
+    watch.look({"b": 5.0}, now=1.0)
+    assert watch.look({"b": 4.0}, now=2.0) == []  # Redis restarted from an older AOF
+
+
+def test_copies_are_known_by_number_in_any_order() -> None:
+    heard = HeardNumbers(keep=3)
+    # One batch in rounds: 5 and 6 went out first, 4 was found on this node at a second look.
+    assert [heard.first_time(n) for n in (5, 6, 4)] == [True, True, True]
+    assert [heard.first_time(n) for n in (4, 5, 6)] == [False, False, False]  # sent again
+    assert heard.first_time(7)
+    assert not heard.first_time(4)
+    assert heard.first_time(5)  # heard before the last 3 numbers: no longer remembered
+
+
+# --- counting signals ----------------------------------------------------------------------------
+
+
+def _candidate(seq: int) -> dict[str, Any]:
+    return {
+        "candidate": {"candidate": f"candidate:{seq} 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0"}
+    }
+
+
+@dataclass
+class Party:
+    """One side of a call sending numbered signals and counting the other side's."""
+
+    client: Client
+    call: str
+    sent: int = 0
+    refused: dict[int, str] = field(default_factory=dict)
+    got: list[int] = field(default_factory=list)
+    others: list[dict[str, Any]] = field(default_factory=list)
+
+    async def pump(self, stop: asyncio.Event, period_s: float) -> None:
+        while not stop.is_set():
+            self.sent += 1
+            seq = self.sent
+            await self.client.send(
+                {"type": "signal", "call": self.call, "ref": f"s{seq}", "data": _candidate(seq)}
+            )
+            await asyncio.sleep(period_s)
+
+    async def read(self) -> None:
+        for msg in self.client.inbox:
+            self._take(msg)
+        self.client.inbox.clear()
+        async for raw in self.client.ws:
+            self._take(dict(json.loads(raw)))
+
+    def _take(self, msg: dict[str, Any]) -> None:
+        ref = str(msg.get("ref") or "")
+        if msg.get("type") == "signal" and msg.get("call") == self.call:
+            text = msg["data"]["candidate"]["candidate"]
+            self.got.append(int(text.split()[0].removeprefix("candidate:")))
+        elif msg.get("type") == "error" and ref.startswith("s"):
+            self.refused[int(ref[1:])] = str(msg.get("code"))
+        else:
+            self.others.append(msg)
+
+    def accepted(self) -> set[int]:
+        return set(range(1, self.sent + 1)) - set(self.refused)
+
+
+async def _calls(rec_node: BrokerNode, vol_node: BrokerNode, n: int) -> list[tuple[Party, Party]]:
+    """``n`` calls, each recipient on ``rec_node`` and its volunteer on ``vol_node``."""
+    pairs = []
+    for i in range(n):
+        vol = await vol_node.connect(f"v{i}", "volunteer", **EN)
+        assert (await vol.request({"type": "availability", "available": True}))["available"]
+        rec = await rec_node.connect(f"r{i}", "recipient", **EN)
+        status = await rec.request({"type": "call.request"})
+        assert status["type"] == "call.status", status
+        ring = await vol.expect("call.ring", timeout=10, call=status["call"])
+        assigned = await vol.request({"type": "call.accept", "call": ring["call"]}, timeout=10)
+        assert assigned["type"] == "call.assigned", assigned
+        await rec.expect("call.assigned", timeout=10, call=status["call"])
+        # Any other volunteer rung for this call is withdrawn; nothing else is pending.
+        pairs.append((Party(rec, status["call"]), Party(vol, status["call"])))
+    return pairs
+
+
+class Traffic:
+    """Both parties of every call send a numbered signal every ``period_s``."""
+
+    def __init__(self, pairs: list[tuple[Party, Party]], period_s: float = 0.05) -> None:
+        self.pairs = pairs
+        self.parties = [p for pair in pairs for p in pair]
+        self.stop = asyncio.Event()
+        self.period_s = period_s
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Traffic:
+        for party in self.parties:
+            self.tasks.append(asyncio.create_task(party.read()))
+            self.tasks.append(asyncio.create_task(party.pump(self.stop, self.period_s)))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def settle(self, timeout: float = 15.0) -> None:
+        """Stop sending; wait until every accepted signal arrived (or the timeout)."""
+        self.stop.set()
+        await asyncio.sleep(self.period_s * 2)
+
+        async def arrived() -> bool:
+            return all(
+                set(b.got) >= a.accepted() and set(a.got) >= b.accepted() for a, b in self.pairs
+            )
+
+        with contextlib.suppress(TimeoutError):
+            await wait_for(arrived, "every accepted signal to arrive", timeout=timeout)
+        await asyncio.sleep(0.5)  # copies, if any, would come now
+
+    def check(self) -> dict[str, int]:
+        """Every signal accepted arrived once; every refusal was ``unavailable``."""
+        figures = {"sent": 0, "refused": 0, "delivered": 0, "lost": 0, "copies": 0}
+        for a, b in self.pairs:
+            for src, dst in ((a, b), (b, a)):
+                accepted = src.accepted()
+                figures["sent"] += src.sent
+                figures["refused"] += len(src.refused)
+                figures["delivered"] += len(dst.got)
+                missing = accepted - set(dst.got)
+                if missing:
+                    errors = [m for m in src.others if m.get("type") == "error"]
+                    print(f"lost {src.client.sub} -> {dst.client.sub}: {sorted(missing)}")
+                    print(f"of {src.sent}; errors without a ref: {errors}")
+                figures["lost"] += len(missing)
+                figures["copies"] += len(dst.got) - len(set(dst.got))
+                assert set(src.refused.values()) <= {"unavailable"}, src.refused
+                # Nothing refused arrives (it was refused before being routed).
+                assert not set(dst.got) & set(src.refused), (src.call, sorted(src.refused))
+        print(figures)
+        assert figures["lost"] == 0, figures
+        assert figures["copies"] == 0, figures
+        return figures
+
+
+async def _parked_nothing(store: RedisStore, pairs: list[tuple[Party, Party]]) -> None:
+    for a, b in pairs:
+        for party in (a, b):
+            key = "vb:parked:{u:" + party.client.sub + "}"
+            assert await store.r.llen(key) == 0, key
+
+
+def _log(node: BrokerNode) -> str:
+    return node.log_path.read_text(errors="replace")
+
+
+def _ready(*nodes: BrokerNode) -> Any:
+    async def check() -> bool:
+        codes = await asyncio.gather(*(asyncio.to_thread(n.ready) for n in nodes))
+        return all(code == 200 for code in codes)
+
+    return check
+
+
+# --- a Redis restarted from its AOF ------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_with_aof() -> Iterator[RedisServer]:
+    with RedisServer.start(aof=True) as server:
+        yield server
+
+
+async def test_redis_restarted_from_its_aof_during_calls_loses_no_signal(
+    redis_with_aof: RedisServer, tmp_path: Path
+) -> None:
+    """Redis is away for longer than a node's ttl: the beats in its AOF are old when it comes
+    back, and must not make a live node dead (its sessions taken over, its signals parked and
+    stranded)."""
+    url = redis_with_aof.url + "?timeout=1"
+    with broker_nodes(url, tmp_path, **SETTINGS) as (a, b):
+        pairs = await _calls(a, b, 3)
+        async with Traffic(pairs) as traffic:
+            await asyncio.sleep(1.0)
+            redis_with_aof.stop()
+            await asyncio.sleep(5.0)  # longer than node_ttl_s (4)
+            redis_with_aof.run()
+            await wait_for(_ready(a, b), "both nodes ready again", timeout=15)
+            await asyncio.sleep(3.0)  # long enough for a stale beat to be judged
+            await traffic.settle()
+            figures = traffic.check()
+        assert figures["refused"] > 0  # the outage was seen, and answered
+        for node in (a, b):
+            assert "taking over its sessions" not in _log(node), node.name
+            assert "was taken for dead" not in _log(node), node.name
+        store = RedisStore.from_url(url)
+        try:
+            await _parked_nothing(store, pairs)
+            assert {str(n) for n in await store.r.zrange("vb:nodes", 0, -1)} == {
+                "node-A",
+                "node-B",
+            }
+        finally:
+            await store.close()
+
+
+async def test_a_node_frozen_past_its_ttl_gets_what_was_parked_for_its_users(
+    redis_with_aof: RedisServer, tmp_path: Path
+) -> None:
+    """Node A stops (SIGSTOP) for longer than its ttl: node B takes it for dead and takes over
+    its sessions, so signals for A's users are parked. When A runs again it re-registers its
+    sessions and hands on what was parked: nothing B accepted is lost."""
+    url = redis_with_aof.url + "?timeout=1"
+    with broker_nodes(url, tmp_path, **SETTINGS) as (a, b):
+        pairs = await _calls(a, b, 2)
+        async with Traffic(pairs) as traffic:
+            await asyncio.sleep(1.0)
+            assert a.proc is not None
+            os.kill(a.proc.pid, signal.SIGSTOP)
+            try:
+                await wait_for(
+                    _async(lambda: "node node-A stopped beating" in _log(b)),
+                    "node B to take node A for dead",
+                    timeout=15,
+                )
+                await asyncio.sleep(1.0)  # signals for A's users are parked meanwhile
+            finally:
+                os.kill(a.proc.pid, signal.SIGCONT)
+            await wait_for(
+                _async(lambda: "was taken for dead" in _log(a)), "node A to notice", timeout=10
+            )
+            await asyncio.sleep(1.0)
+            await traffic.settle()
+            traffic.check()
+        store = RedisStore.from_url(url)
+        try:
+            await _parked_nothing(store, pairs)
+            for rec, _vol in pairs:  # A's users are A's again
+                assert await store.r.smembers("vb:where:{u:" + rec.client.sub + "}") == {"node-A"}
+        finally:
+            await store.close()
+
+
+def _async(check: Any) -> Any:
+    async def run() -> bool:
+        return bool(check())
+
+    return run
+
+
+# --- Redis Cluster -----------------------------------------------------------------------------
+
+
+def _slots_of(port: int) -> list[tuple[int, int]]:
+    """The slot ranges the master at ``port`` serves."""
+    with redis.Redis(host="127.0.0.1", port=port) as client:
+        slots = client.execute_command("CLUSTER", "SLOTS")
+    ranges = [(int(r[0]), int(r[1])) for r in slots if int(r[2][1]) == port]
+    assert ranges, slots
+    return ranges
+
+
+def _names_on(port: int, count: int, exclude: tuple[int, ...] = ()) -> list[str]:
+    """Node ids whose channel (``vb:node:ID``) lives on the master at ``port`` (or, with
+    ``exclude``, on any master but those)."""
+    if exclude:
+        owned = [r for p in exclude for r in _slots_of(p)]
+        inside = lambda slot: not any(lo <= slot <= hi for lo, hi in owned)  # noqa: E731
+    else:
+        owned = _slots_of(port)
+        inside = lambda slot: any(lo <= slot <= hi for lo, hi in owned)  # noqa: E731
+    names = []
+    for i in range(1000):
+        name = f"node-{i}"
+        if inside(key_slot(f"vb:node:{name}".encode())):
+            names.append(name)
+            if len(names) == count:
+                return names
+    raise LookupError("no node id found for that master")
+
+
+async def test_a_call_across_nodes_entering_a_cluster_through_different_masters(
+    tmp_path: Path,
+) -> None:
+    """Each node's URL names another master, and each node's channel lives on a third: every
+    signal, ring and withdrawal crosses masters, and arrives once (PUBLISH's count only counts
+    the receivers on the master that ran it: the message was also parked and came again at
+    the next ``hello``)."""
+    with RedisClusterProcs.start() as cluster:
+        names = _names_on(cluster.nodes[2].port, 2)
+        urls = [cluster.url_at(0) + "?timeout=2", cluster.url_at(1) + "?timeout=2"]
+        with broker_nodes(urls, tmp_path, names=names, **SETTINGS) as (a, b):
+            pairs = await _calls(a, b, 2)
+            async with Traffic(pairs) as traffic:
+                await asyncio.sleep(1.5)
+                await traffic.settle()
+                figures = traffic.check()
+            assert figures["refused"] == 0 and figures["delivered"] > 50
+            # A hello again (resume) brings nothing twice.
+            rec, vol = pairs[0][0].client, pairs[0][1].client
+            tokens = rec.welcome["resume"], vol.welcome["resume"]
+            await rec.ws.close()
+            await vol.ws.close()
+            rec2 = await a.connect("r0", "recipient", resume=tokens[0], **EN)
+            vol2 = await b.connect("v0", "volunteer", resume=tokens[1], **EN)
+            again = [m for c in (rec2, vol2) for m in await c.quiet(1.0)]
+            assert [m for m in again if m["type"] == "signal"] == []
+            assert {m["type"] for m in again} <= {"call.assigned"}, again
+            store = RedisStore.from_url(urls[0])
+            try:
+                await _parked_nothing(store, pairs)
+            finally:
+                await store.close()
+
+
+@pytest.mark.parametrize("how", ["killed", "manual"])
+async def test_the_seed_master_fails_over_during_calls(how: str, tmp_path: Path) -> None:
+    """The master named in the nodes' URL is killed (its replica promoted), or hands over to
+    its replica (``CLUSTER FAILOVER``: the old master lives on as a replica and drops the
+    subscriptions to its channels). The nodes follow the topology: ready again, their channels
+    (which lived on that master) subscribed at the new one, every signal accepted delivered
+    once, every refusal ``unavailable``."""
+    with RedisClusterProcs.start(replicas=1) as cluster:
+        seed = cluster.nodes[0]
+        names = _names_on(seed.port, 2)
+        url = cluster.url_at(0) + "?timeout=1"
+        with broker_nodes(url, tmp_path, names=names, **SETTINGS) as (a, b):
+            pairs = await _calls(a, b, 3)
+            async with Traffic(pairs) as traffic:
+                await asyncio.sleep(1.0)
+                started = time.monotonic()
+                switch = cluster.kill_master if how == "killed" else cluster.fail_over
+                promoted = await asyncio.to_thread(switch, seed)
+                promoted_after = time.monotonic() - started
+                await wait_for(_ready(a, b), "both nodes ready after the failover", timeout=20)
+                ready_after = time.monotonic() - started
+                await asyncio.sleep(2.0)
+                await traffic.settle(timeout=20)
+                figures = traffic.check()
+            if how == "killed":
+                assert figures["refused"] > 0  # the failover was seen, and answered
+            print(f"promoted after {promoted_after:.1f} s, nodes ready after {ready_after:.1f} s")
+            # The channels now live on the promoted master, and the nodes listen there.
+            direct = aioredis.Redis(host="127.0.0.1", port=promoted.port, decode_responses=True)
+            try:
+                listening = await direct.execute_command(
+                    "PUBSUB", "SHARDNUMSUB", *(f"vb:node:{n}" for n in names)
+                )
+                assert listening[1::2] == [1, 1], listening
+            finally:
+                await direct.aclose()
+            # The URL's node is only a seed: a node started now, its URL naming the dead master
+            # first, starts from the next seed and serves.
+            seeds = f"redis+cluster://127.0.0.1:{seed.port},127.0.0.1:{promoted.port}?timeout=1"
+            with broker_nodes(seeds, tmp_path, count=1, names=["node-late"], **SETTINGS) as (c,):
+                assert c.ready() == 200
+            # Calls carry on: a new call crosses the nodes after the failover.
+            vol = await b.connect("v-after", "volunteer", **EN)
+            await vol.request({"type": "availability", "available": True})
+            rec = await a.connect("r-after", "recipient", **EN)
+            status = await rec.request({"type": "call.request"}, timeout=10)
+            ring = await vol.expect("call.ring", timeout=10, call=status["call"])
+            assert (await vol.request({"type": "call.accept", "call": ring["call"]}))[
+                "type"
+            ] == "call.assigned"
+            await rec.expect("call.assigned", timeout=10, call=status["call"])
