@@ -16,7 +16,7 @@ from broker.model import Profile
 from broker.policies import build_policy
 from broker.service import Broker
 from broker.store import Store, open_store, shown_url
-from signaling.auth import Authenticator, Claims
+from signaling.auth import Authenticator, Claims, KeySet
 from signaling.config import Settings
 from signaling.hub import Hub
 from signaling.metrics import Metrics
@@ -95,6 +95,13 @@ def build_context(
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
         leeway_s=settings.jwt_leeway_s,
+        jwks=KeySet(
+            settings.jwt_jwks_url,
+            refetch_s=settings.jwt_jwks_refetch_s,
+            max_age_s=settings.jwt_jwks_max_age_s,
+        )
+        if settings.jwt_jwks_url
+        else None,
     )
     metrics = Metrics()
     ctx_holder: dict[str, Context] = {}
@@ -164,6 +171,7 @@ def create_app(
         yield
         await ctx.hub.stop()
         await ctx.hub.router.stop()
+        await ctx.auth.close()
         await ctx.store.close()
 
     async def on_shutdown(app: web.Application) -> None:
