@@ -175,6 +175,15 @@ class Settings(BaseSettings):
     # Webhooks: organisations' receivers on loopback, private, link-local or other special
     # addresses are refused (an organisation admin could otherwise reach the broker's network).
     webhook_allow_private: bool = False
+    # A delivery is attempted this many times in all, waiting first_retry_s, then twice as long
+    # each time; an attempt gives up after timeout_s. Pending deliveries wait in the store: a
+    # node claims due ones every poll_s, and one it claimed but did not settle (it died) goes to
+    # another node lease_s later.
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_first_retry_s: float = Field(default=1.0, gt=0, le=3600)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    webhook_lease_s: float = Field(default=60.0, gt=0, le=3600)
+    webhook_poll_s: float = Field(default=1.0, gt=0, le=60)
 
     # Duty of care.
     suspend_after_reports: int = Field(
@@ -309,6 +318,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "jwt_algorithms asks for RS256/ES256 but neither jwt_public_key nor jwt_jwks_url "
                 "is set"
+            )
+        if self.webhook_lease_s <= self.webhook_timeout_s:
+            raise ValueError(
+                "webhook_lease_s must be more than webhook_timeout_s, or a slow receiver gets the "
+                "same delivery from two nodes at once"
             )
         if self.jwt_jwks_url is not None:
             why = jwks_url_problem(self.jwt_jwks_url)
