@@ -141,6 +141,7 @@ def create_app(
     from signaling import (  # the route modules import this one for Context
         admin,  # duty of care: cases, restrictions, audit, export and erasure
         api,
+        openapi,  # the API contract: /v1/openapi.json, /v1/asyncapi.json
         orgs,  # partner organisations
         pages,
         push,
@@ -156,6 +157,7 @@ def create_app(
     push.setup(app)  # device routes; pushes rings to devices once started
     orgs.add_routes(app)
     admin.add_routes(app)
+    openapi.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ctx.store.ping()
