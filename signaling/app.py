@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,9 +133,27 @@ def build_context(
             beat_s=settings.node_beat_s,
             ttl_s=settings.node_ttl_s,
         )
+    metrics.store_errors.watch(getattr(store, "errors", None))
     ctx = Context(settings, store, clock, broker, auth, metrics, hub, node_id)
     ctx_holder["ctx"] = ctx
     return ctx
+
+
+async def count_nodes(ctx: Context) -> None:
+    """Keep ``vabroker_nodes`` at the number of nodes beating into the shared store (one, this
+    node, without one)."""
+    from signaling import routing
+
+    router = ctx.hub.router
+    if not isinstance(router, routing.RedisRouter):
+        return
+    while True:
+        try:
+            alive = await router.r.zcount(routing._NODES, time.time() - router.ttl_s, "+inf")
+            ctx.metrics.nodes.set(int(alive))
+        except Exception as exc:  # a store outage is counted elsewhere; keep the last count
+            log.debug("nodes not counted", extra={"why": str(exc)})
+        await asyncio.sleep(router.beat_s)
 
 
 def create_app(
@@ -164,6 +185,7 @@ def create_app(
         await ctx.broker.start()
         await ctx.hub.router.start(ctx.hub)
         ctx.hub.start()
+        counting = asyncio.get_running_loop().create_task(count_nodes(ctx))
         # What start-up made lives as long as the process: out of the collector's way, so that
         # a full collection scans only what requests made (tens of ms less at the tail).
         gc.freeze()
@@ -171,6 +193,9 @@ def create_app(
             "broker ready", extra={"node": ctx.node_id, "store": shown_url(settings.store_url)}
         )
         yield
+        counting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await counting
         await ctx.hub.stop()
         await ctx.hub.router.stop()
         await ctx.auth.close()

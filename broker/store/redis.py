@@ -52,6 +52,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -696,6 +697,8 @@ class RedisStore(SafetyMixin):
     def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
         self.r: Any = client
         self.cluster = isinstance(client, RedisCluster)
+        # Operations that failed because Redis could not be reached, by method (metrics).
+        self.errors: Counter[str] = Counter()
         self._windows: dict[str, tuple[str, RingWindow]] = {}
         self._inside: dict[str, tuple[float, bool, str, str]] = {}
         reg = client.register_script
