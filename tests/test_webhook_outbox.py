@@ -24,6 +24,7 @@ from aiohttp import web
 from broker.outbox import WebhookDelivery
 from broker.store.sqlite import SqliteStore
 from signaling.auth import mint
+from signaling.config import ConfigError, load_settings
 from signaling.webhooks import verify
 from tests.helpers import SECRET
 from tests.nodes import BrokerNode, broker_nodes, wait_for
@@ -41,6 +42,8 @@ class FlakyReceiver:
     failures: int = 1
     url: str = ""
     got: list[dict[str, Any]] = field(default_factory=list)
+    hang_first: bool = False  # hold the first request unanswered (its sender dies meanwhile)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -53,6 +56,7 @@ class FlakyReceiver:
             time.time(),
         )
         status = 503 if len(self.got) < self.failures else 200
+        hang = self.hang_first and not self.got
         self.got.append(
             {
                 "id": headers.get("X-Webhook-Id"),
@@ -63,12 +67,17 @@ class FlakyReceiver:
                 "status": status,
             }
         )
+        if hang:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release.wait(), 30)
         return web.Response(status=status)
 
 
 @contextlib.asynccontextmanager
-async def flaky_receiver(failures: int = 1) -> AsyncIterator[FlakyReceiver]:
-    receiver = FlakyReceiver(failures)
+async def flaky_receiver(
+    failures: int = 1, hang_first: bool = False
+) -> AsyncIterator[FlakyReceiver]:
+    receiver = FlakyReceiver(failures, hang_first=hang_first)
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
@@ -80,6 +89,7 @@ async def flaky_receiver(failures: int = 1) -> AsyncIterator[FlakyReceiver]:
     try:
         yield receiver
     finally:
+        receiver.release.set()
         await runner.cleanup()
 
 
@@ -197,3 +207,50 @@ async def test_a_pending_delivery_outlives_a_restart_of_the_durable_store(tmp_pa
         assert (claimed.id, claimed.attempts, claimed.due) == ("wh_1", 2, 210.0)
     finally:
         await reopened.close()
+
+
+async def test_a_delivery_whose_node_dies_mid_attempt_goes_to_another_node_after_its_lease(
+    redis_for_nodes: RedisServer, tmp_path: Path
+) -> None:
+    """Node A claims the delivery and dies while the receiver holds the request; node B, started
+    after, finds it in Redis once A's lease has run out and delivers it (attempt 1 again: A
+    never recorded its attempt)."""
+    redis_for_nodes.flush()
+    settings = {
+        "log_json": "true",
+        "webhook_allow_private": "true",
+        "webhook_timeout_s": 2,
+        "webhook_lease_s": 3,
+        "webhook_poll_s": 0.2,
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with flaky_receiver(failures=0, hang_first=True) as receiver:
+        with broker_nodes(redis_for_nodes.url, tmp_path / "a", count=1, **settings) as (a,):
+            admin = {"Authorization": "Bearer " + mint(SECRET, "boss", "admin")}
+            async with aiohttp.ClientSession(headers=admin) as http:
+                async with http.put(a.url + "/v1/orgs/bank", json=org(receiver.url)) as r:
+                    assert r.status == 201, await r.text()
+            rec = await a.connect("r1", "recipient", languages=["en"])
+            queued = await rec.request({"type": "call.request", "org": "bank"})
+            assert queued["state"] in ("queued", "searching"), queued
+            await wait_for(_true_when(lambda: len(receiver.got) >= 1), "the first attempt")
+            a.kill(signal.SIGKILL)  # mid-attempt: the receiver has not answered
+            killed_at = time.monotonic()
+        first = receiver.got[0]
+        settings["node_id"] = "node-B"  # another node, not A restarted
+        with broker_nodes(redis_for_nodes.url, tmp_path / "b", count=1, **settings) as (b,):
+            await wait_for(_true_when(lambda: len(receiver.got) >= 2), "B's attempt", timeout=15)
+            again = receiver.got[1]
+            assert again["id"] == first["id"] and again["body"] == first["body"]
+            assert again["attempt"] == "1" and again["status"] == 200 and again["signed"]
+            # Not before A's lease ran out (3 s after A claimed it, which was before the kill).
+            assert time.monotonic() - killed_at > 1.0
+            await asyncio.sleep(0.5)
+            assert len(receiver.got) == 2
+            assert b.ready() == 200
+
+
+def test_a_lease_shorter_than_an_attempt_is_refused() -> None:
+    with pytest.raises(ConfigError, match="webhook_lease_s must be more than webhook_timeout_s"):
+        load_settings(webhook_timeout_s=10, webhook_lease_s=5)
