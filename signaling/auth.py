@@ -217,6 +217,8 @@ class Authenticator:
                 raise AuthError(
                     f"The token's key {kid!r} is not one of the identity provider's keys."
                 )
+        if self.jwks is not None and self.public_key is None and not isinstance(kid, str):
+            raise AuthError("The token does not name its key (no 'kid' in its header).")
         return self.public_key
 
     def verify(self, token: str) -> Claims:

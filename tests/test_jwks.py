@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from signaling.auth import parse_jwks
+from signaling.auth import KeySet, parse_jwks
 from signaling.config import ConfigError, load_settings
 from tests.helpers import start_server
 
@@ -242,3 +242,47 @@ def test_good_identity_provider_settings() -> None:
         jwt_algorithms=["RS256"],
     )
     assert s.jwt_jwks_url and s.jwt_jwks_refetch_s == 60
+
+
+async def test_the_key_set_is_refetched_when_stale_and_not_more_often_than_allowed() -> None:
+    first, second = rsa_key("k1"), rsa_key("k2")
+    now = [1000.0]
+    async with provider([first]) as p:
+        keys = KeySet(p.url, refetch_s=60, max_age_s=600, clock=lambda: now[0])
+        try:
+            await keys.ensure("k1")
+            assert p.hits == 1 and keys.key("k1") is not None
+            now[0] += 59
+            await keys.ensure("k2")  # unknown, but the last fetch was 59 s ago
+            assert p.hits == 1 and keys.key("k2") is None
+            now[0] += 1
+            p.keys = [second]
+            await keys.ensure("k2")  # unknown, and 60 s have passed
+            assert p.hits == 2 and keys.key("k2") is not None and keys.key("k1") is None
+            await keys.ensure("k2")  # known and fresh: no fetch
+            assert p.hits == 2
+            now[0] += 600
+            p.keys = [first]
+            await keys.ensure("k2")  # known but stale: fetched again; k2 was withdrawn
+            assert p.hits == 3 and keys.key("k2") is None and keys.key("k1") is not None
+            # A broken answer leaves the keys as they were.
+            p.keys = []
+            now[0] += 600
+            await keys.ensure("k1")
+            assert p.hits == 4 and keys.key("k1") is not None
+        finally:
+            await keys.close()
+
+
+async def test_a_token_without_a_kid_is_refused_clearly() -> None:
+    first = rsa_key("k1")
+    async with provider([first]) as p, start_server(**oidc_settings(p)) as server:
+        now = int(time.time())
+        token = jwt.encode(
+            {"sub": "v1", "role": "volunteer", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 60},
+            first.private,
+            algorithm="RS256",
+        )
+        async with aiohttp.ClientSession() as http:
+            status, why = await profile_status(http, server.url, token)
+        assert status == 401 and "kid" in why
