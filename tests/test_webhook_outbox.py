@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from broker.outbox import WebhookDelivery
+from broker.outbox import RetryPolicy, WebhookDelivery, due_deliveries, retryable_status
 from broker.store.sqlite import SqliteStore
 from signaling.auth import mint
 from signaling.config import ConfigError, load_settings
@@ -254,3 +254,32 @@ async def test_a_delivery_whose_node_dies_mid_attempt_goes_to_another_node_after
 def test_a_lease_shorter_than_an_attempt_is_refused() -> None:
     with pytest.raises(ConfigError, match="webhook_lease_s must be more than webhook_timeout_s"):
         load_settings(webhook_timeout_s=10, webhook_lease_s=5)
+
+
+def test_retries_back_off_and_give_up() -> None:
+    policy = RetryPolicy(attempts=5, first_retry_s=1.0)
+    assert [policy.next_due(n, 100.0, retryable=True) for n in range(1, 6)] == [
+        101.0,
+        102.0,
+        104.0,
+        108.0,
+        None,  # five attempts made
+    ]
+    assert policy.next_due(1, 100.0, retryable=False) is None
+    assert [s for s in (400, 401, 404, 408, 409, 429, 500, 502, 503) if retryable_status(s)] == [
+        408,
+        429,
+        500,
+        502,
+        503,
+    ]
+
+
+def test_deliveries_round_trip_and_are_due_in_order() -> None:
+    d = WebhookDelivery("wh_1", "call.queued", "https://x.example/", "s" * 16, {"a": 1}, 2, 5.0)
+    assert WebhookDelivery.from_json(d.to_json()) == d
+    pending = {
+        k: replace(d, id=k, due=due) for k, due in (("b", 3.0), ("a", 3.0), ("c", 1.0), ("z", 9.0))
+    }
+    assert [x.id for x in due_deliveries(pending, 5.0, 10)] == ["c", "a", "b"]
+    assert [x.id for x in due_deliveries(pending, 5.0, 1)] == ["c"]
