@@ -68,7 +68,7 @@ async def authenticate(request: web.Request) -> tuple[Context, Claims, Profile]:
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthenticated", "Send 'Authorization: Bearer <token>'.")
     try:
-        claims = ctx.auth.verify(token.strip())
+        claims = await ctx.auth.check(token.strip())
     except AuthError as exc:
         raise ApiError(401, "unauthenticated", str(exc)) from None
     if revoked(claims, await ctx.store.revoked_before(claims.sub)):

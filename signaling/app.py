@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +19,7 @@ from broker.model import Profile
 from broker.policies import build_policy
 from broker.service import Broker
 from broker.store import Store, open_store, shown_url
-from signaling.auth import Authenticator, Claims
+from signaling.auth import Authenticator, Claims, KeySet
 from signaling.config import Settings
 from signaling.hub import Hub
 from signaling.metrics import Metrics
@@ -95,6 +98,13 @@ def build_context(
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
         leeway_s=settings.jwt_leeway_s,
+        jwks=KeySet(
+            settings.jwt_jwks_url,
+            refetch_s=settings.jwt_jwks_refetch_s,
+            max_age_s=settings.jwt_jwks_max_age_s,
+        )
+        if settings.jwt_jwks_url
+        else None,
     )
     metrics = Metrics()
     ctx_holder: dict[str, Context] = {}
@@ -123,9 +133,27 @@ def build_context(
             beat_s=settings.node_beat_s,
             ttl_s=settings.node_ttl_s,
         )
+    metrics.store_errors.watch(getattr(store, "errors", None))
     ctx = Context(settings, store, clock, broker, auth, metrics, hub, node_id)
     ctx_holder["ctx"] = ctx
     return ctx
+
+
+async def count_nodes(ctx: Context) -> None:
+    """Keep ``vabroker_nodes`` at the number of nodes beating into the shared store (one, this
+    node, without one)."""
+    from signaling import routing
+
+    router = ctx.hub.router
+    if not isinstance(router, routing.RedisRouter):
+        return
+    while True:
+        try:
+            alive = await router.r.zcount(routing._NODES, time.time() - router.ttl_s, "+inf")
+            ctx.metrics.nodes.set(int(alive))
+        except Exception as exc:  # a store outage is counted elsewhere; keep the last count
+            log.debug("nodes not counted", extra={"why": str(exc)})
+        await asyncio.sleep(router.beat_s)
 
 
 def create_app(
@@ -134,6 +162,7 @@ def create_app(
     from signaling import (  # the route modules import this one for Context
         admin,  # duty of care: cases, restrictions, audit, export and erasure
         api,
+        openapi,  # the API contract: /v1/openapi.json, /v1/asyncapi.json
         orgs,  # partner organisations
         pages,
         push,
@@ -149,12 +178,14 @@ def create_app(
     push.setup(app)  # device routes; pushes rings to devices once started
     orgs.add_routes(app)
     admin.add_routes(app)
+    openapi.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ctx.store.ping()
         await ctx.broker.start()
         await ctx.hub.router.start(ctx.hub)
         ctx.hub.start()
+        counting = asyncio.get_running_loop().create_task(count_nodes(ctx))
         # What start-up made lives as long as the process: out of the collector's way, so that
         # a full collection scans only what requests made (tens of ms less at the tail).
         gc.freeze()
@@ -162,8 +193,12 @@ def create_app(
             "broker ready", extra={"node": ctx.node_id, "store": shown_url(settings.store_url)}
         )
         yield
+        counting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await counting
         await ctx.hub.stop()
         await ctx.hub.router.stop()
+        await ctx.auth.close()
         await ctx.store.close()
 
     async def on_shutdown(app: web.Application) -> None:

@@ -22,6 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     SettingsError,
 )
+from yarl import URL
 
 from broker.dispatch import DispatchSettings
 from broker.model import RingWindow
@@ -59,6 +60,15 @@ class Settings(BaseSettings):
     jwt_algorithms: list[Literal["HS256", "RS256", "ES256"]] = Field(default=["HS256"])
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
+    # An OpenID Connect provider's key set (its discovery document's ``jwks_uri``): keys are
+    # fetched and refetched as the provider rotates them. Needs jwt_issuer and jwt_audience.
+    jwt_jwks_url: str | None = Field(
+        default=None, description="https:// URL of the identity provider's JWKS"
+    )
+    # At most one fetch of the key set per this many seconds, however many unknown kids arrive.
+    jwt_jwks_refetch_s: float = Field(default=60.0, ge=1, le=86400)
+    # Keys are fetched again when older than this, so a key the provider withdrew stops working.
+    jwt_jwks_max_age_s: float = Field(default=3600.0, ge=60, le=7 * 86400)
     # Clock skew allowed when checking a token's exp; a session lives until exp plus this.
     jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
 
@@ -165,6 +175,15 @@ class Settings(BaseSettings):
     # Webhooks: organisations' receivers on loopback, private, link-local or other special
     # addresses are refused (an organisation admin could otherwise reach the broker's network).
     webhook_allow_private: bool = False
+    # A delivery is attempted this many times in all, waiting first_retry_s, then twice as long
+    # each time; an attempt gives up after timeout_s. Pending deliveries wait in the store: a
+    # node claims due ones every poll_s, and one it claimed but did not settle (it died) goes to
+    # another node lease_s later.
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_first_retry_s: float = Field(default=1.0, gt=0, le=3600)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    webhook_lease_s: float = Field(default=60.0, gt=0, le=3600)
+    webhook_poll_s: float = Field(default=1.0, gt=0, le=60)
 
     # Duty of care.
     suspend_after_reports: int = Field(
@@ -295,8 +314,32 @@ class Settings(BaseSettings):
             raise ValueError(
                 "node_ttl_s must be more than twice node_beat_s, or live nodes look dead"
             )
-        if "HS256" not in self.jwt_algorithms and not self.jwt_public_key:
-            raise ValueError("jwt_algorithms asks for RS256/ES256 but jwt_public_key is not set")
+        if "HS256" not in self.jwt_algorithms and not (self.jwt_public_key or self.jwt_jwks_url):
+            raise ValueError(
+                "jwt_algorithms asks for RS256/ES256 but neither jwt_public_key nor jwt_jwks_url "
+                "is set"
+            )
+        if self.webhook_lease_s <= self.webhook_timeout_s:
+            raise ValueError(
+                "webhook_lease_s must be more than webhook_timeout_s, or a slow receiver gets the "
+                "same delivery from two nodes at once"
+            )
+        if self.jwt_jwks_url is not None:
+            why = jwks_url_problem(self.jwt_jwks_url)
+            if why:
+                raise ValueError(f"jwt_jwks_url: {why}")
+            if self.jwt_algorithms == ["HS256"]:
+                raise ValueError(
+                    "jwt_jwks_url is set but jwt_algorithms is only HS256: add RS256 and/or ES256,"
+                    " the algorithms the identity provider signs with"
+                )
+            if not self.jwt_issuer or not self.jwt_audience:
+                raise ValueError(
+                    "jwt_jwks_url is set but jwt_issuer or jwt_audience is not: a provider's keys "
+                    "sign tokens for every application it serves, so both must be checked"
+                )
+            if self.jwt_jwks_refetch_s > self.jwt_jwks_max_age_s:
+                raise ValueError("jwt_jwks_refetch_s must not be more than jwt_jwks_max_age_s")
         return self
 
     def dispatch(self) -> DispatchSettings:
@@ -314,10 +357,14 @@ class Settings(BaseSettings):
 
     def pseudonym_secret(self) -> bytes:
         """The pseudonym key: the setting, else derived from the token secret (or, with only a
-        public key, from that; set VABROKER_PSEUDONYM_KEY then, as a public key is public)."""
+        public key or JWKS URL, from that; set VABROKER_PSEUDONYM_KEY then, as those are public)."""
         if self.pseudonym_key is not None:
             return self.pseudonym_key.get_secret_value().encode()
-        base = self.jwt_secret.get_secret_value() if self.jwt_secret else self.jwt_public_key
+        base = (
+            self.jwt_secret.get_secret_value()
+            if self.jwt_secret
+            else (self.jwt_public_key or self.jwt_jwks_url)
+        )
         return hashlib.sha256(b"vabroker pseudonyms|" + (base or "").encode()).digest()
 
     def ring_window(self) -> RingWindow:
@@ -333,6 +380,30 @@ class Settings(BaseSettings):
             return Path(key).read_text()
         except OSError as exc:
             raise ConfigError(f"jwt_public_key: cannot read {key!r}: {exc.strerror}") from None
+
+
+def jwks_url_problem(url: str) -> str | None:
+    """Why a JWKS URL is refused (None: it is fine): keys are fetched over HTTPS, or plain HTTP
+    to this machine only, since whoever can change the keys can sign in as anyone."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return f"{url!r} is not a URL"
+    if not parsed.is_absolute() or not parsed.host:
+        return f"{url!r} is not an absolute URL"
+    if parsed.scheme == "https":
+        return None
+    if parsed.scheme != "http":
+        return f"{url!r}: the scheme must be https"
+    host = parsed.host.strip("[]").lower()
+    if host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return f"{url!r}: keys must be fetched over https (plain http only to a loopback address)"
 
 
 def _explain(exc: ValidationError, source: str) -> str:

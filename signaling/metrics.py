@@ -3,7 +3,12 @@ benchmarks) do not share counters."""
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from broker.events import Assigned, Ended, Event, Ring, Withdrawn
 from broker.model import Role
@@ -64,6 +69,15 @@ class Metrics:
             registry=r,
         )
 
+        self.nodes = Gauge(
+            "vabroker_nodes",
+            "Broker nodes alive (beating within node_ttl_s), as this node last counted them",
+            registry=r,
+        )
+        self.nodes.set(1)  # this one; a shared store's count replaces it (``count_nodes``)
+        self.store_errors = StoreErrors()
+        r.register(self.store_errors)
+
     def count_events(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, Ring):
@@ -77,3 +91,25 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class StoreErrors(Collector):
+    """``vabroker_store_errors_total{operation}``: store operations that failed because the
+    store could not be reached, read at each scrape from the store's own tally (a store without
+    one, in memory or embedded, has none to report)."""
+
+    def __init__(self) -> None:
+        self.tally: Tally[str] | None = None
+
+    def watch(self, tally: Tally[str] | None) -> None:
+        self.tally = tally
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "vabroker_store_errors",
+            "Store operations that failed because the store was unreachable, by operation",
+            labels=["operation"],
+        )
+        for operation, count in sorted((self.tally or {}).items()):
+            family.add_metric([operation], count)
+        yield family

@@ -182,10 +182,22 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/orgs/{org_id}", put_org)
     app.router.add_get("/v1/orgs/{org_id}/queue", queue_view)
     ctx = app[CONTEXT]
-    sender = WebhookSender(ctx.metrics.registry, allow_private=ctx.settings.webhook_allow_private)
+    s = ctx.settings
+    sender = WebhookSender(
+        ctx.metrics.registry,
+        attempts=s.webhook_attempts,
+        first_retry_s=s.webhook_first_retry_s,
+        timeout_s=s.webhook_timeout_s,
+        allow_private=s.webhook_allow_private,
+        store=ctx.store,
+        lease_s=s.webhook_lease_s,
+        poll_s=s.webhook_poll_s,
+        node=ctx.node_id,
+    )
     ctx.extras["webhooks"] = sender
     ctx.broker.queues.webhooks.append(sender.submit)
     app.cleanup_ctx.append(sender.lifespan)
+    app.on_shutdown.append(sender.stop)  # before the store closes
     waiting = Gauge(
         "vabroker_queue_waiting",
         "Calls waiting in an organisation's queues, as this node last saw them",

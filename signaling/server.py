@@ -21,12 +21,16 @@ log = logging.getLogger("vabroker.server")
 
 
 def secret_or_generated(settings: Settings) -> Settings:
-    """Without a configured secret (or public key), generate one and say how to mint tokens
+    """Without a configured secret (or public key, or JWKS URL), generate one and say how to mint tokens
     with it. Unsigned tokens are never accepted. On the durable store the generated secret is
     kept beside the store's file (readable by its owner only), so that tokens stay valid and
     erased people's pseudonyms (keyed by it) stay the same across restarts; on the in-memory
     store it is for this run only."""
-    if settings.jwt_secret is not None or settings.jwt_public_key is not None:
+    if (
+        settings.jwt_secret is not None
+        or settings.jwt_public_key is not None
+        or settings.jwt_jwks_url is not None
+    ):
         return settings
     kept = _secret_file(settings.store_url)
     if kept is not None and kept.exists():

@@ -150,7 +150,7 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
         await _refuse(ws, "The first message must be hello, with a token.", hello.ref)
         return None
     try:
-        claims = ctx.auth.verify(hello.token)
+        claims = await ctx.auth.check(hello.token)
     except AuthError as exc:
         await _refuse(ws, str(exc), hello.ref)
         return None
@@ -252,7 +252,7 @@ async def _refresh(ctx: Context, session: Session, message: AuthRefresh) -> None
     """``auth.refresh``: a new token for the same user, role and organisation. A refused
     token changes nothing: the session keeps its current expiry."""
     try:
-        claims = ctx.auth.verify(message.token)
+        claims = await ctx.auth.check(message.token)
     except AuthError as exc:
         raise BrokerError(
             ErrorCode.UNAUTHENTICATED, f"{exc} The session keeps its token."

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from broker.moderation import (
     RestrictionKind,
 )
 from broker.notify.devices import Device, DeviceRegistration
+from broker.outbox import WebhookDelivery
 from broker.stats import Counts
 from broker.store import MemoryStore, ResumeTicket, Store, StoreUnavailable, open_store, shown_url
 from broker.store.base import PushedRing
@@ -937,3 +939,54 @@ async def test_scrubbing_old_calls_and_sweep_marks(st: Store) -> None:
 async def ringing_call_for(st: Store, cid: str, *uids: str) -> None:
     for uid in uids:
         assert await st.reserve_ring(cid, uid, DAY, 10, NOW)
+
+
+# --- webhook deliveries ---------------------------------------------------------------------
+
+
+def delivery(did: str, due: float = NOW, attempts: int = 0) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=did,
+        kind="call.queued",
+        url="https://hooks.example.org/in",
+        secret="s" * 16,
+        body={"id": did, "event": "call.queued", "call": "c_1"},
+        attempts=attempts,
+        due=due,
+    )
+
+
+async def test_webhook_deliveries_are_claimed_when_due_and_leased(st: Store) -> None:
+    await st.add_webhook(delivery("wh_b", due=NOW - 1))
+    await st.add_webhook(delivery("wh_a", due=NOW - 5))
+    await st.add_webhook(delivery("wh_later", due=NOW + 30))
+    assert await st.pending_webhooks() == 3
+    claimed = await st.claim_webhooks(NOW, lease_s=10, limit=10)
+    assert [d.id for d in claimed] == ["wh_a", "wh_b"]  # earliest first; not the later one
+    assert all(d.due == NOW + 10 for d in claimed) and claimed[0].body["call"] == "c_1"
+    # Leased: nobody else gets them until the lease runs out, unless settled.
+    assert await st.claim_webhooks(NOW + 9, lease_s=10) == []
+    again = await st.claim_webhooks(NOW + 10, lease_s=10)
+    assert [d.id for d in again] == ["wh_a", "wh_b"]  # the claimant died: another node's turn
+    # A failed attempt: kept with its attempts, due at the retry time.
+    assert await st.retry_webhook(replace(again[0], attempts=1, due=NOW + 12))
+    assert await st.claim_webhooks(NOW + 11, lease_s=10) == []
+    (retried,) = await st.claim_webhooks(NOW + 12, lease_s=10)
+    assert retried.id == "wh_a" and retried.attempts == 1
+    # Settled: delivered or given up.
+    assert await st.drop_webhook("wh_a") and not await st.drop_webhook("wh_a")
+    assert not await st.retry_webhook(replace(retried, attempts=2))  # settled elsewhere
+    assert await st.pending_webhooks() == 2
+    (later,) = await st.claim_webhooks(NOW + 40, lease_s=10, limit=1)
+    assert later.id == "wh_b"  # due at NOW + 20 (its lease), before wh_later at NOW + 30
+    assert await st.claim_webhooks(NOW + 40, lease_s=10, limit=0) == []
+
+
+async def test_a_due_webhook_delivery_goes_to_one_claimant(st: Store) -> None:
+    for i in range(20):
+        await st.add_webhook(delivery(f"wh_{i:02}", due=NOW))
+    batches = await asyncio.gather(
+        *(st.claim_webhooks(NOW, lease_s=30, limit=3) for _ in range(10))
+    )
+    ids = [d.id for batch in batches for d in batch]
+    assert sorted(ids) == [f"wh_{i:02}" for i in range(20)]  # each once, none lost

@@ -22,6 +22,7 @@ from broker.model import Call, Candidate, EndReason, Feedback, Profile, Role
 from broker.moderation import AuditEntry, AuditQuery, Case, CaseQuery, Resolution, Restriction
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
+from broker.outbox import WebhookDelivery
 from broker.stats import Counts
 
 # How long after a call ends ``rung`` still names the helpers rung for it: a decline that crosses
@@ -296,6 +297,33 @@ class Store(Protocol):
         """``user_id`` never wants to be matched with ``other_id`` again."""
 
     # --- timers ----------------------------------------------------------------------------
+    # Webhook deliveries waiting for their next attempt (``broker.outbox``): any node may
+    # make it, so a node that dies leaves its deliveries to the others.
+    async def add_webhook(self, delivery: WebhookDelivery) -> None:
+        """Keep ``delivery`` until it is delivered or given up, due at ``delivery.due``."""
+        ...
+
+    async def claim_webhooks(
+        self, now: float, lease_s: float, limit: int = 50
+    ) -> list[WebhookDelivery]:
+        """Atomically: the deliveries due at ``now`` (earliest first, at most ``limit``), each
+        leased to the caller: its due time moved to ``now + lease_s``, so that no other claim
+        returns it before then unless it is settled. Returned as claimed."""
+        ...
+
+    async def retry_webhook(self, delivery: WebhookDelivery) -> bool:
+        """After a failed attempt: keep ``delivery`` (its attempts and due time as given).
+        False, changing nothing, if it is no longer kept (settled elsewhere)."""
+        ...
+
+    async def drop_webhook(self, delivery_id: str) -> bool:
+        """Delivered or given up: forget the delivery. False if it was not kept."""
+        ...
+
+    async def pending_webhooks(self) -> int:
+        """How many deliveries are kept (claimed or waiting)."""
+        ...
+
     async def schedule(self, key: str, at: float) -> None:
         """Set (or move) the deadline of a named timer."""
 

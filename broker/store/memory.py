@@ -49,6 +49,7 @@ from broker.moderation import (
 )
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
+from broker.outbox import WebhookDelivery, due_deliveries
 from broker.stats import Counts
 from broker.store.base import (
     RUNG_KEPT_S,
@@ -145,6 +146,7 @@ class MemoryStore:
         self._feedback_log: list[Feedback] = []
         self._timers: dict[str, float] = {}
         self._timer_heap: list[tuple[float, str]] = []
+        self._webhooks: dict[str, WebhookDelivery] = {}
         self._resume: dict[str, tuple[ResumeTicket, float]] = {}
         self._revoked: dict[str, float] = {}  # user -> tokens issued before this are refused
         self._hits: dict[str, deque[float]] = defaultdict(deque)
@@ -582,6 +584,30 @@ class MemoryStore:
         while heap and self._timers.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
+
+    # --- webhook deliveries ----------------------------------------------------------------
+    async def add_webhook(self, delivery: WebhookDelivery) -> None:
+        self._webhooks[delivery.id] = delivery
+
+    async def claim_webhooks(
+        self, now: float, lease_s: float, limit: int = 50
+    ) -> list[WebhookDelivery]:
+        claimed = [d.claimed(now, lease_s) for d in due_deliveries(self._webhooks, now, limit)]
+        for delivery in claimed:
+            self._webhooks[delivery.id] = delivery
+        return claimed
+
+    async def retry_webhook(self, delivery: WebhookDelivery) -> bool:
+        if delivery.id not in self._webhooks:
+            return False
+        self._webhooks[delivery.id] = delivery
+        return True
+
+    async def drop_webhook(self, delivery_id: str) -> bool:
+        return self._webhooks.pop(delivery_id, None) is not None
+
+    async def pending_webhooks(self) -> int:
+        return len(self._webhooks)
 
     # --- rate limits -----------------------------------------------------------------------
     async def hit(self, key: str, now: float, window_s: float) -> int:

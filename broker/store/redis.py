@@ -52,6 +52,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -74,6 +75,7 @@ from broker.model import (
 )
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
+from broker.outbox import WebhookDelivery
 from broker.store import shown_url
 from broker.store.base import (
     RUNG_KEPT_S,
@@ -124,6 +126,9 @@ def _group_id(profile: Profile) -> str:
 
 
 _TIMERS = "vb:timers"
+# Webhook deliveries: one hash tag, so that a claim is one script on one slot.
+_WEBHOOK_DUE = "vb:{wh}:due"  # zset: delivery id -> due time
+_WEBHOOK_DATA = "vb:{wh}:data"  # hash: delivery id -> the delivery (JSON)
 _ORGS = "vb:orgs"
 
 
@@ -362,6 +367,44 @@ _CLAIM_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 return due
+"""
+
+# KEYS: webhook due zset, webhook data hash. ARGV: now, leased until, limit. Returns the due
+# deliveries' JSON, each now leased (its due time moved); an id without data is a leftover, removed.
+_CLAIM_WEBHOOKS = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local body = redis.call('HGET', KEYS[2], id)
+  if body then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    table.insert(out, body)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+
+# KEYS: webhook due zset, webhook data hash. ARGV: id, JSON, due. Only if still kept.
+_RETRY_WEBHOOK = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+# KEYS: webhook due zset, webhook data hash. ARGV: id, JSON, due.
+_ADD_WEBHOOK = """
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+# KEYS: webhook due zset, webhook data hash. ARGV: id.
+_DROP_WEBHOOK = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+return redis.call('HDEL', KEYS[2], ARGV[1])
 """
 
 # KEYS: hits zset. ARGV: now, window start (exclusive), unique member, ttl ms.
@@ -677,6 +720,8 @@ class RedisStore(SafetyMixin):
     def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
         self.r: Any = client
         self.cluster = isinstance(client, RedisCluster)
+        # Operations that failed because Redis could not be reached, by method (metrics).
+        self.errors: Counter[str] = Counter()
         self._windows: dict[str, tuple[str, RingWindow]] = {}
         self._inside: dict[str, tuple[float, bool, str, str]] = {}
         reg = client.register_script
@@ -698,6 +743,10 @@ class RedisStore(SafetyMixin):
         self._finish_call = reg(_FINISH_CALL)
         self._finish_party = reg(_FINISH_PARTY)
         self._claim_due = reg(_CLAIM_DUE)
+        self._add_webhook = reg(_ADD_WEBHOOK)
+        self._claim_webhooks = reg(_CLAIM_WEBHOOKS)
+        self._retry_webhook = reg(_RETRY_WEBHOOK)
+        self._drop_webhook = reg(_DROP_WEBHOOK)
         self._hit = reg(_HIT)
         self._revoke = reg(_REVOKE)
         self._queue_scripts()
@@ -1215,6 +1264,45 @@ class RedisStore(SafetyMixin):
     async def deadline(self, key: str) -> float | None:
         score = await self.r.zscore(_TIMERS, key)
         return float(score) if score is not None else None
+
+    # --- webhook deliveries ----------------------------------------------------------------
+    @unavailable_on_redis_errors
+    async def add_webhook(self, delivery: WebhookDelivery) -> None:
+        await self._add_webhook(
+            keys=[_WEBHOOK_DUE, _WEBHOOK_DATA],
+            args=[delivery.id, delivery.to_json(), repr(delivery.due)],
+        )
+
+    @unavailable_on_redis_errors
+    async def claim_webhooks(
+        self, now: float, lease_s: float, limit: int = 50
+    ) -> list[WebhookDelivery]:
+        if limit <= 0:
+            return []
+        until = now + lease_s
+        found = await self._claim_webhooks(
+            keys=[_WEBHOOK_DUE, _WEBHOOK_DATA], args=[repr(now), repr(until), limit]
+        )
+        claimed = [WebhookDelivery.from_json(text).claimed(now, lease_s) for text in found]
+        return claimed
+
+    @unavailable_on_redis_errors
+    async def retry_webhook(self, delivery: WebhookDelivery) -> bool:
+        kept = await self._retry_webhook(
+            keys=[_WEBHOOK_DUE, _WEBHOOK_DATA],
+            args=[delivery.id, delivery.to_json(), repr(delivery.due)],
+        )
+        return bool(kept)
+
+    @unavailable_on_redis_errors
+    async def drop_webhook(self, delivery_id: str) -> bool:
+        return bool(
+            await self._drop_webhook(keys=[_WEBHOOK_DUE, _WEBHOOK_DATA], args=[delivery_id])
+        )
+
+    @unavailable_on_redis_errors
+    async def pending_webhooks(self) -> int:
+        return int(await self.r.hlen(_WEBHOOK_DATA))
 
     # --- rate limits -----------------------------------------------------------------------
     @unavailable_on_redis_errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
@@ -36,6 +37,9 @@ def unavailable_on_redis_errors(
         try:
             return await method(*args, **kwargs)
         except REDIS_DOWN as exc:
+            errors = getattr(args[0], "errors", None) if args else None
+            if isinstance(errors, Counter):  # the store's count of failed operations
+                errors[method.__name__] += 1
             raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
 
     return wrapper

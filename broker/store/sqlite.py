@@ -58,6 +58,7 @@ from broker.model import Call, CallState, EndReason, Feedback, Profile, Role, pr
 from broker.moderation import AuditEntry, Case, Resolution, Restriction, scrubbed_call
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats
+from broker.outbox import WebhookDelivery
 from broker.stats import Counts, counts_of, day_of, scopes_of
 from broker.store.base import Assignment, Finish, Handover, Record
 from broker.store.memory import THIRTY_DAYS, MemoryStore
@@ -84,6 +85,7 @@ PROFILE, DUTY, DEVICES, RUNG, TIMER, REVOKED = (
 ORG, AGENT, QUEUE_DAY, HANDLE = "org", "agent", "queue_day", "handle"
 RESTRICTION, REPORTERS, DAY, MARK = "restriction", "reporters", "day", "mark"
 INTERRUPTED = "interrupted"  # user -> calls ended on start-up they have not been told of
+WEBHOOK = "webhook"  # delivery id -> the delivery waiting for its next attempt
 
 
 def _key(*parts: str) -> str:
@@ -298,6 +300,8 @@ class SqliteStore(MemoryStore):
         self._timer_heap.sort()
         for user_id, value in self._records(REVOKED):
             self._revoked[user_id] = float(value)
+        for delivery_id, value in self._records(WEBHOOK):
+            self._webhooks[delivery_id] = WebhookDelivery.from_json(value)
         for org_id, value in self._records(ORG):
             self._orgs[org_id] = Org.model_validate_json(value)
         for user_id, value in self._records(AGENT):
@@ -565,6 +569,33 @@ class SqliteStore(MemoryStore):
                     self._delete(TIMER, key)
         return due
 
+    # --- webhook deliveries: kept in the file, so that a restart resumes them ------------------
+    async def add_webhook(self, delivery: WebhookDelivery) -> None:
+        await super().add_webhook(delivery)
+        self._put(WEBHOOK, delivery.id, delivery.to_json())
+
+    async def claim_webhooks(
+        self, now: float, lease_s: float, limit: int = 50
+    ) -> list[WebhookDelivery]:
+        claimed = await super().claim_webhooks(now, lease_s, limit)
+        if claimed:
+            with self._tx():
+                for delivery in claimed:
+                    self._put(WEBHOOK, delivery.id, delivery.to_json())
+        return claimed
+
+    async def retry_webhook(self, delivery: WebhookDelivery) -> bool:
+        kept = await super().retry_webhook(delivery)
+        if kept:
+            self._put(WEBHOOK, delivery.id, delivery.to_json())
+        return kept
+
+    async def drop_webhook(self, delivery_id: str) -> bool:
+        dropped = await super().drop_webhook(delivery_id)
+        if dropped:
+            self._delete(WEBHOOK, delivery_id)
+        return dropped
+
     # --- calls ended by a restart (``RecoveringStore``) ----------------------------------------
     async def take_interrupted(self, user_id: str) -> list[str]:
         calls = self._interrupted.pop(user_id, [])
@@ -822,4 +853,5 @@ class SqliteStore(MemoryStore):
             "days": {d: {s: c.v for s, c in sc.items()} for d, sc in self._days.items()},
             "marks": dict(self._marks),
             "interrupted": {u: list(c) for u, c in self._interrupted.items()},
+            "webhooks": dict(self._webhooks),
         }
