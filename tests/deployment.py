@@ -224,6 +224,7 @@ class Deployment:
                 "VABROKER_JWT_SECRET": SECRET,
                 "TURN_SECRET": turn_secret,
                 "TURN_REALM": TURN_HOST,
+                "TURN_EXTERNAL_IP": LOOPBACK,
             }
             turn_port = free_port()
             nodes: list[BrokerNode] = []

@@ -55,7 +55,12 @@ def test_services_and_the_balancer() -> None:
 
 def test_brokers_share_redis_and_secrets_with_coturn() -> None:
     services = compose()["services"]
-    env = {"VABROKER_JWT_SECRET": "j" * 32, "TURN_SECRET": "t" * 32, "TURN_REALM": "turn.test"}
+    env = {
+        "VABROKER_JWT_SECRET": "j" * 32,
+        "TURN_SECRET": "t" * 32,
+        "TURN_REALM": "turn.test",
+        "TURN_EXTERNAL_IP": "203.0.113.7",
+    }
     node_ids = set()
     for name in BROKERS:
         svc = services[name]
@@ -85,6 +90,7 @@ def test_brokers_share_redis_and_secrets_with_coturn() -> None:
     args = [expand(a, env) for a in coturn["command"]]
     assert f"--static-auth-secret={env['TURN_SECRET']}" in args
     assert "--realm=turn.test" in args
+    assert "--external-ip=203.0.113.7" in args  # behind the port mapping: the public address
     conf = (ROOT / "deploy/turnserver.conf").read_text()
     assert re.search(r"^use-auth-secret$", conf, re.M)
     port = re.search(r"^listening-port=(\d+)$", conf, re.M)
