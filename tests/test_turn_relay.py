@@ -18,7 +18,12 @@ from typing import Any
 import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
-from aiortc import RTCConfiguration, RTCIceTransportPolicy, RTCPeerConnection
+from aiortc import (
+    RTCConfiguration,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamTrack
 
 from clients.media import TestPatternTrack, ice_servers
@@ -133,3 +138,81 @@ async def test_coturn_takes_the_brokers_credentials_and_refuses_others(
             await allocate(d, username, password)
         code = failed.value.response.attributes["ERROR-CODE"][0]
         assert code == 401, f"{what}: {code}"
+
+
+OFFER_FROM_THE_PAGE = """async (token) => {
+  // As a client would: the ICE servers from the broker, then relay only.
+  const answer = await fetch('/v1/ice-servers', {headers: {Authorization: 'Bearer ' + token}});
+  const {ice_servers} = await answer.json();
+  const pc = new RTCPeerConnection({iceServers: ice_servers, iceTransportPolicy: 'relay'});
+  window.pc = pc;
+  const camera = await navigator.mediaDevices.getUserMedia({video: true});
+  camera.getTracks().forEach((track) => pc.addTrack(track, camera));
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    if (pc.iceGatheringState === 'complete') return done();
+    pc.addEventListener('icegatheringstatechange', () => {
+      if (pc.iceGatheringState === 'complete') done();
+    });
+  });
+  return pc.localDescription.sdp;
+}"""
+
+FRAMES_DECODED_IN_THE_PAGE = """async () => {
+  let decoded = 0;
+  (await window.pc.getStats()).forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') decoded += s.framesDecoded || 0;
+  });
+  return decoded;
+}"""
+
+
+async def test_chromium_and_aiortc_exchange_video_through_coturn(deployment: Deployment) -> None:
+    """Chromium's fake camera to aiortc and aiortc's test pattern back, both relay only, both
+    configured from ``/v1/ice-servers``; frames decoded on each side are counted."""
+    from playwright.async_api import async_playwright
+
+    from tests.browser.pages import CHROMIUM, CHROMIUM_ARGS
+
+    d = deployment
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium package")
+    peer = relay_only(await asyncio.to_thread(ice_servers_for, d, "vol"))
+    got_track: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+    peer.on("track", lambda track: got_track.set_result(track) if track.kind == "video" else None)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(d.url + "/healthz")  # the broker's origin, through the balancer
+            offer = await page.evaluate(OFFER_FROM_THE_PAGE, mint(SECRET, "rec", "recipient"))
+            assert candidate_types(offer) == {"relay"}, offer
+            await peer.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            peer.addTrack(TestPatternTrack(640, 480, 30))  # sent back on the camera's m-line
+            await peer.setLocalDescription(await peer.createAnswer())
+            assert candidate_types(peer.localDescription.sdp) == {"relay"}
+            await page.evaluate(
+                "(sdp) => window.pc.setRemoteDescription({type: 'answer', sdp})",
+                peer.localDescription.sdp,
+            )
+            track = await asyncio.wait_for(got_track, 10)
+            received = 0
+            async with asyncio.timeout(15):
+                while received < FRAMES:
+                    await track.recv()
+                    received += 1
+            decoded = 0
+            for _ in range(75):  # up to 15 s
+                decoded = await page.evaluate(FRAMES_DECODED_IN_THE_PAGE)
+                if decoded >= FRAMES:
+                    break
+                await asyncio.sleep(0.2)
+            assert decoded >= FRAMES, f"Chromium decoded {decoded} frames"
+            state = await page.evaluate("() => window.pc.connectionState")
+            print(f"\naiortc decoded {received} camera frames, Chromium {decoded} pattern frames")
+            assert state == "connected"
+        finally:
+            await browser.close()
+            await peer.close()
