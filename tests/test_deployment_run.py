@@ -208,10 +208,12 @@ async def test_a_killed_node_s_calls_resume_through_the_balancer(tmp_path: Path)
             everyone = [p for rec, vol, _ in pairs for p in (rec, vol)]
             on_b = [p for p in everyone if await node_of(r, p.sub) == {b.name}]
             assert on_b, "the balancer sent nobody to node B"
+            killed_at = time.monotonic()
             b.kill(signal.SIGKILL)
             for p in on_b:
                 again = await p.next("call.assigned", resumed=True, timeout=30)
                 assert again.call in {c for *_, c in pairs}
+            back_in = time.monotonic() - killed_at
             # Both parties back: signals flow again. (Sent while the peer is still reconnecting,
             # a signal can be lost: see the report on the routing race in docs/operations.md.)
             for rec, vol, call in pairs:
@@ -222,7 +224,10 @@ async def test_a_killed_node_s_calls_resume_through_the_balancer(tmp_path: Path)
             for p in everyone:
                 await wait_for(lambda p=p: _only_on(r, p.sub, a.name), f"{p.sub} only on A")
             await end_calls(d, pairs)
-            print(f"\n{len(pairs)} calls, {len(on_b)} parties moved from B to A, {resumes} resumes")
+            print(
+                f"\n{len(pairs)} calls, {len(on_b)} parties moved from B to A in {back_in:.1f} s, "
+                f"{resumes} resumes"
+            )
         finally:
             await r.aclose()
 
