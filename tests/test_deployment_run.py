@@ -73,7 +73,7 @@ class Party:
     async def connected(self, timeout: float = 40.0) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self.client.connected or self.client._ws is None:
+        while not self.client.connected:
             if loop.time() > deadline:
                 raise TimeoutError(f"{self.sub} did not reconnect within {timeout} s")
             await asyncio.sleep(0.05)
