@@ -1,4 +1,4 @@
-"""The deployment files cannot be run here; reading them keeps them consistent with the code:
+"""Reading the deployment files keeps them consistent with the code (tests/deployment.py runs them):
 services, ports, the store URL and the secrets the brokers and coturn must share."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from broker.store.redis import parse_redis_url
@@ -55,7 +56,12 @@ def test_services_and_the_balancer() -> None:
 
 def test_brokers_share_redis_and_secrets_with_coturn() -> None:
     services = compose()["services"]
-    env = {"VABROKER_JWT_SECRET": "j" * 32, "TURN_SECRET": "t" * 32, "TURN_REALM": "turn.test"}
+    env = {
+        "VABROKER_JWT_SECRET": "j" * 32,
+        "TURN_SECRET": "t" * 32,
+        "TURN_REALM": "turn.test",
+        "TURN_EXTERNAL_IP": "203.0.113.7",
+    }
     node_ids = set()
     for name in BROKERS:
         svc = services[name]
@@ -85,6 +91,7 @@ def test_brokers_share_redis_and_secrets_with_coturn() -> None:
     args = [expand(a, env) for a in coturn["command"]]
     assert f"--static-auth-secret={env['TURN_SECRET']}" in args
     assert "--realm=turn.test" in args
+    assert "--external-ip=203.0.113.7" in args  # behind the port mapping: the public address
     conf = (ROOT / "deploy/turnserver.conf").read_text()
     assert re.search(r"^use-auth-secret$", conf, re.M)
     port = re.search(r"^listening-port=(\d+)$", conf, re.M)
@@ -112,3 +119,46 @@ def test_a_missing_secret_is_an_error_not_an_empty_value() -> None:
             assert "TURN_SECRET" in str(exc)
         else:
             raise AssertionError(f"{name} would start with an empty TURN secret")
+
+
+# --- the same files, made local for the deployment run (tests/deployment.py) -------------------
+# (imported in each test: tests/deployment.py reads the compose file with this module's helpers)
+
+
+def test_the_local_haproxy_config_changes_only_addresses() -> None:
+    from tests.deployment import haproxy_config
+
+    original = (ROOT / "deploy/haproxy.cfg").read_text()
+    local = haproxy_config(original, 18080, {"broker-a": 18081, "broker-b": 18082})
+    assert re.search(r"^\s*bind 127\.0\.0\.1:18080$", local, re.M)
+    assert re.search(r"^\s*server broker-a 127\.0\.0\.1:18081 check$", local, re.M)
+    assert re.search(r"^\s*server broker-b 127\.0\.0\.1:18082 check$", local, re.M)
+    changed = [
+        (a, b) for a, b in zip(original.splitlines(), local.splitlines(), strict=True) if a != b
+    ]
+    assert len(changed) == 3, changed
+
+
+def test_the_local_coturn_config_keeps_every_production_line_but_ports() -> None:
+    from tests.deployment import coturn_config
+
+    original = (ROOT / "deploy/turnserver.conf").read_text()
+    local = coturn_config(original, 13478, (40000, 40040))
+    kept = set(local.splitlines())
+    ports = ("listening-port=", "min-port=", "max-port=")
+    assert all(line in kept for line in original.splitlines() if not line.startswith(ports))
+    assert {"listening-port=13478", "min-port=40000", "max-port=40040"} <= kept
+    assert "denied-peer-ip=127.0.0.0-127.255.255.255" in kept  # still refused, but for
+    assert "allowed-peer-ip=127.0.0.1" in kept  # the one address both relays have here
+
+
+def test_a_config_the_local_run_cannot_place_is_an_error_naming_what_is_missing() -> None:
+    from tests.deployment import coturn_config, haproxy_config
+
+    haproxy = (ROOT / "deploy/haproxy.cfg").read_text()
+    with pytest.raises(ValueError, match="server broker-c"):
+        haproxy_config(haproxy, 1, {"broker-c": 2})
+    with pytest.raises(ValueError, match="bind line"):
+        haproxy_config(haproxy.replace("bind :8080", ""), 1, {})
+    with pytest.raises(ValueError, match="min-port"):
+        coturn_config("listening-port=3478\nmax-port=2\n", 1, (2, 3))
