@@ -353,6 +353,8 @@ class CallTools:
         self._tasks: set[asyncio.Task[None]] = set()
         self._open = asyncio.Event()
         self._drained = asyncio.Event()
+        # Sending a photo waits below 8 chunks queued and resumes when 4 or fewer are left.
+        channel.bufferedAmountLowThreshold = 4 * CHUNK_BYTES
         if channel.readyState == "open":
             self._open.set()
         channel.on("open", self._open.set)
@@ -553,7 +555,7 @@ class CallTools:
             while self.channel.bufferedAmount > 8 * CHUNK_BYTES:
                 self._drained.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._drained.wait(), 0.05)
+                    await asyncio.wait_for(self._drained.wait(), 1.0)
             self.channel.send(part)
         self.photos_sent.append(photo)
         return {
