@@ -42,11 +42,12 @@ TOOLS_CHANNEL_ID = 0
 CHUNK_BYTES = 16 * 1024  # safe for every browser's SCTP message size
 MAX_PHOTO_BYTES = 16 * 1024 * 1024  # the protocol's ceiling for one photo
 DEFAULT_PHOTO_LIMIT = 8 * 1024 * 1024
-MAX_TEXT_BYTES = 4096  # a control message is small; anything longer is refused unread
+MAX_TEXT_BYTES = 16384  # a control message is small; anything longer is refused unread
 TOOLS = ("torch", "camera", "zoom", "photo")
 ERRORS = ("unsupported", "refused", "too_large", "failed", "bad_request", "busy")
 PHOTO_TYPES = ("image/jpeg", "image/png", "image/webp")
 ZOOM_RANGE = (1.0, 10.0)
+MAX_READ_TEXT = 3000  # what an automatic reader read, sent as text: fits one message
 ANSWER_TIMEOUT_S = 15.0
 PHOTO_TIMEOUT_S = 60.0
 
@@ -163,6 +164,12 @@ def parse_message(raw: str) -> dict[str, Any]:
         digest = message.get("sha256")
         if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
             raise BadToolMessage("sha256 must be 64 lowercase hex digits")
+    elif kind == "assistant.text":
+        text = message.get("text")
+        if not isinstance(text, str) or not 1 <= len(text) <= MAX_READ_TEXT:
+            raise BadToolMessage(f"text must be a string of 1 to {MAX_READ_TEXT} characters")
+        if not isinstance(message.get("language"), str) or len(message["language"]) > 64:
+            raise BadToolMessage("language must be a language tag")
     else:
         raise BadToolMessage(f"unknown tools message type {kind!r}")
     return message
@@ -346,6 +353,9 @@ class CallTools:
         self.photos_sent: list[Photo] = []
         self.photos_received: list[Photo] = []
         self.refused_messages: list[str] = []
+        # What an automatic reader sent as text (the recipient's screen reader reads it).
+        self.texts_received: list[str] = []
+        self.on_text: Callable[[str], None] | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._photos: dict[str, asyncio.Future[Photo]] = {}
@@ -450,6 +460,10 @@ class CallTools:
                 waiting.set_result(message)
         elif kind == "photo.begin":
             self._begin_photo(message)
+        elif kind == "assistant.text":
+            self.texts_received.append(message["text"])
+            if self.on_text is not None:
+                self.on_text(message["text"])
 
     def _begin_photo(self, message: dict[str, Any]) -> None:
         ident = message["id"]
@@ -562,6 +576,12 @@ class CallTools:
             "ok": True,
             "state": {"size": len(photo.data), "width": photo.width, "height": photo.height},
         }
+
+    def send_text(self, text: str, language: str) -> None:
+        """What an automatic reader read, as text beside its speech."""
+        text = text[:MAX_READ_TEXT]
+        ident = f"a{next(self._ids)}"
+        self._send({"type": "assistant.text", "id": ident, "text": text, "language": language})
 
     def _send(self, message: dict[str, Any]) -> None:
         if self.channel.readyState == "open":

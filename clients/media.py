@@ -131,6 +131,7 @@ class TestPatternTrack(VideoStreamTrack):
         height: int = 480,
         fps: int = 30,
         native_size: tuple[int, int] | None = None,
+        card: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__()
         for w, h in ((width, height), native_size or (width, height)):
@@ -144,6 +145,10 @@ class TestPatternTrack(VideoStreamTrack):
         self.native_size = native_size or (width, height)
         self.zoom = 1.0
         self.max_zoom = 5.0
+        # Printed lines shown on a white card under the stamp (a label, a letter): what an
+        # automatic reader must read from the call's video.
+        self.card = card
+        self._cards: dict[tuple[int, int], np.ndarray[Any, np.dtype[np.uint8]]] = {}
         self.sent = 0
         self._t0: float | None = None
         self._pts = 0
@@ -151,13 +156,24 @@ class TestPatternTrack(VideoStreamTrack):
 
     def picture(self, width: int, height: int, number: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
         """The luma plane of frame ``number`` at any size: the same picture (a gradient that
-        the zoom widens) at more or fewer pixels, with the stamp."""
+        the zoom widens) at more or fewer pixels, with the stamp; or the printed card."""
+        if self.card:
+            luma = self._card_at(width, height).copy()
+            stamp(luma, number)
+            return luma
         x = np.arange(width, dtype=np.float32) * (self.width / width)
         ramp = ((x - self.width / 2) / self.zoom + self.width / 2).astype(np.int32)
         row = ((ramp + 4 * number) % 220 + 16).astype(np.uint8)
         luma = np.tile(row, (height, 1))
         stamp(luma, number)
         return luma
+
+    def _card_at(self, width: int, height: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        cached = self._cards.get((width, height))
+        if cached is None:
+            assert self.card is not None
+            cached = self._cards[(width, height)] = render_card(self.card, width, height)
+        return cached
 
     def render(self, width: int, height: int) -> VideoFrame:
         """The current picture as a frame of ``width`` x ``height`` (grey chroma)."""
@@ -190,6 +206,27 @@ class TestPatternTrack(VideoStreamTrack):
             if wait > 0:
                 await asyncio.sleep(wait)
         return self._pts, fractions.Fraction(1, clock)
+
+
+def render_card(lines: tuple[str, ...], width: int, height: int) -> np.ndarray[Any, Any]:
+    """Black print on a white card filling a luma plane, below the stamp's rows; the font is
+    as large as lets the longest line fit (Pillow's built-in scalable font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    top = 3 * BLOCK + height // 40
+    image = Image.new("L", (width, height), 235)
+    draw = ImageDraw.Draw(image)
+    margin = width // 32
+    room = height - top - margin
+    size = max(8, min(room // max(1, len(lines)) * 3 // 4, height // 8))
+    font = ImageFont.load_default(size=size)
+    while size > 8 and max(font.getlength(line) for line in lines) > width - 2 * margin:
+        size -= 1
+        font = ImageFont.load_default(size=size)
+    step = room // max(1, len(lines))
+    for i, line in enumerate(lines):
+        draw.text((margin, top + i * step), line, fill=16, font=font)
+    return np.asarray(image, dtype=np.uint8)
 
 
 class FrameTap(MediaStreamTrack):
@@ -253,7 +290,8 @@ class MediaOptions:
 
     ``video``: ``None`` (the test pattern), a media file path, or a camera device
     (``/dev/video0``, read with v4l2). ``photo_size``: the test pattern's native size, at
-    which an in-call photo is taken while the video goes at ``width`` x ``height``. ``loopback_ice``: gather only 127.0.0.1 (tests, the
+    which an in-call photo is taken while the video goes at ``width`` x ``height``. ``card``:
+    lines of print the test pattern shows on a white card (for the automatic reader). ``loopback_ice``: gather only 127.0.0.1 (tests, the
     demo and benchmarks on one machine). ``connect_timeout_s`` bounds ICE and DTLS set-up:
     past it the session reports ``failed`` and closes. ``record``: write what is received to
     this file (MediaRecorder picks the container from the extension).
@@ -264,6 +302,7 @@ class MediaOptions:
     height: int = 480
     fps: int = 30
     photo_size: tuple[int, int] | None = None
+    card: tuple[str, ...] | None = None
     tone_hz: float = 440.0
     loopback_ice: bool = False
     connect_timeout_s: float = 10.0
@@ -375,6 +414,10 @@ class MediaSession:
         )
         # The helper's tools act on the sender's camera (its device is set with the tracks).
         self.tools = CallTools(self.tools_channel)
+        # The answerer's audio (a tone unless set before the offer arrives, e.g. a reader's
+        # voice), and callables that see every decoded video frame (e.g. a reader).
+        self.local_audio: MediaStreamTrack | None = None
+        self.frame_sinks: list[Callable[[VideoFrame], None]] = []
 
     @property
     def stats(self) -> MediaStats:
@@ -389,7 +432,7 @@ class MediaSession:
             video: MediaStreamTrack
             audio: MediaStreamTrack | None = None
             if o.video is None:
-                self.pattern = TestPatternTrack(o.width, o.height, o.fps, o.photo_size)
+                self.pattern = TestPatternTrack(o.width, o.height, o.fps, o.photo_size, o.card)
                 video = self.pattern
                 self.tools.device = PatternDevice(self.pattern)
             else:
@@ -409,7 +452,7 @@ class MediaSession:
             self._add(video)
             self._add(audio or ToneTrack(o.tone_hz))
         else:
-            self._add(ToneTrack(o.tone_hz))
+            self._add(self.local_audio or ToneTrack(o.tone_hz))
 
     def _add(self, track: MediaStreamTrack) -> None:
         self._tracks.append(track)
@@ -568,6 +611,11 @@ class MediaSession:
                         s.damaged_frames += 1
                     else:
                         s.stamps.append(number)
+                for sink in self.frame_sinks:
+                    try:
+                        sink(frame)
+                    except Exception:
+                        log.exception("a frame sink failed")
             else:
                 s.audio_frames += 1
                 pcm = frame.to_ndarray()

@@ -253,8 +253,8 @@ def test_parse_refuses_each_bad_field(message: Any, problem: str) -> None:
 
 
 def test_parse_refuses_an_oversized_message() -> None:
-    with pytest.raises(BadToolMessage, match="at most 4096 bytes"):
-        parse_message(json.dumps({"type": "tool.request", "id": "a", "pad": "x" * 5000}))
+    with pytest.raises(BadToolMessage, match="at most 16384 bytes"):
+        parse_message(json.dumps({"type": "tool.request", "id": "a", "pad": "x" * 17000}))
 
 
 def test_photo_save_names_the_type(tmp_path: Path) -> None:

@@ -1,0 +1,113 @@
+"""The automatic reader in a real call: the recipient's test video shows printed words, the
+assistant reads them with Tesseract and speaks them (espeak-ng) into the call's audio, and sends
+the same text over the call's tools channel."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from clients.assistant import (
+    CANNOT_READ,
+    Assistant,
+    ReaderStats,
+    parse_tsv,
+    synthesize,
+    word_accuracy,
+)
+from clients.sdk import Client
+from tests.calls import CALL_SETTINGS, LOOPBACK, recipient, until
+from tests.helpers import Server, start_server
+
+LABEL = (
+    "PARACETAMOL 500 mg TABLETS",
+    "Take one or two tablets every",
+    "four to six hours. Do not take",
+    "more than eight tablets in 24 hours.",
+)
+
+
+async def assistant(server: Server, sub: str = "reader") -> Assistant:
+    token = server.token(sub, "volunteer", name="Reader", languages=["en"])
+    party = Assistant(Client(server.ws_url, token), LOOPBACK)
+    await party.client.connect()
+    await party.set_available(True)
+    return party
+
+
+async def test_assistant_reads_the_printed_words_aloud_and_as_text() -> None:
+    async with start_server(**CALL_SETTINGS) as server:
+        reader = await assistant(server)
+        rec = await recipient(server, "r-reads")
+        rec.media_options = replace(LOOPBACK, card=LABEL)
+        try:
+            await rec.request(topic="what does this label say")
+            call = await rec.wait_call(10)
+            await call.wait_connected(10)
+            # The text arrives over the tools channel: the printed words, read from 640x480 video.
+            await until(lambda: bool(call.tools.texts_received), 20, "the text read")
+            text = call.tools.texts_received[0]
+            printed = " ".join(LABEL).split()
+            accuracy = word_accuracy(text.split(), printed)
+            assert accuracy >= 0.95, f"read {accuracy:.0%} of the words: {text!r}"
+            # The same words are spoken into the call: the recipient decodes loud audio (the
+            # assistant sends silence except when it speaks).
+            await until(lambda: call.media.stats.audio_peak > 2000, 10, "speech audio")
+            assert reader.call is not None
+            speech = reader.readers[reader.call.id].speech
+            await until(lambda: speech.spoken_samples > 48_000, 10, "a second of speech")
+            assert speech.first_sound_at is not None
+            assert reader.readers[reader.call.id].stats.spoken[0] == text.replace("\n", ". ")
+            await call.hang_up()
+        finally:
+            await rec.close()
+            await reader.close()
+
+
+async def test_assistant_says_when_it_cannot_read() -> None:
+    async with start_server(**CALL_SETTINGS) as server:
+        reader = await assistant(server, "reader-2")
+        rec = await recipient(server, "r-blank")  # the plain test pattern: no print at all
+        try:
+            await rec.request()
+            call = await rec.wait_call(10)
+            await call.wait_connected(10)
+            assert reader.call is not None
+            stats = reader.readers[reader.call.id].stats
+            await until(lambda: stats.cannot_read == 1, 20, "the cannot-read advice")
+            assert stats.spoken == [CANNOT_READ["en"]]
+            assert call.tools.texts_received == []
+            await until(lambda: call.media.stats.audio_peak > 2000, 10, "the advice, spoken")
+            await call.hang_up()
+            await until(lambda: bool(reader.finished), 5, "the reader stopped")
+            assert isinstance(reader.finished[0], ReaderStats)
+        finally:
+            await rec.close()
+            await reader.close()
+
+
+def test_parse_tsv_keeps_confident_words_in_reading_order() -> None:
+    header = "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext"
+    rows = [
+        "5\t1\t1\t1\t2\t1\t0\t0\t1\t1\t96\tworld",
+        "5\t1\t1\t1\t1\t1\t0\t0\t1\t1\t91\thello",
+        "5\t1\t1\t1\t1\t2\t0\t0\t1\t1\t12\tzq#",
+        "5\t1\t1\t1\t1\t3\t0\t0\t1\t1\t95\t—",
+        "4\t1\t1\t1\t1\t0\t0\t0\t1\t1\t-1\t",
+    ]
+    reading = parse_tsv("\n".join([header, *rows]))
+    assert reading.text == "hello\nworld" and reading.words == ["hello", "world"]
+
+
+def test_word_accuracy() -> None:
+    assert word_accuracy(["Take", "one,"], ["take", "one"]) == 1.0
+    assert word_accuracy(["take"], ["take", "one"]) == 0.5
+    assert word_accuracy([], ["a"]) == 0.0
+
+
+@pytest.mark.parametrize("language", ["en", "es", "ar"])
+async def test_speech_in_the_calls_language(language: str) -> None:
+    pcm = await synthesize({"en": "hello", "es": "hola", "ar": "مرحبا"}[language], language)
+    assert pcm.dtype == np.int16 and len(pcm) > 48_000 // 10 and int(np.abs(pcm).max()) > 1000
