@@ -271,6 +271,8 @@ class Reader:
         sample_every_s: float = 0.2,
         min_samples: int = 2,
         cannot_read_after: int = 2,
+        retry_every_s: float = 1.0,
+        change_threshold: float = 6.0,
     ) -> None:
         self.call = call
         self.speech = speech
@@ -283,6 +285,9 @@ class Reader:
         self._last_sample_at = 0.0
         self._last_spoken: set[str] = set()
         self._misses = 0
+        self.retry_every_s = retry_every_s
+        self.change_threshold = change_threshold
+        self._last_read: tuple[Sample, bool] | None = None
         self._new_sample = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -322,18 +327,33 @@ class Reader:
                 await self._new_sample.wait()
                 self._new_sample.clear()
                 sample = self.best()
-                if sample is None:
+                if sample is None or not self._worth_reading(sample):
                     continue
                 began = time.monotonic()
                 reading = await ocr(sample.gray, self.language)
                 self.stats.ocr_s.append(time.monotonic() - began)
                 self.stats.readings += 1
                 self.samples.clear()  # read next from fresh frames
+                self._last_read = (sample, bool(reading.words))
                 await self._act(reading)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("the reader stopped")
+
+    def _worth_reading(self, sample: Sample) -> bool:
+        """OCR is the cost of a call: once text was read, read again only when the picture
+        changed (the camera moved on); while nothing was read, try again at most every
+        ``retry_every_s``."""
+        if self._last_read is None:
+            return True
+        last, found = self._last_read
+        if not found:
+            return sample.at - last.at >= self.retry_every_s
+        if last.gray.shape != sample.gray.shape:
+            return True
+        change = float(np.abs(sample.gray[::4, ::4].astype(np.int16) - last.gray[::4, ::4]).mean())
+        return change >= self.change_threshold
 
     async def _act(self, reading: Reading) -> None:
         words = {w.lower() for w in reading.words}
