@@ -4,15 +4,19 @@ the same text over the call's tools channel."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp import web
 
 from clients.assistant import (
     CANNOT_READ,
     Assistant,
     ReaderStats,
+    VisionBackend,
     parse_tsv,
     synthesize,
     word_accuracy,
@@ -111,3 +115,54 @@ def test_word_accuracy() -> None:
 async def test_speech_in_the_calls_language(language: str) -> None:
     pcm = await synthesize({"en": "hello", "es": "hola", "ar": "مرحبا"}[language], language)
     assert pcm.dtype == np.int16 and len(pcm) > 48_000 // 10 and int(np.abs(pcm).max()) > 1000
+
+
+class VisionStandIn:
+    """A local stand-in for a vision-language model's HTTP API."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, Any]] = []
+        self.answer: Any = {"text": "A white card with black print."}
+        self.status = 200
+
+    async def handle(self, request: web.Request) -> web.Response:
+        assert request.headers.get("Authorization") == "Bearer k-123"
+        self.asked.append(await request.json())
+        if self.status != 200:
+            return web.Response(status=self.status)
+        if isinstance(self.answer, str):
+            return web.Response(text=self.answer)
+        return web.json_response(self.answer)
+
+
+async def test_vision_backend_against_a_local_stand_in() -> None:
+    stand_in = VisionStandIn()
+    app = web.Application()
+    app.router.add_post("/v1/vision", stand_in.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        backend = VisionBackend(f"http://127.0.0.1:{port}/v1/vision", key="k-123")
+        gray = np.full((48, 64), 200, dtype=np.uint8)
+        assert await backend.describe(gray, "es") == "A white card with black print."
+        asked = stand_in.asked[0]
+        assert asked["language"] == "es" and asked["prompt"].startswith("Describe")
+        assert base64.b64decode(asked["image"])[:8] == b"\x89PNG\r\n\x1a\n"
+        assert await backend.ask(gray, "What colour is it?", "en") == stand_in.answer["text"]
+        for answer, problem in (("not json", "not JSON"), ({"words": 1}, "has no text")):
+            stand_in.answer = answer
+            with pytest.raises(RuntimeError, match=problem):
+                await backend.describe(gray, "en")
+        stand_in.status = 503
+        with pytest.raises(RuntimeError, match="answered 503"):
+            await backend.describe(gray, "en")
+    finally:
+        await runner.cleanup()
+
+
+def test_vision_backend_needs_an_http_url() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        VisionBackend("ftp://127.0.0.1/x")

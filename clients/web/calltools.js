@@ -8,7 +8,8 @@ export const TOOLS_CHANNEL_ID = 0;
 export const CHUNK_BYTES = 16 * 1024;
 export const MAX_PHOTO_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_PHOTO_LIMIT = 8 * 1024 * 1024;
-const MAX_TEXT_BYTES = 4096;
+const MAX_TEXT_BYTES = 16384;
+const MAX_READ_TEXT = 3000;
 const TOOLS = ["torch", "camera", "zoom", "photo"];
 const ERRORS = ["unsupported", "refused", "too_large", "failed", "bad_request", "busy"];
 const PHOTO_TYPES = ["image/jpeg", "image/png", "image/webp"];
@@ -70,6 +71,11 @@ export function parseToolMessage(text) {
     if (!int(m.size, 1, MAX_PHOTO_BYTES)) throw bad(`size must be an integer from 1 to ${MAX_PHOTO_BYTES}`);
     if (!int(m.width, 1, 1 << 15) || !int(m.height, 1, 1 << 15)) throw bad("width and height must be positive integers");
     if (typeof m.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(m.sha256)) throw bad("sha256 must be 64 lowercase hex digits");
+  } else if (m.type === "assistant.text") {
+    if (typeof m.text !== "string" || m.text.length < 1 || m.text.length > MAX_READ_TEXT) {
+      throw bad(`text must be a string of 1 to ${MAX_READ_TEXT} characters`);
+    }
+    if (typeof m.language !== "string" || m.language.length > 64) throw bad("language must be a language tag");
   } else {
     throw bad(`unknown tools message type "${m.type}"`);
   }
@@ -226,8 +232,11 @@ export function setPhotosAllowed(allowed) {
 
 // Answers the helper's requests with `device` (see cameraDevice) and says what happened.
 export class RecipientTools {
-  constructor(channel, device, { allowPhotos = photosAllowed, onNotice = () => {}, photoLimit = DEFAULT_PHOTO_LIMIT } = {}) {
+  constructor(channel, device, { allowPhotos = photosAllowed, onNotice = () => {}, onText = null, photoLimit = DEFAULT_PHOTO_LIMIT } = {}) {
     this.channel = channel;
+    // What an automatic reader read, as text (said in the live region unless onText is given).
+    this.onText = onText || onNotice;
+    this.texts = [];
     this.device = device;
     this.allowPhotos = allowPhotos;
     this.onNotice = onNotice;
@@ -259,6 +268,11 @@ export class RecipientTools {
         if (TOOLS.includes(loose.tool)) answer.tool = loose.tool;
         this.send(answer);
       }
+      return;
+    }
+    if (request.type === "assistant.text") {
+      this.texts.push(request.text);
+      this.onText(request.text);
       return;
     }
     if (request.type !== "tool.request") return;

@@ -66,6 +66,13 @@ async def test_recipient_page_answers_an_sdk_helpers_tools(
         await expect(live(rec)).to_have_text(
             "The helper asked for a photo, but it was too large to send."
         )
+
+        # What an automatic reader read arrives as text and is said in the live region.
+        call.tools.send_text("Take one tablet every four hours.", "en")
+        await expect(live(rec)).to_have_text("Take one tablet every four hours.")
+        assert await rec.evaluate("window.vabrokerPage.tools.texts") == [
+            "Take one tablet every four hours."
+        ]
         await call.hang_up()
     finally:
         await vol.close()
@@ -106,12 +113,16 @@ async def test_helper_page_takes_a_full_resolution_photo_and_views_it_by_keyboar
     browser: Browser, broker_server: Server
 ) -> None:
     vol = await open_as(
-        browser, broker_server, "volunteer", "vol-tools-3", "volunteer", name="Val", languages=["en"]
+        browser,
+        broker_server,
+        "volunteer",
+        "vol-tools-3",
+        "volunteer",
+        name="Val",
+        languages=["en"],
     )
     token = broker_server.token("sdk-rec-3", "recipient", name="Sam", languages=["en"])
-    rec = Recipient(
-        Client(broker_server.ws_url, token), replace(LOOPBACK, photo_size=(1920, 1080))
-    )
+    rec = Recipient(Client(broker_server.ws_url, token), replace(LOOPBACK, photo_size=(1920, 1080)))
     await rec.client.connect()
     try:
         await expect(live(vol)).to_have_text(re.compile("Signed in as Val"))
