@@ -122,9 +122,10 @@ class Broker:
 
     # --- helpers' availability ---------------------------------------------------------------
     async def set_available(self, profile: Profile, available: bool) -> None:
-        if profile.role is not Role.VOLUNTEER:
+        if not profile.role.is_on_duty_helper:
             raise BrokerError(
-                ErrorCode.FORBIDDEN, "Only volunteers set their availability this way."
+                ErrorCode.FORBIDDEN,
+                "Only volunteers and assistants set their availability this way.",
             )
         if available:
             await self.safety.check(profile.user_id)  # going off duty is always allowed
@@ -144,6 +145,7 @@ class Broker:
         note: str | None = None,
         org: str | None = None,
         queue: str | None = None,
+        helper: str | None = None,
     ) -> Outcome:
         if profile.role is not Role.RECIPIENT:
             raise BrokerError(ErrorCode.FORBIDDEN, "Only recipients can ask for help.")
@@ -178,6 +180,7 @@ class Broker:
             languages=languages,
             topic=topic,
             note=note if note is not None else profile.note,
+            helper="assistant" if helper == "assistant" else None,
             state=CallState.SEARCHING,
             requested_at=now,
         )

@@ -220,10 +220,20 @@ class Recipient(Party):
     assignment arrive as events."""
 
     async def request(
-        self, language: str | None = None, topic: str | None = None, note: str | None = None
+        self,
+        language: str | None = None,
+        topic: str | None = None,
+        note: str | None = None,
+        helper: str | None = None,
     ) -> CallStatus:
+        """``helper="assistant"``: an automatic helper first, volunteers if none is free."""
         message: dict[str, Any] = {"type": "call.request"}
-        for key, value in (("language", language), ("topic", topic), ("note", note)):
+        for key, value in (
+            ("language", language),
+            ("topic", topic),
+            ("note", note),
+            ("helper", helper),
+        ):
             if value is not None:
                 message[key] = value
         return await self.client.expect(message, CallStatus)

@@ -22,7 +22,7 @@ from clients.assistant import (
     word_accuracy,
 )
 from clients.sdk import Client
-from tests.calls import CALL_SETTINGS, LOOPBACK, recipient, until
+from tests.calls import CALL_SETTINGS, LOOPBACK, recipient, until, volunteer
 from tests.helpers import Server, start_server
 
 LABEL = (
@@ -166,3 +166,65 @@ async def test_vision_backend_against_a_local_stand_in() -> None:
 def test_vision_backend_needs_an_http_url() -> None:
     with pytest.raises(ValueError, match="not an http"):
         VisionBackend("ftp://127.0.0.1/x")
+
+
+async def on_duty_assistant(server: Server, sub: str) -> Assistant:
+    token = server.token(sub, "assistant", name="Reader", languages=["en"])
+    party = Assistant(Client(server.ws_url, token), LOOPBACK)
+    await party.client.connect()
+    await party.set_available(True)
+    return party
+
+
+async def test_a_call_that_asks_for_the_assistant_rings_it_first_and_alone() -> None:
+    async with start_server(first_wave=5, **CALL_SETTINGS) as server:
+        reader = await on_duty_assistant(server, "reader-role")
+        vols = [await volunteer(server, f"v-a{i}", auto_accept=False) for i in range(3)]
+        rec = await recipient(server, "r-asks")
+        rec.media_options = replace(LOOPBACK, card=LABEL)
+        try:
+            status = await rec.request(topic="a label", helper="assistant")
+            assert status.notified == 1
+            call = await rec.wait_call(10)
+            assert call.peer_name == "Reader" and reader.call is not None
+            assert all(not v.rings for v in vols), "volunteers were rung for an assistant call"
+            await until(lambda: bool(call.tools.texts_received), 20, "the text read")
+            await call.hang_up()
+            # A call that does not ask for the assistant never rings it.
+            await until(lambda: reader.call is None, 5, "the assistant free again")
+            status = await rec.request(topic="anything")
+            assert status.notified == 3
+            await until(lambda: all(v.rings for v in vols), 5, "every volunteer rung")
+            assert reader.rings == {}
+            await rec.cancel(status.call)
+        finally:
+            await rec.close()
+            await reader.close()
+            for v in vols:
+                await v.close()
+
+
+async def test_without_a_free_assistant_the_volunteers_are_rung() -> None:
+    async with start_server(first_wave=5, **CALL_SETTINGS) as server:
+        vol = await volunteer(server, "v-fallback")
+        rec = await recipient(server, "r-fallback")
+        try:
+            status = await rec.request(helper="assistant")
+            assert status.notified == 1
+            call = await rec.wait_call(10)
+            assert call.peer_name == "v-fallback"
+            await call.hang_up()
+        finally:
+            await rec.close()
+            await vol.close()
+
+
+async def test_only_known_helper_kinds_are_accepted() -> None:
+    async with start_server(**CALL_SETTINGS) as server:
+        rec = await server.connect("r-bad", "recipient", languages=["en"])
+        try:
+            answer = await rec.request({"type": "call.request", "helper": "robot"})
+            assert answer["type"] == "error" and answer["code"] == "bad_message"
+            assert "helper" in answer["message"]
+        finally:
+            await rec.close()
