@@ -81,7 +81,7 @@ async def assistants(url: str, count: int, logdir: Path) -> AsyncIterator[list[i
     procs = []
     try:
         for i in range(count):
-            token = mint(SECRET, f"reader-{i}", "volunteer", name=f"Reader {i}", languages=["en"])
+            token = mint(SECRET, f"reader-{i}", "assistant", name=f"Reader {i}", languages=["en"])
             log = (logdir / f"assistant-{i}.log").open("w")
             procs.append(
                 subprocess.Popen(
@@ -104,12 +104,13 @@ async def assistants(url: str, count: int, logdir: Path) -> AsyncIterator[list[i
                     env={**os.environ, "NO_PROXY": "127.0.0.1,localhost,::1"},
                 )
             )
-        await asyncio.sleep(3.0)  # signed in and on duty (the log says "on duty")
         for i, proc in enumerate(procs):
-            if proc.poll() is not None:
-                raise SystemExit(
-                    f"assistant {i} exited: {(logdir / f'assistant-{i}.log').read_text()}"
-                )
+            log_file = logdir / f"assistant-{i}.log"
+            deadline = time.monotonic() + 60
+            while "on duty" not in log_file.read_text():  # signed in and on duty
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"assistant {i} is not on duty: {log_file.read_text()}")
+                await asyncio.sleep(0.1)
         yield [p.pid for p in procs]
     finally:
         for proc in procs:
@@ -123,7 +124,7 @@ async def one_call(url: str, sub: str, card: tuple[str, ...]) -> tuple[Recipient
     options = MediaOptions(loopback_ice=True, connect_timeout_s=10, card=card)
     rec = Recipient(Client(url, mint(SECRET, sub, "recipient", languages=["en"])), options)
     await rec.client.connect()
-    await rec.request(topic="read this")
+    await rec.request(topic="read this", helper="assistant")
     call = await rec.wait_call(20)
     return rec, call, time.monotonic()
 

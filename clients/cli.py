@@ -187,7 +187,9 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _token_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--role", required=True, choices=["recipient", "volunteer", "agent", "admin"])
+    p.add_argument(
+        "--role", required=True, choices=["recipient", "volunteer", "agent", "admin", "assistant"]
+    )
     p.add_argument("--sub", required=True, help="user id")
     p.add_argument("--name", help="display name")
     p.add_argument("--org", help="organisation (agents and org admins)")
@@ -401,7 +403,7 @@ def _assistant_args(p: argparse.ArgumentParser) -> None:
 
 def _assistant(args: argparse.Namespace) -> int:
     from clients.assistant import LANGUAGES, Assistant
-    from clients.bots import update_profile
+    from clients.bots import BotError, update_profile
     from clients.sdk import Client
 
     setup = _bot_setup(args)
@@ -423,7 +425,16 @@ def _assistant(args: argparse.Namespace) -> int:
         )
         try:
             await party.client.connect()
-            await update_profile(args.url, token, {"languages": languages, "timezone": args.tz})
+            if party.client.welcome and party.client.welcome.user.role != "assistant":
+                raise BotError("this token is not an assistant's (vabroker token --role assistant)")
+            # An automatic helper answers at any hour and as often as it is asked.
+            changes = {
+                "languages": languages,
+                "timezone": args.tz,
+                "ring_window": {"start": "00:00", "end": "00:00"},
+                "daily_ring_cap": 1000,
+            }
+            await update_profile(args.url, token, changes)
             await party.set_available(True)
             print(f"on duty: reading {', '.join(languages)}", file=sys.stderr)
             lost = await party.client.wait_closed()
