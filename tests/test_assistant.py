@@ -22,6 +22,7 @@ from clients.assistant import (
     word_accuracy,
 )
 from clients.sdk import Client
+from signaling.messages import CallEnded, CallStatus
 from tests.calls import CALL_SETTINGS, LOOPBACK, recipient, until, volunteer
 from tests.helpers import Server, start_server
 
@@ -228,3 +229,40 @@ async def test_only_known_helper_kinds_are_accepted() -> None:
             assert "helper" in answer["message"]
         finally:
             await rec.close()
+
+
+async def test_a_crashed_assistant_is_replaced_by_the_volunteer_search() -> None:
+    async with start_server(grace_s=0.5, **CALL_SETTINGS) as server:
+        token = server.token("reader-crash", "assistant", name="Reader", languages=["en"])
+        reader = Assistant(Client(server.ws_url, token, reconnect=False), LOOPBACK)
+        await reader.client.connect()
+        await reader.set_available(True)
+        rec = await recipient(server, "r-crash")
+        vol = None
+        try:
+            await rec.request(topic="my post", helper="assistant")
+            first = await rec.wait_call(10)
+            assert first.peer_name == "Reader"
+            await first.wait_connected(10)
+            vol = await volunteer(server, "v-after-crash", auto_accept=False)
+            await reader.client.drop()  # the assistant's process dies: no resume
+            ended = await rec.next_event(CallEnded, 10, call=first.id)
+            assert ended.reason == "peer_lost"
+            # Without asking again, the recipient hears of a new search...
+            status = await rec.next_event(CallStatus, 5)
+            assert status.call != first.id and status.state == "searching"
+            assert status.notified == 1
+            # ...and the volunteer is rung for it with the topic.
+            await until(lambda: bool(vol and vol.rings), 5, "the volunteer's ring")
+            ring = vol.rings[status.call]
+            assert ring.topic == "my post"
+            await vol.accept(status.call)
+            second = await rec.wait_call(10)
+            assert second.id == status.call and second.peer_name == "v-after-crash"
+            await second.wait_connected(10)
+            await second.hang_up()
+        finally:
+            await rec.close()
+            await reader.close()
+            if vol is not None:
+                await vol.close()
