@@ -134,6 +134,8 @@ async def test_helper_page_takes_a_full_resolution_photo_and_views_it_by_keyboar
         await expect(live(vol)).to_have_text("Connected to Sam. You can see their camera.")
         call = await rec.wait_call(10)
         await call.tools.wait_open(10)
+        # The first decoded frame may come a moment after "connected" on a busy machine.
+        await vol.wait_for_function("document.querySelector('#remote-video').videoWidth > 0")
         size = await vol.evaluate(
             "[document.querySelector('#remote-video').videoWidth,"
             " document.querySelector('#remote-video').videoHeight]"
