@@ -40,6 +40,7 @@ async function request(extra) {
   const topic = $("#topic").value.trim();
   const message = { type: "call.request", language, ...extra };
   if (topic) message.topic = topic;
+  if (!extra.org && $("#ask-assistant").checked) message.helper = "assistant";
   announce("Starting your camera…");
   try {
     page.stream = await camera();

@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 from playwright.async_api import Browser, expect
 
+from clients.assistant import Assistant
 from clients.calltools import ToolFailed, image_size
 from clients.roles import Recipient
 from clients.sdk import Client
@@ -191,3 +192,26 @@ async def test_helper_page_takes_a_full_resolution_photo_and_views_it_by_keyboar
     finally:
         await rec.close()
         await vol.context.close()
+
+
+async def test_recipient_page_can_ask_for_the_automatic_reader_first(
+    browser: Browser, broker_server: Server
+) -> None:
+    token = broker_server.token("reader-page", "assistant", name="Reader", languages=["en"])
+    reader = Assistant(Client(broker_server.ws_url, token), LOOPBACK)
+    await reader.client.connect()
+    await reader.set_available(True)
+    rec = await open_as(browser, broker_server, "recipient", "rec-tools-4", "recipient", name="Ada")
+    try:
+        await expect(live(rec)).to_have_text(re.compile("Signed in as Ada"))
+        await rec.check("#ask-assistant")
+        await rec.click("#call")
+        await expect(live(rec)).to_have_text("Connected to Reader. They can see your camera now.")
+        # The fake camera shows no print: the reader says so in the call's audio.
+        call = await reader.wait_call(10)
+        stats = reader.readers[call.id].stats
+        await until(lambda: stats.cannot_read == 1, 30, "the cannot-read advice")
+        await call.hang_up()
+    finally:
+        await reader.close()
+        await rec.context.close()
