@@ -173,6 +173,10 @@ class Dispatcher:
             or now >= call.search_started_at + self.settings.max_wait_s
         ):
             return call, []  # a late timer (a node that lagged or died): the search is over
+        if call.helper == "assistant" and call.wave == 0:
+            rung_assistant = await self._ring_assistant(call, now)
+            if rung_assistant is not None:
+                return rung_assistant
         size = self.policy.wave_size(call.wave)
         profile = await self.store.get_profile(call.recipient_id)
         blocked = profile.blocked if profile else frozenset()
@@ -269,7 +273,39 @@ class Dispatcher:
             and c.user_id != me
             and c.user_id not in blocked
             and me not in c.blocked
+            and not c.assistant  # assistants are rung only for calls that ask (below)
         ]
+
+    async def _ring_assistant(self, call: Call, now: float) -> tuple[Call, list[Event]] | None:
+        """The first wave of a call that asked for an automatic helper: one free assistant
+        alone; None when there is none, and the volunteers' search goes on as usual."""
+        language = call.languages[call.language_index]
+        profile = await self.store.get_profile(call.recipient_id)
+        blocked = profile.blocked if profile else frozenset()
+        rung = await self.store.rung(call.id)
+        pool = [
+            c
+            for c in await self.store.candidates(language, now)
+            if c.assistant and ineligible(c, call, blocked, rung) is None
+        ]
+        expires_at = min(
+            now + self.settings.ring_timeout_s, call.search_started_at + self.settings.max_wait_s
+        )
+        for c in self.policy.pick(pool, call, len(pool), self.rng):
+            if await self.store.reserve_ring(call.id, c.user_id, c.ring_day, c.daily_ring_cap, now):
+                await self.store.schedule(timer(RING, call.id, c.user_id), expires_at)
+                fields: dict[str, object] = {
+                    "wave": 1,
+                    "notified": call.notified + 1,
+                    "first_ring_at": now,
+                }
+                await self.store.update_call(call.id, **fields)
+                # Volunteers next if the assistant does not answer (it crashed, it is full).
+                await self.store.schedule(timer(WAVE, call.id), now + self.policy.wave_interval(0))
+                return call.model_copy(update=fields), [
+                    self._ring(call, c.user_id, expires_at, language)
+                ]
+        return None
 
     def _ring(self, call: Call, user_id: str, expires_at: float, language: str) -> Ring:
         return Ring(

@@ -22,10 +22,18 @@ class Role(enum.StrEnum):
     VOLUNTEER = "volunteer"
     AGENT = "agent"
     ADMIN = "admin"
+    # An automatic helper (e.g. ``vabroker assistant``, a reader): on duty like a volunteer,
+    # rung only for calls that ask for it (``call.request`` with ``helper: "assistant"``).
+    ASSISTANT = "assistant"
 
     @property
     def is_helper(self) -> bool:
-        return self in (Role.VOLUNTEER, Role.AGENT)
+        return self in (Role.VOLUNTEER, Role.AGENT, Role.ASSISTANT)
+
+    @property
+    def is_on_duty_helper(self) -> bool:
+        """Goes on duty and is rung by the dispatcher (the candidate index)."""
+        return self in (Role.VOLUNTEER, Role.ASSISTANT)
 
 
 class CallState(enum.StrEnum):
@@ -253,6 +261,7 @@ class Candidate:
     favourite_of: frozenset[str] = frozenset()
     last_call_at: float = 0.0  # when they last answered a call; 0 if never (or not known)
     restricted: bool = False  # suspended or banned: never rung
+    assistant: bool = False  # an automatic helper: rung only for calls that ask for one
 
 
 class Call(BaseModel):
@@ -268,6 +277,8 @@ class Call(BaseModel):
     note: str | None = None
     org: str | None = None
     queue: str | None = None
+    # "assistant": ring an automatic helper first and alone, volunteers if none is free.
+    helper: str | None = None
     state: CallState = CallState.SEARCHING
     helper_id: str | None = None
     helper_name: str = ""

@@ -122,9 +122,10 @@ class Broker:
 
     # --- helpers' availability ---------------------------------------------------------------
     async def set_available(self, profile: Profile, available: bool) -> None:
-        if profile.role is not Role.VOLUNTEER:
+        if not profile.role.is_on_duty_helper:
             raise BrokerError(
-                ErrorCode.FORBIDDEN, "Only volunteers set their availability this way."
+                ErrorCode.FORBIDDEN,
+                "Only volunteers and assistants set their availability this way.",
             )
         if available:
             await self.safety.check(profile.user_id)  # going off duty is always allowed
@@ -144,6 +145,7 @@ class Broker:
         note: str | None = None,
         org: str | None = None,
         queue: str | None = None,
+        helper: str | None = None,
     ) -> Outcome:
         if profile.role is not Role.RECIPIENT:
             raise BrokerError(ErrorCode.FORBIDDEN, "Only recipients can ask for help.")
@@ -178,6 +180,7 @@ class Broker:
             languages=languages,
             topic=topic,
             note=note if note is not None else profile.note,
+            helper="assistant" if helper == "assistant" else None,
             state=CallState.SEARCHING,
             requested_at=now,
         )
@@ -476,7 +479,38 @@ class Broker:
                 EndReason.PEER_LOST if call.state is CallState.ASSIGNED else EndReason.CANCELLED
             )
             events += (await self._finish(call.id, reason, role)).events
+            if role is Role.ASSISTANT and reason is EndReason.PEER_LOST:
+                events += await self._replace_assistant(call)
         return events
+
+    async def _replace_assistant(self, lost: Call) -> list[Event]:
+        """An automatic helper vanished mid-call (it crashed): the recipient did not hang up,
+        so the volunteers' search starts at once for them, with the same language, topic and
+        note, without their asking again. Their ``call.status`` names the new call."""
+        now = self.clock.now()
+        call = Call(
+            id=self.new_id(),
+            recipient_id=lost.recipient_id,
+            recipient_name=lost.recipient_name,
+            language=lost.language,
+            languages=lost.languages,
+            topic=lost.topic,
+            note=lost.note,
+            state=CallState.SEARCHING,
+            requested_at=now,
+        )
+        if not await self.store.create_call(call):
+            return []  # they asked again themselves meanwhile
+        log.info("assistant lost: searching volunteers", extra={"call": call.id})
+        call, events = await self.dispatcher.start(call)
+        status = Status(
+            to=call.recipient_id,
+            call_id=call.id,
+            state=call.state,
+            notified=call.notified,
+            language=call.languages[call.language_index],
+        )
+        return [status, *events]
 
     async def _interrupted(self, user_id: str) -> list[Event]:
         """``call.ended`` (``failed``, by nobody) for each of the user's calls that a restart of

@@ -187,7 +187,9 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _token_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--role", required=True, choices=["recipient", "volunteer", "agent", "admin"])
+    p.add_argument(
+        "--role", required=True, choices=["recipient", "volunteer", "agent", "admin", "assistant"]
+    )
     p.add_argument("--sub", required=True, help="user id")
     p.add_argument("--name", help="display name")
     p.add_argument("--org", help="organisation (agents and org admins)")
@@ -393,6 +395,59 @@ def _call(args: argparse.Namespace) -> int:
     return _run_bot(run)
 
 
+def _assistant_args(p: argparse.ArgumentParser) -> None:
+    _broker_args(p)
+    p.add_argument("--lang", default="en", help="languages it reads: en, es, ar (default en)")
+    p.add_argument("--tz", default="UTC", help="its IANA time zone (default UTC)")
+
+
+def _assistant(args: argparse.Namespace) -> int:
+    from clients.assistant import LANGUAGES, Assistant
+    from clients.bots import BotError, update_profile
+    from clients.sdk import Client
+
+    setup = _bot_setup(args)
+    if setup is None:
+        return 2
+    url, token = setup
+    languages = [t.strip() for t in args.lang.split(",") if t.strip()]
+    unknown = [t for t in languages if t.split("-")[0].lower() not in LANGUAGES]
+    if not languages or unknown:
+        print(
+            f"vabroker: --lang: reads {', '.join(LANGUAGES)}; not {', '.join(unknown) or 'none'}",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def run() -> int:
+        party = Assistant(
+            Client(url, token, client_name="vabroker-assistant/0.1"), _media_options(args)
+        )
+        try:
+            await party.client.connect()
+            if party.client.welcome and party.client.welcome.user.role != "assistant":
+                raise BotError("this token is not an assistant's (vabroker token --role assistant)")
+            # An automatic helper answers at any hour and as often as it is asked.
+            changes = {
+                "languages": languages,
+                "timezone": args.tz,
+                "ring_window": {"start": "00:00", "end": "00:00"},
+                "daily_ring_cap": 1000,
+            }
+            await update_profile(args.url, token, changes)
+            await party.set_available(True)
+            print(f"on duty: reading {', '.join(languages)}", file=sys.stderr)
+            lost = await party.client.wait_closed()
+            if lost is not None:
+                print(f"vabroker: {lost}", file=sys.stderr)
+                return 1
+        finally:
+            await party.close()
+        return 0
+
+    return _run_bot(run)
+
+
 def _demo(args: argparse.Namespace) -> int:
     import logging
 
@@ -453,6 +508,11 @@ COMMANDS: dict[str, Command] = {
     "token": ("mint a development token with the configured secret", _token_args, _token),
     "volunteer": ("go on duty as a volunteer bot and answer calls", _volunteer_args, _volunteer),
     "call": ("ask for help as a recipient and show the call", _call_args, _call),
+    "assistant": (
+        "go on duty as the automatic reader: reads the text in the caller's video aloud",
+        _assistant_args,
+        _assistant,
+    ),
     "demo": ("run a broker, volunteer bots and a recipient: one whole call", _demo_args, _demo),
     "simulate": ("compare dispatch policies on a simulated population", _simulate_args, _simulate),
 }

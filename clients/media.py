@@ -43,6 +43,14 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamT
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame, VideoFrame
 
+from clients.calltools import (
+    TOOLS_CHANNEL_ID,
+    TOOLS_LABEL,
+    CallTools,
+    PatternDevice,
+    SourceDevice,
+)
+
 log = logging.getLogger("vabroker.media")
 
 # --- loopback-only ICE -------------------------------------------------------------------------
@@ -117,25 +125,66 @@ class TestPatternTrack(VideoStreamTrack):
 
     __test__ = False  # a media source, not a test class to collect
 
-    def __init__(self, width: int = 640, height: int = 480, fps: int = 30) -> None:
+    def __init__(
+        self,
+        width: int = 640,
+        height: int = 480,
+        fps: int = 30,
+        native_size: tuple[int, int] | None = None,
+        card: tuple[str, ...] | None = None,
+    ) -> None:
         super().__init__()
-        if width < STAMP_BITS * BLOCK or height < 3 * BLOCK or width % 2 or height % 2:
-            raise ValueError(
-                f"test pattern needs an even size of at least {STAMP_BITS * BLOCK}x{3 * BLOCK}"
-            )
+        for w, h in ((width, height), native_size or (width, height)):
+            if w < STAMP_BITS * BLOCK or h < 3 * BLOCK or w % 2 or h % 2:
+                raise ValueError(
+                    f"test pattern needs an even size of at least {STAMP_BITS * BLOCK}x{3 * BLOCK}"
+                )
         self.width, self.height, self.fps = width, height, fps
+        # The "sensor": a photo (clients.calltools.PatternDevice) is rendered at this size,
+        # while the call's video goes at width x height.
+        self.native_size = native_size or (width, height)
+        self.zoom = 1.0
+        self.max_zoom = 5.0
+        # Printed lines shown on a white card under the stamp (a label, a letter): what an
+        # automatic reader must read from the call's video.
+        self.card = card
+        self._cards: dict[tuple[int, int], np.ndarray[Any, np.dtype[np.uint8]]] = {}
         self.sent = 0
         self._t0: float | None = None
         self._pts = 0
-        ramp = np.arange(width, dtype=np.uint16)
-        self._ramp = np.tile(ramp, (height, 1))
         self._chroma = np.full((height // 2, width), 128, dtype=np.uint8)
+
+    def picture(self, width: int, height: int, number: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        """The luma plane of frame ``number`` at any size: the same picture (a gradient that
+        the zoom widens) at more or fewer pixels, with the stamp; or the printed card."""
+        if self.card:
+            luma = self._card_at(width, height).copy()
+            stamp(luma, number)
+            return luma
+        x = np.arange(width, dtype=np.float32) * (self.width / width)
+        ramp = ((x - self.width / 2) / self.zoom + self.width / 2).astype(np.int32)
+        row = ((ramp + 4 * number) % 220 + 16).astype(np.uint8)
+        luma = np.tile(row, (height, 1))
+        stamp(luma, number)
+        return luma
+
+    def _card_at(self, width: int, height: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        cached = self._cards.get((width, height))
+        if cached is None:
+            assert self.card is not None
+            cached = self._cards[(width, height)] = render_card(self.card, width, height)
+        return cached
+
+    def render(self, width: int, height: int) -> VideoFrame:
+        """The current picture as a frame of ``width`` x ``height`` (grey chroma)."""
+        luma = self.picture(width, height, self.sent % (1 << STAMP_BITS))
+        chroma = np.full((height // 2, width), 128, dtype=np.uint8)
+        return VideoFrame.from_ndarray(np.vstack([luma, chroma]), format="yuv420p")
 
     async def recv(self) -> VideoFrame:
         pts, time_base = await self._tick()
         number = self.sent % (1 << STAMP_BITS)
-        luma = ((self._ramp + 4 * number) % 220 + 16).astype(np.uint8)
-        stamp(luma, number)
+        luma = self.picture(self.width, self.height, number)
         frame = VideoFrame.from_ndarray(np.vstack([luma, self._chroma]), format="yuv420p")
         frame.pts, frame.time_base = pts, time_base
         self.sent += 1
@@ -157,6 +206,49 @@ class TestPatternTrack(VideoStreamTrack):
             if wait > 0:
                 await asyncio.sleep(wait)
         return self._pts, fractions.Fraction(1, clock)
+
+
+def render_card(lines: tuple[str, ...], width: int, height: int) -> np.ndarray[Any, Any]:
+    """Black print on a white card filling a luma plane, below the stamp's rows; the font is
+    as large as lets the longest line fit (Pillow's built-in scalable font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    top = 3 * BLOCK + height // 40
+    image = Image.new("L", (width, height), 235)
+    draw = ImageDraw.Draw(image)
+    margin = width // 32
+    room = height - top - margin
+    size = max(8, min(room // max(1, len(lines)) * 3 // 4, height // 8))
+    font = ImageFont.load_default(size=size)
+    while size > 8 and max(font.getlength(line) for line in lines) > width - 2 * margin:
+        size -= 1
+        font = ImageFont.load_default(size=size)
+    step = room // max(1, len(lines))
+    for i, line in enumerate(lines):
+        draw.text((margin, top + i * step), line, fill=16, font=font)
+    return np.asarray(image, dtype=np.uint8)
+
+
+class FrameTap(MediaStreamTrack):
+    """Passes a video source's frames on unchanged and keeps the newest one, at the source's
+    own size: the photo of a camera or a media file (clients.calltools.SourceDevice)."""
+
+    kind = "video"
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.source = source
+        self.last_frame: VideoFrame | None = None
+
+    async def recv(self) -> Any:
+        frame = await self.source.recv()
+        if isinstance(frame, VideoFrame):
+            self.last_frame = frame
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self.source.stop()
 
 
 class ToneTrack(AudioStreamTrack):
@@ -197,7 +289,9 @@ class MediaOptions:
     """How a party's media is made.
 
     ``video``: ``None`` (the test pattern), a media file path, or a camera device
-    (``/dev/video0``, read with v4l2). ``loopback_ice``: gather only 127.0.0.1 (tests, the
+    (``/dev/video0``, read with v4l2). ``photo_size``: the test pattern's native size, at
+    which an in-call photo is taken while the video goes at ``width`` x ``height``. ``card``:
+    lines of print the test pattern shows on a white card (for the automatic reader). ``loopback_ice``: gather only 127.0.0.1 (tests, the
     demo and benchmarks on one machine). ``connect_timeout_s`` bounds ICE and DTLS set-up:
     past it the session reports ``failed`` and closes. ``record``: write what is received to
     this file (MediaRecorder picks the container from the extension).
@@ -207,6 +301,8 @@ class MediaOptions:
     width: int = 640
     height: int = 480
     fps: int = 30
+    photo_size: tuple[int, int] | None = None
+    card: tuple[str, ...] | None = None
     tone_hz: float = 440.0
     loopback_ice: bool = False
     connect_timeout_s: float = 10.0
@@ -311,6 +407,17 @@ class MediaSession:
         self.pc.on("connectionstatechange", self._on_state)
         self.pc.on("track", self._on_track)
         self.pattern: TestPatternTrack | None = None
+        # The in-call tools channel (clients.calltools): negotiated, so both peers open it
+        # before the offer and answer, and the offer carries the data section.
+        self.tools_channel = self.pc.createDataChannel(
+            TOOLS_LABEL, negotiated=True, id=TOOLS_CHANNEL_ID
+        )
+        # The helper's tools act on the sender's camera (its device is set with the tracks).
+        self.tools = CallTools(self.tools_channel)
+        # The answerer's audio (a tone unless set before the offer arrives, e.g. a reader's
+        # voice), and callables that see every decoded video frame (e.g. a reader).
+        self.local_audio: MediaStreamTrack | None = None
+        self.frame_sinks: list[Callable[[VideoFrame], None]] = []
 
     @property
     def stats(self) -> MediaStats:
@@ -325,8 +432,9 @@ class MediaSession:
             video: MediaStreamTrack
             audio: MediaStreamTrack | None = None
             if o.video is None:
-                self.pattern = TestPatternTrack(o.width, o.height, o.fps)
+                self.pattern = TestPatternTrack(o.width, o.height, o.fps, o.photo_size, o.card)
                 video = self.pattern
+                self.tools.device = PatternDevice(self.pattern)
             else:
                 if o.video.startswith("/dev/video"):
                     self._player = MediaPlayer(
@@ -337,12 +445,14 @@ class MediaSession:
                 player_video = self._player.video
                 if player_video is None:
                     raise ValueError(f"{o.video!r} has no video")
-                video = player_video
+                tap = FrameTap(player_video)
+                video = tap
+                self.tools.device = SourceDevice(tap)
                 audio = self._player.audio
             self._add(video)
             self._add(audio or ToneTrack(o.tone_hz))
         else:
-            self._add(ToneTrack(o.tone_hz))
+            self._add(self.local_audio or ToneTrack(o.tone_hz))
 
     def _add(self, track: MediaStreamTrack) -> None:
         self._tracks.append(track)
@@ -501,6 +611,11 @@ class MediaSession:
                         s.damaged_frames += 1
                     else:
                         s.stamps.append(number)
+                for sink in self.frame_sinks:
+                    try:
+                        sink(frame)
+                    except Exception:
+                        log.exception("a frame sink failed")
             else:
                 s.audio_frames += 1
                 pcm = frame.to_ndarray()
@@ -520,6 +635,7 @@ class MediaSession:
         await asyncio.shield(self._closed_task)
 
     async def _close(self) -> None:
+        await self.tools.close()
         if self._recorder is not None and getattr(self, "_recording", False):
             with contextlib.suppress(Exception):
                 await self._recorder.stop()

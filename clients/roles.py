@@ -50,6 +50,11 @@ class Call:
             send_signal=self._signal,
             report=self._report,
         )
+        # In-call tools (clients.calltools): the helper asks with ``call.tools.torch(...)``,
+        # ``photo()``...; the recipient's device answers, as the party's settings allow.
+        self.tools = self.media.tools
+        self.tools.allow_photos = party.allow_photos
+        self.tools.on_notice = party._tool_notice
         self._start: asyncio.Task[None] | None = None
 
     async def _signal(self, data: dict[str, Any]) -> None:
@@ -111,6 +116,11 @@ class Party:
         self.on_event: list[Callable[[ServerMessage], None]] = []
         # Media statistics of the calls this party has had, most recent last.
         self.history: deque[dict[str, Any]] = deque(maxlen=100)
+        # The recipient's setting: may the helper take photos with this camera?
+        self.allow_photos = True
+        # What the recipient is told when the helper uses a tool ("Photo sent."), in order.
+        self.tool_notices: list[str] = []
+        self.on_tool_notice: list[Callable[[str], None]] = []
         self._closing: set[asyncio.Task[None]] = set()
         client.listeners.append(self._on_message)
         client.on_lost.append(self._on_lost)
@@ -131,6 +141,11 @@ class Party:
             with contextlib.suppress(Exception):
                 await task
         await self.client.close()
+
+    def _tool_notice(self, text: str) -> None:
+        self.tool_notices.append(text)
+        for hook in self.on_tool_notice:
+            hook(text)
 
     def _on_message(self, message: ServerMessage) -> None:
         match message:
@@ -205,10 +220,20 @@ class Recipient(Party):
     assignment arrive as events."""
 
     async def request(
-        self, language: str | None = None, topic: str | None = None, note: str | None = None
+        self,
+        language: str | None = None,
+        topic: str | None = None,
+        note: str | None = None,
+        helper: str | None = None,
     ) -> CallStatus:
+        """``helper="assistant"``: an automatic helper first, volunteers if none is free."""
         message: dict[str, Any] = {"type": "call.request"}
-        for key, value in (("language", language), ("topic", topic), ("note", note)):
+        for key, value in (
+            ("language", language),
+            ("topic", topic),
+            ("note", note),
+            ("helper", helper),
+        ):
             if value is not None:
                 message[key] = value
         return await self.client.expect(message, CallStatus)

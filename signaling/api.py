@@ -220,7 +220,7 @@ def profile_body(profile: Profile) -> dict[str, Any]:
     }
     if profile.org:
         body["org"] = profile.org
-    if profile.role is Role.VOLUNTEER:
+    if profile.role.is_on_duty_helper:
         body["ring_window"] = profile.ring_window.as_wire()
         body["daily_ring_cap"] = profile.daily_ring_cap
     if profile.role is Role.RECIPIENT:
@@ -231,7 +231,7 @@ def profile_body(profile: Profile) -> dict[str, Any]:
 async def get_profile(request: web.Request) -> web.Response:
     ctx, _, profile = await authenticate(request)
     body = profile_body(profile)
-    if profile.role is Role.VOLUNTEER:
+    if profile.role.is_on_duty_helper:
         # On duty survives a reload of the page and a reconnect: a client shows it from here.
         body["available"] = await ctx.store.is_on_duty(profile.user_id)
     if profile.role.is_helper:
@@ -244,9 +244,11 @@ async def put_profile(request: web.Request) -> web.Response:
     update = await read_model(request, ProfileUpdate, "the profile fields to change")
     fields = update.model_dump(exclude_unset=True)
     volunteer_only = {"ring_window", "daily_ring_cap"} & fields.keys()
-    if volunteer_only and profile.role is not Role.VOLUNTEER:
+    if volunteer_only and not profile.role.is_on_duty_helper:
         raise ApiError(
-            400, "bad_request", f"{', '.join(sorted(volunteer_only))}: only volunteers have these."
+            400,
+            "bad_request",
+            f"{', '.join(sorted(volunteer_only))}: only volunteers and assistants have these.",
         )
     if "note" in fields and profile.role is not Role.RECIPIENT:
         raise ApiError(400, "bad_request", "note: only recipients leave a note for helpers.")

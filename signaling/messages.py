@@ -82,6 +82,8 @@ class CallRequest(Message):
     note: MultilineText | None = Field(default=None, max_length=1000)
     org: str | None = Field(default=None, max_length=64)
     queue: str | None = Field(default=None, max_length=64)
+    # "assistant": an automatic helper first, volunteers if none is free.
+    helper: Literal["volunteer", "assistant"] | None = None
 
 
 class CallCancel(Message):

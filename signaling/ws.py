@@ -364,7 +364,13 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
         case CallRequest():
             fresh = await ctx.store.get_profile(user) or profile
             outcome = await broker.request(
-                fresh, message.language, message.topic, message.note, message.org, message.queue
+                fresh,
+                message.language,
+                message.topic,
+                message.note,
+                message.org,
+                message.queue,
+                helper=message.helper,
             )
             call = outcome.call
             assert call is not None

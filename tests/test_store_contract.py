@@ -201,6 +201,20 @@ async def test_candidates_follow_profile_and_duty_changes(st: Store) -> None:
     assert await st.candidates("fr", NOW) == []
 
 
+async def test_assistants_are_candidates_marked_as_such(st: Store) -> None:
+    await online(
+        st,
+        volunteer("v1", languages=["en"]),
+        volunteer("reader", languages=["en"]).model_copy(update={"role": Role.ASSISTANT}),
+    )
+    got = {c.user_id: c.assistant for c in await st.candidates("en", NOW)}
+    assert got == {"v1": False, "reader": True}
+    # A call that asks for one keeps the ask through the store.
+    await st.create_call(new_call("c-asks", helper="assistant"))
+    stored = await st.get_call("c-asks")
+    assert stored is not None and stored.helper == "assistant"
+
+
 async def test_candidate_facts(st: Store) -> None:
     await online(st, volunteer("v1", daily_ring_cap=4, blocked=frozenset({"r7"})), volunteer("v2"))
     await st.set_on_duty("v1", True)

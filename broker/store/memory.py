@@ -188,7 +188,7 @@ class MemoryStore:
 
     def _index(self, user_id: str) -> None:
         profile = self._profiles.get(user_id)
-        if profile is None or profile.role is not Role.VOLUNTEER or user_id not in self._on_duty:
+        if profile is None or not profile.role.is_on_duty_helper or user_id not in self._on_duty:
             return
         key = _window_key(profile)
         for tag in profile.languages:
@@ -277,6 +277,7 @@ class MemoryStore:
             blocked=profile.blocked,
             last_call_at=self._last_call.get(user_id, 0.0),
             restricted=user_id in self._restrictions and self._restrictions[user_id].active(now),
+            assistant=profile.role is Role.ASSISTANT,
         )
         restriction = self._restrictions.get(user_id)
         if restriction is not None and restriction.until is not None and restriction.until > now:

@@ -801,7 +801,7 @@ class RedisStore(SafetyMixin):
         key = _user(profile.user_id)
         langs = sorted({primary_language(t) for t in profile.languages})
         plan: list[list[str]] = []
-        if profile.role is Role.VOLUNTEER:
+        if profile.role.is_on_duty_helper:
             plan = [[lang, _group_id(profile)] for lang in langs]
         data = profile.model_dump(mode="json", exclude={"blocked"})
         data["ring_window"] = profile.ring_window.as_wire()  # the form its validator reads
@@ -951,7 +951,8 @@ class RedisStore(SafetyMixin):
                 blocked = []
             duty, role, conn, dev, cap, ring_of, open_, rday, rcount, last_rung, langs, runtil = h
             # The index is a hint: the user's own hash has the final word.
-            if duty != "1" or role != Role.VOLUNTEER.value or lang not in (langs or "").split():
+            helper = role in (Role.VOLUNTEER.value, Role.ASSISTANT.value)
+            if duty != "1" or not helper or lang not in (langs or "").split():
                 continue
             if not (int(conn or 0) > 0 or int(dev or 0) > 0):  # false (nil) is 0
                 continue
@@ -968,6 +969,7 @@ class RedisStore(SafetyMixin):
                     busy=bool(ring_of or open_),
                     blocked=frozenset(blocked),
                     restricted=bool(runtil) and (runtil == "inf" or float(runtil) > now),
+                    assistant=role == Role.ASSISTANT.value,
                 )
             )
         return out

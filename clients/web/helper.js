@@ -1,10 +1,16 @@
 // The helper's side of a call, the same for a volunteer and an agent: the caller's video with
 // our audio back, the relayed signals, hanging up, and tidying up when the call ends.
+import { HelperTools, mountHelperTools, openToolsChannel } from "./calltools.js";
 import { MediaCall, stopStream } from "./protocol.js";
 import { $, announce, showState } from "./ui.js";
 
 // `page` holds the session, the ring, the microphone stream, the call id and its media.
 export function helperCall(page) {
+  // The in-call tools (torch, camera, zoom, photo) under the caller's video.
+  const toolsPanel = $("#call-tools")
+    ? mountHelperTools($("#call-tools"), { getTools: () => page.tools, say: announce })
+    : null;
+
   function onAssigned(assigned) {
     if (page.media) return;
     page.ring = null;
@@ -24,6 +30,7 @@ export function helperCall(page) {
         else if (state === "failed") announce("The video connection failed. You can hang up.");
       },
     });
+    page.tools = new HelperTools(openToolsChannel(page.media.pc));
     page.media.start();
   }
 
@@ -39,6 +46,8 @@ export function helperCall(page) {
     if (message.call !== page.callId) return null;
     if (page.media) page.media.close();
     page.media = null;
+    page.tools = null;
+    if (toolsPanel) toolsPanel.reset();
     stopStream(page.mic);
     page.mic = null;
     page.callId = null;

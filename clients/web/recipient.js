@@ -2,6 +2,7 @@
 // give feedback. Usable with a screen reader alone: every change is said in the live region
 // and focus moves to the one thing to do next.
 
+import { RecipientTools, cameraDevice, openToolsChannel, photosAllowed, setPhotosAllowed } from "./calltools.js";
 import { MediaCall, ProtocolError, stopStream } from "./protocol.js";
 import {
   $,
@@ -39,6 +40,7 @@ async function request(extra) {
   const topic = $("#topic").value.trim();
   const message = { type: "call.request", language, ...extra };
   if (topic) message.topic = topic;
+  if (!extra.org && $("#ask-assistant").checked) message.helper = "assistant";
   announce("Starting your camera…");
   try {
     page.stream = await camera();
@@ -90,6 +92,15 @@ async function onAssigned(assigned) {
       else if (state === "failed") announce("The video connection failed. You can hang up and call again.");
     },
   });
+  // The helper's tools act on this camera; what they do is said in the live region.
+  page.tools = new RecipientTools(
+    openToolsChannel(page.media.pc),
+    cameraDevice({
+      stream: () => page.stream,
+      sender: () => page.media && page.media.pc.getSenders().find((s) => s.track && s.track.kind === "video"),
+    }),
+    { onNotice: announce },
+  );
   await page.media.start();
 }
 
@@ -102,6 +113,7 @@ function onSignal(message) {
 function finish(reasonText) {
   if (page.media) page.media.close();
   page.media = null;
+  page.tools = null;
   stopStream(page.stream);
   page.stream = null;
   $("#preview").srcObject = null;
@@ -224,6 +236,8 @@ async function main() {
   $("#cancel").addEventListener("click", () => hangUp("call.cancel"));
   $("#hang-up").addEventListener("click", () => hangUp("call.end"));
   $("#feedback").addEventListener("submit", sendFeedback);
+  $("#allow-photos").checked = photosAllowed();
+  $("#allow-photos").addEventListener("change", (event) => setPhotosAllowed(event.target.checked));
   $("#again").addEventListener("click", () => {
     showState("idle");
     announce("Ready. Press Call a volunteer when you need help.");
