@@ -86,6 +86,7 @@ def build_context(
         policy=policy,
         safety=settings.safety(),
         pseudonym_key=settings.pseudonym_secret(),
+        escalation=settings.escalation(),
     )
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     auth = Authenticator(

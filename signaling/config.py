@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from broker.dispatch import DispatchSettings
+from broker.escalation import EscalationSettings, check_target
 from broker.model import RingWindow
 from broker.policies import POLICIES
 from broker.safety import SafetySettings
@@ -75,6 +76,13 @@ class Settings(BaseSettings):
     ring_window_start: str = "08:00"
     ring_window_end: str = "22:00"
     daily_ring_cap: int = Field(default=10, ge=0, le=1000)
+    # Escalation: a search nobody answers goes to this help centre's queue ('org/queue').
+    escalate_to: str | None = Field(
+        default=None, description="help centre for unanswered searches: 'org/queue'"
+    )
+    escalate_retry_after_s: int = Field(
+        default=900, ge=60, le=86400, description="delay suggested when nothing to escalate to"
+    )
 
     # Sessions.
     grace_s: float = Field(default=20.0, ge=0, le=3600)
@@ -194,6 +202,11 @@ class Settings(BaseSettings):
         RingWindow.model_validate({"start": value})
         return value
 
+    @field_validator("escalate_to")
+    @classmethod
+    def _escalate_to(cls, value: str | None) -> str | None:
+        return check_target(value)
+
     @field_validator("policy")
     @classmethod
     def _policy(cls, name: str) -> str:
@@ -301,6 +314,9 @@ class Settings(BaseSettings):
 
     def dispatch(self) -> DispatchSettings:
         return DispatchSettings(**self.model_dump(include=set(DispatchSettings.model_fields)))
+
+    def escalation(self) -> EscalationSettings:
+        return EscalationSettings(to=self.escalate_to, retry_after_s=self.escalate_retry_after_s)
 
     def limits(self) -> LimitSettings:
         return LimitSettings(requests_per_hour=self.requests_per_hour)

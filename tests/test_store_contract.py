@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from broker.model import Call, CallState, EndReason, Feedback, Profile, RingWindow, Role
+from broker.model import (
+    Call,
+    CallState,
+    EndReason,
+    EscalationOutcome,
+    Feedback,
+    Profile,
+    RingWindow,
+    Role,
+)
 from broker.moderation import (
     AuditAction,
     AuditEntry,
@@ -821,6 +830,50 @@ async def test_day_counters_add_up_per_scope(st: Store) -> None:
     assert (total.created, total.answered, total.unanswered, total.completed) == (2, 1, 1, 1)
     assert total.histogram[2] == 1 and sum(total.histogram) == 1
     assert got[0]["org:o1"].created == 1 and got[0]["lang:en"].completed == 1
+
+
+async def test_escalation_counters_add_up_beside_counters_stored_before_them(st: Store) -> None:
+    escalated = Counts(created=1, escalated=1)
+    told = Counts(created=1, unanswered=1, told_to_retry=1)
+    # A vector written before the escalation counters existed: no trailing fields.
+    old = Counts(created=1, completed=1)
+    old.v = old.v[: len(old.v) - 2]
+    await st.add_counts(DAY, {"all": old})
+    await st.add_counts(DAY, {"all": escalated})
+    await st.add_counts(DAY, {"all": told})
+    total = (await st.day_counts([DAY]))[0]["all"]
+    assert (total.created, total.completed, total.unanswered) == (3, 1, 1)
+    assert (total.escalated, total.told_to_retry) == (1, 1)
+    assert sum(total.histogram) == 0
+
+
+async def test_escalate_turns_a_search_into_a_queued_call_once(st: Store) -> None:
+    await online(st, volunteer("v1"), volunteer("v2"))
+    await ringing_call(st, "c_1", "v1", "v2")
+    handed = await st.escalate("c_1", "bank", "help", NOW + 180)
+    assert handed is not None and handed.withdrawn == ["v1", "v2"]
+    call = handed.call
+    assert call.state is CallState.QUEUED and (call.org, call.queue) == ("bank", "help")
+    assert call.enqueued_at == call.escalated_at == NOW + 180
+    assert call.escalation is EscalationOutcome.QUEUED
+    assert await st.get_call("c_1") == call
+    assert await st.ringing("c_1") == [] and await st.ring_of("v1") is None
+    assert await st.rung("c_1") == {"v1", "v2"}  # a crossing decline is still acknowledged
+    assert await st.current_call("r1") == "c_1"
+    # Rung no more: free for another call.
+    await ringing_call(st, "c_2", "v1", recipient="r2")
+    assert await st.escalate("c_1", "bank", "help", NOW + 181) is None  # once only
+    assert await st.escalate("missing", "bank", "help", NOW) is None
+    # An answered call is not escalated; the escalated one is answered like a queued call.
+    assert await st.escalate("c_2", "bank", "help", NOW) is not None
+    assert await st.finish("c_2", EndReason.NO_ANSWER, None, NOW + 200) is not None
+    assert await st.escalate("c_2", "bank", "help", NOW + 201) is None
+
+
+async def test_concurrent_escalations_escalate_once(st: Store) -> None:
+    await ringing_call(st, "c_1")
+    results = await asyncio.gather(*(st.escalate("c_1", "bank", "help", NOW + i) for i in range(5)))
+    assert sum(r is not None for r in results) == 1
 
 
 async def test_on_duty_is_counted(st: Store) -> None:

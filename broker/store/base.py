@@ -408,6 +408,15 @@ class Store(Protocol):
         becomes searching, ``overflowed_at`` is set and agents' rings are released. None if the
         call is no longer queued (answered, ended, or handed over by another node)."""
 
+    async def escalate(
+        self, call_id: str, org_id: str, queue_id: str, now: float
+    ) -> Handover | None:
+        """Atomically turn a volunteer search into a call for a help centre's queue (its
+        escalation): the state becomes queued, ``org``, ``queue``, ``enqueued_at`` and
+        ``escalated_at`` are set, ``escalation`` becomes ``queued`` and volunteers' rings are
+        released (returned in ``withdrawn``). None if the call is no longer searching
+        (answered, ended, or escalated by another node). Joining the queue is ``enqueue``."""
+
     async def count_queue_outcome(
         self, org_id: str, day: str, answered: bool, wait_s: float
     ) -> None:

@@ -28,6 +28,7 @@ from broker.model import (
     CallState,
     Candidate,
     EndReason,
+    EscalationOutcome,
     Feedback,
     Profile,
     RingWindow,
@@ -755,6 +756,29 @@ class MemoryStore:
             if self._ring_of.get(user_id) == call_id:
                 del self._ring_of[user_id]
         call = call.model_copy(update={"state": CallState.SEARCHING, "overflowed_at": now})
+        self._calls[call_id] = call
+        return Handover(call=call.model_copy(deep=True), withdrawn=withdrawn)
+
+    async def escalate(
+        self, call_id: str, org_id: str, queue_id: str, now: float
+    ) -> Handover | None:
+        call = self._calls.get(call_id)
+        if call is None or call.state is not CallState.SEARCHING:
+            return None
+        withdrawn = sorted(self._ringing.pop(call_id, set()))
+        for user_id in withdrawn:
+            if self._ring_of.get(user_id) == call_id:
+                del self._ring_of[user_id]
+        call = call.model_copy(
+            update={
+                "state": CallState.QUEUED,
+                "org": org_id,
+                "queue": queue_id,
+                "enqueued_at": now,
+                "escalated_at": now,
+                "escalation": EscalationOutcome.QUEUED,
+            }
+        )
         self._calls[call_id] = call
         return Handover(call=call.model_copy(deep=True), withdrawn=withdrawn)
 

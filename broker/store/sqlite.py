@@ -515,6 +515,14 @@ class SqliteStore(MemoryStore):
             self._save_call(done.call)
         return done
 
+    async def escalate(
+        self, call_id: str, org_id: str, queue_id: str, now: float
+    ) -> Handover | None:
+        done = await super().escalate(call_id, org_id, queue_id, now)
+        if done is not None:
+            self._save_call(done.call)
+        return done
+
     # --- rings -------------------------------------------------------------------------------
     async def reserve_ring(
         self, call_id: str, user_id: str, day: str, cap: int, now: float
