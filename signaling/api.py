@@ -270,6 +270,8 @@ CSV_COLUMNS = [
     "reason",
     "duration_s",
     "answer_s",
+    "escalation",
+    "retry_after_s",
 ]
 
 
@@ -292,6 +294,9 @@ def call_row(call: Call, user_id: str) -> dict[str, Any]:
         "reason": call.end_reason.value if call.end_reason else None,
         "duration_s": round(duration, 1) if duration is not None else None,
         "answer_s": round(answer, 1) if answer is not None else None,
+        # Nobody answered the volunteer search: handed to a help centre, or told to retry.
+        "escalation": call.escalation.value if call.escalation else None,
+        "retry_after_s": call.retry_after_s,
     }
 
 

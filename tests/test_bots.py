@@ -247,3 +247,25 @@ async def test_call_progress_counts_waves_and_notified(tmp_path: Path) -> None:
             await shy.close()
             if eager is not None:
                 await eager.close()
+
+
+async def test_call_report_says_nobody_answered_and_when_to_retry() -> None:
+    settings = {**CALL_SETTINGS, "max_wait_s": 0.6, "escalate_retry_after_s": 300}
+    async with start_server(**settings) as server:
+        rec = await recipient(server)
+        out = io.StringIO()
+        try:
+            report = await asyncio.wait_for(
+                run_call(rec, Console(file=out, width=200), duration_s=0.5, wait_s=20), 20
+            )
+        finally:
+            await rec.close()
+        assert (report.outcome, report.escalation, report.retry_after_s) == (
+            "no_answer",
+            "unavailable",
+            300,
+        )
+        assert "no volunteer free and no help centre (unavailable); try again in 300 s" in (
+            out.getvalue()
+        )
+        assert "nobody answered: try again in 300 s" in out.getvalue()

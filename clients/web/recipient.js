@@ -8,6 +8,7 @@ import {
   LANGUAGES,
   announce,
   languageName,
+  minutes,
   progressText,
   restrictionNotice,
   showState,
@@ -114,7 +115,10 @@ function finish(reasonText) {
 
 function onEnded(message) {
   if (message.call !== page.callId) return;
-  const text = (ENDED[message.reason] || (() => "The call ended."))(message.by);
+  let text = (ENDED[message.reason] || (() => "The call ended."))(message.by);
+  if (message.reason === "no_answer" && message.retry_after_s) {
+    text = `No one could answer this time. Please try again in ${minutes(message.retry_after_s)}.`;
+  }
   finish(text);
 }
 
