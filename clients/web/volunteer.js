@@ -88,6 +88,7 @@ function onEnded(message) {
   showState("ended");
   announce(`Call ended. ${text} ${waitingText()}`);
   history();
+  impact();
 }
 
 const COLUMNS = [
@@ -132,22 +133,88 @@ async function history() {
   box.replaceChildren(table);
 }
 
-async function exportCsv() {
-  const response = await page.session.api("/v1/me/calls?format=csv", { accept: "text/csv" }).catch(() => null);
-  if (!response || !response.ok) {
-    announce("Your calls could not be exported.");
-    return;
-  }
+async function download(path, filename) {
+  const response = await page.session.api(path, { accept: "text/csv" }).catch(() => null);
+  if (!response || !response.ok) return false;
   // The API needs the token in a header, so the file is fetched here and handed to the browser.
   const url = URL.createObjectURL(await response.blob());
   const link = document.createElement("a");
   link.href = url;
-  link.download = "calls.csv";
+  link.download = filename;
   document.body.append(link);
   link.click();
   link.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10000);
-  announce("Your calls were downloaded as calls.csv.");
+  return true;
+}
+
+async function exportCsv() {
+  if (await download("/v1/me/calls?format=csv", "calls.csv")) announce("Your calls were downloaded as calls.csv.");
+  else announce("Your calls could not be exported.");
+}
+
+const IMPACT_COLUMNS = [
+  ["month", "Month"],
+  ["calls", "Calls answered"],
+  ["minutes", "Minutes"],
+  ["people", "People helped"],
+];
+
+function plural(n, one, many) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+// "You have answered 3 calls: 12.5 minutes of help for 2 people, in English and Portuguese,
+// since 3 May 2026."
+function impactText(impact) {
+  if (!impact.calls_answered) {
+    return "You have not answered a call yet. Every call you answer will be counted here.";
+  }
+  const languages = impact.languages.map(languageName);
+  const spoken = languages.length > 1 ? `${languages.slice(0, -1).join(", ")} and ${languages.at(-1)}` : languages[0];
+  const since = new Date(impact.first_call).toLocaleDateString(undefined, { dateStyle: "long" });
+  return (
+    `You have answered ${plural(impact.calls_answered, "call", "calls")}: ` +
+    `${plural(impact.minutes_helped, "minute", "minutes")} of help for ` +
+    `${plural(impact.people_helped, "person", "people")}, in ${spoken}, since ${since}.`
+  );
+}
+
+async function impact() {
+  const summary = $("#impact-summary");
+  const box = $("#impact-months");
+  const response = await page.session.api("/v1/me/impact").catch(() => null);
+  if (!response || !response.ok) {
+    summary.textContent = "Your record could not be loaded.";
+    box.replaceChildren();
+    return;
+  }
+  const record = await response.json();
+  summary.textContent = impactText(record);
+  if (!record.by_month.length) {
+    box.replaceChildren();
+    return;
+  }
+  const table = document.createElement("table");
+  table.createCaption().textContent = "Your calls by month";
+  const head = table.createTHead().insertRow();
+  for (const [, title] of IMPACT_COLUMNS) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = title;
+    head.append(th);
+  }
+  const body = table.createTBody();
+  for (const month of record.by_month) {
+    const row = body.insertRow();
+    for (const [key] of IMPACT_COLUMNS) row.insertCell().textContent = String(month[key]);
+  }
+  box.replaceChildren(table);
+}
+
+async function exportImpact() {
+  if (await download("/v1/me/impact?format=csv", "impact.csv")) announce("Your record was downloaded as impact.csv.");
+  else announce("Your record could not be exported.");
 }
 
 async function main() {
@@ -169,6 +236,7 @@ async function main() {
     announce("Your calls are up to date.");
   });
   $("#export-csv").addEventListener("click", exportCsv);
+  $("#impact-csv").addEventListener("click", exportImpact);
   showState("idle", { focus: false });
   // Still on duty from before a reload or a dropped connection? The broker knows.
   const response = await page.session.api("/v1/me/profile").catch(() => null);
@@ -178,6 +246,7 @@ async function main() {
   const welcome = page.session.welcome;
   announce(`Signed in as ${welcome.user.display_name}. ${waitingText()}${restrictionNotice(welcome)}`);
   history();
+  impact();
 }
 
 main();
