@@ -42,7 +42,9 @@ async def test_a_volunteer_sees_their_record_and_downloads_it_by_keyboard(
     vol = await open_as(browser, broker_server, "volunteer", "imp-v1", "volunteer")
     summary = vol.locator("#impact-summary")
     await expect(summary).to_have_text(
-        re.compile(r"^You have answered 2 calls: 2 minutes of help for 2 people, in English, since ")
+        re.compile(
+            r"^You have answered 2 calls: 2 minutes of help for 2 people, in English, since "
+        )
     )
     table = vol.locator("#impact-months table")
     await expect(table.locator("caption")).to_have_text("Your calls by month")
