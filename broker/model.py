@@ -336,6 +336,18 @@ class Call(BaseModel):
         return self.ended_at - self.assigned_at
 
 
+class Invite(BaseModel):
+    """An invitation into a recipient's trusted circle: a one-time code anyone may redeem
+    (``helper_id`` None), or the recipient's request to one past helper, who must agree."""
+
+    model_config = ConfigDict(frozen=True)
+
+    recipient_id: str
+    created_at: float
+    expires_at: float
+    helper_id: str | None = None
+
+
 class Feedback(BaseModel):
     call_id: str
     user_id: str

@@ -86,6 +86,7 @@ from broker.store.base import (
     ResumeTicket,
     StoreUnavailable,
 )
+from broker.store.redis_circles import CirclesMixin
 from broker.store.redis_common import (
     REDIS_DOWN,
     agent_record,
@@ -665,10 +666,11 @@ def parse_redis_url(url: str) -> tuple[str, bool, dict[str, Any]]:
     return urlunsplit((base, parts.netloc, parts.path, "", "")), cluster, options
 
 
-class RedisStore(SafetyMixin):
+class RedisStore(CirclesMixin, SafetyMixin):
     def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
         self.r: Any = client
         self.cluster = isinstance(client, RedisCluster)
+        self._register_circles(client)
         self._windows: dict[str, tuple[str, RingWindow]] = {}
         self._inside: dict[str, tuple[float, bool, str, str]] = {}
         reg = client.register_script
