@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from broker.clock import Clock
 from broker.events import Escalation
-from broker.model import Call, EscalationOutcome, shown
+from broker.model import Call, CircleMode, EscalationOutcome, shown
 from broker.orgs import Org, QueueConfig, check_id, is_open, next_opening
 from broker.store.base import Store
 
@@ -102,8 +102,9 @@ class Escalator:
     async def decide(self, call: Call) -> Decision:
         retry = self.settings.retry_after_s
         target = self.settings.target
-        if target is None or call.org is not None:
-            # A call that came from a partner queue (its overflow) does not go back to one.
+        if target is None or call.org is not None or call.circle is CircleMode.ONLY:
+            # A call that came from a partner queue (its overflow) does not go back to one,
+            # and a private matter for the recipient's circle only goes to nobody else.
             return Decision(EscalationOutcome.UNAVAILABLE, retry_after_s=retry)
         org = await self.store.get_org(target[0])
         queue = org.queue(target[1]) if org is not None else None

@@ -25,6 +25,7 @@ class Ring:
     note: str | None = None
     org: str | None = None
     queue: str | None = None
+    circle: bool = False  # rung as a member of the recipient's trusted circle
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,6 +86,13 @@ class EscalationOutcome(enum.StrEnum):
     UNAVAILABLE = "unavailable"  # no help centre is configured (or the call came from one)
 
 
+class CircleMode(enum.StrEnum):
+    """How a request uses the recipient's trusted circle."""
+
+    FIRST = "first"  # ring the circle for a head start, then search as usual
+    ONLY = "only"  # private matters: the circle and never the public
+
+
 class ErrorCode(enum.StrEnum):
     BAD_MESSAGE = "bad_message"
     UNAUTHENTICATED = "unauthenticated"
@@ -303,6 +310,7 @@ class Call(BaseModel):
     escalated_at: float | None = None
     escalation: EscalationOutcome | None = None
     retry_after_s: int | None = None
+    circle: CircleMode | None = None  # the recipient's trusted circle first, or only
 
     @property
     def search_started_at(self) -> float:

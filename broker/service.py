@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.circle import Circles, CircleSettings
 from broker.clock import Clock
 from broker.dispatch import (
     EXPIRE,
@@ -43,6 +44,7 @@ from broker.model import (
     BrokerError,
     Call,
     CallState,
+    CircleMode,
     EndReason,
     ErrorCode,
     EscalationOutcome,
@@ -104,6 +106,7 @@ class Broker:
         safety: SafetySettings | None = None,
         pseudonym_key: bytes | None = None,
         escalation: EscalationSettings | None = None,
+        circle: CircleSettings | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -119,6 +122,7 @@ class Broker:
         self.safety = Safety(store, clock, self.safety_settings, key)
         self.privacy = Privacy(store, clock, self.safety)
         self.escalator = Escalator(store, clock, escalation or EscalationSettings())
+        self.circles = Circles(store, clock, circle or CircleSettings(), key)
 
     async def start(self) -> None:
         """Put the daily timers in place (once, whichever node starts first)."""
@@ -149,9 +153,20 @@ class Broker:
         note: str | None = None,
         org: str | None = None,
         queue: str | None = None,
+        circle: CircleMode | None = None,
     ) -> Outcome:
         if profile.role is not Role.RECIPIENT:
             raise BrokerError(ErrorCode.FORBIDDEN, "Only recipients can ask for help.")
+        if circle is not None and org is not None:
+            raise BrokerError(
+                ErrorCode.BAD_MESSAGE,
+                "circle asks your trusted circle of volunteers: it cannot go with org.",
+            )
+        if circle is CircleMode.ONLY and not await self.store.circle(profile.user_id):
+            raise BrokerError(
+                ErrorCode.NOT_FOUND,
+                "Your circle has nobody in it yet: invite someone first, or ask everyone.",
+            )
         await self.safety.check(profile.user_id)
         now = self.clock.now()
         if await self.store.current_call(profile.user_id):
@@ -185,6 +200,7 @@ class Broker:
             note=note if note is not None else profile.note,
             state=CallState.SEARCHING,
             requested_at=now,
+            circle=circle,
         )
         if not await self.store.create_call(call):
             raise BrokerError(

@@ -87,6 +87,7 @@ def build_context(
         safety=settings.safety(),
         pseudonym_key=settings.pseudonym_secret(),
         escalation=settings.escalation(),
+        circle=settings.circle(),
     )
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     auth = Authenticator(

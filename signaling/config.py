@@ -23,6 +23,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from broker.circle import CircleSettings
 from broker.dispatch import DispatchSettings
 from broker.escalation import EscalationSettings, check_target
 from broker.model import RingWindow
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
     max_wait_s: float = Field(default=180.0, gt=0, le=3600)
     candidate_factor: int = Field(default=10, ge=0, le=1000)
     candidate_sample: int = Field(default=1000, ge=0, le=1_000_000)
+    # Trusted circles: circle 'first' rings only the circle for this long.
+    circle_head_start_s: float = Field(default=30.0, ge=0, le=600)
+    circle_invite_ttl_s: float = Field(default=7 * 86400, ge=300, le=90 * 86400)
+    circle_max_members: int = Field(default=20, ge=1, le=200)
     ring_window_start: str = "08:00"
     ring_window_end: str = "22:00"
     daily_ring_cap: int = Field(default=10, ge=0, le=1000)
@@ -314,6 +319,11 @@ class Settings(BaseSettings):
 
     def dispatch(self) -> DispatchSettings:
         return DispatchSettings(**self.model_dump(include=set(DispatchSettings.model_fields)))
+
+    def circle(self) -> CircleSettings:
+        return CircleSettings(
+            invite_ttl_s=self.circle_invite_ttl_s, max_members=self.circle_max_members
+        )
 
     def escalation(self) -> EscalationSettings:
         return EscalationSettings(to=self.escalate_to, retry_after_s=self.escalate_retry_after_s)

@@ -83,6 +83,8 @@ class CallRequest(Message):
     note: MultilineText | None = Field(default=None, max_length=1000)
     org: str | None = Field(default=None, max_length=64)
     queue: str | None = Field(default=None, max_length=64)
+    # The recipient's trusted circle: rung first for a head start, or only (never the public).
+    circle: Literal["first", "only"] | None = None
 
 
 class CallCancel(Message):
@@ -293,6 +295,7 @@ class CallRing(Message):
     queue: str | None = None
     requester: Requester
     expires_in_s: float
+    circle: bool | None = None  # true: rung as a member of the recipient's trusted circle
 
 
 class CallWithdrawn(Message):
@@ -468,6 +471,7 @@ def event_message(event: Event, now: float, ice_servers: list[dict[str, Any]]) -
                 queue=event.queue,
                 requester=Requester(display_name=event.requester_name),
                 expires_in_s=max(0.0, round(event.expires_at - now, 3)),
+                circle=True if event.circle else None,
             )
         case Withdrawn():
             return CallWithdrawn(call=event.call_id, reason=event.reason.value)
