@@ -136,6 +136,7 @@ def create_app(
     from signaling import (  # the route modules import this one for Context
         admin,  # duty of care: cases, restrictions, audit, export and erasure
         api,
+        circles,
         orgs,  # partner organisations
         pages,
         push,
@@ -151,6 +152,7 @@ def create_app(
     push.setup(app)  # device routes; pushes rings to devices once started
     orgs.add_routes(app)
     admin.add_routes(app)
+    circles.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ctx.store.ping()
