@@ -80,6 +80,8 @@ async def run_volunteer(
         match message:
             case CallRing():
                 what = f" about {message.topic!r}" if message.topic else ""
+                if message.circle:
+                    what += " [your circle]"
                 console.print(
                     f"{tag}ring from {message.requester.display_name or 'someone'}"
                     f" ({message.language}){what}, {message.expires_in_s:.0f} s to answer"
@@ -223,11 +225,12 @@ async def run_call(
     topic: str | None = None,
     duration_s: float = 10.0,
     wait_s: float = 200.0,
+    circle: str | None = None,
 ) -> CallReport:
     """Ask for help, show the search live, hold the call for ``duration_s`` once media is
     connected, hang up, and report what happened."""
     started = time.monotonic()
-    status = await party.request(language, topic)
+    status = await party.request(language, topic, circle=circle)
     notified, waves = status.notified or 0, 1
     escalation: str | None = None
     view = _search_view(started, notified, waves, status.state)

@@ -205,10 +205,20 @@ class Recipient(Party):
     assignment arrive as events."""
 
     async def request(
-        self, language: str | None = None, topic: str | None = None, note: str | None = None
+        self,
+        language: str | None = None,
+        topic: str | None = None,
+        note: str | None = None,
+        circle: str | None = None,
     ) -> CallStatus:
+        """``circle``: "first" (the trusted circle for a head start) or "only"."""
         message: dict[str, Any] = {"type": "call.request"}
-        for key, value in (("language", language), ("topic", topic), ("note", note)):
+        for key, value in (
+            ("language", language),
+            ("topic", topic),
+            ("note", note),
+            ("circle", circle),
+        ):
             if value is not None:
                 message[key] = value
         return await self.client.expect(message, CallStatus)

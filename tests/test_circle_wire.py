@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -133,3 +134,26 @@ async def test_a_bad_circle_value_in_call_request_is_a_bad_message() -> None:
         assert refused["code"] == "bad_message" and "circle" in refused["message"]
         both = await rec.request({"type": "call.request", "circle": "first", "org": "bank"})
         assert both["code"] == "bad_message" and "org" in both["message"]
+
+
+async def test_the_sdk_asks_the_circle_only_and_the_member_hears_it_is_their_circle() -> None:
+    from tests.calls import CALL_SETTINGS, recipient, until, volunteer
+
+    async with start_server(**CALL_SETTINGS) as server:
+        member = await volunteer(server, "v1", auto_accept=False)
+        stranger = await volunteer(server, "v2", auto_accept=False)
+        rec = await recipient(server, "r1")
+        try:
+            code, made = await api(server, "POST", "/v1/me/circle/invitations", "r1", "recipient")
+            assert code == 201
+            body = {"code": made["code"]}
+            assert (await api(server, "POST", "/v1/circle/join", "v1", "volunteer", body))[0] == 200
+            status = await rec.request(topic="a letter", circle="only")
+            assert status.state == "searching"
+            await until(lambda: status.call in member.rings, 5, "the circle's ring")
+            assert member.rings[status.call].circle is True
+            await asyncio.sleep(0.3)
+            assert status.call not in stranger.rings
+        finally:
+            for party in (rec, member, stranger):
+                await party.close()
