@@ -377,3 +377,15 @@ async def test_circle_rings_obey_blocks_caps_windows_and_suspensions(
     )
     out = await broker.request(await fresh(store, "r-rae"), circle=CircleMode.ONLY)
     assert rung(out.events) == [("v-ok", True)]
+
+
+async def test_a_member_resuming_hears_the_ring_is_from_their_circle(
+    store: Store, broker: Broker
+) -> None:
+    await person(store, "r-rae", Role.RECIPIENT)
+    await person(store, "v-val", Role.VOLUNTEER)
+    await circle_of(broker, store, "r-rae", "v-val")
+    out = await broker.request(await fresh(store, "r-rae"), circle=CircleMode.FIRST)
+    assert rung(out.events) == [("v-val", True)]
+    [again] = [e for e in await broker.replay("v-val") if isinstance(e, Ring)]
+    assert again.circle is True and again.call_id == out.call.id  # type: ignore[union-attr]
