@@ -14,13 +14,22 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.clock import Clock
 from broker.events import Event, Ring, Status
-from broker.model import Call, CallState, Candidate, RingWindow, local_datetime, primary_language
+from broker.model import (
+    Call,
+    CallState,
+    Candidate,
+    CircleMode,
+    RingWindow,
+    local_datetime,
+    primary_language,
+)
 from broker.store.base import Store
 
 # Timer names. Timers are data in the store: "<kind>|<call>[|<user>]".
@@ -54,6 +63,12 @@ class DispatchSettings(BaseModel):
         le=1000,
         description="a wave reads this many volunteers per ring it sends, rung longest ago "
         "first, and reads further when too few of them may be rung (0: read all in window)",
+    )
+    circle_head_start_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="a request with circle 'first' rings only the circle for this long",
     )
     candidate_sample: int = Field(
         default=1000,
@@ -177,6 +192,10 @@ class Dispatcher:
             rung_assistant = await self._ring_assistant(call, now)
             if rung_assistant is not None:
                 return rung_assistant
+        if call.circle is not None:
+            circled = await self._circle_step(call, now)
+            if circled is not None:
+                return circled
         size = self.policy.wave_size(call.wave)
         profile = await self.store.get_profile(call.recipient_id)
         blocked = profile.blocked if profile else frozenset()
@@ -256,6 +275,57 @@ class Dispatcher:
             )
         return call, events
 
+    async def _circle_step(self, call: Call, now: float) -> tuple[Call, list[Event]] | None:
+        """The trusted circle's turn: every eligible member at once, in the first of the
+        recipient's languages that has one, under the same rules as anyone (window, duty,
+        reachability: the store's; cap, blocks, restrictions, busy: ``_eligible``). None when
+        it is the public search's turn: circle ``first`` after its head start, or when nobody
+        in the circle can be rung."""
+        s = self.settings
+        head_start_ends = call.search_started_at + s.circle_head_start_s
+        if call.circle is CircleMode.FIRST and now >= head_start_ends:
+            return None
+        members = await self.store.circle(call.recipient_id)
+        eligible: list[Candidate] = []
+        language = call.languages[call.language_index]
+        if members:
+            profile = await self.store.get_profile(call.recipient_id)
+            blocked = profile.blocked if profile else frozenset()
+            rung = await self.store.rung(call.id)
+            for language in call.languages:
+                pool = [
+                    c for c in await self.store.candidates(language, now) if c.user_id in members
+                ]
+                eligible = self._eligible(pool, call, blocked, rung)
+                if eligible:
+                    break
+        if not eligible and call.circle is CircleMode.FIRST:
+            return None
+        end = call.search_started_at + s.max_wait_s
+        expires_at = min(now + s.ring_timeout_s, end)
+        rings: list[Event] = []
+        for c in eligible:
+            if await self.store.reserve_ring(call.id, c.user_id, c.ring_day, c.daily_ring_cap, now):
+                await self.store.schedule(timer(RING, call.id, c.user_id), expires_at)
+                ring = self._ring(call, c.user_id, expires_at, language)
+                rings.append(replace(ring, circle=True))
+        fields: dict[str, object] = {}
+        if rings:
+            fields["notified"] = call.notified + len(rings)
+            if call.first_ring_at is None:
+                fields["first_ring_at"] = now
+            await self.store.update_call(call.id, **fields)
+            call = call.model_copy(update=fields)
+        # Circle first: the public search begins when the head start ends (or sooner, when
+        # every circle ring has ended). Circle only: look again for members coming on duty.
+        if call.circle is CircleMode.FIRST:
+            next_at = head_start_ends
+        else:
+            next_at = now + self.policy.wave_interval(0)
+        if next_at < end:
+            await self.store.schedule(timer(WAVE, call.id), next_at)
+        return call, rings
+
     @staticmethod
     def _eligible(
         candidates: list[Candidate], call: Call, blocked: frozenset[str], rung: set[str]
@@ -325,7 +395,10 @@ class Dispatcher:
         expires_at = await self.store.deadline(timer(RING, call.id, user_id))
         if expires_at is None:
             expires_at = self.clock.now()
-        return self._ring(call, user_id, expires_at, call.languages[call.language_index])
+        ring = self._ring(call, user_id, expires_at, call.languages[call.language_index])
+        if call.circle is not None and user_id in await self.store.circle(call.recipient_id):
+            ring = replace(ring, circle=True)
+        return ring
 
 
 def _inside(candidates: list[Candidate], window: RingWindow, now: float) -> list[Candidate]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.model import CallState, EndReason, Role, WithdrawReason
+from broker.model import CallState, EndReason, EscalationOutcome, Role, WithdrawReason
 from broker.orgs import QueueSnapshot
 
 
@@ -25,6 +25,7 @@ class Ring:
     note: str | None = None
     org: str | None = None
     queue: str | None = None
+    circle: bool = False  # rung as a member of the recipient's trusted circle
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,18 @@ class Withdrawn:
     to: str
     call_id: str
     reason: WithdrawReason
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """What the recipient is told when their search is escalated: handed to a help centre
+    (``org``, ``org_name``, ``queue``), or not possible, with when to try again."""
+
+    outcome: EscalationOutcome
+    org: str | None = None
+    org_name: str | None = None
+    queue: str | None = None
+    retry_after_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +56,7 @@ class Status:
     language: str | None = None
     position: int | None = None
     eta_s: int | None = None
+    escalation: Escalation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,7 @@ class Ended:
     reason: EndReason
     by: Role | None = None
     party: Role = Role.RECIPIENT  # the role of ``to`` in the call
+    retry_after_s: int | None = None  # nobody answered: a suggested delay before asking again
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ class CallState(enum.StrEnum):
     """The call lifecycle. Transitions only go forward:
 
     searching -> assigned -> ended, queued -> assigned -> ended, or straight to ended.
+    A search nobody answers may be escalated to a help centre's queue (searching -> queued).
     ``connected`` is not a state of its own: media is a fact about an assigned call
     (``media_at``), because the parties may reconnect media without the call changing hands.
     """
@@ -58,9 +59,10 @@ class CallState(enum.StrEnum):
 
 
 # The only moves a call makes. A queued call may go back to searching when its organisation
-# overflows it to volunteers. The stores check every state change against this table.
+# overflows it to volunteers; a search may be escalated to a help centre's queue. The stores
+# check every state change against this table.
 _TRANSITIONS: dict[CallState, frozenset[CallState]] = {
-    CallState.SEARCHING: frozenset({CallState.ASSIGNED, CallState.ENDED}),
+    CallState.SEARCHING: frozenset({CallState.ASSIGNED, CallState.ENDED, CallState.QUEUED}),
     CallState.QUEUED: frozenset({CallState.ASSIGNED, CallState.ENDED, CallState.SEARCHING}),
     CallState.ASSIGNED: frozenset({CallState.ENDED}),
     CallState.ENDED: frozenset(),
@@ -81,6 +83,22 @@ class WithdrawReason(enum.StrEnum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     DECLINED = "declined"  # the helper declined (on this or another of their devices)
+
+
+class EscalationOutcome(enum.StrEnum):
+    """What became of a search that reached its maximum wait or found nobody eligible."""
+
+    QUEUED = "queued"  # handed to the configured help centre's queue
+    CLOSED = "closed"  # a help centre is configured but closed now
+    FULL = "full"  # a help centre is configured but its queue is full
+    UNAVAILABLE = "unavailable"  # no help centre is configured (or the call came from one)
+
+
+class CircleMode(enum.StrEnum):
+    """How a request uses the recipient's trusted circle."""
+
+    FIRST = "first"  # ring the circle for a head start, then search as usual
+    ONLY = "only"  # private matters: the circle and never the public
 
 
 class ErrorCode(enum.StrEnum):
@@ -298,6 +316,12 @@ class Call(BaseModel):
     queue_position: int | None = None
     queue_eta_s: int | None = None
     overflowed_at: float | None = None
+    # Escalation: when the search was escalated, what became of it, and (when it could not go
+    # to a help centre) the delay after which the recipient was told to try again.
+    escalated_at: float | None = None
+    escalation: EscalationOutcome | None = None
+    retry_after_s: int | None = None
+    circle: CircleMode | None = None  # the recipient's trusted circle first, or only
 
     @property
     def search_started_at(self) -> float:
@@ -329,6 +353,18 @@ class Call(BaseModel):
         if self.assigned_at is None or self.ended_at is None:
             return None
         return self.ended_at - self.assigned_at
+
+
+class Invite(BaseModel):
+    """An invitation into a recipient's trusted circle: a one-time code anyone may redeem
+    (``helper_id`` None), or the recipient's request to one past helper, who must agree."""
+
+    model_config = ConfigDict(frozen=True)
+
+    recipient_id: str
+    created_at: float
+    expires_at: float
+    helper_id: str | None = None
 
 
 class Feedback(BaseModel):

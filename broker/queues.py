@@ -231,6 +231,26 @@ class Queues:
         events = [e for e in events if not (isinstance(e, Status) and e.call_id == call.id)]
         return await self.store.get_call(call.id) or call, events
 
+    async def join_escalated(
+        self, call: Call, org: Org, queue: QueueConfig
+    ) -> tuple[Call, list[Event]] | None:
+        """A search just escalated to this queue (``Store.escalate``) takes its place at the
+        back: its call as it now is (position, ETA) and what to tell others. None when the
+        queue filled up meanwhile (another node's caller took the last place)."""
+        now = self.clock.now()
+        position = await self.store.enqueue(org.id, queue.id, call.id, now, queue.max_length)
+        if position is None:
+            return None
+        await self.store.schedule(timer(QWAIT, call.id), self._deadline(org, queue, call, now))
+        log.info(
+            "search escalated to a help centre",
+            extra={"call": call.id, "org": org.id, "queue": queue.id, "position": position},
+        )
+        self._hook(org, queue, "call.queued", call, position=position, escalated=True)
+        events = await self.settle(org.id)
+        events = [e for e in events if not (isinstance(e, Status) and e.call_id == call.id)]
+        return await self.store.get_call(call.id) or call, events
+
     def _deadline(self, org: Org, queue: QueueConfig, call: Call, now: float) -> float:
         enqueued = call.enqueued_at if call.enqueued_at is not None else call.requested_at
         deadline = enqueued + queue.max_wait_s
@@ -255,7 +275,8 @@ class Queues:
             await self.store.schedule(timer(QWAIT, call.id), self._deadline(org, queue, call, now))
             return None, []
         reason = EndReason.NO_ANSWER if open_now else EndReason.CLOSED
-        if queue.overflow != "volunteers":
+        if queue.overflow != "volunteers" or call.escalated_at is not None:
+            # An escalated call has had its volunteer search already: it does not go back.
             return reason, []
         handed = await self.store.hand_to_volunteers(call.id, now)
         if handed is None:

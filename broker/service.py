@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.circle import Circles, CircleSettings
 from broker.clock import Clock
 from broker.dispatch import (
     EXPIRE,
@@ -28,12 +29,14 @@ from broker.dispatch import (
     search_languages,
     timer,
 )
+from broker.escalation import Decision, EscalationSettings, Escalator
 from broker.events import (
     AgentStatusChanged,
     Assigned,
     AvailabilityChanged,
     Ended,
     Event,
+    Ring,
     Status,
     Withdrawn,
 )
@@ -41,8 +44,10 @@ from broker.model import (
     BrokerError,
     Call,
     CallState,
+    CircleMode,
     EndReason,
     ErrorCode,
+    EscalationOutcome,
     Feedback,
     Profile,
     Role,
@@ -100,6 +105,8 @@ class Broker:
         queues: QueueSettings | None = None,
         safety: SafetySettings | None = None,
         pseudonym_key: bytes | None = None,
+        escalation: EscalationSettings | None = None,
+        circle: CircleSettings | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -114,6 +121,8 @@ class Broker:
         key = pseudonym_key or hashlib.sha256(b"vabroker pseudonym key").digest()
         self.safety = Safety(store, clock, self.safety_settings, key)
         self.privacy = Privacy(store, clock, self.safety)
+        self.escalator = Escalator(store, clock, escalation or EscalationSettings())
+        self.circles = Circles(store, clock, circle or CircleSettings(), key)
 
     async def start(self) -> None:
         """Put the daily timers in place (once, whichever node starts first)."""
@@ -146,9 +155,20 @@ class Broker:
         org: str | None = None,
         queue: str | None = None,
         helper: str | None = None,
+        circle: CircleMode | None = None,
     ) -> Outcome:
         if profile.role is not Role.RECIPIENT:
             raise BrokerError(ErrorCode.FORBIDDEN, "Only recipients can ask for help.")
+        if circle is not None and org is not None:
+            raise BrokerError(
+                ErrorCode.BAD_MESSAGE,
+                "circle asks your trusted circle of volunteers: it cannot go with org.",
+            )
+        if circle is CircleMode.ONLY and not await self.store.circle(profile.user_id):
+            raise BrokerError(
+                ErrorCode.NOT_FOUND,
+                "Your circle has nobody in it yet: invite someone first, or ask everyone.",
+            )
         await self.safety.check(profile.user_id)
         now = self.clock.now()
         if await self.store.current_call(profile.user_id):
@@ -183,6 +203,7 @@ class Broker:
             helper="assistant" if helper == "assistant" else None,
             state=CallState.SEARCHING,
             requested_at=now,
+            circle=circle,
         )
         if not await self.store.create_call(call):
             raise BrokerError(
@@ -191,7 +212,8 @@ class Broker:
             )
         log.info("call requested", extra={"call": call.id, "language": call.language})
         call, events = await self.dispatcher.start(call)
-        return Outcome(call, events)
+        escalated, more = await self._after_wave(call, events)
+        return Outcome(escalated or call, events + more)
 
     async def cancel(self, user_id: str, call_id: str) -> Outcome:
         call = await self._own_call(user_id, call_id)
@@ -442,7 +464,13 @@ class Broker:
             events += [e for e in self._assigned(call, resumed=True) if e.to == user_id]
         elif call is not None and call.state is CallState.SEARCHING:
             events.append(
-                Status(to=user_id, call_id=call.id, state=call.state, notified=call.notified)
+                Status(
+                    to=user_id,
+                    call_id=call.id,
+                    state=call.state,
+                    notified=call.notified,
+                    escalation=await self.escalator.told(call),
+                )
             )
         elif call is not None and call.state is CallState.QUEUED:
             events.append(
@@ -452,6 +480,7 @@ class Broker:
                     state=call.state,
                     position=call.queue_position,
                     eta_s=call.queue_eta_s,
+                    escalation=await self.escalator.told(call),
                 )
             )
         ring_call_id = await self.store.ring_of(user_id)
@@ -542,9 +571,12 @@ class Broker:
     async def _fire(self, kind: str, args: list[str]) -> list[Event]:
         if kind == WAVE:
             call = await self.store.get_call(args[0])
-            return (await self.dispatcher.wave(call))[1] if call else []
+            if call is None:
+                return []
+            call, rings = await self.dispatcher.wave(call)
+            return rings + (await self._after_wave(call, rings))[1]
         if kind == EXPIRE:
-            return (await self._finish(args[0], EndReason.NO_ANSWER, None)).events
+            return await self._search_expired(args[0])
         if kind == RING:
             call_id, user_id = args
             if not await self.store.release_ring(call_id, user_id):
@@ -562,6 +594,10 @@ class Broker:
             reason, events = await self.queues.deadline(args[0])
             if reason is not None:
                 events += (await self._finish(args[0], reason, None)).events
+            else:
+                overflowed = await self.store.get_call(args[0])
+                if overflowed is not None and overflowed.state is CallState.SEARCHING:
+                    events += (await self._after_wave(overflowed, events))[1]
             return events
         if kind == QROUTE:
             return await self.queues.wrapup_ended(args[0])
@@ -574,6 +610,103 @@ class Broker:
             return []
         log.error("unknown timer kind %r", kind)
         return []
+
+    # --- escalation ----------------------------------------------------------------------------
+    async def _after_wave(self, call: Call, events: list[Event]) -> tuple[Call | None, list[Event]]:
+        """A wave rang nobody and nobody is ringing: nobody is eligible in any of the
+        recipient's languages. Escalate, or tell the recipient once that nobody is free (the
+        search goes on: a volunteer may come on duty). The call as escalated, if it was."""
+        if (
+            call.state is not CallState.SEARCHING
+            or call.escalation is not None
+            or any(isinstance(e, Ring) for e in events)
+            or self.clock.now() >= call.search_started_at + self.settings.max_wait_s
+            or await self.store.ringing(call.id)
+        ):
+            return None, []
+        decision = await self.escalator.decide(call)
+        if decision.outcome is EscalationOutcome.QUEUED:
+            return await self._escalate(call, decision)
+        await self.store.update_call(
+            call.id,
+            escalated_at=self.clock.now(),
+            escalation=decision.outcome,
+            retry_after_s=decision.retry_after_s,
+        )
+        log.info(
+            "nobody eligible and no help centre to escalate to",
+            extra={"call": call.id, "outcome": decision.outcome.value},
+        )
+        told = Status(
+            to=call.recipient_id,
+            call_id=call.id,
+            state=CallState.SEARCHING,
+            notified=call.notified,
+            escalation=decision.told(),
+        )
+        return None, [told]
+
+    async def _search_expired(self, call_id: str) -> list[Event]:
+        """The search reached its maximum wait: escalate, or end it and tell the recipient
+        when to try again."""
+        call = await self.store.get_call(call_id)
+        if call is None or call.state is not CallState.SEARCHING:
+            return (await self._finish(call_id, EndReason.NO_ANSWER, None)).events
+        decision = await self.escalator.decide(call)
+        if decision.outcome is EscalationOutcome.QUEUED:
+            escalated, events = await self._escalate(call, decision)
+            if escalated is not None or events:
+                return events
+            call = await self.store.get_call(call_id)
+            if call is None or call.state is not CallState.SEARCHING:
+                return []  # answered or ended meanwhile
+            decision = Decision(
+                EscalationOutcome.FULL, retry_after_s=self.escalator.settings.retry_after_s
+            )
+        await self.store.update_call(
+            call_id,
+            escalated_at=call.escalated_at or self.clock.now(),
+            escalation=decision.outcome,
+            retry_after_s=decision.retry_after_s,
+        )
+        return (await self._finish(call_id, EndReason.NO_ANSWER, None)).events
+
+    async def _escalate(self, call: Call, decision: Decision) -> tuple[Call | None, list[Event]]:
+        """Hand a search to the help centre's queue. The call as queued (None, with events,
+        when the queue filled up meanwhile and the call ended instead; None and no events when
+        it was answered or ended first)."""
+        assert decision.org is not None and decision.queue is not None
+        handed = await self.store.escalate(
+            call.id, decision.org.id, decision.queue.id, self.clock.now()
+        )
+        if handed is None:
+            return None, []
+        for key in (timer(WAVE, call.id), timer(EXPIRE, call.id)):
+            await self.store.unschedule(key)
+        events: list[Event] = []
+        for user_id in handed.withdrawn:
+            await self.store.unschedule(timer(RING, call.id, user_id))
+            events.append(Withdrawn(to=user_id, call_id=call.id, reason=WithdrawReason.EXPIRED))
+        joined = await self.queues.join_escalated(handed.call, decision.org, decision.queue)
+        if joined is None:
+            retry = self.escalator.settings.retry_after_s
+            await self.store.update_call(
+                call.id, escalation=EscalationOutcome.FULL, retry_after_s=retry
+            )
+            events += (await self._finish(call.id, EndReason.NO_ANSWER, None)).events
+            return None, events
+        queued, more = joined
+        events.append(
+            Status(
+                to=queued.recipient_id,
+                call_id=queued.id,
+                state=CallState.QUEUED,
+                position=queued.queue_position,
+                eta_s=queued.queue_eta_s,
+                escalation=decision.told(),
+            )
+        )
+        return queued, events + more
 
     # --- internals -----------------------------------------------------------------------------
     async def _ring_freed(self, call_id: str) -> Call | None:
@@ -613,7 +746,10 @@ class Broker:
         for user_id in done.withdrawn:
             await self.store.unschedule(timer(RING, call_id, user_id))
             events.append(Withdrawn(to=user_id, call_id=call_id, reason=withdraw))
-        events.append(Ended(to=call.recipient_id, call_id=call_id, reason=reason, by=by))
+        retry = call.retry_after_s if reason is EndReason.NO_ANSWER else None
+        events.append(
+            Ended(to=call.recipient_id, call_id=call_id, reason=reason, by=by, retry_after_s=retry)
+        )
         if call.helper_id is not None:
             events.append(
                 Ended(

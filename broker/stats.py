@@ -15,15 +15,25 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from broker.model import Call, EndReason, primary_language
+from broker.model import Call, EndReason, EscalationOutcome, primary_language
 
 # Upper bounds of the answer-time buckets, in seconds; one more bucket holds the rest.
 ANSWER_BUCKETS: tuple[float, ...] = (5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 FIELDS = ("created", "answered", "unanswered", "cancelled", "completed")
+# Counters added later go after the histogram, so that vectors stored before they existed
+# still read right (they are padded with zeros).
+LATER_FIELDS = ("escalated", "told_to_retry")
 DAY = 86400.0
 
 
-_SIZE = len(FIELDS) + len(ANSWER_BUCKETS) + 1
+_HISTOGRAM_END = len(FIELDS) + len(ANSWER_BUCKETS) + 1
+_SIZE = _HISTOGRAM_END + len(LATER_FIELDS)
+
+
+def _index(name: str) -> int:
+    if name in FIELDS:
+        return FIELDS.index(name)
+    return _HISTOGRAM_END + LATER_FIELDS.index(name)
 
 
 class Counts:
@@ -33,28 +43,31 @@ class Counts:
     __slots__ = ("v",)
 
     def __init__(self, v: list[int] | None = None, **named: int) -> None:
-        self.v = list(v) if v is not None else [0] * _SIZE
+        self.v = list(v)[:_SIZE] + [0] * (_SIZE - len(v)) if v is not None else [0] * _SIZE
         for name, value in named.items():
-            self.v[FIELDS.index(name)] = value
+            self.v[_index(name)] = value
 
     created = property(lambda self: self.v[0])
     answered = property(lambda self: self.v[1])
     unanswered = property(lambda self: self.v[2])
     cancelled = property(lambda self: self.v[3])
     completed = property(lambda self: self.v[4])
+    escalated = property(lambda self: self.v[_HISTOGRAM_END])
+    told_to_retry = property(lambda self: self.v[_HISTOGRAM_END + 1])
 
     @property
     def histogram(self) -> list[int]:
-        return self.v[len(FIELDS) :]
+        return self.v[len(FIELDS) : _HISTOGRAM_END]
 
     def count(self, name: str, n: int = 1) -> None:
-        self.v[FIELDS.index(name)] += n
+        self.v[_index(name)] += n
 
     def count_answer(self, bucket: int, n: int = 1) -> None:
         self.v[len(FIELDS) + bucket] += n
 
     def add(self, other: Counts) -> None:
-        self.v = list(map(operator.add, self.v, other.v))
+        theirs = other.v if len(other.v) == _SIZE else Counts(other.v).v
+        self.v = list(map(operator.add, self.v, theirs))
 
     @classmethod
     def total(cls, many: Iterable[Counts]) -> Counts:
@@ -111,6 +124,10 @@ def counts_of(call: Call) -> Counts:
         counts.count("cancelled")
     elif call.end_reason is EndReason.COMPLETED:
         counts.count("completed")
+    if call.escalation is EscalationOutcome.QUEUED:
+        counts.count("escalated")
+    elif call.escalation is not None:
+        counts.count("told_to_retry")
     return counts
 
 
@@ -151,6 +168,8 @@ def summary(c: Counts) -> dict[str, Any]:
         "cancelled": c.cancelled,
         "completed": c.completed,
         "completed_pct": _pct(c.completed, c.created),
+        "escalated": c.escalated,
+        "told_to_retry": c.told_to_retry,
         "answer_s": {
             "p50": percentile(c.histogram, 50),
             "p90": percentile(c.histogram, 90),

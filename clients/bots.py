@@ -29,6 +29,7 @@ from signaling.messages import (
     CallRing,
     CallStatus,
     CallWithdrawn,
+    EscalationInfo,
     ServerMessage,
 )
 
@@ -79,6 +80,8 @@ async def run_volunteer(
         match message:
             case CallRing():
                 what = f" about {message.topic!r}" if message.topic else ""
+                if message.circle:
+                    what += " [your circle]"
                 console.print(
                     f"{tag}ring from {message.requester.display_name or 'someone'}"
                     f" ({message.language}){what}, {message.expires_in_s:.0f} s to answer"
@@ -177,9 +180,20 @@ class CallReport:
     peer: str | None = None
     media: dict[str, Any] | None = None
     peer_media: dict[str, Any] | None = None
+    # Nobody answered the search: what became of it (escalation), and the suggested delay.
+    escalation: str | None = None
+    retry_after_s: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _escalation_line(escalation: EscalationInfo) -> str:
+    if escalation.outcome == "queued":
+        where = escalation.org_name or escalation.org or "the help centre"
+        return f"[yellow]nobody answered: handed to {where} ({escalation.queue})[/]"
+    later = f"; try again in {escalation.retry_after_s} s" if escalation.retry_after_s else ""
+    return f"[yellow]no volunteer free and no help centre ({escalation.outcome}){later}[/]"
 
 
 def _search_view(started: float, notified: int, waves: int, state: str) -> Text:
@@ -211,12 +225,14 @@ async def run_call(
     topic: str | None = None,
     duration_s: float = 10.0,
     wait_s: float = 200.0,
+    circle: str | None = None,
 ) -> CallReport:
     """Ask for help, show the search live, hold the call for ``duration_s`` once media is
     connected, hang up, and report what happened."""
     started = time.monotonic()
-    status = await party.request(language, topic)
+    status = await party.request(language, topic, circle=circle)
     notified, waves = status.notified or 0, 1
+    escalation: str | None = None
     view = _search_view(started, notified, waves, status.state)
     with Live(view, console=console, transient=True) as live:
         deadline = started + wait_s
@@ -237,8 +253,20 @@ async def run_call(
                 # one with our ref is the answer to the request, already counted).
                 waves += 1
                 notified = max(notified, event.notified or 0)
+                if event.escalation is not None:
+                    escalation = event.escalation.outcome
+                    console.print(_escalation_line(event.escalation))
             elif isinstance(event, CallEnded) and event.call == status.call:
-                return CallReport(event.reason, time.monotonic() - started, notified, waves)
+                if event.retry_after_s:
+                    console.print(f"nobody answered: try again in {event.retry_after_s} s")
+                return CallReport(
+                    event.reason,
+                    time.monotonic() - started,
+                    notified,
+                    waves,
+                    escalation=escalation,
+                    retry_after_s=event.retry_after_s,
+                )
             live.update(_search_view(started, notified, waves, status.state))
         call = party.call
         waited = time.monotonic() - started
@@ -266,7 +294,13 @@ async def run_call(
         f"call ended: {ended.reason}"
     )
     return CallReport(
-        ended.reason, waited, notified, waves, call.peer_name, call.media.stats.summary()
+        ended.reason,
+        waited,
+        notified,
+        waves,
+        call.peer_name,
+        call.media.stats.summary(),
+        escalation=escalation,
     )
 
 

@@ -278,6 +278,11 @@ def _call_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lang", help="the language of the call (default your first language)")
     p.add_argument("--topic", help="what you need help with")
     p.add_argument(
+        "--circle",
+        choices=["first", "only"],
+        help="ring your trusted circle first (for a head start), or only",
+    )
+    p.add_argument(
         "--video",
         help="a video file or camera device (/dev/video0) to send (default a test pattern)",
     )
@@ -380,7 +385,12 @@ def _call(args: argparse.Namespace) -> int:
         try:
             await party.client.connect()
             report = await run_call(
-                party, console, language=args.lang, topic=args.topic, duration_s=args.duration
+                party,
+                console,
+                language=args.lang,
+                topic=args.topic,
+                duration_s=args.duration,
+                circle=args.circle,
             )
         finally:
             await party.close()

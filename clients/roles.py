@@ -225,14 +225,19 @@ class Recipient(Party):
         topic: str | None = None,
         note: str | None = None,
         helper: str | None = None,
+        circle: str | None = None,
     ) -> CallStatus:
-        """``helper="assistant"``: an automatic helper first, volunteers if none is free."""
+        """``helper="assistant"``: an automatic helper first, volunteers if none is free.
+
+        ``circle``: "first" (the trusted circle for a head start) or "only".
+        """
         message: dict[str, Any] = {"type": "call.request"}
         for key, value in (
             ("language", language),
             ("topic", topic),
             ("note", note),
             ("helper", helper),
+            ("circle", circle),
         ):
             if value is not None:
                 message[key] = value

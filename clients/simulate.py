@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the CLI builds its parser on every start: import the simulator when it runs
     from broker.sim.engine import Result
+    from broker.sim.scenario import Scenario
 
 POLICY_NAMES = "default, bme2014, bme2014-batch, ringall, fewestcalls, leastrecent, random"
 
@@ -31,6 +32,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, help="replace the scenario's seed")
     p.add_argument("--days", type=float, help="replace the scenario's length in days")
+    p.add_argument(
+        "--circle-share",
+        type=float,
+        help="replace the share of recipients with a trusted circle (0 to 1)",
+    )
+    p.add_argument(
+        "--circle-mode", choices=["first", "only"], help="how those recipients ask their circle"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plots", type=Path, help="write PNG plots to this folder")
 
@@ -47,6 +56,22 @@ def policies(chosen: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def with_circles(scenario: Scenario, share: float | None, mode: str | None) -> Scenario:
+    """The scenario with its ``[circles]`` table changed by the command line."""
+    from broker.sim.scenario import Circles
+
+    if share is None and mode is None:
+        return scenario
+    if share is not None and not 0 <= share <= 1:
+        raise ValueError(f"--circle-share must be from 0 to 1, not {share}")
+    values = scenario.circles.model_dump()
+    if share is not None:
+        values["share"] = share
+    if mode is not None:
+        values["mode"] = mode
+    return scenario.model_copy(update={"circles": Circles.model_validate(values)})
+
+
 def run(args: argparse.Namespace) -> int:
     from broker.sim.engine import simulate
     from broker.sim.scenario import ScenarioError, load, shipped
@@ -54,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         names = policies(args.policy)
         scenario = load(args.scenario, seed=args.seed, days=args.days)
+        scenario = with_circles(scenario, args.circle_share, args.circle_mode)
     except (ValueError, ScenarioError) as exc:
         print(f"vabroker simulate: {exc}", file=sys.stderr)
         if isinstance(exc, ScenarioError) and "no scenario named" in str(exc):

@@ -5,6 +5,7 @@
 | ``/v1/admin/...`` | admins; an admin with an ``org`` claim sees only that organisation's agents and
   calls (anything else answers 404, as if it did not exist) |
 | ``GET /v1/stats`` | admins (an organisation's admin: that organisation's figures) |
+| ``GET /v1/stats/coverage`` | admins without an organisation |
 | ``GET /v1/me/export``, ``DELETE /v1/me`` | anyone signed in, about themselves |
 
 Every write goes through the broker, which records it in the audit log.
@@ -17,8 +18,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from broker.coverage import coverage
 from broker.model import (
     BrokerError,
     Call,
@@ -28,6 +30,7 @@ from broker.model import (
     MultilineText,
     Profile,
     Role,
+    TimeZone,
 )
 from broker.moderation import (
     AuditAction,
@@ -43,7 +46,13 @@ from broker.moderation import (
 from broker.privacy import iso, restriction_body
 from broker.safety import CaseDetail
 from broker.stats import Counts, days_between, midnight, report, summary, today
-from signaling.api import ApiError, authenticate, profile_body, read_model
+from signaling.api import (
+    ApiError,
+    authenticate,
+    profile_body,
+    read_model,
+    validation_problem,
+)
 from signaling.app import CONTEXT, Context
 from signaling.auth import Claims
 from signaling.csvout import write_csv
@@ -451,6 +460,35 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(report(zip(days, counts, strict=True), scope))
 
 
+class CoverageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    days: int = Field(default=30, ge=1, le=90, description="how many days of requests")
+    tz: TimeZone = Field(default="UTC", description="the time zone of the hours of the week")
+
+
+async def stats_coverage(request: web.Request) -> web.Response:
+    """``GET /v1/stats/coverage``: requests, answered share, p90 answer time and volunteers
+    on duty by language and local hour of the week (``broker.coverage``)."""
+    ctx, claims = await _admin_stats(request)
+    if claims.org:
+        raise ApiError(
+            403, "forbidden", "Coverage is about the volunteer network: for its administrators."
+        )
+    raw: dict[str, object] = dict(request.query)
+    if "days" in raw:
+        days = str(raw["days"])
+        if not days.isdigit():
+            raise ApiError(400, "bad_request", "days: a whole number from 1 to 90.")
+        raw["days"] = int(days)
+    try:
+        asked = CoverageQuery.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+    report = await coverage(ctx.store, ctx.clock.now(), asked.days, asked.tz)
+    return web.json_response(report.model_dump(mode="json"))
+
+
 async def _admin_stats(request: web.Request) -> tuple[Context, Claims]:
     ctx, claims, _ = await authenticate(request)
     if claims.role is not Role.ADMIN:
@@ -560,6 +598,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/admin/users/{id}/reinstate", reinstate_user)
     app.router.add_get("/v1/admin/audit", audit_log)
     app.router.add_get("/v1/stats", stats)
+    app.router.add_get("/v1/stats/coverage", stats_coverage)
     app.router.add_get("/v1/me/export", export_me)
     app.router.add_delete("/v1/me", erase_me)
     ctx = app[CONTEXT]

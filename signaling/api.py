@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from broker.impact import IMPACT_CALLS, impact_of
 from broker.model import (
     Call,
     Language,
@@ -272,6 +273,8 @@ CSV_COLUMNS = [
     "reason",
     "duration_s",
     "answer_s",
+    "escalation",
+    "retry_after_s",
 ]
 
 
@@ -294,6 +297,9 @@ def call_row(call: Call, user_id: str) -> dict[str, Any]:
         "reason": call.end_reason.value if call.end_reason else None,
         "duration_s": round(duration, 1) if duration is not None else None,
         "answer_s": round(answer, 1) if answer is not None else None,
+        # Nobody answered the volunteer search: handed to a help centre, or told to retry.
+        "escalation": call.escalation.value if call.escalation else None,
+        "retry_after_s": call.retry_after_s,
     }
 
 
@@ -309,6 +315,39 @@ async def my_calls(request: web.Request) -> web.StreamResponse:
         text=write_csv(CSV_COLUMNS, rows),
         content_type="text/csv",
         headers={"Content-Disposition": 'attachment; filename="calls.csv"'},
+    )
+
+
+IMPACT_CSV_COLUMNS = ["month", "calls", "minutes", "people"]
+
+
+async def my_impact(request: web.Request) -> web.Response:
+    """``GET /v1/me/impact``: what the helper did, from their own answered calls."""
+    ctx, claims, profile = await authenticate(request)
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ApiError(400, "bad_request", "format must be json or csv.")
+    if not profile.role.is_helper:
+        raise ApiError(
+            403, "forbidden", "Only volunteers and agents have a record of calls answered."
+        )
+    calls = await ctx.store.calls_of(claims.sub, limit=IMPACT_CALLS)
+    impact = impact_of(claims.sub, calls, profile.timezone)
+    if fmt == "json":
+        return web.json_response(impact.model_dump(mode="json"))
+    rows: list[dict[str, object]] = [m.model_dump() for m in impact.by_month]
+    rows.append(
+        {
+            "month": "total",
+            "calls": impact.calls_answered,
+            "minutes": impact.minutes_helped,
+            "people": impact.people_helped,
+        }
+    )
+    return web.Response(
+        text=write_csv(IMPACT_CSV_COLUMNS, rows),
+        content_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="impact.csv"'},
     )
 
 
@@ -338,4 +377,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/me/profile", get_profile)
     app.router.add_put("/v1/me/profile", put_profile)
     app.router.add_get("/v1/me/calls", my_calls)
+    app.router.add_get("/v1/me/impact", my_impact)
     app.router.add_get("/v1/ice-servers", my_ice_servers)

@@ -89,6 +89,8 @@ def build_context(
         policy=policy,
         safety=settings.safety(),
         pseudonym_key=settings.pseudonym_secret(),
+        escalation=settings.escalation(),
+        circle=settings.circle(),
     )
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     auth = Authenticator(
@@ -162,6 +164,7 @@ def create_app(
     from signaling import (  # the route modules import this one for Context
         admin,  # duty of care: cases, restrictions, audit, export and erasure
         api,
+        circles,
         openapi,  # the API contract: /v1/openapi.json, /v1/asyncapi.json
         orgs,  # partner organisations
         pages,
@@ -179,6 +182,7 @@ def create_app(
     orgs.add_routes(app)
     admin.add_routes(app)
     openapi.add_routes(app)
+    circles.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ctx.store.ping()

@@ -24,7 +24,9 @@ from pydantic_settings import (
 )
 from yarl import URL
 
+from broker.circle import CircleSettings
 from broker.dispatch import DispatchSettings
+from broker.escalation import EscalationSettings, check_target
 from broker.model import RingWindow
 from broker.policies import POLICIES
 from broker.safety import SafetySettings
@@ -82,9 +84,20 @@ class Settings(BaseSettings):
     max_wait_s: float = Field(default=180.0, gt=0, le=3600)
     candidate_factor: int = Field(default=10, ge=0, le=1000)
     candidate_sample: int = Field(default=1000, ge=0, le=1_000_000)
+    # Trusted circles: circle 'first' rings only the circle for this long.
+    circle_head_start_s: float = Field(default=30.0, ge=0, le=600)
+    circle_invite_ttl_s: float = Field(default=7 * 86400, ge=300, le=90 * 86400)
+    circle_max_members: int = Field(default=20, ge=1, le=200)
     ring_window_start: str = "08:00"
     ring_window_end: str = "22:00"
     daily_ring_cap: int = Field(default=10, ge=0, le=1000)
+    # Escalation: a search nobody answers goes to this help centre's queue ('org/queue').
+    escalate_to: str | None = Field(
+        default=None, description="help centre for unanswered searches: 'org/queue'"
+    )
+    escalate_retry_after_s: int = Field(
+        default=900, ge=60, le=86400, description="delay suggested when nothing to escalate to"
+    )
 
     # Sessions.
     grace_s: float = Field(default=20.0, ge=0, le=3600)
@@ -212,6 +225,11 @@ class Settings(BaseSettings):
     def _hhmm(cls, value: str) -> str:
         RingWindow.model_validate({"start": value})
         return value
+
+    @field_validator("escalate_to")
+    @classmethod
+    def _escalate_to(cls, value: str | None) -> str | None:
+        return check_target(value)
 
     @field_validator("policy")
     @classmethod
@@ -344,6 +362,14 @@ class Settings(BaseSettings):
 
     def dispatch(self) -> DispatchSettings:
         return DispatchSettings(**self.model_dump(include=set(DispatchSettings.model_fields)))
+
+    def circle(self) -> CircleSettings:
+        return CircleSettings(
+            invite_ttl_s=self.circle_invite_ttl_s, max_members=self.circle_max_members
+        )
+
+    def escalation(self) -> EscalationSettings:
+        return EscalationSettings(to=self.escalate_to, retry_after_s=self.escalate_retry_after_s)
 
     def limits(self) -> LimitSettings:
         return LimitSettings(requests_per_hour=self.requests_per_hour)

@@ -17,6 +17,7 @@ from broker.events import (
     Assigned,
     AvailabilityChanged,
     Ended,
+    Escalation,
     Event,
     QueueUpdate,
     Ring,
@@ -84,6 +85,8 @@ class CallRequest(Message):
     queue: str | None = Field(default=None, max_length=64)
     # "assistant": an automatic helper first, volunteers if none is free.
     helper: Literal["volunteer", "assistant"] | None = None
+    # The recipient's trusted circle: rung first for a head start, or only (never the public).
+    circle: Literal["first", "only"] | None = None
 
 
 class CallCancel(Message):
@@ -253,6 +256,20 @@ class AgentState(Message):
     reason: str | None = None
 
 
+class EscalationInfo(BaseModel):
+    """What became of a search nobody answered: handed to a help centre (``queued``, naming
+    it), or not (``closed``, ``full``, ``unavailable``), with a suggested delay before asking
+    again."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    outcome: str
+    org: str | None = None
+    org_name: str | None = None
+    queue: str | None = None
+    retry_after_s: int | None = None
+
+
 class CallStatus(Message):
     type: Literal["call.status"] = "call.status"
     call: str
@@ -261,6 +278,7 @@ class CallStatus(Message):
     language: str | None = None
     position: int | None = None
     eta_s: int | None = None
+    escalation: EscalationInfo | None = None
 
 
 class Requester(BaseModel):
@@ -279,6 +297,7 @@ class CallRing(Message):
     queue: str | None = None
     requester: Requester
     expires_in_s: float
+    circle: bool | None = None  # true: rung as a member of the recipient's trusted circle
 
 
 class CallWithdrawn(Message):
@@ -313,6 +332,7 @@ class CallEnded(Message):
     call: str
     reason: str
     by: str | None = None
+    retry_after_s: int | None = None  # no_answer: a suggested delay before asking again
 
 
 class QueueUpdateMessage(Message):
@@ -428,6 +448,18 @@ def parse_server(frame: str | bytes) -> ServerMessage:
         raise BadMessage(f"Bad server message: {_explain(exc)}.") from None
 
 
+def _escalation_info(escalation: Escalation | None) -> EscalationInfo | None:
+    if escalation is None:
+        return None
+    return EscalationInfo(
+        outcome=escalation.outcome.value,
+        org=escalation.org,
+        org_name=escalation.org_name,
+        queue=escalation.queue,
+        retry_after_s=escalation.retry_after_s,
+    )
+
+
 def event_message(event: Event, now: float, ice_servers: list[dict[str, Any]]) -> Message:
     """The wire message for a broker event, as sent at ``now``."""
     match event:
@@ -441,6 +473,7 @@ def event_message(event: Event, now: float, ice_servers: list[dict[str, Any]]) -
                 queue=event.queue,
                 requester=Requester(display_name=event.requester_name),
                 expires_in_s=max(0.0, round(event.expires_at - now, 3)),
+                circle=True if event.circle else None,
             )
         case Withdrawn():
             return CallWithdrawn(call=event.call_id, reason=event.reason.value)
@@ -452,6 +485,7 @@ def event_message(event: Event, now: float, ice_servers: list[dict[str, Any]]) -
                 language=event.language,
                 position=event.position,
                 eta_s=event.eta_s,
+                escalation=_escalation_info(event.escalation),
             )
         case Assigned():
             return CallAssigned(
@@ -466,6 +500,7 @@ def event_message(event: Event, now: float, ice_servers: list[dict[str, Any]]) -
                 call=event.call_id,
                 reason=event.reason.value,
                 by=event.by.value if event.by else None,
+                retry_after_s=event.retry_after_s,
             )
         case AgentStatusChanged():
             return AgentState(state=event.state, reason=event.reason)

@@ -15,7 +15,7 @@ import time
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
-from broker.model import BrokerError, CallState, ErrorCode
+from broker.model import BrokerError, CallState, CircleMode, ErrorCode
 from broker.moderation import ReportReason
 from broker.privacy import iso, restriction_body
 from broker.store.base import ResumeTicket, StoreUnavailable
@@ -371,6 +371,7 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
                 message.org,
                 message.queue,
                 helper=message.helper,
+                circle=CircleMode(message.circle) if message.circle else None,
             )
             call = outcome.call
             assert call is not None

@@ -120,6 +120,13 @@ def test_bad_bot_arguments_are_refused(
     assert message in capsys.readouterr().err
 
 
+def test_a_bad_circle_for_the_call_bot_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["call", "--token", "t", "--circle", "everyone"])
+    assert exited.value.code == 2
+    assert "--circle: invalid choice: 'everyone'" in capsys.readouterr().err
+
+
 def test_unreachable_broker_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["call", "--url", "http://127.0.0.1:9", "--token", "t", "--connect-timeout", "2"])
     assert code == 1
@@ -247,3 +254,44 @@ async def test_call_progress_counts_waves_and_notified(tmp_path: Path) -> None:
             await shy.close()
             if eager is not None:
                 await eager.close()
+
+
+async def test_call_report_says_nobody_answered_and_when_to_retry() -> None:
+    settings = {**CALL_SETTINGS, "max_wait_s": 0.6, "escalate_retry_after_s": 300}
+    async with start_server(**settings) as server:
+        rec = await recipient(server)
+        out = io.StringIO()
+        try:
+            report = await asyncio.wait_for(
+                run_call(rec, Console(file=out, width=200), duration_s=0.5, wait_s=20), 20
+            )
+        finally:
+            await rec.close()
+        assert (report.outcome, report.escalation, report.retry_after_s) == (
+            "no_answer",
+            "unavailable",
+            300,
+        )
+        assert "no volunteer free and no help centre (unavailable); try again in 300 s" in (
+            out.getvalue()
+        )
+        assert "nobody answered: try again in 300 s" in out.getvalue()
+
+
+async def test_call_bot_asks_the_circle_and_the_volunteer_bot_says_so() -> None:
+    settings = {**CALL_SETTINGS, "max_wait_s": 0.8}
+    async with start_server(**settings) as server:
+        shy = await volunteer(server, "v1", auto_accept=False)
+        await server.ctx.store.circle_add("rec", "v1", 0.0)
+        rec = await recipient(server)
+        out = io.StringIO()
+        try:
+            report = await asyncio.wait_for(
+                run_call(rec, Console(file=out, width=200), circle="only", wait_s=20), 20
+            )
+            assert "rec" not in str(shy.rings)  # the ring names nobody's id
+            assert [r.circle for r in shy.rings.values()] in ([True], [])
+        finally:
+            await rec.close()
+            await shy.close()
+        assert report.outcome == "no_answer" and report.notified == 1

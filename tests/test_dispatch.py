@@ -280,7 +280,10 @@ async def test_maximum_wait_ends_with_no_answer(
     assert "late" in rings(await broker.fire_due())
     clock.advance(120 - 54)
     events = await broker.fire_due()
-    assert of(events, Ended, "rec") == [Ended("rec", call_id, EndReason.NO_ANSWER)]
+    # Nobody answered and no help centre is configured: told when to try again.
+    assert of(events, Ended, "rec") == [
+        Ended("rec", call_id, EndReason.NO_ANSWER, retry_after_s=900)
+    ]
     assert of(events, Withdrawn, "late") == [Withdrawn("late", call_id, WithdrawReason.EXPIRED)]
     call = await store.get_call(call_id)
     assert (
@@ -561,7 +564,8 @@ def test_call_state_machine() -> None:
     S = CallState
     assert S.SEARCHING.can_become(S.ASSIGNED) and S.SEARCHING.can_become(S.ENDED)
     assert S.QUEUED.can_become(S.SEARCHING) and S.ASSIGNED.can_become(S.ENDED)
-    assert not S.ASSIGNED.can_become(S.SEARCHING) and not S.SEARCHING.can_become(S.QUEUED)
+    assert S.SEARCHING.can_become(S.QUEUED)  # escalated to a help centre's queue
+    assert not S.ASSIGNED.can_become(S.SEARCHING) and not S.ASSIGNED.can_become(S.QUEUED)
     assert not any(S.ENDED.can_become(other) for other in S)
 
 
@@ -574,7 +578,10 @@ async def test_a_late_wave_rings_nobody_after_the_maximum_wait(
     clock.advance(3600)  # the node was away: every timer of the call is long overdue
     events = await broker.fire_due()
     assert rings(events) == []
-    assert of(events, Ended, "rec") == [Ended("rec", call_id, EndReason.NO_ANSWER)]
+    # Nobody answered and no help centre is configured: told when to try again.
+    assert of(events, Ended, "rec") == [
+        Ended("rec", call_id, EndReason.NO_ANSWER, retry_after_s=900)
+    ]
 
 
 @pytest.mark.parametrize("ending", ["answered", "cancelled", "no_answer"])

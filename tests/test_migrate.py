@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.model import Call, CallState, EndReason, Feedback, Profile, RingWindow, Role
+from broker.model import Call, CallState, EndReason, Feedback, Invite, Profile, RingWindow, Role
 from broker.moderation import (
     AuditAction,
     AuditEntry,
@@ -168,7 +168,13 @@ async def fill(store: SqliteStore) -> None:
     await store.add_counts(DAY, {"all": Counts(created=3, answered=2, completed=2)})
     await store.add_counts(DAY, {"org:o1": Counts(created=1, answered=1)})
     await store.revoke_sessions("r2", NOW + 5)
+    await store.circle_add("r1", "v1", NOW + 6)
+    await store.put_invite("k_1", Invite(recipient_id="r1", created_at=NOW, expires_at=NOW + 3600))
+    await store.put_invite("p_1", PROPOSAL)
     await store.set_mark("retention", NOW - 100)
+
+
+PROPOSAL = Invite(recipient_id="r2", created_at=NOW, expires_at=NOW + 3600, helper_id="v1")
 
 
 async def exported(store: Portable) -> list[Record]:
@@ -217,6 +223,9 @@ async def test_sqlite_to_redis_and_back_record_for_record(
             r1 = await st.get_profile("r1")
             assert r1 is not None and r1.blocked == frozenset({"v2"})
             assert [d.id for d in await st.devices("v1")] == ["d_1", "d_2"]
+            assert await st.circle("r1") == {"v1": NOW + 6}
+            assert await st.circles_of("v1") == {"r1": NOW + 6}
+            assert await st.proposals_for("v1", NOW) == [("p_1", PROPOSAL)]
             assert await st.has_devices("v2") and await st.is_on_duty("v1")
             cases = await st.cases(CaseQuery(), None, 10)
             assert [(c.id, c.seq) for c in cases] == [("case_2", 2), ("case_1", 1)]

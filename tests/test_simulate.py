@@ -196,6 +196,7 @@ def test_command_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
         (["--policy", "fastest"], "unknown policy 'fastest'"),
         (["--days", "-1"], "scenario.days"),
         (["--days", "100"], "scenario.days"),
+        (["--circle-share", "1.5"], "--circle-share must be from 0 to 1"),
     ],
 )
 def test_command_refuses_bad_options(
@@ -203,3 +204,26 @@ def test_command_refuses_bad_options(
 ) -> None:
     assert main(["simulate", "small-town", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["first", "only"])
+def test_circles_are_modelled_and_the_rules_still_hold(mode: str) -> None:
+    from broker.sim.scenario import Circles
+
+    scenario = SMALL.model_copy(update={"circles": Circles(share=0.4, size=3, mode=mode)})
+    result = simulate(scenario, "default")
+    report = result.report()
+    assert sum(report["violations"].values()) == 0
+    assert 0 < report["circle_answered_by_member"] <= report["circle_calls"] <= report["calls"]
+    # Deterministic, and a scenario without circles reports none and runs as before.
+    assert simulate(scenario, "default").report() == report
+    plain = simulate(SMALL, "default").report()
+    assert "circle_calls" not in plain
+    assert plain == simulate(load("small-town", days=2), "default").report()
+
+
+def test_command_takes_circles(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["simulate", "small-town", "--days", "1", "--policy", "default", "--json"]
+    assert main([*argv, "--circle-share", "0.5", "--circle-mode", "only"]) == 0
+    [report] = json.loads(capsys.readouterr().out)["results"]
+    assert report["circle_calls"] > 0

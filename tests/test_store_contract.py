@@ -12,7 +12,17 @@ from typing import Any
 
 import pytest
 
-from broker.model import Call, CallState, EndReason, Feedback, Profile, RingWindow, Role
+from broker.model import (
+    Call,
+    CallState,
+    EndReason,
+    EscalationOutcome,
+    Feedback,
+    Invite,
+    Profile,
+    RingWindow,
+    Role,
+)
 from broker.moderation import (
     AuditAction,
     AuditEntry,
@@ -845,6 +855,116 @@ async def test_day_counters_add_up_per_scope(st: Store) -> None:
     assert (total.created, total.answered, total.unanswered, total.completed) == (2, 1, 1, 1)
     assert total.histogram[2] == 1 and sum(total.histogram) == 1
     assert got[0]["org:o1"].created == 1 and got[0]["lang:en"].completed == 1
+
+
+async def test_escalation_counters_add_up_beside_counters_stored_before_them(st: Store) -> None:
+    escalated = Counts(created=1, escalated=1)
+    told = Counts(created=1, unanswered=1, told_to_retry=1)
+    # A vector written before the escalation counters existed: no trailing fields.
+    old = Counts(created=1, completed=1)
+    old.v = old.v[: len(old.v) - 2]
+    await st.add_counts(DAY, {"all": old})
+    await st.add_counts(DAY, {"all": escalated})
+    await st.add_counts(DAY, {"all": told})
+    total = (await st.day_counts([DAY]))[0]["all"]
+    assert (total.created, total.completed, total.unanswered) == (3, 1, 1)
+    assert (total.escalated, total.told_to_retry) == (1, 1)
+    assert sum(total.histogram) == 0
+
+
+async def test_escalate_turns_a_search_into_a_queued_call_once(st: Store) -> None:
+    await online(st, volunteer("v1"), volunteer("v2"))
+    await ringing_call(st, "c_1", "v1", "v2")
+    handed = await st.escalate("c_1", "bank", "help", NOW + 180)
+    assert handed is not None and handed.withdrawn == ["v1", "v2"]
+    call = handed.call
+    assert call.state is CallState.QUEUED and (call.org, call.queue) == ("bank", "help")
+    assert call.enqueued_at == call.escalated_at == NOW + 180
+    assert call.escalation is EscalationOutcome.QUEUED
+    assert await st.get_call("c_1") == call
+    assert await st.ringing("c_1") == [] and await st.ring_of("v1") is None
+    assert await st.rung("c_1") == {"v1", "v2"}  # a crossing decline is still acknowledged
+    assert await st.current_call("r1") == "c_1"
+    # Rung no more: free for another call.
+    await ringing_call(st, "c_2", "v1", recipient="r2")
+    assert await st.escalate("c_1", "bank", "help", NOW + 181) is None  # once only
+    assert await st.escalate("missing", "bank", "help", NOW) is None
+    # An answered call is not escalated; the escalated one is answered like a queued call.
+    assert await st.escalate("c_2", "bank", "help", NOW) is not None
+    assert await st.finish("c_2", EndReason.NO_ANSWER, None, NOW + 200) is not None
+    assert await st.escalate("c_2", "bank", "help", NOW + 201) is None
+
+
+async def test_concurrent_escalations_escalate_once(st: Store) -> None:
+    await ringing_call(st, "c_1")
+    results = await asyncio.gather(*(st.escalate("c_1", "bank", "help", NOW + i) for i in range(5)))
+    assert sum(r is not None for r in results) == 1
+
+
+# --- trusted circles ---------------------------------------------------------------------------
+
+
+async def test_circle_members_on_both_sides(st: Store) -> None:
+    assert await st.circle("r1") == {} and await st.circles_of("v1") == {}
+    assert await st.circle_add("r1", "v1", NOW)
+    assert not await st.circle_add("r1", "v1", NOW + 5)  # already a member: since is kept
+    assert await st.circle_add("r1", "v2", NOW + 1)
+    assert await st.circle_add("r2", "v1", NOW + 2)
+    assert await st.circle("r1") == {"v1": NOW, "v2": NOW + 1}
+    assert await st.circles_of("v1") == {"r1": NOW, "r2": NOW + 2}
+    assert await st.circle_remove("r1", "v1")
+    assert not await st.circle_remove("r1", "v1")
+    assert await st.circle("r1") == {"v2": NOW + 1}
+    assert await st.circles_of("v1") == {"r2": NOW + 2}
+
+
+async def test_an_invitation_is_used_once_and_never_after_it_expires(st: Store) -> None:
+    code = Invite(recipient_id="r1", created_at=NOW, expires_at=NOW + 600)
+    await st.put_invite("k1", code)
+    assert await st.take_invite("k1", "v1", NOW + 10) == code
+    assert await st.take_invite("k1", "v2", NOW + 11) is None  # used
+    await st.put_invite("k2", code)
+    assert await st.take_invite("k2", "v1", NOW + 600) is None  # expired at that instant
+    assert await st.take_invite("k2", "v1", NOW + 1) is None  # and gone
+    assert await st.take_invite("missing", "v1", NOW) is None
+
+
+async def test_a_proposal_is_for_its_helper_only(st: Store) -> None:
+    ask = Invite(recipient_id="r1", created_at=NOW, expires_at=NOW + 600, helper_id="v1")
+    later = Invite(recipient_id="r2", created_at=NOW + 1, expires_at=NOW + 900, helper_id="v1")
+    await st.put_invite("p1", ask)
+    await st.put_invite("p2", later)
+    assert await st.proposals_for("v1", NOW + 5) == [("p1", ask), ("p2", later)]
+    assert await st.proposals_for("v1", NOW + 700) == [("p2", later)]
+    assert await st.proposals_for("v2", NOW) == []
+    assert await st.take_invite("p1", "v2", NOW + 5) is None  # someone else's: left alone
+    assert await st.take_invite("p1", "v1", NOW + 5) == ask
+    assert await st.proposals_for("v1", NOW + 5) == [("p2", later)]
+
+
+async def test_concurrent_redemptions_use_an_invitation_once(st: Store) -> None:
+    await st.put_invite("k1", Invite(recipient_id="r1", created_at=NOW, expires_at=NOW + 600))
+    results = await asyncio.gather(*(st.take_invite("k1", f"v{i}", NOW + 1) for i in range(6)))
+    assert sum(r is not None for r in results) == 1
+
+
+async def test_erasure_forgets_circles_and_invitations(st: Store) -> None:
+    await online(st, volunteer("v1"), volunteer("v2"))
+    await st.put_profile(Profile(user_id="r1", role=Role.RECIPIENT))
+    await st.circle_add("r1", "v1", NOW)
+    await st.circle_add("r1", "v2", NOW)
+    await st.circle_add("r2", "v1", NOW)
+    await st.put_invite("k1", Invite(recipient_id="r1", created_at=NOW, expires_at=NOW + 600))
+    await st.put_invite(
+        "p1", Invite(recipient_id="r2", created_at=NOW, expires_at=NOW + 600, helper_id="v1")
+    )
+    await st.erase_user("v1", "anon-v1", [])
+    assert await st.circle("r1") == {"v2": NOW} and await st.circle("r2") == {}
+    assert await st.circles_of("v1") == {} and await st.proposals_for("v1", NOW) == []
+    assert await st.take_invite("p1", "v1", NOW) is None
+    await st.erase_user("r1", "anon-r1", [])
+    assert await st.circle("r1") == {} and await st.circles_of("v2") == {}
+    assert await st.take_invite("k1", "v2", NOW) is None
 
 
 async def test_on_duty_is_counted(st: Store) -> None:

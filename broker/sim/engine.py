@@ -31,6 +31,7 @@ from broker.clock import VirtualClock
 from broker.events import Assigned, Event, Ring, Withdrawn
 from broker.model import (
     BrokerError,
+    CircleMode,
     EndReason,
     Profile,
     RingWindow,
@@ -90,6 +91,10 @@ class Result:
     calls_per_volunteer: list[int] = field(repr=False)  # one entry per active volunteer
     world_events: int = 0
     broker_events: int = 0
+    # Trusted circles (reported when the scenario models them): calls asked of a circle, and
+    # of those, answered by a member.
+    circle_calls: int | None = None
+    circle_answered_by_member: int = 0
     wall_s: float = 0.0
     cpu_s: float = 0.0  # this process's CPU time: on a shared machine, steadier than wall time
 
@@ -148,6 +153,14 @@ class Result:
                 "off_duty": self.violations.off_duty,
                 "two_winners": self.violations.two_winners,
             },
+        } | self.circle_figures()
+
+    def circle_figures(self) -> dict[str, Any]:
+        if self.circle_calls is None:
+            return {}
+        return {
+            "circle_calls": self.circle_calls,
+            "circle_answered_by_member": self.circle_answered_by_member,
         }
 
     def speed(self) -> dict[str, float]:
@@ -252,6 +265,7 @@ class World:
         self.pending: dict[tuple[int, str], float] = {}  # (volunteer, call) -> accept/decline at
         self.rings_on_day: Counter[tuple[int, str]] = Counter()
         self.recipient_of: dict[str, int] = {}
+        self.circle_of: dict[int, list[int]] = {}  # recipient -> volunteers in their circle
 
     # --- the population ---------------------------------------------------------------------
     def _people(self) -> None:
@@ -316,6 +330,29 @@ class World:
                 )
             )
 
+    def _circles(self) -> None:
+        """Who keeps a circle, and of whom: drawn from a stream of its own, so that a scenario
+        without circles runs exactly as before."""
+        model = self.sc.circles
+        if model.share <= 0:
+            return
+        rng = random.Random(f"{self.sc.scenario.seed}/circles")
+        speakers: dict[tuple[str, str], list[int]] = {}
+        everywhere: dict[str, list[int]] = {}
+        for i, profile in enumerate(self.vol_profiles):
+            for tag in profile.languages:
+                lang = primary_language(tag)
+                speakers.setdefault((lang, profile.timezone), []).append(i)
+                everywhere.setdefault(lang, []).append(i)
+        for r, profile in enumerate(self.rec_profiles):
+            if rng.random() >= model.share:
+                continue
+            lang = primary_language(profile.languages[0])
+            near = speakers.get((lang, profile.timezone), [])
+            pool = near if len(near) >= model.size else everywhere.get(lang, [])
+            if pool:
+                self.circle_of[r] = rng.sample(pool, min(model.size, len(pool)))
+
     # --- the event queue --------------------------------------------------------------------
     def push(self, at: float, kind: int, who: int, what: str = "") -> None:
         heapq.heappush(self.heap, (at, kind, next(self.seq), who, what))
@@ -378,6 +415,10 @@ class World:
             self.push(now + self._next_session(on), DUTY, i)
         for profile in self.rec_profiles:
             await store.put_profile(profile)
+        self._circles()
+        for r, members in self.circle_of.items():
+            for i in members:
+                await store.circle_add(f"r{r}", f"v{i}", now)
         for region in range(len(sc.regions)):
             self._schedule_arrival(region, now)
 
@@ -427,8 +468,9 @@ class World:
     async def _arrival(self, region: int) -> None:
         members = self.rec_by_region[region]
         who = members[self.rng_arrival.randrange(len(members))]
+        circle = CircleMode(self.sc.circles.mode) if who in self.circle_of else None
         try:
-            outcome = await self.broker.request(self.rec_profiles[who])
+            outcome = await self.broker.request(self.rec_profiles[who], circle=circle)
         except BrokerError:
             self.refused += 1
         else:
@@ -524,7 +566,20 @@ class World:
         per_volunteer = [
             helped.get(p.user_id, 0) for i, p in enumerate(self.vol_profiles) if self.active[i]
         ]
+        circle_calls: int | None = None
+        by_member = 0
+        if sc.circles.share > 0:
+            asked = [c for c in calls if c.circle is not None]
+            circle_calls = len(asked)
+            by_member = sum(
+                1
+                for c in asked
+                if c.helper_id is not None
+                and int(c.helper_id[1:]) in self.circle_of.get(int(c.recipient_id[1:]), [])
+            )
         return Result(
+            circle_calls=circle_calls,
+            circle_answered_by_member=by_member,
             scenario=sc.scenario.name,
             policy=self.policy_name,
             seed=sc.scenario.seed,

@@ -10,7 +10,7 @@ import tomllib
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -162,6 +162,15 @@ class Calls(_Strict):
         return self
 
 
+class Circles(_Strict):
+    """Trusted circles: a share of recipients keep a circle of a few volunteers who speak their
+    language (from their own region when enough do), and ask it first, or only."""
+
+    share: Probability = Field(default=0.0, description="recipients who have a circle")
+    size: int = Field(default=3, ge=1, le=50, description="volunteers in each circle")
+    mode: Literal["first", "only"] = "first"
+
+
 class ScenarioDispatch(DispatchSettings):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -173,6 +182,7 @@ class Scenario(_Strict):
     recipients: Recipients
     response: Response
     calls: Calls
+    circles: Circles = Field(default_factory=Circles)
     dispatch: ScenarioDispatch = Field(
         default_factory=ScenarioDispatch,
         description="the broker's dispatch settings for the default policy",

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
-from broker.model import Call, Candidate, EndReason, Feedback, Profile, Role
+from broker.model import Call, Candidate, EndReason, Feedback, Invite, Profile, Role
 from broker.moderation import AuditEntry, AuditQuery, Case, CaseQuery, Resolution, Restriction
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
@@ -120,6 +120,8 @@ RecordKind = Literal[
     "case",
     "audit",
     "revoked",
+    "circle",
+    "invite",
     "day",
     "timer",
     "mark",
@@ -148,6 +150,7 @@ class Record:
     - ``case`` (case id): ``Case``; ``audit`` (entry id): ``AuditEntry`` (both with their
       ``seq``); ``day`` (day): the counters by scope, ``dict[str, list[int]]``;
       ``timer`` (name): its deadline; ``mark`` (name): a sweep's mark.
+    - ``circle`` (recipient, helper): member since, float; ``invite`` (key): ``Invite``.
     """
 
     kind: RecordKind
@@ -436,6 +439,15 @@ class Store(Protocol):
         becomes searching, ``overflowed_at`` is set and agents' rings are released. None if the
         call is no longer queued (answered, ended, or handed over by another node)."""
 
+    async def escalate(
+        self, call_id: str, org_id: str, queue_id: str, now: float
+    ) -> Handover | None:
+        """Atomically turn a volunteer search into a call for a help centre's queue (its
+        escalation): the state becomes queued, ``org``, ``queue``, ``enqueued_at`` and
+        ``escalated_at`` are set, ``escalation`` becomes ``queued`` and volunteers' rings are
+        released (returned in ``withdrawn``). None if the call is no longer searching
+        (answered, ended, or escalated by another node). Joining the queue is ``enqueue``."""
+
     async def count_queue_outcome(
         self, org_id: str, day: str, answered: bool, wait_s: float
     ) -> None:
@@ -496,6 +508,34 @@ class Store(Protocol):
 
     async def audit(self, query: AuditQuery, before: int | None, limit: int) -> list[AuditEntry]:
         """Entries matching ``query`` with ``seq`` below ``before``, newest first."""
+
+    # --- trusted circles -------------------------------------------------------------------------
+    # A recipient's circle is the helpers they trust; each membership is kept on both sides
+    # (the recipient's circle, the helper's circles), written circle first.
+
+    async def circle_add(self, recipient_id: str, helper_id: str, now: float) -> bool:
+        """Add a helper to a recipient's circle, since ``now``; False if already a member."""
+
+    async def circle_remove(self, recipient_id: str, helper_id: str) -> bool:
+        """Take a helper out of a recipient's circle; False if they were not in it."""
+
+    async def circle(self, recipient_id: str) -> dict[str, float]:
+        """The recipient's circle: helper id -> member since."""
+
+    async def circles_of(self, helper_id: str) -> dict[str, float]:
+        """The circles a helper is in: recipient id -> member since."""
+
+    async def put_invite(self, key: str, invite: Invite) -> None:
+        """Keep an invitation under ``key`` (a code's digest, or a proposal's id) until it
+        expires; one addressed to a helper is listed in ``proposals_for`` them."""
+
+    async def take_invite(self, key: str, helper_id: str, now: float) -> Invite | None:
+        """Use an invitation once, atomically: removed and returned if it exists, has not
+        expired and is for anyone or for ``helper_id``. None otherwise (an expired one is
+        removed; one addressed to someone else is left as it is)."""
+
+    async def proposals_for(self, helper_id: str, now: float) -> list[tuple[str, Invite]]:
+        """Unexpired invitations addressed to the helper, oldest first, with their keys."""
 
     # --- feedback --------------------------------------------------------------------------------
     async def feedback_of(self, call_id: str) -> list[Feedback]:

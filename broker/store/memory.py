@@ -28,7 +28,9 @@ from broker.model import (
     CallState,
     Candidate,
     EndReason,
+    EscalationOutcome,
     Feedback,
+    Invite,
     Profile,
     RingWindow,
     Role,
@@ -149,6 +151,10 @@ class MemoryStore:
         self._webhooks: dict[str, WebhookDelivery] = {}
         self._resume: dict[str, tuple[ResumeTicket, float]] = {}
         self._revoked: dict[str, float] = {}  # user -> tokens issued before this are refused
+        self._circle: dict[str, dict[str, float]] = {}  # recipient -> helper -> since
+        self._circles_of: dict[str, dict[str, float]] = {}  # helper -> recipient -> since
+        self._invites: dict[str, Invite] = {}
+        self._proposals: dict[str, set[str]] = {}  # helper -> keys of invites addressed to them
         self._hits: dict[str, deque[float]] = defaultdict(deque)
         # partner organisations, queues and agents
         self._orgs: dict[str, Org] = {}
@@ -785,6 +791,29 @@ class MemoryStore:
         self._calls[call_id] = call
         return Handover(call=call.model_copy(deep=True), withdrawn=withdrawn)
 
+    async def escalate(
+        self, call_id: str, org_id: str, queue_id: str, now: float
+    ) -> Handover | None:
+        call = self._calls.get(call_id)
+        if call is None or call.state is not CallState.SEARCHING:
+            return None
+        withdrawn = sorted(self._ringing.pop(call_id, set()))
+        for user_id in withdrawn:
+            if self._ring_of.get(user_id) == call_id:
+                del self._ring_of[user_id]
+        call = call.model_copy(
+            update={
+                "state": CallState.QUEUED,
+                "org": org_id,
+                "queue": queue_id,
+                "enqueued_at": now,
+                "escalated_at": now,
+                "escalation": EscalationOutcome.QUEUED,
+            }
+        )
+        self._calls[call_id] = call
+        return Handover(call=call.model_copy(deep=True), withdrawn=withdrawn)
+
     async def count_queue_outcome(
         self, org_id: str, day: str, answered: bool, wait_s: float
     ) -> None:
@@ -888,6 +917,81 @@ class MemoryStore:
     async def feedback_of(self, call_id: str) -> list[Feedback]:
         return [f.model_copy() for f in self._feedback_log if f.call_id == call_id]
 
+    # --- trusted circles ----------------------------------------------------------------------
+    async def circle_add(self, recipient_id: str, helper_id: str, now: float) -> bool:
+        members = self._circle.setdefault(recipient_id, {})
+        if helper_id in members:
+            return False
+        members[helper_id] = now
+        self._circles_of.setdefault(helper_id, {})[recipient_id] = now
+        return True
+
+    async def circle_remove(self, recipient_id: str, helper_id: str) -> bool:
+        members = self._circle.get(recipient_id, {})
+        if members.pop(helper_id, None) is None:
+            return False
+        if not members:
+            self._circle.pop(recipient_id, None)
+        theirs = self._circles_of.get(helper_id, {})
+        theirs.pop(recipient_id, None)
+        if not theirs:
+            self._circles_of.pop(helper_id, None)
+        return True
+
+    async def circle(self, recipient_id: str) -> dict[str, float]:
+        return dict(self._circle.get(recipient_id, {}))
+
+    async def circles_of(self, helper_id: str) -> dict[str, float]:
+        return dict(self._circles_of.get(helper_id, {}))
+
+    async def put_invite(self, key: str, invite: Invite) -> None:
+        self._put_invite_now(key, invite)
+
+    def _put_invite_now(self, key: str, invite: Invite) -> None:
+        self._invites[key] = invite
+        if invite.helper_id is not None:
+            self._proposals.setdefault(invite.helper_id, set()).add(key)
+
+    def _drop_invite(self, key: str) -> Invite | None:
+        invite = self._invites.pop(key, None)
+        if invite is not None and invite.helper_id is not None:
+            keys = self._proposals.get(invite.helper_id, set())
+            keys.discard(key)
+            if not keys:
+                self._proposals.pop(invite.helper_id, None)
+        return invite
+
+    async def take_invite(self, key: str, helper_id: str, now: float) -> Invite | None:
+        invite = self._invites.get(key)
+        if invite is None:
+            return None
+        if invite.expires_at <= now:
+            self._drop_invite(key)
+            return None
+        if invite.helper_id is not None and invite.helper_id != helper_id:
+            return None
+        return self._drop_invite(key)
+
+    async def proposals_for(self, helper_id: str, now: float) -> list[tuple[str, Invite]]:
+        found = [(k, self._invites[k]) for k in self._proposals.get(helper_id, set())]
+        live = [(k, i) for k, i in found if i.expires_at > now]
+        return sorted(live, key=lambda pair: (pair[1].created_at, pair[0]))
+
+    def _forget_circles(self, uid: str) -> None:
+        """Erasure: the person's circle, their places in others' and invitations to them."""
+        for helper_id in self._circle.pop(uid, {}):
+            theirs = self._circles_of.get(helper_id, {})
+            theirs.pop(uid, None)
+            if not theirs:
+                self._circles_of.pop(helper_id, None)
+        for recipient_id in self._circles_of.pop(uid, {}):
+            members = self._circle.get(recipient_id, {})
+            members.pop(uid, None)
+            if not members:
+                self._circle.pop(recipient_id, None)
+        for key in [k for k, i in self._invites.items() if uid in (i.recipient_id, i.helper_id)]:
+            self._drop_invite(key)
+
     # --- statistics ---------------------------------------------------------------------------
     async def add_counts(self, day: str, counts: Mapping[str, Counts]) -> None:
         scopes = self._days.setdefault(day, {})
@@ -949,6 +1053,7 @@ class MemoryStore:
                 self._changed(peer)
         for token in [t for t, (ticket, _) in self._resume.items() if ticket.user_id == uid]:
             del self._resume[token]
+        self._forget_circles(uid)
         for timer_key in [k for k in self._timers if uid in k.split("|")[1:]]:
             del self._timers[timer_key]
         self._timer_heap = [e for e in self._timer_heap if uid not in e[1].split("|")[1:]]

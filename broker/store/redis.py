@@ -66,6 +66,7 @@ from broker.model import (
     CallState,
     Candidate,
     EndReason,
+    EscalationOutcome,
     Feedback,
     Profile,
     RingWindow,
@@ -87,6 +88,7 @@ from broker.store.base import (
     ResumeTicket,
     StoreUnavailable,
 )
+from broker.store.redis_circles import CirclesMixin
 from broker.store.redis_common import (
     REDIS_DOWN,
     agent_record,
@@ -556,6 +558,20 @@ for _, u in ipairs(ringing) do out[#out + 1] = u end
 return out
 """
 
+# KEYS: call hash, ringing. ARGV: org, queue, now, outcome (each JSON).
+# Returns false, or {call..., '|', volunteers...}.
+_ESCALATE = """
+if redis.call('HGET', KEYS[1], 'state') ~= '"searching"' then return false end
+local ringing = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'state', '"queued"', 'org', ARGV[1], 'queue', ARGV[2],
+  'enqueued_at', ARGV[3], 'escalated_at', ARGV[3], 'escalation', ARGV[4])
+local out = redis.call('HGETALL', KEYS[1])
+out[#out + 1] = '|'
+for _, u in ipairs(ringing) do out[#out + 1] = u end
+return out
+"""
+
 # KEYS: the queue's handle hash. ARGV: queue, seconds, weight.
 _HANDLE = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -716,12 +732,13 @@ def _seed(url: str, seed: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class RedisStore(SafetyMixin):
+class RedisStore(CirclesMixin, SafetyMixin):
     def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
         self.r: Any = client
         self.cluster = isinstance(client, RedisCluster)
         # Operations that failed because Redis could not be reached, by method (metrics).
         self.errors: Counter[str] = Counter()
+        self._register_circles(client)
         self._windows: dict[str, tuple[str, RingWindow]] = {}
         self._inside: dict[str, tuple[float, bool, str, str]] = {}
         reg = client.register_script
@@ -1388,6 +1405,7 @@ class RedisStore(SafetyMixin):
         self._agent_answered = reg(_AGENT_ANSWERED)
         self._agent_released = reg(_AGENT_RELEASED)
         self._hand_over = reg(_HAND_OVER)
+        self._escalate = reg(_ESCALATE)
         self._handle = reg(_HANDLE)
 
     @unavailable_on_redis_errors
@@ -1562,6 +1580,21 @@ class RedisStore(SafetyMixin):
     async def hand_to_volunteers(self, call_id: str, now: float) -> Handover | None:
         base = _call(call_id)
         reply = await self._hand_over(keys=[base + ":call", base + ":ringing"], args=[_enc(now)])
+        if reply is None:
+            return None
+        raw, withdrawn = _split(reply)
+        await self._clear_rings(call_id, withdrawn)
+        return Handover(call=_decode_call(raw), withdrawn=sorted(withdrawn))
+
+    @unavailable_on_redis_errors
+    async def escalate(
+        self, call_id: str, org_id: str, queue_id: str, now: float
+    ) -> Handover | None:
+        base = _call(call_id)
+        reply = await self._escalate(
+            keys=[base + ":call", base + ":ringing"],
+            args=[_enc(org_id), _enc(queue_id), _enc(now), _enc(EscalationOutcome.QUEUED.value)],
+        )
         if reply is None:
             return None
         raw, withdrawn = _split(reply)

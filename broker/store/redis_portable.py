@@ -15,7 +15,7 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING
 
-from broker.model import Call, CallState, Feedback, Profile
+from broker.model import Call, CallState, Feedback, Invite, Profile
 from broker.moderation import AuditEntry, Case, Restriction
 from broker.orgs import AgentRecord, Org, QueueDayStats
 from broker.stats import Counts
@@ -121,6 +121,14 @@ async def export_redis(store: RedisStore) -> AsyncIterator[Record]:
     for u in users:
         if "revoked" in hashes[u]:
             yield Record("revoked", (u,), float(hashes[u]["revoked"]))
+    for u in users:
+        members = await r.hgetall(user_key(u) + ":circle")
+        for helper_id in sorted(members):
+            yield Record("circle", (u, helper_id), float(members[helper_id]))
+    for key in await _scan(store, "vb:{inv:*}"):
+        raw = await r.get(key)
+        if raw is not None:
+            yield Record("invite", (key[len("vb:{inv:") : -1],), Invite.model_validate_json(raw))
     for key in await _scan(store, "vb:{stats}:d:*"):
         raw = await r.hgetall(key)
         if raw:
@@ -221,6 +229,10 @@ async def import_redis(store: RedisStore, records: AsyncIterable[Record]) -> int
             await r.set("vb:{audit}:seq", audit_seq)
         elif rec.kind == "revoked":
             await store.revoke_sessions(k[0], float(v))
+        elif rec.kind == "circle":
+            await store.circle_add(k[0], k[1], float(v))
+        elif rec.kind == "invite":
+            await store.put_invite(k[0], v)
         elif rec.kind == "day":
             await store.add_counts(k[0], {scope: Counts(list(c)) for scope, c in v.items()})
         elif rec.kind == "timer":

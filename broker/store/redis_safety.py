@@ -343,6 +343,7 @@ class SafetyMixin:
             await self.r.delete(f"{org}:a:{uid}")
             await self.r.srem(f"{org}:agents", uid)
         await self._drop_timers(uid)
+        await store._erase_circles(uid)
         await self._erase_from_cases(uid, pseudonym)
         await self._erase_from_audit(uid, pseudonym)
         await self.r.srem(ON_DUTY, uid)

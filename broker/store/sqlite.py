@@ -54,7 +54,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from broker.model import Call, CallState, EndReason, Feedback, Profile, Role, primary_language
+from broker.model import (
+    Call,
+    CallState,
+    EndReason,
+    Feedback,
+    Invite,
+    Profile,
+    Role,
+    primary_language,
+)
 from broker.moderation import AuditEntry, Case, Resolution, Restriction, scrubbed_call
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats
@@ -86,6 +95,7 @@ ORG, AGENT, QUEUE_DAY, HANDLE = "org", "agent", "queue_day", "handle"
 RESTRICTION, REPORTERS, DAY, MARK = "restriction", "reporters", "day", "mark"
 INTERRUPTED = "interrupted"  # user -> calls ended on start-up they have not been told of
 WEBHOOK = "webhook"  # delivery id -> the delivery waiting for its next attempt
+CIRCLE, INVITE = "circle", "invite"  # [recipient, helper] -> since; key -> Invite
 
 
 def _key(*parts: str) -> str:
@@ -326,6 +336,12 @@ class SqliteStore(MemoryStore):
             self._interrupted[user_id] = list(json.loads(value))
         for name, value in self._records(MARK):
             self._marks[name] = float(value)
+        for key, value in self._records(CIRCLE):
+            recipient_id, helper_id = json.loads(key)
+            self._circle.setdefault(recipient_id, {})[helper_id] = float(value)
+            self._circles_of.setdefault(helper_id, {})[recipient_id] = float(value)
+        for key, value in self._records(INVITE):
+            self._put_invite_now(key, Invite.model_validate_json(value))
         for (body,) in self._db.execute("SELECT body FROM cases ORDER BY seq"):
             case = Case.model_validate_json(body)
             self._cases[case.seq] = case
@@ -515,6 +531,14 @@ class SqliteStore(MemoryStore):
 
     async def hand_to_volunteers(self, call_id: str, now: float) -> Handover | None:
         done = await super().hand_to_volunteers(call_id, now)
+        if done is not None:
+            self._save_call(done.call)
+        return done
+
+    async def escalate(
+        self, call_id: str, org_id: str, queue_id: str, now: float
+    ) -> Handover | None:
+        done = await super().escalate(call_id, org_id, queue_id, now)
         if done is not None:
             self._save_call(done.call)
         return done
@@ -745,8 +769,34 @@ class SqliteStore(MemoryStore):
         self._put(MARK, name, repr(value))
 
     # --- people's data -----------------------------------------------------------------------------
+    # --- trusted circles (kept in the file) -----------------------------------------------------
+    async def circle_add(self, recipient_id: str, helper_id: str, now: float) -> bool:
+        added = await super().circle_add(recipient_id, helper_id, now)
+        if added:
+            self._put(CIRCLE, _key(recipient_id, helper_id), repr(now))
+        return added
+
+    async def circle_remove(self, recipient_id: str, helper_id: str) -> bool:
+        removed = await super().circle_remove(recipient_id, helper_id)
+        if removed:
+            self._delete(CIRCLE, _key(recipient_id, helper_id))
+        return removed
+
+    async def put_invite(self, key: str, invite: Invite) -> None:
+        await super().put_invite(key, invite)
+        self._put(INVITE, key, invite.model_dump_json())
+
+    async def take_invite(self, key: str, helper_id: str, now: float) -> Invite | None:
+        taken = await super().take_invite(key, helper_id, now)
+        if key not in self._invites:
+            self._delete(INVITE, key)  # used, or found expired
+        return taken
+
     async def erase_user(self, user_id: str, pseudonym: str, hit_keys: list[str]) -> None:
         uid = user_id
+        circle_keys = [_key(uid, h) for h in self._circle.get(uid, {})]
+        circle_keys += [_key(r, uid) for r in self._circles_of.get(uid, {})]
+        invite_keys = [k for k, i in self._invites.items() if uid in (i.recipient_id, i.helper_id)]
         blockers = [p.user_id for p in self._profiles.values() if uid in p.blocked]
         timers = [k for k in self._timers if uid in k.split("|")[1:]]
         cases = [seq for seq, case in self._cases.items() if case.involves(uid)]
@@ -777,6 +827,10 @@ class SqliteStore(MemoryStore):
                 self._delete(kind, uid)
             for blocker in blockers:
                 self._save_profile(blocker)
+            for key in circle_keys:
+                self._delete(CIRCLE, key)
+            for key in invite_keys:
+                self._delete(INVITE, key)
             for key in timers:
                 self._delete(TIMER, key)
             if pseudonym in self._restrictions:
@@ -854,4 +908,7 @@ class SqliteStore(MemoryStore):
             "marks": dict(self._marks),
             "interrupted": {u: list(c) for u, c in self._interrupted.items()},
             "webhooks": dict(self._webhooks),
+            "circle": {r: dict(m) for r, m in self._circle.items()},
+            "circles_of": {h: dict(m) for h, m in self._circles_of.items()},
+            "invites": dict(self._invites),
         }

@@ -13,7 +13,7 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from broker.model import Call, Feedback, Profile
+from broker.model import Call, Feedback, Invite, Profile
 from broker.moderation import AuditEntry, Case, Restriction
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, Org, QueueDayStats
@@ -101,9 +101,15 @@ async def export_sqlite(store: SqliteStore) -> AsyncIterator[Record]:
     for (body,) in db.execute("SELECT body FROM audit ORDER BY seq").fetchall():
         entry = AuditEntry.model_validate_json(body)
         yield Record("audit", (entry.id,), entry)
-    for kind in ("revoked", "day"):
-        for key, value in _records(store, kind):
-            yield Record(kind, (key,), _LOAD[kind](value))
+    for key, value in _records(store, "revoked"):
+        yield Record("revoked", (key,), float(value))
+    for key, value in _records(store, "circle"):
+        recipient_id, helper_id = json.loads(key)
+        yield Record("circle", (recipient_id, helper_id), float(value))
+    for key, value in _records(store, "invite"):
+        yield Record("invite", (key,), Invite.model_validate_json(value))
+    for key, value in _records(store, "day"):
+        yield Record("day", (key,), json.loads(value))
     timers = sorted(_records(store, "timer"), key=lambda kv: (float(kv[1]), kv[0]))
     for key, value in timers:
         yield Record("timer", (key,), float(value))
@@ -130,6 +136,10 @@ async def import_sqlite(store: SqliteStore, records: AsyncIterable[Record]) -> i
                 store._put("queue_day", json.dumps(list(k)), value)
             elif rec.kind == "handle":
                 store._put("handle", json.dumps(list(k)), repr(float(v)))
+            elif rec.kind == "circle":
+                store._put("circle", json.dumps(list(k)), repr(float(v)))
+            elif rec.kind == "invite":
+                store._put("invite", k[0], v.model_dump_json())
             elif rec.kind == "call":
                 # Calls arrive in the order they ended: they take their places in that order.
                 store._save_call(v, ended=v.ended_at is not None)

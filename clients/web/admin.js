@@ -810,6 +810,92 @@ async function openStats(event) {
   } catch (err) {
     failed($("#stats"), err);
   }
+  if (!event) await openCoverage();
+}
+
+// --- coverage gaps ------------------------------------------------------------------------------
+
+const WEEK = [
+  ["mon", "Monday"],
+  ["tue", "Tuesday"],
+  ["wed", "Wednesday"],
+  ["thu", "Thursday"],
+  ["fri", "Friday"],
+  ["sat", "Saturday"],
+  ["sun", "Sunday"],
+];
+const HOURS = [...Array(24).keys()].map((h) => String(h).padStart(2, "0"));
+
+function gapOf(c) {
+  if (c.requests > 0 && c.volunteers === 0) return ["gap-short", "short"];
+  if (c.requests > 0 && c.answered_pct !== null && c.answered_pct < 80) return ["gap-thin", "thin"];
+  return ["", ""];
+}
+
+function renderCoverage(report, language) {
+  const box = $("#coverage");
+  const cells = report.cells.filter((c) => c.language === language);
+  if (!cells.length) {
+    box.replaceChildren(element("p", "No volunteer requests in the last 30 days."));
+    return "Coverage: no volunteer requests in the last 30 days.";
+  }
+  const at = new Map(cells.map((c) => [`${c.weekday}-${c.hour}`, c]));
+  const rows = WEEK.map(([key, name]) => [
+    name,
+    ...HOURS.map((_, h) => {
+      const c = at.get(`${key}-${h}`);
+      const [, word] = gapOf(c);
+      return `${c.requests}/${c.volunteers}${word ? ` ${word}` : ""}`;
+    }),
+  ]);
+  const heat = dataTable(
+    `${languageName(language)}: requests/volunteers by hour of the week (${report.timezone})`,
+    ["Day", ...HOURS],
+    rows,
+  );
+  heat.querySelectorAll("tbody tr").forEach((tr, d) => {
+    tr.querySelectorAll("td").forEach((td, h) => {
+      const [level] = gapOf(at.get(`${WEEK[d][0]}-${h}`));
+      if (level) td.className = level;
+    });
+  });
+  const busy = cells.filter((c) => c.requests > 0);
+  const dayName = Object.fromEntries(WEEK);
+  const detail = dataTable(
+    `${languageName(language)}: hours with requests`,
+    ["Hour", "Requests", "Answered", "90% answered within (s)", "Volunteers on duty"],
+    busy.map((c) => [
+      `${dayName[c.weekday]} ${String(c.hour).padStart(2, "0")}:00`,
+      String(c.requests),
+      percent(c.answered_pct),
+      c.p90_answer_s === null ? "—" : String(c.p90_answer_s),
+      String(c.volunteers),
+    ]),
+  );
+  box.replaceChildren(heat, detail);
+  const short = cells.filter((c) => gapOf(c)[1] === "short").length;
+  return `Coverage in ${languageName(language)}: ${plural(short, "hour")} with requests and nobody to ring.`;
+}
+
+async function openCoverage(event) {
+  if (event) event.preventDefault();
+  if (page.claims.org) {
+    $("#coverage-part").hidden = true; // the volunteer network's, not an organisation's
+    return;
+  }
+  const tz = $("#coverage-tz");
+  if (!tz.value) tz.value = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  try {
+    const report = await api(`/v1/stats/coverage${query({ tz: tz.value.trim() })}`);
+    const select = $("#coverage-language");
+    const chosen = select.value;
+    select.replaceChildren(...report.languages.map((l) => new Option(languageName(l), l)));
+    if (report.languages.includes(chosen)) select.value = chosen;
+    const said = renderCoverage(report, select.value);
+    if (event) announce(said);
+  } catch (err) {
+    failed($("#coverage"), err);
+  }
 }
 
 // --- the audit log ------------------------------------------------------------------------------
@@ -1024,6 +1110,7 @@ async function main() {
     $(`#${kind}-user`).addEventListener("click", () => once(() => restrict(kind)));
   }
   $("#stats-form").addEventListener("submit", openStats);
+  $("#coverage-form").addEventListener("submit", openCoverage);
   $("#audit-form").addEventListener("submit", openAudit);
   $("#more-audit").addEventListener("click", moreAudit);
   $("#audit-csv").addEventListener("click", auditCsv);

@@ -73,6 +73,7 @@ const num = (v) => typeof v === "number" && Number.isFinite(v);
 const optNum = (v) => v === undefined || v === null || num(v);
 const obj = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 const bool = (v) => typeof v === "boolean";
+const optObj = (v) => v === undefined || v === null || obj(v);
 
 // Required and optional fields of every server message (signaling/messages.py).
 const SERVER_MESSAGES = {
@@ -89,7 +90,14 @@ const SERVER_MESSAGES = {
   ack: {},
   availability: { available: bool },
   "agent.status": { state: str },
-  "call.status": { call: str, state: str, notified: optNum, position: optNum, eta_s: optNum },
+  "call.status": {
+    call: str,
+    state: str,
+    notified: optNum,
+    position: optNum,
+    eta_s: optNum,
+    escalation: optObj,
+  },
   "call.ring": {
     call: str,
     language: str,
@@ -103,7 +111,7 @@ const SERVER_MESSAGES = {
   "call.withdrawn": { call: str, reason: str },
   "call.assigned": { call: str, peer: obj, ice_servers: Array.isArray, offerer: bool },
   signal: { call: str, data: obj },
-  "call.ended": { call: str, reason: str, by: optStr },
+  "call.ended": { call: str, reason: str, by: optStr, retry_after_s: optNum },
   reconnect: { after_s: optNum },
   // The sign-in: the token expires soon (send auth.refresh), and the answer to auth.refresh.
   "auth.expiring": { expires_at: num, expires_in_s: num },

@@ -9,6 +9,7 @@ import {
   LANGUAGES,
   announce,
   languageName,
+  minutes,
   progressText,
   restrictionNotice,
   showState,
@@ -41,6 +42,8 @@ async function request(extra) {
   const message = { type: "call.request", language, ...extra };
   if (topic) message.topic = topic;
   if (!extra.org && $("#ask-assistant").checked) message.helper = "assistant";
+  const who = document.querySelector('input[name="who"]:checked');
+  if (!extra.org && who && who.value !== "everyone") message.circle = who.value;
   announce("Starting your camera…");
   try {
     page.stream = await camera();
@@ -126,7 +129,10 @@ function finish(reasonText) {
 
 function onEnded(message) {
   if (message.call !== page.callId) return;
-  const text = (ENDED[message.reason] || (() => "The call ended."))(message.by);
+  let text = (ENDED[message.reason] || (() => "The call ended."))(message.by);
+  if (message.reason === "no_answer" && message.retry_after_s) {
+    text = `No one could answer this time. Please try again in ${minutes(message.retry_after_s)}.`;
+  }
   finish(text);
 }
 
@@ -212,6 +218,53 @@ async function partners() {
   box.replaceChildren(list);
 }
 
+async function circle() {
+  const box = $("#circle-members");
+  const response = await page.session.api("/v1/me/circle").catch(() => null);
+  if (!response || !response.ok) {
+    box.innerHTML = "<p>Your circle could not be loaded.</p>";
+    return;
+  }
+  const { members } = await response.json();
+  if (!members.length) {
+    box.innerHTML = '<p class="muted">Nobody is in your circle yet. Make an invitation code and give it to someone you trust.</p>';
+    return;
+  }
+  const list = document.createElement("ul");
+  list.className = "circle";
+  for (const member of members) {
+    const item = document.createElement("li");
+    const name = member.display_name || "A helper";
+    item.append(`${name} `);
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = `Remove ${name}`;
+    button.addEventListener("click", async () => {
+      const path = `/v1/me/circle/members/${encodeURIComponent(member.member)}`;
+      const answer = await page.session.api(path, { method: "DELETE" }).catch(() => null);
+      announce(answer && answer.ok ? `${name} is no longer in your circle.` : `${name} could not be removed.`);
+      await circle();
+      $("#circle-invite").focus();
+    });
+    item.append(button);
+    list.append(item);
+  }
+  box.replaceChildren(list);
+}
+
+async function invite() {
+  const response = await page.session.api("/v1/me/circle/invitations", { method: "POST" }).catch(() => null);
+  const body = response ? await response.json().catch(() => null) : null;
+  if (!response || !response.ok || !body) {
+    announce(body && body.message ? body.message : "No invitation code could be made.");
+    return;
+  }
+  const until = new Date(body.expires_at).toLocaleDateString(undefined, { dateStyle: "long" });
+  const text = `Your invitation code is ${body.code}. Give it to one person you trust: it works once, until ${until}.`;
+  $("#circle-code").textContent = text;
+  announce(text);
+}
+
 async function languages() {
   const select = $("#language");
   let mine = [];
@@ -233,6 +286,8 @@ async function main() {
   });
   await languages();
   $("#call").addEventListener("click", () => request({}));
+  $("#circle-invite").addEventListener("click", invite);
+  circle();
   $("#cancel").addEventListener("click", () => hangUp("call.cancel"));
   $("#hang-up").addEventListener("click", () => hangUp("call.end"));
   $("#feedback").addEventListener("submit", sendFeedback);

@@ -38,12 +38,32 @@ export function minutes(seconds) {
   return m === 1 ? "about 1 minute" : `about ${m} minutes`;
 }
 
+// What a recipient hears when nobody answered their search (call.status "escalation").
+export function escalationText(escalation) {
+  const later = escalation.retry_after_s
+    ? ` If no one answers, please try again in ${minutes(escalation.retry_after_s)}.`
+    : "";
+  switch (escalation.outcome) {
+    case "queued":
+      return `No volunteer could answer, so your call has gone to ${escalation.org_name || "a help centre"}.`;
+    case "closed":
+      return `No volunteer is free just now and the help centre is closed. Still looking…${later}`;
+    case "full":
+      return `No volunteer is free just now and the help centre is busy. Still looking…${later}`;
+    default:
+      return `No volunteer is free just now. Still looking…${later}`;
+  }
+}
+
 // What a recipient hears as the search or the queue moves (call.status).
 export function progressText(status) {
+  const escalated = status.escalation ? escalationText(status.escalation) : "";
   if (status.state === "queued") {
     const place = status.position ? `You are number ${status.position} in the queue` : "You are in the queue";
-    return status.eta_s ? `${place}, ${minutes(status.eta_s)}.` : `${place}.`;
+    const where = status.eta_s ? `${place}, ${minutes(status.eta_s)}.` : `${place}.`;
+    return escalated ? `${escalated} ${where}` : where;
   }
+  if (escalated) return escalated;
   if (status.notified > 0) {
     const who = status.notified === 1 ? "1 volunteer" : `${status.notified} volunteers`;
     return `Ringing ${who}.`;

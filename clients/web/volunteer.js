@@ -59,7 +59,8 @@ function onRing(ring) {
   $("#ring-expires").textContent = `This ring lasts until ${until.toLocaleTimeString([], { hour: "numeric", minute: "2-digit", second: "2-digit" })}.`;
   showState("ringing");
   const topic = ring.topic ? ` about ${ring.topic}` : "";
-  announce(`Call from ${ring.requester.display_name || "a caller"}${topic}, in ${languageName(ring.language)}. Accept or decline.`);
+  const circle = ring.circle === true ? " You are in their circle." : "";
+  announce(`Call from ${ring.requester.display_name || "a caller"}${topic}, in ${languageName(ring.language)}.${circle} Accept or decline.`);
 }
 
 function onWithdrawn(message) {
@@ -88,6 +89,7 @@ function onEnded(message) {
   showState("ended");
   announce(`Call ended. ${text} ${waitingText()}`);
   history();
+  impact();
 }
 
 const COLUMNS = [
@@ -132,22 +134,188 @@ async function history() {
   box.replaceChildren(table);
 }
 
-async function exportCsv() {
-  const response = await page.session.api("/v1/me/calls?format=csv", { accept: "text/csv" }).catch(() => null);
-  if (!response || !response.ok) {
-    announce("Your calls could not be exported.");
-    return;
-  }
+async function download(path, filename) {
+  const response = await page.session.api(path, { accept: "text/csv" }).catch(() => null);
+  if (!response || !response.ok) return false;
   // The API needs the token in a header, so the file is fetched here and handed to the browser.
   const url = URL.createObjectURL(await response.blob());
   const link = document.createElement("a");
   link.href = url;
-  link.download = "calls.csv";
+  link.download = filename;
   document.body.append(link);
   link.click();
   link.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10000);
-  announce("Your calls were downloaded as calls.csv.");
+  return true;
+}
+
+async function exportCsv() {
+  if (await download("/v1/me/calls?format=csv", "calls.csv")) announce("Your calls were downloaded as calls.csv.");
+  else announce("Your calls could not be exported.");
+}
+
+const IMPACT_COLUMNS = [
+  ["month", "Month"],
+  ["calls", "Calls answered"],
+  ["minutes", "Minutes"],
+  ["people", "People helped"],
+];
+
+function plural(n, one, many) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+// "You have answered 3 calls: 12.5 minutes of help for 2 people, in English and Portuguese,
+// since 3 May 2026."
+function impactText(impact) {
+  if (!impact.calls_answered) {
+    return "You have not answered a call yet. Every call you answer will be counted here.";
+  }
+  const languages = impact.languages.map(languageName);
+  const spoken = languages.length > 1 ? `${languages.slice(0, -1).join(", ")} and ${languages.at(-1)}` : languages[0];
+  const since = new Date(impact.first_call).toLocaleDateString(undefined, { dateStyle: "long" });
+  return (
+    `You have answered ${plural(impact.calls_answered, "call", "calls")}: ` +
+    `${plural(impact.minutes_helped, "minute", "minutes")} of help for ` +
+    `${plural(impact.people_helped, "person", "people")}, in ${spoken}, since ${since}.`
+  );
+}
+
+async function impact() {
+  const summary = $("#impact-summary");
+  const box = $("#impact-months");
+  const response = await page.session.api("/v1/me/impact").catch(() => null);
+  if (!response || !response.ok) {
+    summary.textContent = "Your record could not be loaded.";
+    box.replaceChildren();
+    return;
+  }
+  const record = await response.json();
+  summary.textContent = impactText(record);
+  if (!record.by_month.length) {
+    box.replaceChildren();
+    return;
+  }
+  const table = document.createElement("table");
+  table.createCaption().textContent = "Your calls by month";
+  const head = table.createTHead().insertRow();
+  for (const [, title] of IMPACT_COLUMNS) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = title;
+    head.append(th);
+  }
+  const body = table.createTBody();
+  for (const month of record.by_month) {
+    const row = body.insertRow();
+    for (const [key] of IMPACT_COLUMNS) row.insertCell().textContent = String(month[key]);
+  }
+  box.replaceChildren(table);
+}
+
+async function exportImpact() {
+  if (await download("/v1/me/impact?format=csv", "impact.csv")) announce("Your record was downloaded as impact.csv.");
+  else announce("Your record could not be exported.");
+}
+
+// An invitation link carries the code in the fragment (#circle=CODE); read before sign-in
+// wipes the fragment.
+const invitedWith = new URLSearchParams(location.hash.replace(/^#/, "")).get("circle");
+
+function circleItem(text, buttons) {
+  const item = document.createElement("li");
+  item.append(`${text} `);
+  const group = document.createElement("span");
+  for (const [label, action] of buttons) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    button.addEventListener("click", action);
+    group.append(button);
+  }
+  item.append(group);
+  return item;
+}
+
+async function circles() {
+  const requests = $("#circle-requests");
+  const box = $("#circle-list");
+  const response = await page.session.api("/v1/me/circle").catch(() => null);
+  if (!response || !response.ok) {
+    box.innerHTML = "<p>Your circles could not be loaded.</p>";
+    return;
+  }
+  const { circles: mine, proposals } = await response.json();
+  if (proposals.length) {
+    const list = document.createElement("ul");
+    list.className = "circle";
+    list.setAttribute("aria-label", "Requests to join a circle");
+    for (const p of proposals) {
+      const name = p.display_name || "Someone you helped";
+      const answer = (accept) => async () => {
+        const path = `/v1/me/circle/proposals/${encodeURIComponent(p.proposal)}`;
+        const reply = await page.session.api(path, { method: "POST", body: { accept } }).catch(() => null);
+        if (!reply || !reply.ok) announce("That request could not be answered. It may have expired.");
+        else announce(accept ? `You joined ${name}'s circle.` : `You declined ${name}'s request.`);
+        await circles();
+        $("#circle-code").focus();
+      };
+      list.append(
+        circleItem(`${name}, whom you helped, asks you to join their circle.`, [
+          [`Join ${name}'s circle`, answer(true)],
+          [`Decline ${name}'s request`, answer(false)],
+        ]),
+      );
+    }
+    requests.replaceChildren(list);
+  } else {
+    requests.replaceChildren();
+  }
+  if (!mine.length) {
+    box.innerHTML = '<p class="muted">You are not in anyone\'s circle yet.</p>';
+    return;
+  }
+  const list = document.createElement("ul");
+  list.className = "circle";
+  list.setAttribute("aria-label", "Your circles");
+  for (const c of mine) {
+    const name = c.display_name || "Someone";
+    list.append(
+      circleItem(`${name}'s circle`, [
+        [
+          `Leave ${name}'s circle`,
+          async () => {
+            const path = `/v1/me/circle/circles/${encodeURIComponent(c.circle)}`;
+            const reply = await page.session.api(path, { method: "DELETE" }).catch(() => null);
+            announce(reply && reply.ok ? `You left ${name}'s circle.` : "You could not leave that circle.");
+            await circles();
+            $("#circle-code").focus();
+          },
+        ],
+      ]),
+    );
+  }
+  box.replaceChildren(list);
+}
+
+async function joinCircle(event) {
+  event.preventDefault();
+  const code = $("#circle-code").value.trim();
+  if (!code) {
+    announce("Type the invitation code you were given.");
+    $("#circle-code").focus();
+    return;
+  }
+  const response = await page.session.api("/v1/circle/join", { method: "POST", body: { code } }).catch(() => null);
+  const body = response ? await response.json().catch(() => null) : null;
+  if (!response || !response.ok || !body) {
+    announce(body && body.message ? body.message : "You could not join that circle.");
+    $("#circle-code").focus();
+    return;
+  }
+  $("#circle-code").value = "";
+  announce(`You joined ${body.display_name || "their"}'s circle.`);
+  await circles();
 }
 
 async function main() {
@@ -169,6 +337,9 @@ async function main() {
     announce("Your calls are up to date.");
   });
   $("#export-csv").addEventListener("click", exportCsv);
+  $("#impact-csv").addEventListener("click", exportImpact);
+  $("#circle-join").addEventListener("submit", joinCircle);
+  if (invitedWith) $("#circle-code").value = invitedWith;
   showState("idle", { focus: false });
   // Still on duty from before a reload or a dropped connection? The broker knows.
   const response = await page.session.api("/v1/me/profile").catch(() => null);
@@ -176,8 +347,11 @@ async function main() {
   $("#duty").setAttribute("aria-checked", String(page.onDuty));
   $("#duty").focus();
   const welcome = page.session.welcome;
-  announce(`Signed in as ${welcome.user.display_name}. ${waitingText()}${restrictionNotice(welcome)}`);
+  const invited = invitedWith ? " You were invited into a circle: press Join the circle to accept." : "";
+  announce(`Signed in as ${welcome.user.display_name}. ${waitingText()}${restrictionNotice(welcome)}${invited}`);
   history();
+  impact();
+  circles();
 }
 
 main();

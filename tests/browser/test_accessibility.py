@@ -25,6 +25,11 @@ from tests.helpers import Server, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
+NOBODY_FREE = (
+    "No volunteer is free just now. Still looking… "
+    "If no one answers, please try again in about 15 minutes."
+)
+
 
 async def agent_view(server: Server, user_id: str) -> tuple[str, str]:
     """(state, activity) of a demo-org agent as the broker's live queue shows it."""
@@ -59,9 +64,9 @@ async def test_every_page_in_every_state_has_no_axe_violations(
     await rec.emulate_media(color_scheme="dark")
     await assert_accessible(rec, "idle")
     await rec.emulate_media(color_scheme="light")
-    # Searching with nobody on duty.
+    # Searching with nobody on duty (and no help centre to escalate to: told when to retry).
     await rec.click("#call")
-    await expect(live(rec)).to_have_text("No volunteer is free just now. Still looking…")
+    await expect(live(rec)).to_have_text(NOBODY_FREE)
     await assert_accessible(rec, "searching")
     await rec.click("#cancel")
     await expect(live(rec)).to_have_text("Call ended. The call was cancelled.")

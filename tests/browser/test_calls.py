@@ -208,11 +208,15 @@ async def test_a_reloaded_recipient_page_takes_up_its_open_search(
     rec = await open_as(browser, broker_server, "recipient", "rec-reload", "recipient", name="Ola")
     await expect(live(rec)).to_have_text(re.compile("Signed in as Ola"))
     await rec.keyboard.press("Enter")
-    await expect(live(rec)).to_have_text("No volunteer is free just now. Still looking…")
-    await rec.reload()
-    await expect(live(rec)).to_have_text(
-        "Signed in as Ola. No volunteer is free just now. Still looking…"
+    # Nobody on duty and no help centre to escalate to: told when to try again, also after
+    # the reload.
+    nobody_free = (
+        "No volunteer is free just now. Still looking… "
+        "If no one answers, please try again in about 15 minutes."
     )
+    await expect(live(rec)).to_have_text(nobody_free)
+    await rec.reload()
+    await expect(live(rec)).to_have_text(f"Signed in as Ola. {nobody_free}")
     assert await rec.evaluate("document.activeElement.id") == "cancel"
     await expect(rec.locator("body")).to_have_attribute("data-state", "searching")
     await rec.click("#cancel")

@@ -148,6 +148,43 @@ async def test_what_the_recipient_hears_as_the_search_moves(
 
 
 @pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        (
+            {
+                "state": "queued",
+                "position": 2,
+                "escalation": {"outcome": "queued", "org": "help", "org_name": "City Help Line"},
+            },
+            "No volunteer could answer, so your call has gone to City Help Line. "
+            "You are number 2 in the queue.",
+        ),
+        (
+            {
+                "state": "searching",
+                "notified": 0,
+                "escalation": {"outcome": "closed", "retry_after_s": 300},
+            },
+            "No volunteer is free just now and the help centre is closed. Still looking… "
+            "If no one answers, please try again in about 5 minutes.",
+        ),
+        (
+            {"state": "searching", "escalation": {"outcome": "unavailable", "retry_after_s": 900}},
+            "No volunteer is free just now. Still looking… "
+            "If no one answers, please try again in about 15 minutes.",
+        ),
+    ],
+)
+async def test_what_the_recipient_hears_when_nobody_answers(
+    ui_module_page: Page, status: dict[str, object], said: str
+) -> None:
+    text = await ui_module_page.evaluate(
+        "async (status) => (await import('./ui.js')).progressText(status)", status
+    )
+    assert text == said
+
+
+@pytest.mark.parametrize(
     ("frame", "problem"),
     [
         ("not json", "The broker sent something that is not JSON."),
@@ -160,6 +197,14 @@ async def test_what_the_recipient_hears_as_the_search_moves(
         (
             '{"type": "call.status", "call": "c", "state": "queued", "position": "3"}',
             "bad position",
+        ),
+        (
+            '{"type": "call.status", "call": "c", "state": "queued", "escalation": "help"}',
+            "bad escalation",
+        ),
+        (
+            '{"type": "call.ended", "call": "c", "reason": "no_answer", "retry_after_s": "9"}',
+            "bad retry_after_s",
         ),
     ],
 )
