@@ -23,11 +23,23 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from broker.coverage import Coverage
+from broker.impact import Impact
 from broker.notify.devices import DeviceRegistration
 from broker.orgs import Org, QueueSnapshot
 from signaling import messages
 from signaling.admin import Because, Resolve, Suspend
 from signaling.api import ProfileUpdate
+from signaling.circles import (
+    AnsweredBody,
+    AskedBody,
+    CircleBody,
+    InvitationBody,
+    JoinRequest,
+    MembershipBody,
+    ProposalAnswer,
+    ProposalRequest,
+)
 from signaling.pages import PAGES, DemoSignIn
 
 VERSION = "1"
@@ -240,6 +252,56 @@ ROUTES: dict[str, RouteDoc] = {
     "DELETE /v1/me/devices/{device_id}": RouteDoc(
         "Remove one of your devices", status=204, errors=(404,), tag="me"
     ),
+    "GET /v1/me/impact": RouteDoc(
+        "A helper's record: calls answered, minutes and people helped, by month",
+        answer=Impact,
+        query=(FORMAT,),
+        formats=("text/csv",),
+        errors=(400, 403),
+        tag="me",
+    ),
+    # trusted circles
+    "POST /v1/me/circle/invitations": RouteDoc(
+        "Make a one-time invitation code into your circle (recipients)",
+        answer=InvitationBody,
+        status=201,
+        errors=(403, 429),
+        tag="circle",
+    ),
+    "POST /v1/circle/join": RouteDoc(
+        "Join a recipient's circle with an invitation code (volunteers)",
+        body=JoinRequest,
+        answer=MembershipBody,
+        errors=(400, 403, 404, 408, 409, 429),
+        tag="circle",
+    ),
+    "GET /v1/me/circle": RouteDoc(
+        "Your circle: a recipient's members; a volunteer's circles and requests to join",
+        answer=CircleBody,
+        errors=(403,),
+        tag="circle",
+    ),
+    "DELETE /v1/me/circle/members/{member}": RouteDoc(
+        "Remove a helper from your circle (recipients)", status=204, errors=(403, 404), tag="circle"
+    ),
+    "DELETE /v1/me/circle/circles/{circle}": RouteDoc(
+        "Leave a recipient's circle (volunteers)", status=204, errors=(403, 404), tag="circle"
+    ),
+    "POST /v1/me/circle/proposals": RouteDoc(
+        "Ask the helper of one of your ended calls to join your circle (recipients)",
+        body=ProposalRequest,
+        answer=AskedBody,
+        status=201,
+        errors=(400, 403, 404, 408, 409, 429),
+        tag="circle",
+    ),
+    "POST /v1/me/circle/proposals/{proposal}": RouteDoc(
+        "Accept or decline a request to join a circle (volunteers)",
+        body=ProposalAnswer,
+        answer=AnsweredBody,
+        errors=(400, 403, 404, 408, 409),
+        tag="circle",
+    ),
     # organisations
     "GET /v1/orgs": RouteDoc(
         "Organisations to call, with their queues", answer=Directory, tag="orgs"
@@ -345,6 +407,22 @@ ROUTES: dict[str, RouteDoc] = {
         errors=(400,),
         tag="admin",
     ),
+    "GET /v1/stats/coverage": RouteDoc(
+        "Coverage gaps: requests, answered share, p90 answer time and volunteers on duty by"
+        " language and local hour of the week (administrators without an organisation)",
+        auth="admin",
+        answer=Coverage,
+        query=(
+            Param(
+                "days",
+                "days back, 1-90 (default 30)",
+                {"type": "integer", "minimum": 1, "maximum": 90},
+            ),
+            Param("tz", "an IANA time zone for the hours (default UTC)"),
+        ),
+        errors=(400,),
+        tag="admin",
+    ),
     "GET /v1/stats": RouteDoc(
         "Daily statistics (global; administrators without an organisation)",
         auth="admin",
@@ -384,6 +462,7 @@ _ERROR_TEXT = {
     403: "Not allowed for this user",
     404: "Not found",
     408: "The body did not arrive in time",
+    409: "In conflict with the current state (already used, already a member, full)",
     429: "Too many requests",
     503: "The service is briefly unavailable; try again",
 }
