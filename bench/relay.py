@@ -120,7 +120,7 @@ async def one_run(n: int, signals: int, rate: float, cpu: int | None) -> dict[st
         "VABROKER_MESSAGES_PER_S": "1000000",
         "VABROKER_MESSAGE_BURST": "1000000",
         "VABROKER_REQUESTS_PER_HOUR": "100000",
-        "VABROKER_DAILY_RING_CAP": "100000",
+        "VABROKER_DAILY_RING_CAP": "1000",
     }
     async with broker_process(settings) as broker:
         if cpu is not None:

@@ -375,23 +375,29 @@ class Hub:
 
     async def enforce_cap(self, user_id: str) -> None:
         """A user who opened more than ``max_sessions`` sessions: the oldest close (4409).
-        Across all nodes when the router knows every node's sessions; else on this node."""
+        Across all nodes when the router knows every node's sessions; else on this node.
+        Runs at every hello: the error is only made when a session is over the cap."""
+        over = await self.router.oldest_over(user_id, self.max_sessions)
+        if over is not None:
+            for session_id in over:
+                end = {**self._over_cap(), "session": session_id}
+                await self.router.end_sessions(user_id, end)
+                self.end_here(user_id, end)
+            return
+        live = [s for s in self.sessions.get(user_id, ()) if s.ending is None]
+        if len(live) <= self.max_sessions:
+            return
+        live.sort(key=lambda s: s.opened)
+        for session in live[: len(live) - self.max_sessions]:
+            session.end(CLOSE_REPLACED, self._over_cap()["error"], resumable=False)
+
+    def _over_cap(self) -> Wire:
         error = Error(
             code=ErrorCode.CONFLICT.value,
             message=f"You have more than {self.max_sessions} sessions open; this one, the "
             "oldest, was closed. Carry on in the newest.",
         )
-        end: Wire = {"code": CLOSE_REPLACED, "error": error.wire(), "resumable": False}
-        over = await self.router.oldest_over(user_id, self.max_sessions)
-        if over is not None:
-            for session_id in over:
-                await self.router.end_sessions(user_id, {**end, "session": session_id})
-                self.end_here(user_id, {**end, "session": session_id})
-            return
-        live = [s for s in self.sessions.get(user_id, ()) if s.ending is None]
-        live.sort(key=lambda s: s.opened)
-        for session in live[: max(0, len(live) - self.max_sessions)]:
-            session.end(CLOSE_REPLACED, error.wire(), resumable=False)
+        return {"code": CLOSE_REPLACED, "error": error.wire(), "resumable": False}
 
     # --- delivery ----------------------------------------------------------------------------
     def send(self, user_id: str, message: Message | Wire) -> bool:
