@@ -51,8 +51,8 @@ def _store_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop where it is installed (the ``fast`` extra): the same asyncio API,
-    with sockets and timers in C, for less CPU per message (docs/performance.md, "Side by
-    side with PeerJS"). Without it, asyncio's own loop."""
+    with sockets and timers in C (docs/performance.md, "Side by side with PeerJS"). Without
+    it, asyncio's own loop."""
     try:
         import uvloop
     except ImportError:
