@@ -49,17 +49,6 @@ def _store_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (the ``fast`` extra): the same asyncio API,
-    with sockets and timers in C (docs/performance.md, "Side by side with PeerJS"). Without
-    it, asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def _serve(args: argparse.Namespace) -> int:
     from broker.store.sqlite_file import NotABrokerFile, StoreInUse
     from signaling.config import ConfigError, serve_settings
@@ -78,8 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(settings.log_level, settings.log_json)
     try:
-        with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-            runner.run(serve(settings))
+        asyncio.run(serve(settings))
     except (StoreInUse, NotABrokerFile) as exc:
         print(f"vabroker: {exc}", file=sys.stderr)
         return 1
