@@ -58,6 +58,25 @@ class _Close:
 
 
 class Session:
+    # Slots: one per connection, thousands per node.
+    __slots__ = (
+        "_expiry",
+        "_out",
+        "_wakeup",
+        "_writer",
+        "ending",
+        "expires_at",
+        "gone",
+        "id",
+        "issued_at",
+        "last_seen",
+        "opened",
+        "profile",
+        "resumable",
+        "resume_token",
+        "ws",
+    )
+
     def __init__(
         self,
         session_id: str,
@@ -81,10 +100,14 @@ class Session:
         # client sends meanwhile is ignored, and the close decides whether it may resume.
         self.ending: int | None = None
         self.resumable = True
-        # Set when the session has closed and its bookkeeping in the store is done.
-        self.gone = asyncio.Event()
-        self._out: asyncio.Queue[str | _Close | None] = asyncio.Queue(OUTBOX_LIMIT)
-        self._writer = asyncio.create_task(self._write(), name=f"writer-{session_id}")
+        loop = asyncio.get_running_loop()
+        # Done when the session has closed and its bookkeeping in the store is done.
+        self.gone: asyncio.Future[None] = loop.create_future()
+        # The outbox: a list and a future to wake the writer, not an asyncio.Queue, whose
+        # four deques and event are about 2 KB more per connection.
+        self._out: list[str | _Close] = []
+        self._wakeup: asyncio.Future[None] | None = None
+        self._writer = loop.create_task(self._write(), name=f"writer-{session_id}")
 
     @property
     def user_id(self) -> str:
@@ -102,14 +125,20 @@ class Session:
                 extra={"user": self.user_id, "why": f"{type(exc).__name__}: {exc}"},
             )
             return
-        try:
-            self._out.put_nowait(text)
-        except asyncio.QueueFull:
+        if len(self._out) >= OUTBOX_LIMIT:
             log.warning("session too slow, disconnecting", extra={"user": self.user_id})
-            self._out = asyncio.Queue(1)
+            self._out.clear()
             asyncio.get_running_loop().create_task(
                 self.ws.close(code=CLOSE_SLOW, message=b"too slow")
             )
+            return
+        self._queue(text)
+
+    def _queue(self, item: str | _Close) -> None:
+        self._out.append(item)
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     def end(self, code: int, error: Wire, resumable: bool = True) -> None:
         """Close the session with ``code`` after sending ``error`` (and everything queued
@@ -120,13 +149,13 @@ class Session:
         self.resumable = resumable
         self.stop_expiry()
         reason = str(error.get("code", ""))
-        try:
-            self._out.put_nowait(json.dumps(error, separators=(",", ":")))
-            self._out.put_nowait(_Close(code, reason))
-        except asyncio.QueueFull:  # a client this far behind does not get the explanation
+        if len(self._out) + 2 > OUTBOX_LIMIT:  # a client this far behind gets no explanation
             asyncio.get_running_loop().create_task(
                 self.ws.close(code=code, message=reason.encode())
             )
+            return
+        self._queue(json.dumps(error, separators=(",", ":")))
+        self._queue(_Close(code, reason))
 
     def stop_expiry(self) -> None:
         for handle in self._expiry:
@@ -134,9 +163,13 @@ class Session:
         self._expiry = []
 
     async def _write(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            item = await self._out.get()
-            if item is None or self.ws.closed:
+            while not self._out:
+                self._wakeup = loop.create_future()
+                await self._wakeup
+            item = self._out.pop(0)
+            if self.ws.closed:
                 return
             try:
                 if isinstance(item, _Close):
@@ -182,7 +215,7 @@ class Hub:
         self.warning_s = warning_s
         self.sessions: dict[str, set[Session]] = defaultdict(set)
         # Messages for users who dropped and may resume: (when they dropped, messages).
-        self.parked: dict[str, tuple[float, deque[Message]]] = {}
+        self.parked: dict[str, tuple[float, deque[Message | Wire]]] = {}
         self.undelivered: list[Undelivered] = []
         self.observers: list[Observer] = []
         # Where messages for users without a session here go (another node, in scale-out).
@@ -208,13 +241,13 @@ class Hub:
         if park and session.user_id not in self.sessions:
             self.parked[session.user_id] = (time.monotonic(), deque(maxlen=PARKED_LIMIT))
 
-    def unpark(self, user_id: str) -> list[Message]:
+    def unpark(self, user_id: str) -> list[Message | Wire]:
         entry = self.parked.pop(user_id, None)
         return list(entry[1]) if entry else []
 
     async def unpark_all(self, user_id: str) -> list[dict[str, Any]]:
         """Messages kept for a user who resumes: parked on this node, then by the router."""
-        here = [m.wire() for m in self.unpark(user_id)]
+        here = [m.wire() if isinstance(m, Message) else m for m in self.unpark(user_id)]
         return here + await self.router.take_parked(user_id)
 
     def _purge_parked(self) -> None:
@@ -314,7 +347,7 @@ class Hub:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 for session in here:
-                    await session.gone.wait()
+                    await asyncio.shield(session.gone)
 
     def end_here(self, user_id: str, end: Wire) -> int:
         """End sessions of this node as ``end`` says (see ``end_sessions``); ``end`` may also
@@ -342,36 +375,44 @@ class Hub:
 
     async def enforce_cap(self, user_id: str) -> None:
         """A user who opened more than ``max_sessions`` sessions: the oldest close (4409).
-        Across all nodes when the router knows every node's sessions; else on this node."""
+        Across all nodes when the router knows every node's sessions; else on this node.
+        Runs at every hello: the error is only made when a session is over the cap."""
+        over = await self.router.oldest_over(user_id, self.max_sessions)
+        if over is not None:
+            for session_id in over:
+                end = {**self._over_cap(), "session": session_id}
+                await self.router.end_sessions(user_id, end)
+                self.end_here(user_id, end)
+            return
+        live = [s for s in self.sessions.get(user_id, ()) if s.ending is None]
+        if len(live) <= self.max_sessions:
+            return
+        live.sort(key=lambda s: s.opened)
+        for session in live[: len(live) - self.max_sessions]:
+            session.end(CLOSE_REPLACED, self._over_cap()["error"], resumable=False)
+
+    def _over_cap(self) -> Wire:
         error = Error(
             code=ErrorCode.CONFLICT.value,
             message=f"You have more than {self.max_sessions} sessions open; this one, the "
             "oldest, was closed. Carry on in the newest.",
         )
-        end: Wire = {"code": CLOSE_REPLACED, "error": error.wire(), "resumable": False}
-        over = await self.router.oldest_over(user_id, self.max_sessions)
-        if over is not None:
-            for session_id in over:
-                await self.router.end_sessions(user_id, {**end, "session": session_id})
-                self.end_here(user_id, {**end, "session": session_id})
-            return
-        live = [s for s in self.sessions.get(user_id, ()) if s.ending is None]
-        live.sort(key=lambda s: s.opened)
-        for session in live[: max(0, len(live) - self.max_sessions)]:
-            session.end(CLOSE_REPLACED, error.wire(), resumable=False)
+        return {"code": CLOSE_REPLACED, "error": error.wire(), "resumable": False}
 
     # --- delivery ----------------------------------------------------------------------------
-    def send(self, user_id: str, message: Message) -> bool:
+    def send(self, user_id: str, message: Message | Wire) -> bool:
         """Send to every session of a user on this node, or through the router to the node
         that holds them; park it if they are reconnecting. False if it reached nobody here
-        (through the router: True, as it may reach them elsewhere)."""
+        (through the router: True, as it may reach them elsewhere). ``message`` is a model,
+        or its wire form when that is already at hand (a relayed signal)."""
         sessions = self.sessions.get(user_id)
         if sessions:
             for session in sessions:
                 session.send(message)
             return True
         if self.router.remote:
-            return self.router.forward(user_id, message.wire(), None)
+            wire = message.wire() if isinstance(message, Message) else message
+            return self.router.forward(user_id, wire, None)
         parked = self.parked.get(user_id)
         if parked is not None:
             parked[1].append(message)

@@ -47,7 +47,6 @@ from signaling.messages import (
     Pong,
     RestrictionInfo,
     Signal,
-    SignalRelay,
     UserInfo,
     Welcome,
     parse_client,
@@ -315,7 +314,13 @@ async def _serve(ctx: Context, session: Session) -> None:
             _error(ctx, session, exc.code, exc.message, message.ref, exc.until)
         except StoreUnavailable:
             _error(ctx, session, ErrorCode.UNAVAILABLE, _UNAVAILABLE, message.ref)
-        ctx.hub.wake()
+        if message.type not in _SETS_NO_TIMER:
+            ctx.hub.wake()
+
+
+# Messages that never schedule a timer: they need not wake the hub's timer loop, which would
+# otherwise run a look at the store's timers for every relayed signal.
+_SETS_NO_TIMER = frozenset({"signal", "ping"})
 
 
 def _error(
@@ -403,7 +408,9 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
             ctx.hub.deliver(outcome.events)
         case Signal():
             peer = await broker.peer(user, message.call)
-            ctx.hub.send(peer, SignalRelay(call=message.call, data=message.data))
+            # ``data`` was checked with the frame (size, depth, shape, text) and is opaque to
+            # the broker: it goes on as it came, with no model to build and dump again.
+            ctx.hub.send(peer, {"type": "signal", "call": message.call, "data": message.data})
             ctx.metrics.relayed.inc()
         case CallMedia():
             outcome = await broker.media(user, message.call, message.state == "connected")
@@ -451,5 +458,6 @@ async def _goodbye(ctx: Context, session: Session) -> None:
     except asyncio.CancelledError:
         raise
     finally:
-        session.gone.set()
+        if not session.gone.done():
+            session.gone.set_result(None)
     log.info("session closed", extra={"user": user})
