@@ -52,15 +52,14 @@ class DispatchSettings(BaseModel):
         default=10,
         ge=0,
         le=1000,
-        description="a wave reads this many volunteers per ring it sends, rung longest ago "
-        "first, and reads further when too few of them may be rung (0: read all in window)",
+        description="a wave draws this many volunteers at random per ring it sends, and ranks "
+        "those (0: rank every volunteer in window)",
     )
     candidate_sample: int = Field(
-        default=1000,
+        default=50,
         ge=0,
         le=1_000_000,
-        description="when the store can sample: rank recent helpers and this many others drawn "
-        "at random, not the head of the index (0: never sample)",
+        description="a wave draws at least this many volunteers at random",
     )
 
 
@@ -71,6 +70,10 @@ class Policy(Protocol):
     zone), on top of every volunteer's ring window and cap, which no policy can widen. ``None``
     means the volunteer's own window alone decides. The dispatcher reads it with a default of
     ``None``, so a policy written before the hook existed still runs.
+
+    ``recent_first`` says that the policy ranks volunteers who answered a call lately before
+    the others (most recent first), so a wave asks the store for them besides its random draw;
+    read with a default of ``False``.
     """
 
     name: str
@@ -181,31 +184,9 @@ class Dispatcher:
         language_index = call.language_index
         widened = False
         awake: RingWindow | None = getattr(self.policy, "awake", None)
-        sample = self.settings.candidate_sample
-        sampler = getattr(self.store, "candidates_sample", None)
-        if sampler is None or size * 4 > sample:
-            sample = 0  # a wave that large (ring-all) must see everyone
         while True:
             language = call.languages[language_index]
-            eligible = []
-            if sample and sampler is not None:
-                eligible = self._eligible(
-                    await sampler(language, now, sample, self.rng), call, blocked, rung
-                )
-                if awake is not None:
-                    eligible = _inside(eligible, awake, now)
-            if len(eligible) < size:  # no sample, or it ran short: read the index
-                # After a short sample, eligible volunteers are scarce: read them all at once
-                # rather than doubling through the head of the index.
-                limit = None if sample else (self.settings.candidate_factor * size or None)
-                while True:
-                    pool = await self.store.candidates(language, now, limit=limit)
-                    eligible = self._eligible(pool, call, blocked, rung)
-                    if awake is not None:
-                        eligible = _inside(eligible, awake, now)
-                    if limit is None or len(pool) < limit or len(eligible) >= size:
-                        break
-                    limit *= 2  # the head of the index was mostly busy or rung: read further
+            eligible = await self._pool(language, now, size, call, blocked, rung, awake)
             if eligible or language_index + 1 >= len(call.languages):
                 break
             language_index += 1
@@ -251,6 +232,57 @@ class Dispatcher:
                 )
             )
         return call, events
+
+    async def _pool(
+        self,
+        language: str,
+        now: float,
+        size: int,
+        call: Call,
+        blocked: frozenset[str],
+        rung: set[str],
+        awake: RingWindow | None,
+    ) -> list[Candidate]:
+        """The eligible volunteers a wave of ``size`` ranks: a random draw from the store
+        (``Store.candidates_sample``), drawn again twice as large while too few of those drawn
+        may be rung, up to everyone in window. Every store answers the same way, so the server
+        ranks on Redis exactly as the simulator does in memory."""
+        s = self.settings
+        if not s.candidate_factor:
+            return self._allowed(
+                await self.store.candidates(language, now), call, blocked, rung, awake, now
+            )
+        n = max(s.candidate_factor * size, s.candidate_sample)
+        # Recent helpers for a policy that rings them first; those rung for this call already
+        # are among them, so ask for that many more.
+        recent = size + len(rung) if getattr(self.policy, "recent_first", False) else 0
+        while True:
+            found = await self.store.candidates_sample(language, now, n, recent, self.rng)
+            eligible = self._allowed(found.candidates, call, blocked, rung, awake, now)
+            if found.complete:
+                return eligible
+            enough = len(eligible) >= size
+            if enough and recent and found.more_recent:
+                # The helpers read may all have been busy, rung or asleep while later ones
+                # are not: the policy must see enough of them, as if it saw everyone.
+                lead = {c.user_id for c in found.candidates[: found.recent]}
+                enough = sum(1 for c in eligible if c.user_id in lead) >= size
+            if enough:
+                return eligible
+            n *= 2
+            recent *= 2
+
+    def _allowed(
+        self,
+        candidates: list[Candidate],
+        call: Call,
+        blocked: frozenset[str],
+        rung: set[str],
+        awake: RingWindow | None,
+        now: float,
+    ) -> list[Candidate]:
+        eligible = self._eligible(candidates, call, blocked, rung)
+        return eligible if awake is None else _inside(eligible, awake, now)
 
     @staticmethod
     def _eligible(

@@ -31,6 +31,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, help="replace the scenario's seed")
     p.add_argument("--days", type=float, help="replace the scenario's length in days")
+    p.add_argument(
+        "--store",
+        default="memory://",
+        help="the store the broker runs on: memory:// (default) or an empty Redis database "
+        "(redis://HOST:PORT/DB, redis+cluster://HOST:PORT), emptied after each policy's run",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plots", type=Path, help="write PNG plots to this folder")
 
@@ -48,12 +54,14 @@ def policies(chosen: list[str] | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from broker.sim.engine import simulate
+    from broker.sim.engine import check_store_url, simulate
     from broker.sim.scenario import ScenarioError, load, shipped
+    from broker.store import StoreUnavailable
 
     try:
         names = policies(args.policy)
         scenario = load(args.scenario, seed=args.seed, days=args.days)
+        check_store_url(args.store)
     except (ValueError, ScenarioError) as exc:
         print(f"vabroker simulate: {exc}", file=sys.stderr)
         if isinstance(exc, ScenarioError) and "no scenario named" in str(exc):
@@ -63,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         if not args.json:
             print(f"simulating {name} on {scenario.scenario.name} ...", file=sys.stderr)
-        results.append(simulate(scenario, name))
+        try:
+            results.append(simulate(scenario, name, args.store))
+        except (ValueError, StoreUnavailable) as exc:
+            print(f"vabroker simulate: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps({"results": [as_json(r) for r in results]}, indent=2))
     else:
