@@ -261,15 +261,17 @@ class Dispatcher:
             eligible = self._allowed(found.candidates, call, blocked, rung, awake, now)
             if found.complete:
                 return eligible
-            enough = len(eligible) >= size
-            if enough and recent and found.more_recent:
-                # The helpers read may all have been busy, rung or asleep while later ones
-                # are not: the policy must see enough of them, as if it saw everyone.
-                lead = {c.user_id for c in found.candidates[: found.recent]}
-                enough = sum(1 for c in eligible if c.user_id in lead) >= size
-            if enough:
+            if len(eligible) < size:
+                n *= 2  # most of those drawn were busy, rung or asleep: draw more
+                recent *= 2
+                continue
+            if not (recent and found.more_recent):
                 return eligible
-            n *= 2
+            # The helpers read may all have been busy, rung or asleep while later ones are
+            # not: the policy must see enough of them, as if it saw everyone.
+            lead = {c.user_id for c in found.candidates[: found.recent]}
+            if sum(1 for c in eligible if c.user_id in lead) >= size:
+                return eligible
             recent *= 2
 
     def _allowed(

@@ -560,7 +560,13 @@ def check_store_url(url: str) -> None:
             f"the simulator runs on memory:// or an empty Redis database (redis://, "
             f"redis+cluster://), not {shown_url(url)!r}"
         )
-    open_store(url)  # a malformed URL is refused here, with what is wrong with it
+    try:
+        open_store(url)  # a malformed URL is refused here, with what is wrong with it
+    except ValueError as exc:
+        message = str(exc)
+        if shown_url(url) not in message:
+            message = f"store URL {shown_url(url)!r}: {message}"
+        raise ValueError(message) from None
 
 
 def simulate(scenario: Scenario, policy: str, store_url: str = "memory://") -> Result:
