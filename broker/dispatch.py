@@ -11,6 +11,7 @@ The ranking and wave shape are a ``Policy``: a small strategy object. The server
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import random
 from collections.abc import Sequence
@@ -177,9 +178,11 @@ class Dispatcher:
         ):
             return call, []  # a late timer (a node that lagged or died): the search is over
         size = self.policy.wave_size(call.wave)
-        profile = await self.store.get_profile(call.recipient_id)
+        # Two reads at once: on a shared store each is a round trip.
+        profile, rung = await asyncio.gather(
+            self.store.get_profile(call.recipient_id), self.store.rung(call.id)
+        )
         blocked = profile.blocked if profile else frozenset()
-        rung = await self.store.rung(call.id)
         rings: list[Event] = []
         language_index = call.language_index
         widened = False

@@ -51,6 +51,7 @@ Every Redis connection or timeout error becomes ``StoreUnavailable``.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import secrets
@@ -61,6 +62,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
+from pydantic import TypeAdapter
 from redis.asyncio.cluster import RedisCluster
 
 from broker.model import (
@@ -140,6 +142,12 @@ _ENDED_INDEX = "vb:ended"
 
 def _call_fields(call: Call) -> dict[str, str]:
     return {k: _enc(v) for k, v in call.model_dump(mode="json").items()}
+
+
+@functools.cache
+def _call_field(name: str) -> TypeAdapter[Any]:
+    annotation: Any = Call.model_fields[name].annotation
+    return TypeAdapter(annotation)
 
 
 def _decode_call(raw: dict[str, str] | list[str]) -> Call:
@@ -1097,12 +1105,13 @@ class RedisStore(SafetyMixin):
             raise ValueError(f"update_call: Call has no field(s) {sorted(unknown)}")
         if not fields:
             return
-        current = await self.get_call(call_id)
-        if current is None:
-            return
-        # Validate as the memory store's model_copy would store them, then write only these.
-        dumped = current.model_copy(update=fields).model_dump(mode="json")
-        flat = [x for k in fields for x in (k, _enc(dumped[k]))]
+        # Each field as the call's model dumps it, written only if the call exists: one step,
+        # no read first (a wave sets its fields after every ring it sends).
+        flat = [
+            x
+            for k, v in fields.items()
+            for x in (k, _enc(_call_field(k).dump_python(v, mode="json")))
+        ]
         await self._update_call(keys=[_call(call_id) + ":call"], args=flat)
 
     @unavailable_on_redis_errors
