@@ -201,11 +201,15 @@ class Dispatcher:
         while len(rings) < size and rest:
             chosen = self.policy.pick(rest, call, size - len(rings), self.rng)
             lost_race = False
-            for c in chosen:
-                if await self.store.reserve_ring(
-                    call.id, c.user_id, c.ring_day, c.daily_ring_cap, now
-                ):
-                    await self.store.schedule(timer(RING, call.id, c.user_id), expires_at)
+            # Each reservation is its own atomic step: on a shared store they run at once.
+            reserved = await asyncio.gather(
+                *(
+                    self.store.reserve_ring(call.id, c.user_id, c.ring_day, c.daily_ring_cap, now)
+                    for c in chosen
+                )
+            )
+            for c, ok in zip(chosen, reserved, strict=True):
+                if ok:
                     rings.append(self._ring(call, c.user_id, expires_at, language))
                 else:
                     lost_race = True  # rung by another call meanwhile: take the next best
@@ -218,11 +222,14 @@ class Dispatcher:
             fields["notified"] = call.notified + len(rings)
             if call.first_ring_at is None:
                 fields["first_ring_at"] = now
-        await self.store.update_call(call.id, **fields)
         call = call.model_copy(update=fields)
         next_at = now + self.policy.wave_interval(call.wave - 1)
+        # Independent writes, at once: each ring's timer, the call's fields, the next wave.
+        writes = [self.store.schedule(timer(RING, call.id, r.to), expires_at) for r in rings]
+        writes.append(self.store.update_call(call.id, **fields))
         if next_at < call.search_started_at + self.settings.max_wait_s:
-            await self.store.schedule(timer(WAVE, call.id), next_at)
+            writes.append(self.store.schedule(timer(WAVE, call.id), next_at))
+        await asyncio.gather(*writes)
         events: list[Event] = list(rings)
         if call.wave > 1 and (rings or widened):
             events.append(
