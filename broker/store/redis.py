@@ -242,7 +242,9 @@ return cjson.encode(facts(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]))
 """
 )
 
-# Every volunteer of a wave in one step, on one Redis (where every key is on one server).
+_FACTS_PER_STEP = 200
+
+# Volunteers of a wave in one step, on one Redis (where every key is on one server).
 # KEYS: (user hash, answered, blocked) per volunteer. ARGV: horizon, then want idx per volunteer.
 _FACTS_MANY = (
     _FACTS_OF
@@ -868,7 +870,7 @@ class RedisStore(SafetyMixin):
 
     async def _load_scripts(self) -> None:
         """Load the scripts used inside pipelines (a restarted Redis has forgotten them)."""
-        for source in (_FACTS, _CLEAR_IF, _FINISH_PARTY):
+        for source in (_FACTS, _FACTS_MANY, _CLEAR_IF, _FINISH_PARTY):
             await self.r.script_load(source)
 
     async def _pipelined(self, fill: Callable[[Any], object]) -> list[Any]:
@@ -981,13 +983,23 @@ class RedisStore(SafetyMixin):
                     _evalsha(pipe, sha, 3, key, key + ":ans", key + ":blocked", horizon, want_idx)
 
             replies = [json.loads(reply) for reply in await self._pipelined(fill)]
-        else:  # one server: every volunteer in one step, one reply to decode
-            keys: list[str] = []
-            for uid in unique:
-                key = _user(uid)
-                keys += (key, key + ":ans", key + ":blocked")
-            flags = ["0" if group else "1" for group in unique.values()]
-            replies = json.loads(await self._facts_many(keys=keys, args=[horizon, *flags]))
+        else:  # one server: a few hundred volunteers per step, the steps in one round trip
+            ids = list(unique.items())
+            many = self._facts_many.sha
+
+            def fill_many(pipe: Any) -> None:
+                # Bounded steps, so that a wave reading everyone in window never holds the
+                # server for long: other clients' commands run between them.
+                for at in range(0, len(ids), _FACTS_PER_STEP):
+                    keys: list[str] = []
+                    flags: list[str] = []
+                    for uid, group in ids[at : at + _FACTS_PER_STEP]:
+                        key = _user(uid)
+                        keys += (key, key + ":ans", key + ":blocked")
+                        flags.append("0" if group else "1")
+                    _evalsha(pipe, many, len(keys), *keys, horizon, *flags)
+
+            replies = [f for step in await self._pipelined(fill_many) for f in json.loads(step)]
         out: list[Candidate] = []
         for (uid, group), reply in zip(unique.items(), replies, strict=True):
             h, count, blocked, last_call, idx = reply
