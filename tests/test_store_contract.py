@@ -258,6 +258,19 @@ async def test_candidates_sample_draws_distinct_volunteers_at_random(st: Store) 
     assert 0 < len(drawn.candidates) < 20
 
 
+async def test_candidates_of_hundreds_read_whole(st: Store) -> None:
+    """More volunteers than one step of a store reads at a time (Redis: 200)."""
+    await online(st, *(volunteer(f"v{i:03d}") for i in range(450)))
+    everyone = await st.candidates("en", NOW)
+    assert sorted(c.user_id for c in everyone) == [f"v{i:03d}" for i in range(450)]
+    whole = await st.candidates_sample("en", NOW, 450, 0, random.Random(1))
+    assert whole.complete and sorted(whole.candidates, key=lambda c: c.user_id) == sorted(
+        everyone, key=lambda c: c.user_id
+    )
+    drawn = await st.candidates_sample("en", NOW, 300, 0, random.Random(1))
+    assert not drawn.complete and len({c.user_id for c in drawn.candidates}) == 300
+
+
 async def test_candidates_sample_leads_with_the_most_recent_helpers(st: Store) -> None:
     await online(st, *(volunteer(f"v{i:02d}") for i in range(30)))
     await online(st, volunteer("tokyo", timezone="Asia/Tokyo"))  # 21:00: inside
