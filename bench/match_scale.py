@@ -12,6 +12,7 @@
    request -> first ring p50/p99 for both.
 
     python bench/match_scale.py --volunteers 1000000 --online 5000
+    python bench/match_scale.py --skip-ring --runs 3     # three timed runs, one population
 """
 
 from __future__ import annotations
@@ -157,11 +158,16 @@ async def wave_selection(args: argparse.Namespace) -> dict[str, Any]:
                 "online": args.online,
                 "load_s": round(load_s, 1),
                 "redis_used_mib": round(int(info["used_memory"]) / 2**20, 1),
-                "draws": {
-                    str(n): await selection(store, args.rounds, n, args.recent, args.seed)
-                    for n in args.draw
-                },
-                "everyone": await selection(store, max(10, args.rounds // 5), None, 0, 0),
+                "runs": [
+                    {
+                        "draws": {
+                            str(n): await selection(store, args.rounds, n, args.recent, seed)
+                            for n in args.draw
+                        },
+                        "everyone": await selection(store, max(10, args.rounds // 5), None, 0, 0),
+                    }
+                    for seed in range(args.seed, args.seed + args.runs)
+                ],
             }
         finally:
             await store.close()
@@ -195,6 +201,7 @@ def main() -> None:
     )
     p.add_argument("--recent", type=int, default=0, help="recent helpers asked for with each draw")
     p.add_argument("--rounds", type=int, default=500, help="selections timed")
+    p.add_argument("--runs", type=int, default=1, help="timed runs over the one population loaded")
     p.add_argument("--ring-online", type=int, default=5000, help="volunteers for first ring")
     p.add_argument("--calls", type=int, default=100, help="calls for first ring")
     p.add_argument("--skip-ring", action="store_true", help="only wave selection")
@@ -216,12 +223,13 @@ def main() -> None:
             f"{w['registered']:,} registered, {w['online']:,} online "
             f"(loaded in {w['load_s']} s, Redis {w['redis_used_mib']} MiB)"
         )
-        rows = [(f"draw {k}", v) for k, v in w["draws"].items()]
-        for label, f in [*rows, ("everyone", w["everyone"])]:
-            print(
-                f"  wave selection ({label:9s}) {f['candidates']:5d} candidates  "
-                f"p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms"
-            )
+        for k, run in enumerate(w["runs"], 1):
+            rows = [(f"draw {n}", v) for n, v in run["draws"].items()]
+            for label, f in [*rows, ("everyone", run["everyone"])]:
+                print(
+                    f"  run {k}: wave selection ({label:9s}) {f['candidates']:5d} candidates  "
+                    f"p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms"
+                )
     if "first_ring" in result:
         r = result["first_ring"]
         print(f"first ring at {r['online']:,} online, {r['calls']} calls:")
