@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     ring_timeout_s: float = Field(default=45.0, gt=0, le=600)
     max_wait_s: float = Field(default=180.0, gt=0, le=3600)
     candidate_factor: int = Field(default=10, ge=0, le=1000)
-    candidate_sample: int = Field(default=1000, ge=0, le=1_000_000)
+    candidate_sample: int = Field(default=50, ge=0, le=1_000_000)
     ring_window_start: str = "08:00"
     ring_window_end: str = "22:00"
     daily_ring_cap: int = Field(default=10, ge=0, le=1000)
