@@ -2,15 +2,17 @@
 
 1. Starts a ``redis-server`` on a free loopback port, registers ``--volunteers`` volunteers
    (languages and zones spread as below) through the store's own profile script, pipelined, and
-   puts ``--online`` of them on duty and connected. Then times ``RedisStore.candidates`` (the
-   read a wave makes) for English: with the wave's limits (``--limit``, those rung longest ago
-   first: the default reads 10 per ring, so 50 for a first wave of 5 and 400 for a wave of
-   40) and without. Prints p50/p99 over ``--rounds`` selections.
+   puts ``--online`` of them on duty and connected. Then times
+   ``RedisStore.candidates_sample`` (the draw a wave makes) for English, for each ``--draw``
+   (a wave draws ``max(candidate_factor x wave size, candidate_sample)``: 50 for the default's
+   first waves, 400 for its largest wave of 40), and the full read of everyone in window
+   (``candidates``). Prints p50/p99 over ``--rounds`` selections.
 2. Unless ``--skip-ring``: runs ``bench/ring.py`` (broker process, ``--ring-online`` volunteer
    WebSockets, one recipient) once on the memory store and once on a fresh Redis, and prints
    request -> first ring p50/p99 for both.
 
     python bench/match_scale.py --volunteers 1000000 --online 5000
+    python bench/match_scale.py --skip-ring --runs 3     # three timed runs, one population
 """
 
 from __future__ import annotations
@@ -121,13 +123,20 @@ async def load(store: RedisStore, n: int, online: int, seed: int) -> float:
     return time.perf_counter() - started
 
 
-async def selection(store: RedisStore, rounds: int, limit: int | None) -> dict[str, float]:
+async def selection(
+    store: RedisStore, rounds: int, draw: int | None, recent: int, seed: int
+) -> dict[str, float]:
+    """Time ``rounds`` draws of ``draw`` (None: the full read of everyone in window)."""
     times: list[float] = []
     size = 0
     now = time.time()
+    rng = random.Random(seed)
     for _ in range(rounds):
         t0 = time.perf_counter()
-        got = await store.candidates("en", now, limit=limit)
+        if draw is None:
+            got = await store.candidates("en", now)
+        else:
+            got = (await store.candidates_sample("en", now, draw, recent, rng)).candidates
         times.append(time.perf_counter() - t0)
         size = len(got)
     return {
@@ -149,10 +158,16 @@ async def wave_selection(args: argparse.Namespace) -> dict[str, Any]:
                 "online": args.online,
                 "load_s": round(load_s, 1),
                 "redis_used_mib": round(int(info["used_memory"]) / 2**20, 1),
-                "limits": {
-                    str(limit): await selection(store, args.rounds, limit) for limit in args.limit
-                },
-                "without_limit": await selection(store, max(10, args.rounds // 5), None),
+                "runs": [
+                    {
+                        "draws": {
+                            str(n): await selection(store, args.rounds, n, args.recent, seed)
+                            for n in args.draw
+                        },
+                        "everyone": await selection(store, max(10, args.rounds // 5), None, 0, 0),
+                    }
+                    for seed in range(args.seed, args.seed + args.runs)
+                ],
             }
         finally:
             await store.close()
@@ -178,13 +193,15 @@ def main() -> None:
     p.add_argument("--volunteers", type=int, default=1_000_000, help="registered volunteers")
     p.add_argument("--online", type=int, default=5000, help="of them on duty and connected")
     p.add_argument(
-        "--limit",
+        "--draw",
         type=int,
         nargs="+",
         default=[50, 400],
-        help="candidates a wave reads (the default factor 10 x first wave 5, x max wave 40)",
+        help="volunteers a wave draws (the default: 50 up to a wave of 5, 400 for a wave of 40)",
     )
+    p.add_argument("--recent", type=int, default=0, help="recent helpers asked for with each draw")
     p.add_argument("--rounds", type=int, default=500, help="selections timed")
+    p.add_argument("--runs", type=int, default=1, help="timed runs over the one population loaded")
     p.add_argument("--ring-online", type=int, default=5000, help="volunteers for first ring")
     p.add_argument("--calls", type=int, default=100, help="calls for first ring")
     p.add_argument("--skip-ring", action="store_true", help="only wave selection")
@@ -206,12 +223,13 @@ def main() -> None:
             f"{w['registered']:,} registered, {w['online']:,} online "
             f"(loaded in {w['load_s']} s, Redis {w['redis_used_mib']} MiB)"
         )
-        rows = [(f"limit {k}", v) for k, v in w["limits"].items()]
-        for label, f in [*rows, ("no limit", w["without_limit"])]:
-            print(
-                f"  wave selection ({label:9s}) {f['candidates']:5d} candidates  "
-                f"p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms"
-            )
+        for k, run in enumerate(w["runs"], 1):
+            rows = [(f"draw {n}", v) for n, v in run["draws"].items()]
+            for label, f in [*rows, ("everyone", run["everyone"])]:
+                print(
+                    f"  run {k}: wave selection ({label:9s}) {f['candidates']:5d} candidates  "
+                    f"p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms"
+                )
     if "first_ring" in result:
         r = result["first_ring"]
         print(f"first ring at {r['online']:,} online, {r['calls']} calls:")

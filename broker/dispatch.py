@@ -11,6 +11,7 @@ The ranking and wave shape are a ``Policy``: a small strategy object. The server
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import random
 from collections.abc import Sequence
@@ -61,8 +62,8 @@ class DispatchSettings(BaseModel):
         default=10,
         ge=0,
         le=1000,
-        description="a wave reads this many volunteers per ring it sends, rung longest ago "
-        "first, and reads further when too few of them may be rung (0: read all in window)",
+        description="a wave draws this many volunteers at random per ring it sends, and ranks "
+        "those (0: rank every volunteer in window)",
     )
     circle_head_start_s: float = Field(
         default=30.0,
@@ -71,11 +72,10 @@ class DispatchSettings(BaseModel):
         description="a request with circle 'first' rings only the circle for this long",
     )
     candidate_sample: int = Field(
-        default=1000,
+        default=50,
         ge=0,
         le=1_000_000,
-        description="when the store can sample: rank recent helpers and this many others drawn "
-        "at random, not the head of the index (0: never sample)",
+        description="a wave draws at least this many volunteers at random",
     )
 
 
@@ -86,6 +86,10 @@ class Policy(Protocol):
     zone), on top of every volunteer's ring window and cap, which no policy can widen. ``None``
     means the volunteer's own window alone decides. The dispatcher reads it with a default of
     ``None``, so a policy written before the hook existed still runs.
+
+    ``recent_first`` says that the policy ranks volunteers who answered a call lately before
+    the others (most recent first), so a wave asks the store for them besides its random draw;
+    read with a default of ``False``.
     """
 
     name: str
@@ -197,38 +201,18 @@ class Dispatcher:
             if circled is not None:
                 return circled
         size = self.policy.wave_size(call.wave)
-        profile = await self.store.get_profile(call.recipient_id)
+        # Two reads at once: on a shared store each is a round trip.
+        profile, rung = await asyncio.gather(
+            self.store.get_profile(call.recipient_id), self.store.rung(call.id)
+        )
         blocked = profile.blocked if profile else frozenset()
-        rung = await self.store.rung(call.id)
         rings: list[Event] = []
         language_index = call.language_index
         widened = False
         awake: RingWindow | None = getattr(self.policy, "awake", None)
-        sample = self.settings.candidate_sample
-        sampler = getattr(self.store, "candidates_sample", None)
-        if sampler is None or size * 4 > sample:
-            sample = 0  # a wave that large (ring-all) must see everyone
         while True:
             language = call.languages[language_index]
-            eligible = []
-            if sample and sampler is not None:
-                eligible = self._eligible(
-                    await sampler(language, now, sample, self.rng), call, blocked, rung
-                )
-                if awake is not None:
-                    eligible = _inside(eligible, awake, now)
-            if len(eligible) < size:  # no sample, or it ran short: read the index
-                # After a short sample, eligible volunteers are scarce: read them all at once
-                # rather than doubling through the head of the index.
-                limit = None if sample else (self.settings.candidate_factor * size or None)
-                while True:
-                    pool = await self.store.candidates(language, now, limit=limit)
-                    eligible = self._eligible(pool, call, blocked, rung)
-                    if awake is not None:
-                        eligible = _inside(eligible, awake, now)
-                    if limit is None or len(pool) < limit or len(eligible) >= size:
-                        break
-                    limit *= 2  # the head of the index was mostly busy or rung: read further
+            eligible = await self._pool(language, now, size, call, blocked, rung, awake)
             if eligible or language_index + 1 >= len(call.languages):
                 break
             language_index += 1
@@ -240,11 +224,15 @@ class Dispatcher:
         while len(rings) < size and rest:
             chosen = self.policy.pick(rest, call, size - len(rings), self.rng)
             lost_race = False
-            for c in chosen:
-                if await self.store.reserve_ring(
-                    call.id, c.user_id, c.ring_day, c.daily_ring_cap, now
-                ):
-                    await self.store.schedule(timer(RING, call.id, c.user_id), expires_at)
+            # Each reservation is its own atomic step: on a shared store they run at once.
+            reserved = await asyncio.gather(
+                *(
+                    self.store.reserve_ring(call.id, c.user_id, c.ring_day, c.daily_ring_cap, now)
+                    for c in chosen
+                )
+            )
+            for c, ok in zip(chosen, reserved, strict=True):
+                if ok:
                     rings.append(self._ring(call, c.user_id, expires_at, language))
                 else:
                     lost_race = True  # rung by another call meanwhile: take the next best
@@ -257,11 +245,14 @@ class Dispatcher:
             fields["notified"] = call.notified + len(rings)
             if call.first_ring_at is None:
                 fields["first_ring_at"] = now
-        await self.store.update_call(call.id, **fields)
         call = call.model_copy(update=fields)
         next_at = now + self.policy.wave_interval(call.wave - 1)
+        # Independent writes, at once: each ring's timer, the call's fields, the next wave.
+        writes = [self.store.schedule(timer(RING, call.id, r.to), expires_at) for r in rings]
+        writes.append(self.store.update_call(call.id, **fields))
         if next_at < call.search_started_at + self.settings.max_wait_s:
-            await self.store.schedule(timer(WAVE, call.id), next_at)
+            writes.append(self.store.schedule(timer(WAVE, call.id), next_at))
+        await asyncio.gather(*writes)
         events: list[Event] = list(rings)
         if call.wave > 1 and (rings or widened):
             events.append(
@@ -325,6 +316,59 @@ class Dispatcher:
         if next_at < end:
             await self.store.schedule(timer(WAVE, call.id), next_at)
         return call, rings
+
+    async def _pool(
+        self,
+        language: str,
+        now: float,
+        size: int,
+        call: Call,
+        blocked: frozenset[str],
+        rung: set[str],
+        awake: RingWindow | None,
+    ) -> list[Candidate]:
+        """The eligible volunteers a wave of ``size`` ranks: a random draw from the store
+        (``Store.candidates_sample``), drawn again twice as large while too few of those drawn
+        may be rung, up to everyone in window. Every store answers the same way, so the server
+        ranks on Redis exactly as the simulator does in memory."""
+        s = self.settings
+        if not s.candidate_factor:
+            return self._allowed(
+                await self.store.candidates(language, now), call, blocked, rung, awake, now
+            )
+        n = max(s.candidate_factor * size, s.candidate_sample)
+        # Recent helpers for a policy that rings them first; those rung for this call already
+        # are among them, so ask for that many more.
+        recent = size + len(rung) if getattr(self.policy, "recent_first", False) else 0
+        while True:
+            found = await self.store.candidates_sample(language, now, n, recent, self.rng)
+            eligible = self._allowed(found.candidates, call, blocked, rung, awake, now)
+            if found.complete:
+                return eligible
+            if len(eligible) < size:
+                n *= 2  # most of those drawn were busy, rung or asleep: draw more
+                recent *= 2
+                continue
+            if not (recent and found.more_recent):
+                return eligible
+            # The helpers read may all have been busy, rung or asleep while later ones are
+            # not: the policy must see enough of them, as if it saw everyone.
+            lead = {c.user_id for c in found.candidates[: found.recent]}
+            if sum(1 for c in eligible if c.user_id in lead) >= size:
+                return eligible
+            recent *= 2
+
+    def _allowed(
+        self,
+        candidates: list[Candidate],
+        call: Call,
+        blocked: frozenset[str],
+        rung: set[str],
+        awake: RingWindow | None,
+        now: float,
+    ) -> list[Candidate]:
+        eligible = self._eligible(candidates, call, blocked, rung)
+        return eligible if awake is None else _inside(eligible, awake, now)
 
     @staticmethod
     def _eligible(

@@ -33,6 +33,7 @@ class Bme2014:
 
     name = "bme2014"
     awake: RingWindow | None = BME_AWAKE
+    recent_first = True
 
     def __init__(self, first: int = 1, then: int = 1, interval_s: float = 5.0) -> None:
         self.first = first

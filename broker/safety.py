@@ -14,6 +14,7 @@ survives an erasure: ``restriction`` looks there too and puts it back under the 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -103,10 +104,13 @@ class Safety:
     async def restriction(self, user_id: str) -> Restriction | None:
         """The user's restriction in force now, or None."""
         now = self.clock.now()
-        current = await self.store.get_restriction(user_id)
+        # Both at once (on a shared store, one round trip): an erased person who signs in
+        # again finds their restriction waiting under the pseudonym.
+        current, kept = await asyncio.gather(
+            self.store.get_restriction(user_id),
+            self.store.get_restriction(self.pseudonym(user_id)),
+        )
         if current is None:
-            # An erased person who signs in again: their restriction waits under the pseudonym.
-            kept = await self.store.get_restriction(self.pseudonym(user_id))
             if kept is not None and kept.active(now):
                 await self.store.set_restriction(user_id, kept)
                 current = kept

@@ -38,7 +38,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="replace the share of recipients with a trusted circle (0 to 1)",
     )
     p.add_argument(
-        "--circle-mode", choices=["first", "only"], help="how those recipients ask their circle"
+        "--circle-mode",
+        choices=["first", "only"],
+        help="how those recipients ask their circle",
+    )
+    p.add_argument(
+        "--store",
+        default="memory://",
+        help="the store the broker runs on: memory:// (default) or an empty Redis database "
+        "(redis://HOST:PORT/DB, redis+cluster://HOST:PORT), emptied after each policy's run",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plots", type=Path, help="write PNG plots to this folder")
@@ -73,13 +81,15 @@ def with_circles(scenario: Scenario, share: float | None, mode: str | None) -> S
 
 
 def run(args: argparse.Namespace) -> int:
-    from broker.sim.engine import simulate
+    from broker.sim.engine import check_store_url, simulate
     from broker.sim.scenario import ScenarioError, load, shipped
+    from broker.store import StoreUnavailable
 
     try:
         names = policies(args.policy)
         scenario = load(args.scenario, seed=args.seed, days=args.days)
         scenario = with_circles(scenario, args.circle_share, args.circle_mode)
+        check_store_url(args.store)
     except (ValueError, ScenarioError) as exc:
         print(f"vabroker simulate: {exc}", file=sys.stderr)
         if isinstance(exc, ScenarioError) and "no scenario named" in str(exc):
@@ -89,7 +99,11 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         if not args.json:
             print(f"simulating {name} on {scenario.scenario.name} ...", file=sys.stderr)
-        results.append(simulate(scenario, name))
+        try:
+            results.append(simulate(scenario, name, args.store))
+        except (ValueError, StoreUnavailable) as exc:
+            print(f"vabroker simulate: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps({"results": [as_json(r) for r in results]}, indent=2))
     else:

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     ring_timeout_s: float = Field(default=45.0, gt=0, le=600)
     max_wait_s: float = Field(default=180.0, gt=0, le=3600)
     candidate_factor: int = Field(default=10, ge=0, le=1000)
-    candidate_sample: int = Field(default=1000, ge=0, le=1_000_000)
+    candidate_sample: int = Field(default=50, ge=0, le=1_000_000)
     # Trusted circles: circle 'first' rings only the circle for this long.
     circle_head_start_s: float = Field(default=30.0, ge=0, le=600)
     circle_invite_ttl_s: float = Field(default=7 * 86400, ge=300, le=90 * 86400)

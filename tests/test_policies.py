@@ -123,7 +123,7 @@ async def test_candidates_follow_rings_calls_and_windows() -> None:
     assert [c.user_id for c in await store.candidates("da", noon)] == ["v1"]
 
 
-async def test_candidate_sample_keeps_every_recent_helper() -> None:
+async def test_candidate_sample_draws_at_random_and_leads_with_recent_helpers() -> None:
     store = MemoryStore()
     day = RingWindow(start=time(8, 0), end=time(22, 0))
     for i in range(300):
@@ -133,15 +133,18 @@ async def test_candidate_sample_keeps_every_recent_helper() -> None:
     assert await store.reserve_ring("c1", "v123", "2026-03-02", 10, noon)
     assert await store.assign("c1", "v123", "V", Role.VOLUNTEER, noon) is not None
     rng = random.Random(3)
-    sample = await store.candidates_sample("da", noon + 1, 20, rng)
-    ids = [c.user_id for c in sample]
-    assert "v123" in ids and len(ids) == len(set(ids)) and 15 <= len(ids) <= 21
-    everyone = await store.candidates_sample("da", noon + 1, 1000, rng)
-    assert len(everyone) == 300
+    sample = await store.candidates_sample("da", noon + 1, 20, 1, rng)
+    ids = [c.user_id for c in sample.candidates]
+    assert ids[0] == "v123" and sample.recent == 1 and not sample.complete
+    assert len(ids) == len(set(ids)) and 20 <= len(ids) <= 21
+    without = await store.candidates_sample("da", noon + 1, 20, 0, rng)
+    assert without.recent == 0 and len(without.candidates) == 20
+    everyone = await store.candidates_sample("da", noon + 1, 300, 0, rng)
+    assert everyone.complete and len(everyone.candidates) == 300
 
 
-async def test_dispatcher_looks_at_everyone_when_the_sample_runs_short() -> None:
-    """Nearly everyone busy: the sample finds too few, so the wave falls back to all."""
+async def test_dispatcher_draws_again_when_the_sample_runs_short() -> None:
+    """Nearly everyone busy: the draw finds too few, so the wave draws more, up to everyone."""
     store = MemoryStore()
     day = RingWindow(start=time(8, 0), end=time(22, 0))
     for i in range(200):
@@ -150,7 +153,7 @@ async def test_dispatcher_looks_at_everyone_when_the_sample_runs_short() -> None
     await store.create_call(Call(id="busy", recipient_id="r0", language="da", requested_at=noon))
     for i in range(199):
         assert await store.reserve_ring("busy", f"v{i}", "2026-03-02", 10, noon)
-    settings = DispatchSettings(candidate_sample=20, first_wave=1)
+    settings = DispatchSettings(candidate_sample=20, candidate_factor=2, first_wave=1)
     dispatcher = Dispatcher(store, VirtualClock(noon), settings, rng=random.Random(5))
     call = Call(id="c2", recipient_id="r1", language="da", languages=["da"], requested_at=noon)
     await store.create_call(call)

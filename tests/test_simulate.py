@@ -197,6 +197,10 @@ def test_command_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
         (["--days", "-1"], "scenario.days"),
         (["--days", "100"], "scenario.days"),
         (["--circle-share", "1.5"], "--circle-share must be from 0 to 1"),
+        (["--store", "sqlite:///tmp/x.db"], "runs on memory:// or an empty Redis database"),
+        (["--store", "postgres://db"], "not 'postgres://db'"),
+        (["--store", "redis://127.0.0.1:6379/0?pool=9"], "unknown option(s) pool"),
+        (["--store", "redis://:secret@127.0.0.1:notaport/0"], "redis://:***@"),
     ],
 )
 def test_command_refuses_bad_options(
@@ -227,3 +231,79 @@ def test_command_takes_circles(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--circle-share", "0.5", "--circle-mode", "only"]) == 0
     [report] = json.loads(capsys.readouterr().out)["results"]
     assert report["circle_calls"] > 0
+
+
+def _two_stores_scenario(seed: int) -> Scenario:
+    """A town busy enough for figures (about 140 calls in a day) with few duty changes."""
+    text = GOOD
+    for old, new in [
+        ('name = "small-town"', 'name = "two-stores"'),
+        ("days = 7", "days = 1"),
+        ("count = 400", "count = 1000"),
+        ("count = 25", "count = 150"),
+        ("calls_per_day = 6.0", "calls_per_day = 150.0"),
+        ("on_duty_session_h = 24.0", "on_duty_session_h = 500.0"),
+    ]:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return parse(text, "two-stores", seed=seed)
+
+
+FIGURES = (
+    "answer_p50_s",
+    "answered_within_30s_share",
+    "rings_per_answered_call",
+    "share_with_call",
+    "gini_among_helpers",
+)
+
+
+def test_a_redis_store_gives_the_same_figures_as_memory_within_the_seeds_noise() -> None:
+    """The dispatcher draws its candidates through the store contract, so on Redis a policy
+    ranks as in memory: each figure of a run on Redis lies in the spread that other seeds give
+    in memory. ``bme2014`` rings recent helpers first (few volunteers get the calls, unevenly),
+    which needs ``last_call_at`` and the recent helpers from the store."""
+    from tests.redis_procs import RedisServer
+
+    with RedisServer.start() as server:
+        for policy in ("bme2014", "default"):
+            memory = [simulate(_two_stores_scenario(seed), policy).report() for seed in range(1, 6)]
+            redis = simulate(_two_stores_scenario(1), policy, server.url).report()
+            assert (
+                redis["violations"]
+                == memory[0]["violations"]
+                == dict.fromkeys(memory[0]["violations"], 0)
+            )
+            assert redis["calls"] == memory[0]["calls"] > 100  # the same world
+            for figure in FIGURES:
+                values = [m[figure] for m in memory]
+                low, high = min(values), max(values)
+                slack = max((high - low) / 2, 0.01)
+                assert low - slack <= redis[figure] <= high + slack, (policy, figure, redis, values)
+            if policy == "bme2014":
+                bme = redis
+        assert bme["gini_among_helpers"] > 0.2 and redis["gini_among_helpers"] < 0.05
+        assert bme["share_with_call"] < redis["share_with_call"] / 2
+
+
+def test_command_refuses_a_redis_database_that_holds_keys_or_does_not_answer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import redis
+
+    from tests.redis_procs import RedisServer
+
+    with RedisServer.start() as server:
+        client = redis.Redis(port=server.port)
+        client.set("someone-else", "1")
+        argv = ["simulate", "small-town", "--days", "0.1", "--policy", "random"]
+        assert main([*argv, "--store", server.url]) == 2
+        assert "holds keys: the simulator needs an empty one" in capsys.readouterr().err
+        assert client.get("someone-else") == b"1"  # never emptied: it was not ours
+        client.delete("someone-else")
+        assert main([*argv, "--store", server.url]) == 0
+        assert client.dbsize() == 0  # what the run wrote is gone
+        client.close()
+        port = server.port
+    assert main([*argv, "--store", f"redis://127.0.0.1:{port}/0?timeout=0.5"]) == 2
+    assert "Redis" in capsys.readouterr().err

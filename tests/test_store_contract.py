@@ -5,6 +5,7 @@ durable SQLite store, whose file must give back everything each test left in it.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -242,27 +243,89 @@ async def test_candidate_facts(st: Store) -> None:
     await st.finish("c_1", EndReason.COMPLETED, Role.RECIPIENT, NOW + 60)
     facts = {c.user_id: c for c in await st.candidates("en", NOW + 61)}
     assert not facts["v1"].busy and facts["v1"].calls_30d == 1
+    assert facts["v1"].last_call_at == NOW + 10 and facts["v2"].last_call_at == 0.0
+    # A draw reports the very same facts as the full read.
+    drawn = await st.candidates_sample("en", NOW + 61, 1, 2, random.Random(1))
+    assert {c.user_id: c for c in drawn.candidates}["v1"] == facts["v1"]
     # Thirty days on, the call no longer counts; the next local day, the ring budget is fresh.
     later = {c.user_id: c for c in await st.candidates("en", NOW + 10 + 30 * 86400 + 1)}
     assert later["v1"].calls_30d == 0 and later["v1"].rings_today == 0
+    assert later["v1"].last_call_at == NOW + 10  # when they last answered, however long ago
 
 
-async def test_candidates_with_limit_take_those_rung_longest_ago(st: Store) -> None:
-    vols = [
-        volunteer(f"v{i}", timezone=["UTC", "Europe/London", "Europe/Berlin"][i % 3])
-        for i in range(9)
-    ]
-    await online(st, *vols)
-    for i, uid in enumerate(["v4", "v0", "v7"]):
-        assert await st.create_call(new_call(f"c_{i}", f"r{i}"))
-        assert await st.reserve_ring(f"c_{i}", uid, DAY, 10, NOW + i)
-    await st.set_connected("v1", False)  # unreachable: skipped, and the next one taken
-    got = await st.candidates("en", NOW + 10, limit=5)
-    assert [c.user_id for c in got] == ["v2", "v3", "v5", "v6", "v8"]
-    got = await st.candidates("en", NOW + 10, limit=7)
-    assert [c.user_id for c in got] == ["v2", "v3", "v5", "v6", "v8", "v4", "v0"]
-    assert len(await st.candidates("en", NOW + 10, limit=100)) == 8
-    assert await st.candidates("en", NOW + 10, limit=0) == []
+async def test_candidates_sample_draws_distinct_volunteers_at_random(st: Store) -> None:
+    zones = ["UTC", "Europe/London", "Europe/Paris", "Europe/Berlin", "Africa/Lagos"]
+    await online(st, *(volunteer(f"v{i:02d}", timezone=zones[i % 5]) for i in range(60)))
+    await st.put_profile(volunteer("asleep", timezone="America/Los_Angeles"))  # 05:00 there
+    await st.set_on_duty("asleep", True)
+    await st.set_connected("asleep", True)
+    everyone = {c.user_id: c for c in await st.candidates("en", NOW)}
+    assert len(everyone) == 60
+    rng = random.Random(7)
+    seen: set[str] = set()
+    draws = []
+    for _ in range(40):
+        drawn = await st.candidates_sample("en", NOW, 10, 0, rng)
+        ids = [c.user_id for c in drawn.candidates]
+        assert len(ids) == 10 == len(set(ids)) and not drawn.complete and drawn.recent == 0
+        assert all(c == everyone[c.user_id] for c in drawn.candidates)
+        seen.update(ids)
+        draws.append(ids)
+    assert seen == set(everyone)  # 400 draws of 60: each one is drawn at some point
+    assert len({tuple(sorted(d)) for d in draws}) > 30  # and the draws differ
+    whole = await st.candidates_sample("en", NOW, 60, 0, rng)
+    assert whole.complete and {c.user_id for c in whole.candidates} == set(everyone)
+    assert (await st.candidates_sample("de", NOW, 10, 5, rng)).candidates == []
+    # Unreachable volunteers are drawn but not returned: a draw gives up to n.
+    for i in range(0, 60, 2):
+        await st.set_connected(f"v{i:02d}", False)
+    drawn = await st.candidates_sample("en", NOW, 20, 0, rng)
+    assert {int(c.user_id[1:]) % 2 for c in drawn.candidates} == {1}
+    assert 0 < len(drawn.candidates) < 20
+
+
+async def test_candidates_of_hundreds_read_whole(st: Store) -> None:
+    """More volunteers than one step of a store reads at a time (Redis: 200)."""
+    await online(st, *(volunteer(f"v{i:03d}") for i in range(450)))
+    everyone = await st.candidates("en", NOW)
+    assert sorted(c.user_id for c in everyone) == [f"v{i:03d}" for i in range(450)]
+    whole = await st.candidates_sample("en", NOW, 450, 0, random.Random(1))
+    assert whole.complete and sorted(whole.candidates, key=lambda c: c.user_id) == sorted(
+        everyone, key=lambda c: c.user_id
+    )
+    drawn = await st.candidates_sample("en", NOW, 300, 0, random.Random(1))
+    assert not drawn.complete and len({c.user_id for c in drawn.candidates}) == 300
+
+
+async def test_candidates_sample_leads_with_the_most_recent_helpers(st: Store) -> None:
+    await online(st, *(volunteer(f"v{i:02d}") for i in range(30)))
+    await online(st, volunteer("tokyo", timezone="Asia/Tokyo"))  # 21:00: inside
+    await online(st, volunteer("la", timezone="America/Los_Angeles"))  # 05:00: outside
+    await online(st, volunteer("fr", languages=["fr"]))
+    answered = ["v03", "tokyo", "la", "v07", "fr", "v11", "v20"]  # oldest answer first
+    for i, uid in enumerate(answered):
+        cid = f"c_{i}"
+        assert await st.create_call(new_call(cid, f"r{i}"))
+        assert await st.reserve_ring(cid, uid, DAY, 10, NOW - 3600 + i)
+        assert await st.assign(cid, uid, uid, Role.VOLUNTEER, NOW - 3600 + 10 * i) is not None
+        await st.finish(cid, EndReason.COMPLETED, Role.RECIPIENT, NOW - 3000)
+    await st.set_on_duty("v11", False)  # off duty: not a candidate, helper or not
+    rng = random.Random(3)
+    drawn = await st.candidates_sample("en", NOW, 5, 3, rng)
+    lead = drawn.candidates[: drawn.recent]
+    assert [c.user_id for c in lead] == ["v20", "v07", "tokyo"] and drawn.more_recent
+    assert [c.last_call_at for c in lead] == [NOW - 3600 + 60, NOW - 3600 + 30, NOW - 3600 + 10]
+    assert lead[0].calls_30d == 1 and lead[2].timezone == "Asia/Tokyo"
+    rest = [c.user_id for c in drawn.candidates[drawn.recent :]]
+    assert len(rest) == len(set(rest)) and not set(rest) & {"v20", "v07", "tokyo", "v11", "la"}
+    drawn = await st.candidates_sample("en", NOW, 5, 10, rng)
+    assert [c.user_id for c in drawn.candidates[: drawn.recent]] == ["v20", "v07", "tokyo", "v03"]
+    assert not drawn.more_recent
+    assert (await st.candidates_sample("en", NOW, 5, 0, rng)).recent == 0
+    # Thirty days after their answer a helper is no longer recent.
+    late = NOW - 3600 + 30 * 86400 + 35
+    drawn = await st.candidates_sample("en", late, 5, 10, rng)
+    assert [c.user_id for c in drawn.candidates[: drawn.recent]] == ["v20"]
 
 
 # --- calls ------------------------------------------------------------------------------------
@@ -634,22 +697,6 @@ async def test_redis_coming_back_needs_no_new_store(redis_server: RedisServer) -
         assert [c.user_id for c in await store.candidates("en", NOW)] == ["v1"]
     finally:
         await store.close()
-
-
-async def test_candidates_with_limit_merge_many_groups_in_order(st: Store) -> None:
-    zones = ["UTC", "Europe/London", "Europe/Paris", "Europe/Berlin", "Africa/Lagos"]
-    vols = [volunteer(f"v{i:02d}", timezone=zones[i % 5]) for i in range(60)]
-    await online(st, *vols)
-    for i in range(0, 60, 2):  # every other volunteer rung, at times out of id order
-        cid = f"c_{i}"
-        assert await st.create_call(new_call(cid, f"r{i}"))
-        assert await st.reserve_ring(cid, f"v{i:02d}", DAY, 10, NOW + (i * 7) % 31)
-        await st.finish(cid, EndReason.CANCELLED, Role.RECIPIENT, NOW + 40)
-    everyone = await st.candidates("en", NOW + 50)
-    expected = [c.user_id for c in sorted(everyone, key=lambda c: (c.last_rung_at, c.user_id))]
-    for limit in (1, 17, 33, 45, 60):
-        got = await st.candidates("en", NOW + 50, limit=limit)
-        assert [c.user_id for c in got] == expected[:limit]
 
 
 # --- devices and pushes ---------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """The discrete-event loop: a modelled world driving the real broker on a virtual clock.
 
-The broker, its dispatcher and the memory store are the very code the server runs; only the
-clock is virtual. The loop moves the clock to whichever comes first, the next event of the
+The broker, its dispatcher and the store are the very code the server runs; only the clock is
+virtual. The store is the memory store, or an empty Redis database (``simulate(...,
+store_url="redis://...")``), which the run fills with its population and empties when done:
+dispatch draws its candidates through the same store contract on both, so both measure what
+production does. The loop moves the clock to whichever comes first, the next event of the
 world (a call, a volunteer coming on or going off duty, an accept, a decline, a hang-up) or the
 store's next timer, and calls the ``Broker`` method a real client or the server's timer loop
 would. Whatever the broker says (rings, withdrawals, assignments) goes back into the world.
@@ -42,6 +45,7 @@ from broker.model import (
 from broker.policies import build_policy
 from broker.service import Broker, LimitSettings
 from broker.sim.scenario import Scenario
+from broker.store import Store, open_store, shown_url
 from broker.store.memory import MemoryStore
 
 T = TypeVar("T")
@@ -228,7 +232,7 @@ class _LocalTimes:
 
 
 class World:
-    def __init__(self, scenario: Scenario, policy_name: str) -> None:
+    def __init__(self, scenario: Scenario, policy_name: str, store: Store | None = None) -> None:
         self.sc = scenario
         self.policy_name = policy_name
         seed = scenario.scenario.seed
@@ -238,7 +242,7 @@ class World:
         self.rng_response = random.Random(f"{seed}/response")
         self.rng_calls = random.Random(f"{seed}/calls")
         self.clock = VirtualClock(scenario.start)
-        self.store = MemoryStore()
+        self.store: Store = store if store is not None else MemoryStore()
         policy, timing = build_policy(policy_name, scenario.dispatch)
         self.awake: RingWindow | None = getattr(policy, "awake", None)
         self.timing = timing
@@ -601,7 +605,49 @@ class World:
         )
 
 
-def simulate(scenario: Scenario, policy: str) -> Result:
-    """Run one policy through one scenario."""
-    world = World(scenario, policy)
-    return asyncio.run(world.run())
+SIMULATION_STORES = ("memory://", "redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+
+
+def check_store_url(url: str) -> None:
+    """Refuse a store the simulator cannot run on, before anything is written."""
+    if not url.lower().startswith(SIMULATION_STORES):
+        raise ValueError(
+            f"the simulator runs on memory:// or an empty Redis database (redis://, "
+            f"redis+cluster://), not {shown_url(url)!r}"
+        )
+    try:
+        open_store(url)  # a malformed URL is refused here, with what is wrong with it
+    except ValueError as exc:
+        message = str(exc)
+        if shown_url(url) not in message:
+            message = f"store URL {shown_url(url)!r}: {message}"
+        raise ValueError(message) from None
+
+
+def simulate(scenario: Scenario, policy: str, store_url: str = "memory://") -> Result:
+    """Run one policy through one scenario, on the memory store or an empty Redis database
+    (refused with ``ValueError`` when it holds any key; emptied again after the run)."""
+    check_store_url(store_url)
+
+    async def run() -> Result:
+        store = open_store(store_url)
+        if isinstance(store, MemoryStore):
+            return await World(scenario, policy, store).run()
+        from broker.store.redis import RedisStore
+
+        assert isinstance(store, RedisStore)
+        try:
+            await store.ping()
+            if await store.r.dbsize():
+                raise ValueError(
+                    f"the Redis database at {shown_url(store_url)} holds keys: the simulator "
+                    "needs an empty one (it writes a whole population, then empties it)"
+                )
+            try:
+                return await World(scenario, policy, store).run()
+            finally:
+                await store.r.flushdb()
+        finally:
+            await store.close()
+
+    return asyncio.run(run())

@@ -73,23 +73,17 @@ class ResumeTicket:
     session_id: str
 
 
-class SamplingStore(Protocol):
-    """An optional extension of ``Store`` for large populations; the dispatcher uses it when a
-    store has it and falls back to ``candidates`` when not (or when a sample runs short).
+@dataclass(frozen=True, slots=True)
+class CandidateSample:
+    """What ``Store.candidates_sample`` found. ``candidates`` starts with the ``recent``
+    helpers read (most recent answer first), then those drawn. ``complete``: they are everyone
+    ``candidates`` would return, so a larger sample finds nobody more. ``more_recent``: the
+    helpers read stopped at the number asked for, and others may follow."""
 
-    Ranking every volunteer of a language on every wave costs time in proportion to the
-    population. Every policy ranks volunteers who have not answered a call lately only by
-    facts that tie for almost all of them, then at random; so a uniform random sample of them,
-    with every recent helper added, ranks the same way in distribution.
-    """
-
-    async def candidates_sample(
-        self, language: str, now: float, n: int, rng: random.Random
-    ) -> list[Candidate]:
-        """What ``candidates`` returns, but only: every one of them who answered a call in
-        the last 30 days, and up to ``n`` of the others drawn uniformly at random with ``rng``
-        (duplicates dropped). All of them when no more than ``n`` match."""
-        ...
+    candidates: list[Candidate]
+    complete: bool
+    recent: int = 0
+    more_recent: bool = False
 
 
 class RecoveringStore(Protocol):
@@ -203,17 +197,28 @@ class Store(Protocol):
 
     async def is_connected(self, user_id: str) -> bool: ...
 
-    async def candidates(
-        self, language: str, now: float, limit: int | None = None
-    ) -> list[Candidate]:
+    async def candidates(self, language: str, now: float) -> list[Candidate]:
         """Volunteers who speak ``language`` (primary subtag), are on duty, reachable
         (connected, or with a push device) and inside their ring window at ``now``.
 
-        With ``limit``, at most that many: those rung longest ago first (ties by user id), so
-        that a store with many volunteers in window reads only the head of its index.
-
         Per-call rules (busy, rung before, cap, blocks) are the dispatcher's: the store only
         reports the facts it needs in each ``Candidate``.
+        """
+
+    async def candidates_sample(
+        self, language: str, now: float, n: int, recent: int, rng: random.Random
+    ) -> CandidateSample:
+        """What ``candidates`` returns, but only: up to ``n`` of them drawn uniformly at random
+        with ``rng`` from the volunteers matching language, duty and window (those unreachable
+        dropped after the draw), and up to ``recent`` of them who answered a call in the last
+        30 days, most recent answer first; duplicates dropped. Everyone (``complete``) when no
+        more than ``n`` match language, duty and window.
+
+        This is how a wave avoids ranking every volunteer, on every store: its cost follows
+        ``n + recent``, not the population. Every policy ranks volunteers who have not answered
+        lately only by facts that tie for nearly all of them, then at random, so a uniform
+        sample ranks them the same way in distribution; a policy that puts recent helpers
+        first (``bme2014``) asks for them by ``recent``.
         """
 
     # --- devices (push) --------------------------------------------------------------------

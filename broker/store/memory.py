@@ -56,6 +56,7 @@ from broker.stats import Counts
 from broker.store.base import (
     RUNG_KEPT_S,
     Assignment,
+    CandidateSample,
     Finish,
     Handover,
     PushedRing,
@@ -233,13 +234,8 @@ class MemoryStore:
     async def is_connected(self, user_id: str) -> bool:
         return self._connections.get(user_id, 0) > 0
 
-    async def candidates(
-        self, language: str, now: float, limit: int | None = None
-    ) -> list[Candidate]:
-        out = self._candidates(language, now)
-        if limit is not None:
-            out = heapq.nsmallest(limit, out, key=lambda c: (c.last_rung_at, c.user_id))
-        return out
+    async def candidates(self, language: str, now: float) -> list[Candidate]:
+        return self._candidates(language, now)
 
     def _candidates(self, language: str, now: float) -> list[Candidate]:
         out: list[Candidate] = []
@@ -291,14 +287,11 @@ class MemoryStore:
         return candidate, recount_at
 
     async def candidates_sample(
-        self, language: str, now: float, n: int, rng: random.Random
-    ) -> list[Candidate]:
-        """The optional sampling extension of ``candidates`` (``SamplingStore``): every
-        matching volunteer who answered a call in the last 30 days, and up to ``n`` others
-        drawn uniformly at random; everyone when no more than ``n`` match."""
+        self, language: str, now: float, n: int, recent: int, rng: random.Random
+    ) -> CandidateSample:
         lang = primary_language(language)
         inside: list[tuple[_Bag, str]] = []
-        day_of: dict[_WindowKey, str] = {}
+        day_of: dict[_WindowKey, tuple[_Bag, str]] = {}
         for key, members in self._by_language.get(lang, {}).items():
             if not members:
                 continue
@@ -307,41 +300,52 @@ class MemoryStore:
             if RingWindow(start=start, end=end).contains(moment.time()):
                 day = moment.date().isoformat()
                 inside.append((members, day))
-                day_of[key] = day
+                day_of[key] = (members, day)
         total = sum(len(members) for members, _ in inside)
         if total <= n:
-            return await self.candidates(language, now)
+            return CandidateSample(self._candidates(language, now), complete=True)
         connections, devices, cache = self._connections, self._devices, self._candidate
         out: list[Candidate] = []
         seen: set[str] = set()
 
-        def take(user_id: str, day: str) -> None:
+        def take(user_id: str, day: str) -> bool:
             if user_id in seen or not (connections.get(user_id) or devices.get(user_id)):
-                return
+                return False
             seen.add(user_id)
             cached = cache.get(user_id)
             if cached is None or cached[1] <= now or cached[0].ring_day != day:
                 cached = self._build_candidate(user_id, day, now)
                 cache[user_id] = cached
             out.append(cached[0])
+            return True
 
-        helpers = self._helpers.get(lang, {})
-        horizon = now - THIRTY_DAYS
-        for user_id in list(helpers):
-            if self._last_call.get(user_id, 0.0) < horizon:
+        more_recent = False
+        if recent > 0:
+            helpers = self._helpers.get(lang, {})
+            horizon = now - THIRTY_DAYS
+            stale = []
+            for user_id in helpers:  # kept oldest call first: the stale ones lead
+                if self._last_call.get(user_id, 0.0) >= horizon:
+                    break
+                stale.append(user_id)
+            for user_id in stale:
                 del helpers[user_id]
-                continue
-            profile = self._profiles.get(user_id)
-            if profile is not None and user_id in self._on_duty:
-                helper_day = day_of.get(_window_key(profile))
-                if helper_day is not None:
-                    take(user_id, helper_day)
+            for user_id in reversed(helpers):
+                profile = self._profiles.get(user_id)
+                group = day_of.get(_window_key(profile)) if profile is not None else None
+                # In the index of this language, in window: on duty, a volunteer, speaking it.
+                if group is None or user_id not in group[0].where:
+                    continue
+                if take(user_id, group[1]) and len(out) >= recent:
+                    more_recent = True
+                    break
+        lead = len(out)
         ends = list(accumulate(len(members) for members, _ in inside))
         for position in rng.sample(range(total), n):
             g = bisect_right(ends, position)
             members, day = inside[g]
             take(members.items[position - (ends[g - 1] if g else 0)], day)
-        return out
+        return CandidateSample(out, complete=False, recent=lead, more_recent=more_recent)
 
     def _changed(self, *user_ids: str | None) -> None:
         for user_id in user_ids:

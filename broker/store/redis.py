@@ -14,9 +14,11 @@ runs on a single Redis and on a Cluster:
 - ``vb:{CALL}:call`` hash, one JSON value per ``Call`` field; ``:ringing`` and ``:rung`` sets;
   ``:fb`` hash of feedback by user.
 - ``vb:{idx:LANG}:groups`` set of "zone|start|end" groups, and ``vb:{idx:LANG}:g:GROUP`` zsets of
-  on-duty volunteers scored by when they were last rung. A wave converts local time once per
-  group and reads only the groups inside their ring window: its cost grows with the volunteers
-  who could be rung now, not with everyone registered.
+  on-duty volunteers. A wave converts local time once per group and draws at random from the
+  groups inside their ring window, in one script on the language's slot (``candidates_sample``):
+  its cost grows with the volunteers it draws, not with everyone registered or in window.
+  ``vb:{idx:LANG}:helpers`` zset: volunteers by the time they last answered a call (dropped after
+  30 days), for a policy that rings recent helpers first.
 - ``vb:timers`` zset of named deadlines; ``vb:ended`` zset of ended calls by end time;
   ``vb:hit:{KEY}`` zsets for rate limits; ``vb:resume:{TOKEN}`` strings.
 
@@ -49,7 +51,9 @@ Every Redis connection or timeout error becomes ``StoreUnavailable``.
 
 from __future__ import annotations
 
+import functools
 import json
+import random
 import secrets
 import time
 from collections import Counter
@@ -59,6 +63,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
+from pydantic import TypeAdapter
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from broker.model import (
@@ -81,6 +86,7 @@ from broker.store import shown_url
 from broker.store.base import (
     RUNG_KEPT_S,
     Assignment,
+    CandidateSample,
     Finish,
     Handover,
     PushedRing,
@@ -143,6 +149,12 @@ _ENDED_INDEX = "vb:ended"
 
 def _call_fields(call: Call) -> dict[str, str]:
     return {k: _enc(v) for k, v in call.model_dump(mode="json").items()}
+
+
+@functools.cache
+def _call_field(name: str) -> TypeAdapter[Any]:
+    annotation: Any = Call.model_fields[name].annotation
+    return TypeAdapter(annotation)
 
 
 def _decode_call(raw: dict[str, str] | list[str]) -> Call:
@@ -211,64 +223,106 @@ redis.call('HDEL', KEYS[1], 'conn')
 return 0
 """
 
-# KEYS: user hash, answered zset, blocked set. ARGV: 30-day horizon. One JSON string per
-# volunteer: a wave reads hundreds, and one flat reply parses far faster than nested arrays.
-_FACTS = """
-local h = redis.call('HMGET', KEYS[1], 'duty', 'role', 'conn', 'dev', 'cap', 'ring_of', 'open',
-  'rday', 'rcount', 'last_rung', 'langs', 'runtil')
-local blocked = redis.call('SMEMBERS', KEYS[3])
-if #blocked == 0 then blocked = cjson.empty_array or {} end
-return cjson.encode({h, redis.call('ZCOUNT', KEYS[2], ARGV[1], '+inf'), blocked})
+# What a wave needs of one volunteer, from their hash, answered zset and blocked set: the hash's
+# facts, calls answered since the 30-day horizon, blocks, the time of their last answer, and
+# their index entries (``idx``) when asked (a helper read from the helpers index).
+_FACTS_OF = """
+local function facts(user, answered, blocks, horizon, want_idx)
+  local h = redis.call('HMGET', user, 'duty', 'role', 'conn', 'dev', 'cap', 'ring_of', 'open',
+    'rday', 'rcount', 'last_rung', 'langs', 'runtil')
+  local blocked = redis.call('SMEMBERS', blocks)
+  if #blocked == 0 then blocked = cjson.empty_array or {} end
+  local last = redis.call('ZREVRANGE', answered, 0, 0, 'WITHSCORES')[2] or 0
+  local idx = false
+  if want_idx == '1' then idx = redis.call('HGET', user, 'idx') or '[]' end
+  return {h, redis.call('ZCOUNT', answered, horizon, '+inf'), blocked, last, idx}
+end
 """
 
-# KEYS: group zsets of one language slot. ARGV: n. The n members rung longest ago over all
-# groups, as {member, index of its group key, ...}; ties by member. A k-way merge that reads
-# each group in small chunks, so that it touches about n entries, not n per group.
-_FIRST_N = """
-local n = tonumber(ARGV[1])
-local chunk = 16
-local buf, pos, off = {}, {}, {}
-local function fill(i)
-  local got = redis.call('ZRANGE', KEYS[i], off[i], off[i] + chunk - 1, 'WITHSCORES')
-  off[i] = off[i] + chunk
-  buf[i] = got
-  pos[i] = 1
-end
-for i = 1, #KEYS do off[i] = 0; fill(i) end
+# One volunteer, on their slot (a Redis Cluster: one call each, pipelined). KEYS: user hash,
+# answered, blocked. ARGV: horizon, want idx. One JSON string: it parses far faster than
+# nested arrays.
+_FACTS = (
+    _FACTS_OF
+    + """
+return cjson.encode(facts(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]))
+"""
+)
+
+_FACTS_PER_STEP = 200
+
+# Volunteers of a wave in one step, on one Redis (where every key is on one server).
+# KEYS: (user hash, answered, blocked) per volunteer. ARGV: horizon, then want idx per volunteer.
+_FACTS_MANY = (
+    _FACTS_OF
+    + """
 local out = {}
-while #out < 2 * n do
-  local best, bscore, bmember = nil, nil, nil
-  for i = 1, #KEYS do
-    local b = buf[i]
-    if b and pos[i] <= #b then
-      local score, member = tonumber(b[pos[i] + 1]), b[pos[i]]
-      if best == nil or score < bscore or (score == bscore and member < bmember) then
-        best, bscore, bmember = i, score, member
-      end
+for i = 1, #KEYS, 3 do
+  out[#out + 1] = facts(KEYS[i], KEYS[i + 1], KEYS[i + 2], ARGV[1], ARGV[1 + (i + 2) / 3])
+end
+return cjson.encode(out)
+"""
+)
+
+# A wave's draw, one step on the language's slot. KEYS: its groups set, its helpers zset, then
+# the group zsets in window. ARGV: how many groups the caller knows of, n, recent, the 30-day
+# horizon, a seed for the draw (Redis's own generator: the same seed, the same draw). Returns {'stale'} when the groups set has grown
+# since the caller read it; {'all', member, group index, ...} when no more than n are in
+# window; else {'drawn', helpers read, helper..., member, group index, ...}: up to ``recent``
+# helpers by last answer, newest first, and n members drawn without replacement (Floyd).
+_SAMPLE = """
+if redis.call('SCARD', KEYS[1]) ~= tonumber(ARGV[1]) then return {'stale'} end
+local n, recent = tonumber(ARGV[2]), tonumber(ARGV[3])
+local sizes, total = {}, 0
+for i = 3, #KEYS do
+  sizes[i] = redis.call('ZCARD', KEYS[i])
+  total = total + sizes[i]
+end
+if total <= n then
+  local out = {'all'}
+  for i = 3, #KEYS do
+    for _, m in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
+      out[#out + 1] = m
+      out[#out + 1] = i - 2
     end
   end
-  if best == nil then break end
-  out[#out + 1] = bmember
-  out[#out + 1] = best
-  pos[best] = pos[best] + 2
-  if pos[best] > #buf[best] then
-    if #buf[best] < 2 * chunk then buf[best] = nil else fill(best) end
+  return out
+end
+local helpers = {}
+if recent > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
+  helpers = redis.call('ZREVRANGE', KEYS[2], 0, recent - 1)
+end
+local out = {'drawn', #helpers}
+for _, h in ipairs(helpers) do out[#out + 1] = h end
+math.randomseed(tonumber(ARGV[5]))
+local chosen = {}
+for j = total - n, total - 1 do
+  local t = math.random(j + 1) - 1
+  if chosen[t] then t = j end
+  chosen[t] = true
+  local g = 3
+  while t >= sizes[g] do
+    t = t - sizes[g]
+    g = g + 1
   end
+  out[#out + 1] = redis.call('ZRANGE', KEYS[g], t, t)[1]
+  out[#out + 1] = g - 2
 end
 return out
 """
 
 # Step 1 of reserve_ring, on the volunteer's slot. KEYS: user hash. ARGV: call, day, cap, now.
-# Returns false, or {previous rday, previous rcount, previous last_rung, idx}.
+# Returns false, or {previous rday, previous rcount, previous last_rung}.
 _RESERVE_USER = """
-local h = redis.call('HMGET', KEYS[1], 'ring_of', 'open', 'rday', 'rcount', 'last_rung', 'idx')
+local h = redis.call('HMGET', KEYS[1], 'ring_of', 'open', 'rday', 'rcount', 'last_rung')
 if h[1] or h[2] then return false end
 local count = 0
 if h[3] == ARGV[2] then count = tonumber(h[4] or '0') end
 if count >= tonumber(ARGV[3]) then return false end
 redis.call('HSET', KEYS[1], 'ring_of', ARGV[1], 'rday', ARGV[2], 'rcount', count + 1,
   'last_rung', ARGV[4])
-return {h[3] or '', h[4] or '', h[5] or '', h[6] or '[]'}
+return {h[3] or '', h[4] or '', h[5] or ''}
 """
 
 # Undo of step 1. KEYS: user hash. ARGV: call, previous rday, rcount, last_rung.
@@ -329,14 +383,18 @@ return out
 """
 
 # Assign step C, on the helper's slot. KEYS: user hash, answered. ARGV: call, won, now, member.
+# Returns the helper's languages when they won and are a volunteer (for the helpers index).
 _ASSIGN_SETTLE = """
 if ARGV[2] == '1' then
   if redis.call('HGET', KEYS[1], 'ring_of') == ARGV[1] then redis.call('HDEL', KEYS[1], 'ring_of') end
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+  local h = redis.call('HMGET', KEYS[1], 'role', 'langs')
+  if h[1] == 'volunteer' then return h[2] or '' end
+  return ''
 else
   if redis.call('HGET', KEYS[1], 'open') == ARGV[1] then redis.call('HDEL', KEYS[1], 'open') end
 end
-return 1
+return ''
 """
 
 # Finish, the decision, on the call's slot. KEYS: call hash, ringing, rung.
@@ -741,6 +799,7 @@ class RedisStore(CirclesMixin, SafetyMixin):
         self._register_circles(client)
         self._windows: dict[str, tuple[str, RingWindow]] = {}
         self._inside: dict[str, tuple[float, bool, str, str]] = {}
+        self._groups: dict[str, list[str]] = {}  # language -> its index groups, as last read
         reg = client.register_script
         self._create_call = reg(_CREATE_CALL)
         self._update_call = reg(_UPDATE_CALL)
@@ -749,7 +808,8 @@ class RedisStore(CirclesMixin, SafetyMixin):
         self._set_duty = reg(_SET_DUTY)
         self._connected = reg(_CONNECTED)
         self._facts = reg(_FACTS)
-        self._first_n = reg(_FIRST_N)
+        self._facts_many = reg(_FACTS_MANY)
+        self._sample = reg(_SAMPLE)
         self._reserve_user = reg(_RESERVE_USER)
         self._reserve_undo = reg(_RESERVE_UNDO)
         self._reserve_call = reg(_RESERVE_CALL)
@@ -899,7 +959,7 @@ class RedisStore(CirclesMixin, SafetyMixin):
 
     async def _load_scripts(self) -> None:
         """Load the scripts used inside pipelines (a restarted Redis has forgotten them)."""
-        for source in (_FACTS, _CLEAR_IF, _FINISH_PARTY):
+        for source in (_FACTS, _FACTS_MANY, _CLEAR_IF, _FINISH_PARTY):
             await self.r.script_load(source)
 
     async def _pipelined(self, fill: Callable[[Any], object]) -> list[Any]:
@@ -915,9 +975,7 @@ class RedisStore(CirclesMixin, SafetyMixin):
         raise AssertionError("unreachable")
 
     @unavailable_on_redis_errors
-    async def candidates(
-        self, language: str, now: float, limit: int | None = None
-    ) -> list[Candidate]:
+    async def candidates(self, language: str, now: float) -> list[Candidate]:
         lang = primary_language(language)
         base = _lang(lang)
         inside = self._inside_groups(await self.r.smembers(base + ":groups"), now)
@@ -925,20 +983,68 @@ class RedisStore(CirclesMixin, SafetyMixin):
             return []
         groups = sorted(inside)
         keys = [base + ":g:" + g for g in groups]
-        if limit is None:
-            replies = await self._pipelined(lambda pipe: [pipe.zrange(k, 0, -1) for k in keys])
-            members = [(uid, g) for g, got in zip(groups, replies, strict=True) for uid in got]
-            return await self._build(members, lang, inside, now)
-        # Rung longest ago first: a wave reads a few hundred volunteers, not all in window. Those
-        # who turn out unreachable or stale are skipped, and more are read until enough.
-        want = max(limit, 1)
-        while True:
-            reply = await self._first_n(keys=keys, args=[want])
-            members = [(reply[i], groups[int(reply[i + 1]) - 1]) for i in range(0, len(reply), 2)]
-            got = await self._build(members, lang, inside, now)
-            if len(got) >= limit or len(members) < want:
-                return got[:limit]
-            want *= 2
+        replies = await self._pipelined(lambda pipe: [pipe.zrange(k, 0, -1) for k in keys])
+        members = [(uid, g) for g, got in zip(groups, replies, strict=True) for uid in got]
+        return await self._build(members, lang, inside, now)
+
+    @unavailable_on_redis_errors
+    async def candidates_sample(
+        self, language: str, now: float, n: int, recent: int, rng: random.Random
+    ) -> CandidateSample:
+        lang = primary_language(language)
+        base = _lang(lang)
+        seed = rng.getrandbits(31)
+        for _ in range(3):
+            # The groups a language has only ever grow, so the script checks the count this
+            # node knows against the set, and the set is read again only when it grew.
+            known = self._groups.get(lang)
+            if known is None:
+                known = self._groups[lang] = sorted(await self.r.smembers(base + ":groups"))
+            inside = self._inside_groups(known, now)
+            if not inside:
+                return CandidateSample([], complete=True)
+            groups = sorted(inside)
+            reply = await self._sample(
+                keys=[base + ":groups", base + ":helpers", *(base + ":g:" + g for g in groups)],
+                args=[len(known), n, recent, repr(now - THIRTY_DAYS), seed],
+            )
+            if reply[0] != "stale":
+                break
+            del self._groups[lang]
+        else:
+            raise StoreUnavailable(f"the index of language {lang!r} keeps changing")
+        if reply[0] == "all":
+            members = [(reply[i], groups[int(reply[i + 1]) - 1]) for i in range(1, len(reply), 2)]
+            return CandidateSample(await self._build(members, lang, inside, now), complete=True)
+        read = int(reply[1])
+        helpers = reply[2 : 2 + read]
+        drawn = [(reply[i], groups[int(reply[i + 1]) - 1]) for i in range(2 + read, len(reply), 2)]
+        found = await self._build([(uid, "") for uid in helpers] + drawn, lang, inside, now)
+        in_lead = set(helpers)
+        first = [c for c in found if c.user_id in in_lead]
+        rest = [c for c in found if c.user_id not in in_lead]
+        more = read >= recent > 0
+        # Helpers off duty, unreachable or out of window were dropped: read on down the index
+        # until ``recent`` of them are candidates or it ends, as the memory store walks it.
+        while more and len(first) < recent:
+            want = max(recent - len(first), 16)
+            older = await self.r.zrevrange(base + ":helpers", read, read + want - 1)
+            read += len(older)
+            more = len(older) == want
+            fresh = [uid for uid in older if uid not in in_lead]
+            in_lead.update(fresh)
+            first += (await self._build([(uid, "") for uid in fresh], lang, inside, now))[
+                : recent - len(first)
+            ]
+            if len(first) >= recent:
+                more = True
+        taken = {c.user_id for c in first}
+        return CandidateSample(
+            first + [c for c in rest if c.user_id not in taken],
+            complete=False,
+            recent=len(first),
+            more_recent=more,
+        )
 
     async def _build(
         self,
@@ -947,23 +1053,45 @@ class RedisStore(CirclesMixin, SafetyMixin):
         inside: dict[str, tuple[str, str]],
         now: float,
     ) -> list[Candidate]:
+        """Candidates from (user, group) pairs read from the index, each checked against the
+        user's own hash. A group of ``""`` (a helper, read from the helpers index): their group
+        is read from the hash, and they are kept only when it is in window."""
         horizon = repr(now - THIRTY_DAYS)
         unique: dict[str, str] = {}
         for uid, group in members:
             unique.setdefault(uid, group)
         if not unique:
             return []
-        sha = self._facts.sha
+        if self.cluster:  # each volunteer's keys are on their own slot: one call each
+            sha = self._facts.sha
 
-        def fill(pipe: Any) -> None:
-            for uid in unique:
-                key = _user(uid)
-                _evalsha(pipe, sha, 3, key, key + ":ans", key + ":blocked", horizon)
+            def fill(pipe: Any) -> None:
+                for uid, group in unique.items():
+                    key = _user(uid)
+                    want_idx = "0" if group else "1"
+                    _evalsha(pipe, sha, 3, key, key + ":ans", key + ":blocked", horizon, want_idx)
 
-        replies = await self._pipelined(fill)
+            replies = [json.loads(reply) for reply in await self._pipelined(fill)]
+        else:  # one server: a few hundred volunteers per step, the steps in one round trip
+            ids = list(unique.items())
+            many = self._facts_many.sha
+
+            def fill_many(pipe: Any) -> None:
+                # Bounded steps, so that a wave reading everyone in window never holds the
+                # server for long: other clients' commands run between them.
+                for at in range(0, len(ids), _FACTS_PER_STEP):
+                    keys: list[str] = []
+                    flags: list[str] = []
+                    for uid, group in ids[at : at + _FACTS_PER_STEP]:
+                        key = _user(uid)
+                        keys += (key, key + ":ans", key + ":blocked")
+                        flags.append("0" if group else "1")
+                    _evalsha(pipe, many, len(keys), *keys, horizon, *flags)
+
+            replies = [f for step in await self._pipelined(fill_many) for f in json.loads(step)]
         out: list[Candidate] = []
         for (uid, group), reply in zip(unique.items(), replies, strict=True):
-            h, count, blocked = json.loads(reply)
+            h, count, blocked, last_call, idx = reply
             if isinstance(blocked, dict):  # an empty Lua table encodes as {}
                 blocked = []
             duty, role, conn, dev, cap, ring_of, open_, rday, rcount, last_rung, langs, runtil = h
@@ -973,6 +1101,10 @@ class RedisStore(CirclesMixin, SafetyMixin):
                 continue
             if not (int(conn or 0) > 0 or int(dev or 0) > 0):  # false (nil) is 0
                 continue
+            if not group:
+                group = next((g for lg, g in json.loads(idx) if lg == lang), "")
+                if group not in inside:
+                    continue
             zone, day = inside[group]
             out.append(
                 Candidate(
@@ -985,6 +1117,7 @@ class RedisStore(CirclesMixin, SafetyMixin):
                     daily_ring_cap=int(cap or 0),
                     busy=bool(ring_of or open_),
                     blocked=frozenset(blocked),
+                    last_call_at=float(last_call),
                     restricted=bool(runtil) and (runtil == "inf" or float(runtil) > now),
                     assistant=role == Role.ASSISTANT.value,
                 )
@@ -1075,12 +1208,13 @@ class RedisStore(CirclesMixin, SafetyMixin):
             raise ValueError(f"update_call: Call has no field(s) {sorted(unknown)}")
         if not fields:
             return
-        current = await self.get_call(call_id)
-        if current is None:
-            return
-        # Validate as the memory store's model_copy would store them, then write only these.
-        dumped = current.model_copy(update=fields).model_dump(mode="json")
-        flat = [x for k in fields for x in (k, _enc(dumped[k]))]
+        # Each field as the call's model dumps it, written only if the call exists: one step,
+        # no read first (a wave sets its fields after every ring it sends).
+        flat = [
+            x
+            for k, v in fields.items()
+            for x in (k, _enc(_call_field(k).dump_python(v, mode="json")))
+        ]
         await self._update_call(keys=[_call(call_id) + ":call"], args=flat)
 
     @unavailable_on_redis_errors
@@ -1120,12 +1254,18 @@ class RedisStore(CirclesMixin, SafetyMixin):
             keys=[base + ":call", base + ":ringing"], args=[helper_id, *flat]
         )
         won = reply is not None
-        await self._assign_settle(
+        langs = await self._assign_settle(
             keys=[user, user + ":ans"],
             args=[call_id, "1" if won else "0", repr(now), f"{call_id}"],
         )
         if not won:
             return None
+        if langs:  # a volunteer: among the recent helpers of their languages
+            await self._pipelined(
+                lambda pipe: [
+                    pipe.zadd(_lang(lang) + ":helpers", {helper_id: now}) for lang in langs.split()
+                ]
+            )
         raw, withdrawn = _split(reply)
         await self._clear_rings(call_id, withdrawn)
         return Assignment(call=_decode_call(raw), withdrawn=sorted(withdrawn))
@@ -1187,7 +1327,7 @@ class RedisStore(CirclesMixin, SafetyMixin):
         reply = await self._reserve_user(keys=[user], args=[call_id, day, cap, repr(now)])
         if reply is None:
             return False
-        previous, idx = reply[:3], reply[3]
+        previous = list(reply)
         base = _call(call_id)
         try:
             ok = await self._reserve_call(
@@ -1199,14 +1339,6 @@ class RedisStore(CirclesMixin, SafetyMixin):
         if not ok:
             await self._undo_reserve(user, call_id, previous)
             return False
-        pairs = json.loads(idx)
-        if pairs:  # back in their wave groups' order: rung longest ago first
-            await self._pipelined(
-                lambda pipe: [
-                    pipe.zadd(_lang(lang) + ":g:" + group, {user_id: now}, xx=True)
-                    for lang, group in pairs
-                ]
-            )
         return True
 
     async def _undo_reserve(self, user: str, call_id: str, previous: list[str]) -> None:

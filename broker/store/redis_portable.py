@@ -256,4 +256,11 @@ async def _import_call(store: RedisStore, call: Call, fields: dict[str, str]) ->
     # The fairness record comes from the calls themselves (a wave drops answers older than
     # 30 days by its own clock).
     if call.helper_id is not None and call.assigned_at is not None:
-        await r.zadd(user_key(call.helper_id) + ":ans", {call.id: call.assigned_at})
+        helper = user_key(call.helper_id)
+        await r.zadd(helper + ":ans", {call.id: call.assigned_at})
+        role, langs = await r.hmget(helper, "role", "langs")
+        if role == "volunteer":  # among the recent helpers of their languages, as on an answer
+            for lang in (langs or "").split():
+                await r.zadd(
+                    "vb:{idx:" + lang + "}:helpers", {call.helper_id: call.assigned_at}, gt=True
+                )

@@ -326,6 +326,9 @@ class SafetyMixin:
             await self.scrub_call(call_id, {uid: pseudonym})
         for peer in peers:
             await self.r.srem(user_key(peer) + ":blocked", uid)
+        # Out of the recent helpers of each language they spoke (where a wave finds them).
+        for lang in (await self.r.hget(user, "langs") or "").split():
+            await self.r.zrem("vb:{idx:" + lang + "}:helpers", uid)
         # Restriction, revocation and report records stay, under the pseudonym.
         kept = await self.r.hmget(user, "restr", "runtil", "revoked")
         carry = {k: v for k, v in zip(("restr", "runtil", "revoked"), kept, strict=True) if v}
