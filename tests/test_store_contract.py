@@ -253,6 +253,22 @@ async def test_candidate_facts(st: Store) -> None:
     assert later["v1"].last_call_at == NOW + 10  # when they last answered, however long ago
 
 
+async def test_a_draw_that_found_nobody_finds_a_volunteer_who_came_later(st: Store) -> None:
+    """A language with nobody in window, then a first volunteer (a new index group), then one
+    whose window is another group: each draw sees who is there now, not who was there before."""
+    rng = random.Random(3)
+    assert (await st.candidates_sample("pt", NOW, 10, 0, rng)).candidates == []
+    await online(st, volunteer("late", languages=["pt"]))
+    drawn = await st.candidates_sample("pt", NOW, 10, 0, rng)
+    assert [c.user_id for c in drawn.candidates] == ["late"]
+    await st.put_profile(volunteer("asleep", languages=["pt"], timezone="America/Los_Angeles"))
+    await st.set_on_duty("asleep", True)
+    await st.set_connected("asleep", True)
+    await online(st, volunteer("lagos", languages=["pt"], timezone="Africa/Lagos"))
+    drawn = await st.candidates_sample("pt", NOW, 10, 0, rng)
+    assert sorted(c.user_id for c in drawn.candidates) == ["lagos", "late"]
+
+
 async def test_candidates_sample_draws_distinct_volunteers_at_random(st: Store) -> None:
     zones = ["UTC", "Europe/London", "Europe/Paris", "Europe/Berlin", "Africa/Lagos"]
     await online(st, *(volunteer(f"v{i:02d}", timezone=zones[i % 5]) for i in range(60)))

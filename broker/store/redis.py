@@ -1002,7 +1002,11 @@ class RedisStore(CirclesMixin, SafetyMixin):
                 known = self._groups[lang] = sorted(await self.r.smembers(base + ":groups"))
             inside = self._inside_groups(known, now)
             if not inside:
-                return CandidateSample([], complete=True)
+                # No script runs to notice a group added since: count the set here instead.
+                if await self.r.scard(base + ":groups") == len(known):
+                    return CandidateSample([], complete=True)
+                del self._groups[lang]
+                continue
             groups = sorted(inside)
             reply = await self._sample(
                 keys=[base + ":groups", base + ":helpers", *(base + ":g:" + g for g in groups)],
