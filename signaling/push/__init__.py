@@ -15,7 +15,7 @@ from signaling.config import Settings
 from signaling.push import credentials
 from signaling.push.base import Sender
 from signaling.push.pusher import Pusher
-from signaling.push.routes import ENABLED, WEBPUSH_HOSTS, add_routes
+from signaling.push.routes import ENABLED, WEBPUSH_HOSTS, WEBPUSH_KEY, add_routes
 
 
 def pusher_of(app: web.Application) -> Pusher | None:
@@ -68,6 +68,8 @@ def setup(app: web.Application) -> None:
     senders = build_senders(s)
     app[ENABLED] = frozenset(senders)
     app[WEBPUSH_HOSTS] = list(s.webpush_hosts)
+    webpush = senders.get(Platform.WEBPUSH)
+    app[WEBPUSH_KEY] = getattr(webpush, "public_key", None)
     add_routes(app)
     if not senders:
         return

@@ -122,27 +122,44 @@ async def ui_module_page(browser: Browser, broker_server: Server) -> AsyncIterat
 
 
 @pytest.mark.parametrize(
-    ("status", "said"),
+    ("lang", "status", "said"),
     [
-        ({"state": "searching", "notified": 12}, "Ringing 12 volunteers."),
-        ({"state": "searching", "notified": 1}, "Ringing 1 volunteer."),
-        ({"state": "searching", "notified": 0}, "No volunteer is free just now. Still looking…"),
+        ("en", {"state": "searching", "notified": 12}, "Ringing 12 volunteers."),
+        ("en", {"state": "searching", "notified": 1}, "Ringing 1 volunteer."),
         (
+            "en",
+            {"state": "searching", "notified": 0},
+            "No volunteer is free just now. Still looking…",
+        ),
+        (
+            "en",
             {"state": "queued", "position": 3, "eta_s": 230},
             "You are number 3 in the queue, about 4 minutes.",
         ),
         (
+            "en",
             {"state": "queued", "position": 1, "eta_s": 50},
             "You are number 1 in the queue, about 1 minute.",
         ),
-        ({"state": "queued", "position": 2}, "You are number 2 in the queue."),
+        ("en", {"state": "queued", "position": 2}, "You are number 2 in the queue."),
+        # Plural forms come from Intl.PluralRules: Spanish one/other, Arabic's six forms.
+        ("es", {"state": "searching", "notified": 1}, "Llamando a 1 voluntario."),
+        ("es", {"state": "searching", "notified": 3}, "Llamando a 3 voluntarios."),
+        ("ar", {"state": "searching", "notified": 1}, "نتصل بمتطوع واحد."),
+        ("ar", {"state": "searching", "notified": 2}, "نتصل بمتطوعَين."),
+        ("ar", {"state": "searching", "notified": 3}, "نتصل بـ3 متطوعين."),
+        ("ar", {"state": "searching", "notified": 11}, "نتصل بـ11 متطوعًا."),
     ],
 )
 async def test_what_the_recipient_hears_as_the_search_moves(
-    ui_module_page: Page, status: dict[str, object], said: str
+    ui_module_page: Page, lang: str, status: dict[str, object], said: str
 ) -> None:
     text = await ui_module_page.evaluate(
-        "async (status) => (await import('./ui.js')).progressText(status)", status
+        """async ([lang, status]) => {
+            await (await import('./i18n.js')).useLanguage(lang);
+            return (await import('./ui.js')).progressText(status);
+        }""",
+        [lang, status],
     )
     assert text == said
 
