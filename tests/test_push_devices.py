@@ -29,7 +29,7 @@ from broker.notify.planner import PushPlanner
 from broker.store.memory import MemoryStore
 from signaling.config import ConfigError, load_settings
 from signaling.push import build_senders
-from signaling.push.webpush import encrypt
+from signaling.push.webpush import WebPushSender, encrypt
 from tests.helpers import Server, start_server
 from tests.push_standins import (
     ApnsCredentials,
@@ -346,8 +346,9 @@ async def test_the_webpush_key_is_served_for_browsers_to_subscribe_with(
     ):
         assert resp.status == 200
         body = await resp.json()
-    senders = build_senders(push_server.ctx.settings)
-    assert body == {"public_key": getattr(senders[Platform.WEBPUSH], "public_key")}
+    sender = build_senders(push_server.ctx.settings)[Platform.WEBPUSH]
+    assert isinstance(sender, WebPushSender)
+    assert body == {"public_key": sender.public_key}
     raw = base64.urlsafe_b64decode(body["public_key"] + "=" * (-len(body["public_key"]) % 4))
     assert len(raw) == 65 and raw[0] == 4  # an uncompressed P-256 point
 

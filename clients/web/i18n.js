@@ -77,8 +77,8 @@ export function t(key, params = {}) {
   });
 }
 
-// Static text of the page: data-i18n="key" sets the text, data-i18n-attr="attr:key;attr:key"
-// attributes (aria-label, title, placeholder).
+// Static text of the page: data-i18n="key" sets the text; data-i18n-attr holds
+// attribute:key pairs separated by ";" (aria-label, title, placeholder).
 export function translate(root) {
   for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
   for (const el of root.querySelectorAll("[data-i18n-attr]")) {

@@ -13,7 +13,7 @@ ENABLED = web.AppKey("push_platforms", frozenset[Platform])
 WEBPUSH_HOSTS = web.AppKey("webpush_hosts", list[str])
 # The VAPID public key (base64url, uncompressed P-256) browsers subscribe with; None without
 # Web Push.
-WEBPUSH_KEY = web.AppKey("webpush_key", str | None)
+WEBPUSH_KEY: web.AppKey[str | None] = web.AppKey("webpush_key")
 
 
 async def webpush_key(request: web.Request) -> web.Response:
