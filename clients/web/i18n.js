@@ -80,7 +80,10 @@ export function t(key, params = {}) {
 // Static text of the page: data-i18n="key" sets the text; data-i18n-attr holds
 // attribute:key pairs separated by ";" (aria-label, title, placeholder).
 export function translate(root) {
-  for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  for (const el of root.querySelectorAll("[data-i18n]")) {
+    // The live region keeps what it last said (its "Loading…" is only the first words).
+    if (!el.dataset.said) el.textContent = t(el.dataset.i18n);
+  }
   for (const el of root.querySelectorAll("[data-i18n-attr]")) {
     for (const pair of el.dataset.i18nAttr.split(";")) {
       const [attr, key] = pair.split(":").map((s) => s.trim());

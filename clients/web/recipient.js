@@ -13,6 +13,7 @@ import {
   loadProfile,
   progressText,
   restrictionNotice,
+  searchNews,
   setSwitch,
   showState,
   startLanguage,
@@ -82,19 +83,6 @@ function progressNow() {
     ? t("recipient.progress.asked", { count: status.notified })
     : t("recipient.progress.none-asked");
   return t("recipient.progress.searching", { elapsed, asked });
-}
-
-// What to say about a new call.status, given the one before: the search widening to another
-// language, a queue handing the call to volunteers, or simply its progress.
-function statusText(status, before) {
-  const progress = progressText(status);
-  if (before && before.state === "queued" && status.state === "searching") {
-    return t("recipient.moved.to-volunteers", { progress });
-  }
-  if (status.state === "searching" && status.language && before && status.language !== (before.language || page.language)) {
-    return t("recipient.moved.wider", { language: languageName(status.language), progress });
-  }
-  return progress;
 }
 
 async function camera() {
@@ -167,7 +155,7 @@ function onStatus(status) {
   if (status.call !== page.callId || document.body.dataset.state !== "searching") return;
   const before = page.status;
   page.status = status;
-  page.progress = statusText(status, before);
+  page.progress = searchNews(status, before, page.language);
   searchSay(page.progress);
 }
 

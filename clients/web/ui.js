@@ -96,6 +96,21 @@ export function progressText(status) {
   return t("common.search.none-free");
 }
 
+// What to say about a new call.status, given the one before and the language asked for: the
+// search widening to another language, a queue handing the call over to volunteers (its
+// overflow), or simply its progress (a new count, a new place in the queue).
+export function searchNews(status, before, requested) {
+  const progress = progressText(status);
+  if (before && before.state === "queued" && status.state === "searching") {
+    return t("recipient.moved.to-volunteers", { progress });
+  }
+  const was = (before && before.language) || requested;
+  if (status.state === "searching" && status.language && before && status.language !== was) {
+    return t("recipient.moved.wider", { language: languageName(status.language), progress });
+  }
+  return progress;
+}
+
 // The call languages offered to a recipient: theirs first, then these.
 export const LANGUAGES = ["en", "fr", "de", "es", "it", "nl", "pt", "pl", "ar", "zh", "ja", "hi"];
 
