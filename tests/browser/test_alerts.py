@@ -17,11 +17,14 @@ import json
 import re
 from typing import Any
 
+import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from tests.browser.pages import CHROMIUM_ARGS, live, new_context, open_page
-from tests.helpers import Client, Server
+from tests.helpers import Client, Server, start_server
+from tests.push_standins import pem_private
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -381,3 +384,145 @@ async def test_the_service_worker_shows_a_pushed_ring_and_replaces_it_with_its_w
         }
     ]
     await context.close()
+
+
+async def test_the_duty_switch_shows_its_state_without_colour(
+    browser: Browser, broker_server: Server
+) -> None:
+    context = await new_context(browser)
+    vol = await open_page(
+        context, broker_server, "volunteer", broker_server.token("vol-fc", "volunteer", name="Fe")
+    )
+    await expect(live(vol)).to_have_text("Signed in as Fe. You are off duty.")
+    await vol.emulate_media(forced_colors="active", reduced_motion="reduce")
+    duty = vol.get_by_role("switch", name="On duty")
+    await expect(duty).to_have_attribute("aria-checked", "false")
+    await expect(duty).to_have_text(re.compile(r"^\s*On duty\s*Off\s*$"))
+    await vol.mouse.move(0, 0)
+    await vol.locator("h1").focus()  # no focus ring in either picture
+    off = await duty.screenshot()
+    await duty.click()
+    await expect(live(vol)).to_have_text("You are on duty. Waiting for a call.")
+    # The same name for assistive technology, which hears the state from aria-checked; the
+    # visible text and the knob's side of the track change with it.
+    await expect(duty).to_have_attribute("aria-checked", "true")
+    await expect(duty).to_have_text(re.compile(r"^\s*On duty\s*On\s*$"))
+    await vol.locator("h1").focus()
+    on = await duty.screenshot()
+    assert on != off, "in forced colours the switch looks the same on and off"
+    side = await vol.evaluate(
+        "getComputedStyle(document.querySelector('#duty .switch-track')).justifyContent"
+    )
+    assert side == "flex-end"
+    await duty.click()
+    await expect(duty).to_have_attribute("aria-checked", "false")
+    await context.close()
+
+
+async def test_focus_stays_on_the_sign_in_button_while_sign_in_is_pending(
+    browser: Browser, broker_server: Server
+) -> None:
+    context = await new_context(browser)
+    tab = await open_page(context, broker_server, "volunteer")
+    await expect(live(tab)).to_have_text("Please sign in.")
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(route: Any) -> None:
+        held.set()
+        await release.wait()
+        await route.continue_()
+
+    await tab.route("**/v1/demo/token", slow)
+    assert await tab.evaluate("document.activeElement.id") == "demo-sign-in"
+    await tab.keyboard.press("Enter")
+    await asyncio.wait_for(held.wait(), 10)
+    await expect(live(tab)).to_have_text("Signing in…")
+    assert await tab.evaluate("document.activeElement.id") == "demo-sign-in"
+    await expect(tab.locator("#demo-sign-in")).to_have_attribute("aria-disabled", "true")
+    await tab.keyboard.press("Enter")  # a second press while pending asks nothing more
+    release.set()
+    await expect(live(tab)).to_have_text(re.compile(r"^Signed in as Demo volunteer"))
+    assert await tab.evaluate("document.activeElement.id") == "duty"
+    await context.close()
+
+
+async def test_the_camera_preview_is_still_under_reduced_motion_and_can_be_played(
+    browser: Browser, broker_server: Server
+) -> None:
+    context = await browser.new_context(reduced_motion="reduce")
+    await context.grant_permissions(["camera", "microphone"])
+    rec = await open_page(
+        context,
+        broker_server,
+        "recipient",
+        broker_server.token("rec-still", "recipient", name="Sol", languages=["pl"]),
+    )
+    await expect(live(rec)).to_have_text(re.compile("Signed in as Sol"))
+    await rec.click("#call")
+    await expect(rec.locator("body")).to_have_attribute("data-state", "searching")
+    pause = rec.get_by_role("button", name="Pause the preview")
+    await expect(pause).to_have_attribute("aria-pressed", "true")
+    assert await rec.evaluate("document.querySelector('#preview').paused") is True
+    await pause.click()
+    await expect(pause).to_have_attribute("aria-pressed", "false")
+    assert await rec.evaluate("document.querySelector('#preview').paused") is False
+    await pause.click()
+    await expect(pause).to_have_attribute("aria-pressed", "true")
+    assert await rec.evaluate("document.querySelector('#preview').paused") is True
+    await rec.click("#cancel")
+    await expect(live(rec)).to_have_text("Call ended. The call was cancelled.")
+    await context.close()
+
+
+# The browser's push service (Google's, for Chromium) cannot be reached here: pushManager's
+# subscribe is answered in the page with a subscription to a push service the test broker
+# accepts, and the key the page asked with is kept to compare with the broker's.
+SUBSCRIBE_HERE = """
+(() => {
+  const b64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
+      .replace(/\\+/g, '-').replace(/\\//g, '_').replace(/=+$/, '');
+  const p256dh = b64url(Uint8Array.from([4, ...Array(64).fill(1)]));
+  const auth = b64url(Uint8Array.from(Array(16).fill(2)));
+  let subscription = null;
+  PushManager.prototype.getSubscription = async function () { return subscription; };
+  PushManager.prototype.subscribe = async function (options) {
+    window.subscribedWithKey = b64url(options.applicationServerKey);
+    window.userVisibleOnly = options.userVisibleOnly;
+    subscription = { toJSON: () => ({ endpoint: 'https://push.example.org/s/page-1',
+                                      keys: { p256dh, auth } }) };
+    return subscription;
+  };
+})();
+"""
+
+
+async def test_going_on_duty_registers_this_browser_for_web_push(browser: Browser) -> None:
+    async with start_server(
+        vapid_private_key=pem_private(ec.generate_private_key(ec.SECP256R1())),
+        vapid_subject="https://example.org/contact",
+        webpush_hosts=["push.example.org"],
+    ) as server:
+        context = await new_context(browser)
+        await context.grant_permissions(["camera", "microphone", "notifications"])
+        await context.add_init_script(SUBSCRIBE_HERE)
+        vol = await open_page(
+            context, server, "volunteer", server.token("vol-wp", "volunteer", name="Wim")
+        )
+        await expect(live(vol)).to_have_text("Signed in as Wim. You are off duty.")
+        await vol.click("#duty")
+        await expect(vol.locator("#notify-status")).to_have_text(
+            "Notifications are on, also when this page is closed."
+        )
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(server.url + "/v1/push/webpush") as resp,
+        ):
+            key = (await resp.json())["public_key"]
+        assert await vol.evaluate("window.subscribedWithKey") == key
+        assert await vol.evaluate("window.userVisibleOnly") is True
+        devices = await server.ctx.store.devices("vol-wp")
+        assert [
+            (d.platform.value, d.subscription and d.subscription.endpoint) for d in devices
+        ] == [("webpush", "https://push.example.org/s/page-1")]
+        await context.close()
