@@ -22,7 +22,7 @@ from signaling import messages
 WEB = Path(__file__).resolve().parent.parent / "clients" / "web"
 CATALOGS = WEB / "i18n"
 SHIPPED = ("en", "es", "ar")
-NAMESPACES = ("common", "title", "recipient", "volunteer", "agent", "sw")
+NAMESPACES = ("common", "title", "index", "recipient", "volunteer", "agent", "sw")
 # CLDR plural categories of the shipped languages (what Intl.PluralRules selects from).
 PLURAL_FORMS = {
     "en": {"one", "other"},

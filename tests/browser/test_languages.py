@@ -41,11 +41,13 @@ def catalog(lang: str) -> dict[str, Any]:
     return data
 
 
-async def check_state(page: Page, name: str, state: str, lang: str) -> None:
-    """``page`` (recipient, volunteer, agent) in ``state``, checked every way there is."""
+async def check_state(page: Page, name: str, state: str | None, lang: str) -> None:
+    """``page`` (index, recipient, volunteer, agent) in ``state`` (None for the index, which
+    has none), checked every way there is."""
     words = catalog(lang)
     where = f"{name} in {state} ({lang})"
-    await expect(page.locator("body")).to_have_attribute("data-state", state)
+    if state is not None:
+        await expect(page.locator("body")).to_have_attribute("data-state", state)
     await expect(page.locator("html")).to_have_attribute("lang", lang)
     await expect(page.locator("html")).to_have_attribute("dir", "rtl" if lang == "ar" else "ltr")
     base = words[f"{name}.title"]
@@ -87,6 +89,9 @@ async def test_every_state_of_every_page_in_every_language(
 
     # Signed out: no profile yet, so the browser's language.
     context = await context_in(browser, lang)
+    index = await open_page(context, server, "index")
+    await check_state(index, "index", None, lang)
+    await index.close()
     for name in ("recipient", "volunteer", "agent"):
         tab = await open_page(context, server, name)
         await expect(tab.locator("#live")).to_have_text(words["common.sign-in.please"])
