@@ -75,7 +75,10 @@ function stopSearch() {
 
 function progressNow() {
   const status = page.status || { state: "searching", notified: 0 };
-  const elapsed = duration((Date.now() - page.searchStarted) / 1000);
+  // In steps of the early pace ("30 seconds", "1 minute, 30 seconds"): a timer that fires a
+  // little late must not say "31 seconds".
+  const steps = Math.floor((Date.now() - page.searchStarted) / 1000 / PROGRESS_EARLY_S);
+  const elapsed = duration(steps * PROGRESS_EARLY_S);
   if (status.state === "queued") {
     return t("recipient.progress.queued", { elapsed, place: progressText(status) });
   }

@@ -181,8 +181,9 @@ async def test_keyboard_only_call_accept_and_hang_up(
     )
     assert await focused(vol) == "h-ended"
 
-    # Feedback by keyboard: the first radio ("Yes, it helped") is checked; choose "No",
-    # report nothing, submit.
+    # Feedback by keyboard: no answer is chosen beforehand (it would nudge the rating); Tab
+    # reaches the first radio, the arrow key chooses "No"; report nothing, submit.
+    assert await rec.locator('input[name="rating"]:checked').count() == 0
     await rec.keyboard.press("Tab")
     assert await rec.evaluate("document.activeElement.name") == "rating"
     await rec.keyboard.press("ArrowDown")

@@ -102,6 +102,22 @@ async def test_agent_console_shows_the_live_queue(browser: Browser, broker_serve
     await expect(agent.locator("#queue")).to_contain_text("Ada: available")
     violations = await axe_violations(agent)
     assert violations == [], explain(violations)
+    # Reflow: at 320 px, and at 640 px with text at 200%, the table scrolls inside a region
+    # named by its caption that the keyboard reaches; the page itself never scrolls sideways.
+    for width, text_size in ((320, "100%"), (640, "200%")):
+        await agent.set_viewport_size({"width": width, "height": 800})
+        await agent.evaluate(
+            "(size) => { document.documentElement.style.fontSize = size;"
+            " dispatchEvent(new Event('resize')); }",
+            text_size,
+        )
+        assert await agent.evaluate("document.documentElement.scrollWidth") == width
+        region = agent.get_by_role("region", name="Waiting calls")
+        await expect(region).to_have_attribute("tabindex", "0")
+        violations = await axe_violations(agent)
+        assert violations == [], f"{width} px, text {text_size}:\n{explain(violations)}"
+    await agent.evaluate("document.documentElement.style.fontSize = ''")
+    await agent.set_viewport_size({"width": 900, "height": 1100})
     # Keyboard: the status radios are the first stop; arrow keys choose, the broker confirms.
     assert await agent.evaluate("document.activeElement.value") == "away"
     await agent.keyboard.press("ArrowUp")
