@@ -272,6 +272,13 @@ async def test_a_ring_in_a_background_tab_shows_in_the_title_sounds_and_notifies
         call = str(status["call"])
         await expect(vol).to_have_title("Ringing — Volunteer — vabroker")
         assert await vol.evaluate("window.vabrokerPage.ringSound.sounding") is True
+        # Real sound: oscillators on the page's running audio context (unlocked by the click
+        # that went on duty).
+        assert (
+            await vol.evaluate("async () => (await import('./sound.js')).unlockAudio().state")
+            == "running"
+        )
+        assert await vol.evaluate("window.vabrokerPage.ringSound.nodes.length") == 2
         await shown_eventually(vol, call, 1)
         (shown,) = await notifications(vol, call)
         assert shown["title"] == "Someone needs help"
