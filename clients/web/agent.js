@@ -4,6 +4,7 @@
 import { markScrollable } from "./charts.js";
 import { helperCall } from "./helper.js";
 import { formatNumber } from "./i18n.js";
+import { RING, Tone, unlockAudio } from "./sound.js";
 import {
   $,
   announce,
@@ -11,6 +12,7 @@ import {
   loadProfile,
   minutes,
   restrictionNotice,
+  setSwitch,
   showState,
   startLanguage,
   startSession,
@@ -18,7 +20,17 @@ import {
   t,
 } from "./ui.js";
 
-const page = { session: null, ring: null, callId: null, media: null, mic: null, status: "away", queue: null };
+const page = {
+  session: null,
+  ring: null,
+  callId: null,
+  media: null,
+  mic: null,
+  status: "away",
+  queue: null,
+  // The same ring sound and switch as the volunteer's page, its choice kept separately.
+  ringSound: new Tone(RING, { storageKey: "vabroker.agent-ring-sound", gain: 0.15 }),
+};
 const call = helperCall(page);
 window.vabrokerPage = page; // for diagnostics and the browser tests
 
@@ -134,6 +146,7 @@ function onRing(ring) {
   $("#ring-topic").textContent = ring.topic || t("common.ring.no-topic");
   $("#ring-note").textContent = ring.note || t("common.ring.no-note");
   showState("ringing");
+  page.ringSound.start();
   const language = languageName(ring.language);
   announce(
     ring.topic
@@ -145,6 +158,7 @@ function onRing(ring) {
 function onWithdrawn(message) {
   if (!page.ring || message.call !== page.ring.call) return;
   page.ring = null;
+  page.ringSound.stop();
   showState("idle");
   announce(
     t(
@@ -158,6 +172,7 @@ function onWithdrawn(message) {
 }
 
 function take() {
+  page.ringSound.stop();
   return call.accept(t("agent.ring.taking"), t("agent.withdrawn.answered"));
 }
 
@@ -165,6 +180,7 @@ async function pass() {
   const ring = page.ring;
   if (!ring) return;
   page.ring = null;
+  page.ringSound.stop();
   await page.session.request({ type: "call.decline", call: ring.call }).catch(() => {});
   showState("idle");
   announce(t("agent.ring.passed"));
@@ -212,8 +228,21 @@ async function main() {
   await loadProfile(page.session);
   $("#org-name").textContent = `— ${welcome.user.org}`;
   for (const radio of document.querySelectorAll('input[name="status"]')) {
-    radio.addEventListener("change", () => radio.checked && setStatus(radio.value));
+    // Choosing a status is the click that lets the page ring aloud later.
+    radio.addEventListener("change", () => {
+      if (!radio.checked) return;
+      unlockAudio();
+      setStatus(radio.value);
+    });
   }
+  const sound = $("#ring-sound");
+  setSwitch(sound, page.ringSound.enabled);
+  sound.addEventListener("click", () => {
+    unlockAudio();
+    page.ringSound.enabled = !page.ringSound.enabled;
+    setSwitch(sound, page.ringSound.enabled);
+    announce(t(page.ringSound.enabled ? "common.alerts.sound-on" : "common.alerts.sound-off"));
+  });
   $("#take").addEventListener("click", take);
   $("#decline").addEventListener("click", pass);
   $("#hang-up").addEventListener("click", call.hangUp);

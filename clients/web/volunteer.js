@@ -359,7 +359,7 @@ async function main() {
     unlockAudio();
     page.ringSound.enabled = !page.ringSound.enabled;
     setSwitch(sound, page.ringSound.enabled);
-    announce(t(page.ringSound.enabled ? "volunteer.alerts.sound-on" : "volunteer.alerts.sound-off"));
+    announce(t(page.ringSound.enabled ? "common.alerts.sound-on" : "common.alerts.sound-off"));
   });
   addEventListener("resize", () => markScrollable($("#history")));
   showState("idle", { focus: false });

@@ -412,8 +412,14 @@ async def test_keyboard_only_agent_takes_the_next_queued_call(
     )
     assert await focused(agent) == "take"
     await expect(agent.locator("#ring-topic")).to_have_text("a letter")
+    # The ring is heard too (the status change was the click that allowed sound), and the
+    # title says it for a background tab.
+    assert await agent.evaluate("window.vabrokerPage.ringSound.sounding") is True
+    await expect(agent).to_have_title("Ringing — Agent console — vabroker")
     await agent.keyboard.press("Enter")
     await expect(live(agent)).to_have_text("Connected to Mo. You can see their camera.")
+    assert await agent.evaluate("window.vabrokerPage.ringSound.playing") is False
+    await expect(agent).to_have_title("In a call — Agent console — vabroker")
     assert await focused(agent) == "hang-up"
     await expect(live(rec)).to_have_text("Connected to Kit. They can see your camera now.")
 
