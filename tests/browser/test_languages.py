@@ -65,6 +65,10 @@ async def check_state(page: Page, name: str, state: str | None, lang: str) -> No
     for label, viewport, media in checks:
         await page.set_viewport_size(viewport)
         await page.emulate_media(**media)
+        # The page's resize handlers run before the next frame, as after any real resize.
+        await page.evaluate(
+            "new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))"
+        )
         violations = await axe_violations(page)
         assert violations == [], f"{where} at {label}:\n{explain(violations)}"
         if viewport is NARROW:
