@@ -34,6 +34,11 @@ export function pick(tags) {
   return null;
 }
 
+// Whether a catalog has been loaded (before that, t() has no words to give).
+export function loaded() {
+  return Object.keys(english).length > 0;
+}
+
 export function currentLanguage() {
   return language;
 }
