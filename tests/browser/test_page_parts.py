@@ -181,9 +181,10 @@ async def test_what_the_recipient_hears_as_the_search_moves(
 
 
 @pytest.mark.parametrize(
-    ("status", "said"),
+    ("lang", "status", "said"),
     [
         (
+            "en",
             {
                 "state": "queued",
                 "position": 2,
@@ -193,6 +194,7 @@ async def test_what_the_recipient_hears_as_the_search_moves(
             "You are number 2 in the queue.",
         ),
         (
+            "en",
             {
                 "state": "searching",
                 "notified": 0,
@@ -202,17 +204,34 @@ async def test_what_the_recipient_hears_as_the_search_moves(
             "If no one answers, please try again in about 5 minutes.",
         ),
         (
+            "en",
             {"state": "searching", "escalation": {"outcome": "unavailable", "retry_after_s": 900}},
             "No volunteer is free just now. Still looking… "
             "If no one answers, please try again in about 15 minutes.",
         ),
+        # The same sentences from the catalogs in the recipient's language.
+        (
+            "es",
+            {"state": "searching", "escalation": {"outcome": "full", "retry_after_s": 60}},
+            "Ahora mismo no hay ningún voluntario libre y el centro de ayuda está ocupado. "
+            "Seguimos buscando… Si nadie contesta, vuelve a intentarlo en alrededor de 1 minuto.",
+        ),
+        (
+            "ar",
+            {"state": "searching", "escalation": {"outcome": "queued"}},
+            "لم يتمكن أي متطوع من الرد، لذلك حُوّلت مكالمتك إلى مركز مساعدة.",
+        ),
     ],
 )
 async def test_what_the_recipient_hears_when_nobody_answers(
-    ui_module_page: Page, status: dict[str, object], said: str
+    ui_module_page: Page, lang: str, status: dict[str, object], said: str
 ) -> None:
     text = await ui_module_page.evaluate(
-        "async (status) => (await import('./ui.js')).progressText(status)", status
+        """async ([lang, status]) => {
+            await (await import('./i18n.js')).useLanguage(lang);
+            return (await import('./ui.js')).progressText(status);
+        }""",
+        [lang, status],
     )
     assert text == said
 
