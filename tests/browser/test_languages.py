@@ -111,6 +111,8 @@ async def test_every_state_of_every_page_in_every_language(
 
     rec = await open_page(people, server, "recipient", token("rec-l10n", "recipient", name="Rae"))
     await expect(rec.locator("#partners li")).to_have_count(1)
+    await expect(rec.locator("#circle-members")).to_have_text(words["recipient.circle.empty"])
+    await expect(rec.locator("#who legend")).to_have_text(words["recipient.who.legend"])
     await check_state(rec, "recipient", "idle", lang)
     # The call language offered first is the recipient's, named in the page's language.
     assert await rec.locator("#language").input_value() == lang
@@ -121,6 +123,8 @@ async def test_every_state_of_every_page_in_every_language(
     vol = await open_page(helpers, server, "volunteer", token("vol-l10n", "volunteer", name="Val"))
     await expect(vol.locator("#live")).to_have_text(re.compile("Val"))
     await expect(vol.locator("#duty .switch-state")).to_have_text(words["common.switch.off"])
+    await expect(vol.locator("#impact-summary")).to_have_text(words["volunteer.impact.none"])
+    await expect(vol.locator("#circle-list")).to_have_text(words["volunteer.circles.none"])
     await check_state(vol, "volunteer", "idle", lang)
     # Going on duty first explains notifications, then lets the browser ask.
     await vol.click("#duty")
@@ -139,12 +143,17 @@ async def test_every_state_of_every_page_in_every_language(
 
     await vol.click("#accept")
     await expect(rec.locator("body")).to_have_attribute("data-state", "in-call")
+    await expect(vol.locator("#h-tools")).to_have_text(words["common.tools.heading"])
     await check_state(vol, "volunteer", "in-call", lang)
     await check_state(rec, "recipient", "in-call", lang)
 
     await rec.click("#hang-up")
     await expect(vol.locator("body")).to_have_attribute("data-state", "ended")
     await check_state(rec, "recipient", "ended", lang)
+    # The answered call is in the volunteer's record: its table by month, in the language.
+    await expect(vol.locator("#impact-months caption")).to_have_text(
+        words["volunteer.impact.caption"]
+    )
     await check_state(vol, "volunteer", "ended", lang)
     # Nothing is chosen for the caller; sending without an answer asks for one.
     assert await rec.locator('input[name="rating"]:checked').count() == 0
