@@ -3,6 +3,7 @@ payloads, answers, backoff and the exactly-once withdrawal record."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from broker.notify.planner import PushPlanner
 from broker.store.memory import MemoryStore
 from signaling.config import ConfigError, load_settings
 from signaling.push import build_senders
-from signaling.push.webpush import encrypt
+from signaling.push.webpush import WebPushSender, encrypt
 from tests.helpers import Server, start_server
 from tests.push_standins import (
     ApnsCredentials,
@@ -332,3 +333,29 @@ async def test_push_records_nobody_takes_are_dropped_a_day_after_they_expire() -
     for call in ("c_b", "c_d"):
         taken = await store.take_pushes(call, "v1")
         assert taken is not None and taken.device_ids == ["d1"]
+
+
+async def test_the_webpush_key_is_served_for_browsers_to_subscribe_with(
+    push_server: Server,
+) -> None:
+    """``GET /v1/push/webpush``: the VAPID public key the broker signs its pushes with, which a
+    browser passes as ``applicationServerKey``; a broker without Web Push answers 404."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(push_server.url + "/v1/push/webpush") as resp,
+    ):
+        assert resp.status == 200
+        body = await resp.json()
+    sender = build_senders(push_server.ctx.settings)[Platform.WEBPUSH]
+    assert isinstance(sender, WebPushSender)
+    assert body == {"public_key": sender.public_key}
+    raw = base64.urlsafe_b64decode(body["public_key"] + "=" * (-len(body["public_key"]) % 4))
+    assert len(raw) == 65 and raw[0] == 4  # an uncompressed P-256 point
+
+    async with (
+        start_server() as plain,
+        aiohttp.ClientSession() as http,
+        http.get(plain.url + "/v1/push/webpush") as resp,
+    ):
+        assert resp.status == 404
+        assert (await resp.json())["error"] == "not_found"

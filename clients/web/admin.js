@@ -5,7 +5,7 @@
 
 import { forgetToken } from "./protocol.js";
 import { barChart, dataTable, markScrollable } from "./charts.js";
-import { $, announce, languageName, showState, signIn } from "./ui.js";
+import { $, announce, languageName, showState, signIn, startLanguage } from "./ui.js";
 
 const page = { token: null, claims: {}, cases: { next: null }, audit: { next: null }, case: null, user: null, busy: false };
 window.vabrokerPage = page; // for diagnostics and the browser tests
@@ -1074,6 +1074,9 @@ function fillSelect(select, options) {
 }
 
 async function main() {
+  // The console's own words are English only for now (docs/pages.md); the shared sign-in
+  // words come from the English catalog so that the console reads in one language.
+  await startLanguage("en");
   fillSelect($("#case-reason"), REASONS);
   fillSelect($("#audit-action"), AUDIT_ACTIONS);
   const overview = await signInAsAdmin();

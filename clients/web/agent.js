@@ -1,18 +1,58 @@
 // The agent console: available or away, the organisation's live queue, take the next call,
 // the call itself, and wrap-up before the next one.
 
+import { markScrollable } from "./charts.js";
 import { helperCall } from "./helper.js";
-import { $, announce, languageName, minutes, restrictionNotice, showState, startSession, SUSPENDED_NOTICE } from "./ui.js";
+import { formatNumber } from "./i18n.js";
+import { RING, Tone, unlockAudio } from "./sound.js";
+import {
+  $,
+  announce,
+  languageName,
+  loadProfile,
+  minutes,
+  restrictionNotice,
+  setSwitch,
+  showState,
+  startLanguage,
+  startSession,
+  suspendedNotice,
+  t,
+} from "./ui.js";
 
-const page = { session: null, ring: null, callId: null, media: null, mic: null, status: "away", queue: null };
+const page = {
+  session: null,
+  ring: null,
+  callId: null,
+  media: null,
+  mic: null,
+  status: "away",
+  queue: null,
+  // The same ring sound and switch as the volunteer's page, its choice kept separately.
+  ringSound: new Tone(RING, { storageKey: "vabroker.agent-ring-sound", gain: 0.15 }),
+};
 const call = helperCall(page);
 window.vabrokerPage = page; // for diagnostics and the browser tests
 
+const AGENT_STATES = {
+  available: "agent.state.available",
+  away: "agent.state.away",
+  busy: "agent.state.busy",
+  ringing: "agent.state.ringing",
+  wrap_up: "agent.state.wrap-up",
+};
+
+function paragraph(text) {
+  const p = document.createElement("p");
+  p.textContent = text;
+  return p;
+}
+
 const ENDED = {
-  completed: (by) => (by === "agent" ? "You hung up." : "The caller ended the call."),
-  cancelled: () => "The caller cancelled.",
-  peer_lost: () => "The connection to the caller was lost.",
-  failed: () => "The call failed.",
+  completed: (by) => t(by === "agent" ? "common.ended.you-hung-up" : "common.ended.caller-ended"),
+  cancelled: () => t("agent.ended.cancelled"),
+  peer_lost: () => t("common.ended.peer-lost"),
+  failed: () => t("common.ended.failed"),
 };
 
 async function setStatus(state, { quiet = false } = {}) {
@@ -27,7 +67,7 @@ async function setStatus(state, { quiet = false } = {}) {
     radio.checked = radio.value === page.status;
   }
   if (!quiet) {
-    announce(page.status === "available" ? "You are available. Calls from the queue will come to you." : "You are away. No calls will come to you.");
+    announce(t(page.status === "available" ? "agent.status.now-available" : "agent.status.now-away"));
   }
 }
 
@@ -37,52 +77,60 @@ function renderQueue(feed) {
   const waiting = Array.isArray(feed.waiting) ? feed.waiting : Array.isArray(feed.calls) ? feed.calls : [];
   const parts = [];
   const summary = document.createElement("p");
-  summary.textContent = waiting.length === 0 ? "Nobody is waiting." : `${waiting.length} waiting.`;
+  summary.textContent = waiting.length === 0 ? t("agent.queue.empty") : t("agent.queue.waiting", { count: waiting.length });
   parts.push(summary);
   if (waiting.length) {
+    // Narrow screens: the table scrolls inside a region named by its caption (markScrollable).
+    const wrap = document.createElement("div");
+    wrap.className = "table-wrap";
     const table = document.createElement("table");
-    table.createCaption().textContent = "Waiting calls";
+    const caption = table.createCaption();
+    caption.id = "queue-caption";
+    caption.textContent = t("agent.queue.caption");
+    wrap.append(table);
     const head = table.createTHead().insertRow();
-    for (const title of ["Position", "Waiting", "Language", "Topic"]) {
+    for (const title of ["agent.queue.position", "agent.queue.waited", "common.ring.language", "common.ring.topic"]) {
       const th = document.createElement("th");
       th.scope = "col";
-      th.textContent = title;
+      th.textContent = t(title);
       head.append(th);
     }
     const body = table.createTBody();
     waiting.forEach((call, i) => {
       const row = body.insertRow();
-      row.insertCell().textContent = call.position ?? i + 1;
+      row.insertCell().textContent = formatNumber(call.position ?? i + 1);
       const wait = call.wait_s ?? call.waiting_s;
-      row.insertCell().textContent = typeof wait === "number" ? minutes(wait).replace("about ", "") : "";
+      row.insertCell().textContent = typeof wait === "number" ? minutes(wait) : "";
       row.insertCell().textContent = call.language ? languageName(call.language) : "";
       row.insertCell().textContent = call.topic || "";
     });
-    parts.push(table);
+    parts.push(wrap);
   }
   if (Array.isArray(feed.agents) && feed.agents.length) {
     const list = document.createElement("ul");
     for (const agent of feed.agents) {
       const li = document.createElement("li");
-      li.textContent = `${agent.display_name || agent.id || "Agent"}: ${agent.state || "unknown"}`;
+      const state = AGENT_STATES[agent.state] ? t(AGENT_STATES[agent.state]) : agent.state || t("agent.state.unknown");
+      li.textContent = t("agent.queue.agent", { name: agent.display_name || agent.id || t("common.role.agent"), state });
       list.append(li);
     }
     const h = document.createElement("h3");
-    h.textContent = "Agents";
+    h.textContent = t("agent.queue.agents");
     parts.push(h, list);
   }
   box.replaceChildren(...parts);
+  markScrollable(box);
 }
 
 async function loadQueue() {
   const org = page.session.welcome.user.org;
   const response = await page.session.api(`/v1/orgs/${encodeURIComponent(org)}/queue`).catch(() => null);
   if (response && response.status === 404) {
-    $("#queue").innerHTML = "<p>This broker does not run a queue for your organisation.</p>";
+    $("#queue").replaceChildren(paragraph(t("agent.queue.none")));
     return;
   }
   if (!response || !response.ok) {
-    $("#queue").innerHTML = "<p>The queue could not be loaded.</p>";
+    $("#queue").replaceChildren(paragraph(t("agent.queue.failed")));
     return;
   }
   renderQueue(await response.json());
@@ -91,34 +139,51 @@ async function loadQueue() {
 function onRing(ring) {
   if (page.callId) return;
   page.ring = ring;
-  $("#ring-from").textContent = ring.requester.display_name || "A caller";
+  const from = ring.requester.display_name || t("common.ring.a-caller");
+  $("#ring-from").textContent = from;
   $("#ring-queue").textContent = ring.queue || ring.org || "";
   $("#ring-language").textContent = languageName(ring.language);
-  $("#ring-topic").textContent = ring.topic || "Not given";
-  $("#ring-note").textContent = ring.note || "None";
+  $("#ring-topic").textContent = ring.topic || t("common.ring.no-topic");
+  $("#ring-note").textContent = ring.note || t("common.ring.no-note");
   showState("ringing");
-  const topic = ring.topic ? ` about ${ring.topic}` : "";
-  announce(`Next call: ${ring.requester.display_name || "a caller"}${topic}, in ${languageName(ring.language)}. Take it or pass.`);
+  page.ringSound.start();
+  const language = languageName(ring.language);
+  announce(
+    ring.topic
+      ? t("agent.ring.said-topic", { name: from, topic: ring.topic, language })
+      : t("agent.ring.said", { name: from, language }),
+  );
 }
 
 function onWithdrawn(message) {
   if (!page.ring || message.call !== page.ring.call) return;
   page.ring = null;
+  page.ringSound.stop();
   showState("idle");
-  announce(message.reason === "answered" ? "Another agent took that call." : message.reason === "cancelled" ? "The caller left the queue." : "That call went to the next agent.");
+  announce(
+    t(
+      message.reason === "answered"
+        ? "agent.withdrawn.answered"
+        : message.reason === "cancelled"
+          ? "agent.withdrawn.cancelled"
+          : "agent.withdrawn.other",
+    ),
+  );
 }
 
 function take() {
-  return call.accept("Taking the call…", "Another agent took that call.");
+  page.ringSound.stop();
+  return call.accept(t("agent.ring.taking"), t("agent.withdrawn.answered"));
 }
 
 async function pass() {
   const ring = page.ring;
   if (!ring) return;
   page.ring = null;
+  page.ringSound.stop();
   await page.session.request({ type: "call.decline", call: ring.call }).catch(() => {});
   showState("idle");
-  announce("Passed. The call goes to the next agent.");
+  announce(t("agent.ring.passed"));
 }
 
 function onEnded(message) {
@@ -126,13 +191,13 @@ function onEnded(message) {
   if (text === null) return;
   $("#wrap-notes").value = "";
   showState("ended");
-  announce(`Call ended. ${text} Wrap up, then choose Ready for the next call.`);
+  announce(t("agent.ended.said", { reason: text }));
 }
 
 async function ready() {
   await setStatus("available", { quiet: true });
   showState("idle");
-  announce("You are available. Calls from the queue will come to you.");
+  announce(t("agent.status.now-available"));
 }
 
 // The broker may set an agent away on its own (e.g. after missed rings): say so.
@@ -142,11 +207,13 @@ function onStatusFromBroker(message) {
   for (const radio of document.querySelectorAll('input[name="status"]')) {
     radio.checked = radio.value === page.status;
   }
-  if (message.reason === "suspended") announce(`You were set to away. ${SUSPENDED_NOTICE}`);
-  else announce(message.state === "away" ? "You were set to away." : `Your status is now ${message.state}.`);
+  if (message.reason === "suspended") announce(t("agent.status.suspended", { why: suspendedNotice() }));
+  else if (message.state === "away") announce(t("agent.status.set-away"));
+  else announce(t("agent.status.now", { state: AGENT_STATES[message.state] ? t(AGENT_STATES[message.state]) : message.state }));
 }
 
 async function main() {
+  await startLanguage();
   page.session = await startSession("agent", (session) => {
     session
       .on("call.ring", onRing)
@@ -158,17 +225,34 @@ async function main() {
       .on("agent.status", onStatusFromBroker);
   });
   const welcome = page.session.welcome;
+  await loadProfile(page.session);
   $("#org-name").textContent = `— ${welcome.user.org}`;
   for (const radio of document.querySelectorAll('input[name="status"]')) {
-    radio.addEventListener("change", () => radio.checked && setStatus(radio.value));
+    // Choosing a status is the click that lets the page ring aloud later.
+    radio.addEventListener("change", () => {
+      if (!radio.checked) return;
+      unlockAudio();
+      setStatus(radio.value);
+    });
   }
+  const sound = $("#ring-sound");
+  setSwitch(sound, page.ringSound.enabled);
+  sound.addEventListener("click", () => {
+    unlockAudio();
+    page.ringSound.enabled = !page.ringSound.enabled;
+    setSwitch(sound, page.ringSound.enabled);
+    announce(t(page.ringSound.enabled ? "common.alerts.sound-on" : "common.alerts.sound-off"));
+  });
   $("#take").addEventListener("click", take);
   $("#decline").addEventListener("click", pass);
   $("#hang-up").addEventListener("click", call.hangUp);
   $("#ready").addEventListener("click", ready);
   showState("idle", { focus: false });
   document.querySelector('input[name="status"]:checked').focus();
-  announce(`Signed in as ${welcome.user.display_name} of ${welcome.user.org}. You are away.${restrictionNotice(welcome)}`);
+  announce(
+    t("agent.signed-in", { name: welcome.user.display_name, org: welcome.user.org, restriction: restrictionNotice(welcome) }),
+  );
+  addEventListener("resize", () => markScrollable($("#queue")));
   loadQueue();
 }
 

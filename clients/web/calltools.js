@@ -3,6 +3,8 @@
 // camera's full resolution. The wire format is in docs/protocol.md ("In-call tools"); its
 // Python twin is clients/calltools.py.
 
+import { currentLanguage, loaded, t, translate } from "./i18n.js";
+
 export const TOOLS_LABEL = "vabroker-tools";
 export const TOOLS_CHANNEL_ID = 0;
 export const CHUNK_BYTES = 16 * 1024;
@@ -23,10 +25,13 @@ export function openToolsChannel(pc) {
   return channel;
 }
 
+// `message` is the protocol's text (English, sent to the other peer); `said` is what the person
+// at this end hears, in the page's language.
 export class ToolError extends Error {
-  constructor(code, message) {
+  constructor(code, message, said = null) {
     super(message);
     this.code = code;
+    this.said = said ?? message;
   }
 }
 
@@ -87,20 +92,29 @@ export async function sha256Hex(bytes) {
   return [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-// What the recipient hears when the helper uses a tool.
-export function toolNotice(tool, request, result) {
+const ASKED_FOR = {
+  torch: "common.tools.notice.what-torch",
+  camera: "common.tools.notice.what-camera",
+  zoom: "common.tools.notice.what-zoom",
+  photo: "common.tools.notice.what-photo",
+};
+
+// What the recipient hears when the helper uses a tool; `said` is the device's own explanation
+// of a failure in the page's language (the result's message is the protocol's English text).
+export function toolNotice(tool, request, result, said = null) {
   if (result.ok) {
     const state = result.state || {};
-    if (tool === "torch") return state.torch ? "The helper turned on your torch." : "The helper turned off your torch.";
-    if (tool === "camera") return "The helper switched to your other camera.";
-    if (tool === "zoom") return `The helper zoomed your camera to ${state.zoom ?? request.level} times.`;
-    return "Photo sent.";
+    if (tool === "torch") return t(state.torch ? "common.tools.notice.torch-on" : "common.tools.notice.torch-off");
+    if (tool === "camera") return t("common.tools.notice.camera");
+    if (tool === "zoom") return t("common.tools.notice.zoom", { level: state.zoom ?? request.level });
+    return t("common.tools.notice.photo-sent");
   }
-  const what = { torch: "your torch", camera: "your other camera", zoom: "zoom", photo: "a photo" }[tool];
-  if (result.error === "refused") return "The helper asked for a photo. Photos are off in your settings, so none was sent.";
-  if (result.error === "too_large") return "The helper asked for a photo, but it was too large to send.";
-  if (result.error === "unsupported") return `The helper asked for ${what}, but your device does not support it. ${result.message}`.trim();
-  return `The helper asked for ${what}, but it did not work. ${result.message || ""}`.trim();
+  const what = t(ASKED_FOR[tool] || "common.tools.notice.what-photo");
+  const detail = said ?? result.message ?? "";
+  if (result.error === "refused") return t("common.tools.notice.refused");
+  if (result.error === "too_large") return t("common.tools.notice.too-large");
+  if (result.error === "unsupported") return t("common.tools.notice.unsupported", { what, detail }).trim();
+  return t("common.tools.notice.failed", { what, detail }).trim();
 }
 
 // --- the helper's end ---------------------------------------------------------------------------
@@ -114,7 +128,7 @@ export class HelperTools {
     this.photos = new Map();
     this.incoming = null;
     channel.addEventListener("message", (event) => this.onMessage(event.data));
-    channel.addEventListener("close", () => this.failAll("The call's tools channel closed."));
+    channel.addEventListener("close", () => this.failAll(t("common.tools.helper.channel-closed")));
   }
 
   get open() {
@@ -147,11 +161,11 @@ export class HelperTools {
   }
 
   ask(tool, args, id = `t${this.nextId++}`, timeoutMs = 15000) {
-    if (!this.open) return Promise.reject(new ToolError("failed", "The tools are not connected yet."));
+    if (!this.open) return Promise.reject(new ToolError("failed", t("common.tools.helper.not-connected")));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiting.delete(id);
-        reject(new ToolError("failed", "The caller's phone did not answer."));
+        reject(new ToolError("failed", t("common.tools.helper.no-answer")));
       }, timeoutMs);
       this.waiting.set(id, { resolve, reject, timer });
       this.channel.send(JSON.stringify({ type: "tool.request", id, tool, ...args }));
@@ -174,7 +188,7 @@ export class HelperTools {
       const photo = this.photos.get(m.id);
       if (!photo) return;
       if (m.size > this.photoLimit) {
-        photo.reject(new ToolError("too_large", `The photo is ${m.size} bytes, over the limit of ${this.photoLimit}.`));
+        photo.reject(new ToolError("too_large", t("common.tools.helper.too-large", { size: m.size, limit: this.photoLimit })));
         return;
       }
       this.incoming = { ...m, bytes: new Uint8Array(m.size), received: 0, photo };
@@ -194,7 +208,7 @@ export class HelperTools {
     if (!incoming) return;
     if (incoming.received + chunk.length > incoming.size) {
       this.incoming = null;
-      incoming.photo.reject(new ToolError("failed", "The photo arrived damaged (more bytes than announced)."));
+      incoming.photo.reject(new ToolError("failed", t("common.tools.helper.damaged-size")));
       return;
     }
     incoming.bytes.set(chunk, incoming.received);
@@ -203,7 +217,7 @@ export class HelperTools {
     this.incoming = null;
     const digest = await sha256Hex(incoming.bytes);
     if (digest !== incoming.sha256) {
-      incoming.photo.reject(new ToolError("failed", "The photo arrived damaged (its SHA-256 differs)."));
+      incoming.photo.reject(new ToolError("failed", t("common.tools.helper.damaged-digest")));
       return;
     }
     const { bytes, mime, width, height, sha256 } = incoming;
@@ -277,6 +291,7 @@ export class RecipientTools {
     }
     if (request.type !== "tool.request") return;
     let result;
+    let said = null;
     try {
       let state;
       if (request.tool === "torch") state = await this.device.torch(request.on);
@@ -286,10 +301,12 @@ export class RecipientTools {
       result = { ok: true, state };
     } catch (err) {
       const code = err instanceof ToolError ? err.code : "failed";
-      result = { ok: false, error: code, message: err instanceof ToolError ? err.message : `The device failed: ${err.message}` };
+      const known = err instanceof ToolError;
+      result = { ok: false, error: code, message: known ? err.message : `The device failed: ${err.message}` };
+      said = known ? err.said : t("common.tools.device.failed", { error: err.message });
     }
     this.send({ type: "tool.result", id: request.id, tool: request.tool, ...result });
-    this.onNotice(toolNotice(request.tool, request, result));
+    this.onNotice(toolNotice(request.tool, request, result, said));
   }
 
   async sendPhoto(id, askedLimit) {
@@ -305,7 +322,7 @@ export class RecipientTools {
       if (this.channel.bufferedAmount > 8 * CHUNK_BYTES) {
         await new Promise((resume) => this.channel.addEventListener("bufferedamountlow", resume, { once: true }));
       }
-      if (this.channel.readyState !== "open") throw new ToolError("failed", "The call ended while the photo was sent.");
+      if (this.channel.readyState !== "open") throw new ToolError("failed", "The call ended while the photo was sent.", t("common.tools.device.ended"));
       this.channel.send(photo.bytes.slice(at, at + CHUNK_BYTES));
     }
     this.sent.push({ size: photo.bytes.length, width: photo.width, height: photo.height, sha256, mime: photo.mime });
@@ -317,24 +334,24 @@ export class RecipientTools {
 // `sender()` the peer connection's video sender (to swap in the other camera).
 export function cameraDevice({ stream, sender }) {
   const track = () => {
-    const t = stream() && stream().getVideoTracks()[0];
-    if (!t || t.readyState !== "live") throw new ToolError("failed", "The camera is not running.");
-    return t;
+    const video = stream() && stream().getVideoTracks()[0];
+    if (!video || video.readyState !== "live") throw new ToolError("failed", "The camera is not running.", t("common.tools.device.not-running"));
+    return video;
   };
-  const caps = (t) => (typeof t.getCapabilities === "function" ? t.getCapabilities() : {});
+  const caps = (video) => (typeof video.getCapabilities === "function" ? video.getCapabilities() : {});
   let facing = "environment";
 
   return {
     async torch(on) {
-      const t = track();
-      if (!("torch" in caps(t))) throw new ToolError("unsupported", "This camera has no torch.");
-      await t.applyConstraints({ advanced: [{ torch: on }] });
+      const video = track();
+      if (!("torch" in caps(video))) throw new ToolError("unsupported", "This camera has no torch.", t("common.tools.device.no-torch"));
+      await video.applyConstraints({ advanced: [{ torch: on }] });
       return { torch: on };
     },
 
     async switchCamera() {
       const cameras = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === "videoinput");
-      if (cameras.length < 2) throw new ToolError("unsupported", "This device has only one camera.");
+      if (cameras.length < 2) throw new ToolError("unsupported", "This device has only one camera.", t("common.tools.device.one-camera"));
       const old = track();
       const next = facing === "environment" ? "user" : "environment";
       const current = old.getSettings().deviceId;
@@ -354,11 +371,11 @@ export function cameraDevice({ stream, sender }) {
     },
 
     async zoom(level) {
-      const t = track();
-      const range = caps(t).zoom;
-      if (!range) throw new ToolError("unsupported", "This camera cannot zoom.");
+      const video = track();
+      const range = caps(video).zoom;
+      if (!range) throw new ToolError("unsupported", "This camera cannot zoom.", t("common.tools.device.no-zoom"));
       const zoom = Math.max(range.min, Math.min(range.max, level));
-      await t.applyConstraints({ advanced: [{ zoom }] });
+      await video.applyConstraints({ advanced: [{ zoom }] });
       return { zoom, min: range.min, max: range.max };
     },
 
@@ -366,10 +383,10 @@ export function cameraDevice({ stream, sender }) {
     // offers; where that is not supported, or gives fewer pixels than the track can (some
     // cameras' photo mode is smaller than their video mode), the largest frame of the track.
     async photo() {
-      const t = track();
+      const video = track();
       let best = null;
       if (typeof ImageCapture === "function") {
-        const capture = new ImageCapture(t);
+        const capture = new ImageCapture(video);
         try {
           const options = {};
           const pc = await capture.getPhotoCapabilities();
@@ -380,13 +397,17 @@ export function cameraDevice({ stream, sender }) {
           console.info("takePhoto is not supported here; using the largest frame:", err.name);
         }
       }
-      const range = caps(t);
+      const range = caps(video);
       const trackMax = range.width && range.height ? range.width.max * range.height.max : 0;
       if (!best || best.width * best.height < trackMax) {
-        const frame = await measured(await largestFrame(t));
+        const frame = await measured(await largestFrame(video));
         if (!best || frame.width * frame.height > best.width * best.height) best = frame;
       }
-      if (!PHOTO_TYPES.includes(best.blob.type)) throw new ToolError("failed", `The camera gave an unusable photo (${best.blob.type}).`);
+      if (!PHOTO_TYPES.includes(best.blob.type)) throw new ToolError(
+          "failed",
+          `The camera gave an unusable photo (${best.blob.type}).`,
+          t("common.tools.device.unusable", { type: best.blob.type }),
+        );
       return { bytes: new Uint8Array(await best.blob.arrayBuffer()), mime: best.blob.type, width: best.width, height: best.height };
     },
   };
@@ -431,6 +452,8 @@ async function largestFrame(track) {
 
 // --- the helper's controls and photo viewer --------------------------------------------------
 
+// The English words stay in the element for a page whose catalog is not loaded yet (the tools
+// are built when the page's module starts); data-i18n and data-i18n-attr translate them then.
 function el(tag, attrs = {}, text = "") {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
@@ -438,16 +461,26 @@ function el(tag, attrs = {}, text = "") {
   return node;
 }
 
+// A photo's size in pixels, in the page's digits but without grouping ("1920", not "1,920").
+function pixels(n) {
+  return new Intl.NumberFormat(currentLanguage(), { useGrouping: false }).format(n);
+}
+
+// An attribute translated with the page (the key stays a whole literal for the catalog test).
+function i18nAttr(attr, key) {
+  return `${attr}:${key}`;
+}
+
 // Builds the tools into `container` (empty until a call starts) and wires them to `tools` (a
 // HelperTools or null between calls). `say` speaks through the page's live region.
 export function mountHelperTools(container, { getTools, say }) {
-  const heading = el("h3", { id: "h-tools" }, "Tools on the caller's phone");
+  const heading = el("h3", { id: "h-tools", "data-i18n": "common.tools.heading" }, "Tools on the caller's phone");
   const group = el("div", { role: "group", "aria-labelledby": "h-tools", class: "tools" });
-  const torch = el("button", { type: "button", id: "tool-torch", "aria-pressed": "false" }, "Torch");
-  const camera = el("button", { type: "button", id: "tool-camera" }, "Switch camera");
-  const zoomIn = el("button", { type: "button", id: "tool-zoom-in" }, "Zoom in");
-  const zoomOut = el("button", { type: "button", id: "tool-zoom-out" }, "Zoom out");
-  const photo = el("button", { type: "button", id: "tool-photo" }, "Take a photo");
+  const torch = el("button", { type: "button", id: "tool-torch", "aria-pressed": "false", "data-i18n": "common.tools.torch" }, "Torch");
+  const camera = el("button", { type: "button", id: "tool-camera", "data-i18n": "common.tools.camera" }, "Switch camera");
+  const zoomIn = el("button", { type: "button", id: "tool-zoom-in", "data-i18n": "common.tools.zoom-in" }, "Zoom in");
+  const zoomOut = el("button", { type: "button", id: "tool-zoom-out", "data-i18n": "common.tools.zoom-out" }, "Zoom out");
+  const photo = el("button", { type: "button", id: "tool-photo", "data-i18n": "common.tools.photo" }, "Take a photo");
   group.append(torch, camera, zoomIn, zoomOut, photo);
 
   const viewer = el("figure", { id: "photo-viewer", class: "photo-viewer" });
@@ -458,18 +491,28 @@ export function mountHelperTools(container, { getTools, say }) {
     tabindex: "0",
     role: "region",
     "aria-label": "Photo from the caller. Arrow keys move it, plus and minus zoom, 0 shows all of it.",
+    "data-i18n-attr": i18nAttr("aria-label", "common.tools.viewer.frame"),
   });
-  const image = el("img", { id: "photo-image", alt: "Photo from the caller's camera" });
+  const image = el("img", {
+    id: "photo-image",
+    alt: "Photo from the caller's camera",
+    "data-i18n-attr": i18nAttr("alt", "common.tools.viewer.image"),
+  });
   frame.append(image);
   const caption = el("figcaption", { id: "photo-caption" });
-  const controls = el("div", { role: "group", "aria-label": "Photo view" });
-  const photoIn = el("button", { type: "button", id: "photo-zoom-in" }, "Zoom photo in");
-  const photoOut = el("button", { type: "button", id: "photo-zoom-out" }, "Zoom photo out");
-  const reset = el("button", { type: "button", id: "photo-reset" }, "Show all of the photo");
-  const save = el("a", { id: "photo-save", class: "button", download: "photo.jpg", href: "#" }, "Save photo");
+  const controls = el("div", { role: "group", "aria-label": "Photo view", "data-i18n-attr": i18nAttr("aria-label", "common.tools.viewer.controls") });
+  const photoIn = el("button", { type: "button", id: "photo-zoom-in", "data-i18n": "common.tools.viewer.zoom-in" }, "Zoom photo in");
+  const photoOut = el("button", { type: "button", id: "photo-zoom-out", "data-i18n": "common.tools.viewer.zoom-out" }, "Zoom photo out");
+  const reset = el("button", { type: "button", id: "photo-reset", "data-i18n": "common.tools.viewer.reset" }, "Show all of the photo");
+  const save = el(
+    "a",
+    { id: "photo-save", class: "button", download: "photo.jpg", href: "#", "data-i18n": "common.tools.viewer.save" },
+    "Save photo",
+  );
   controls.append(photoIn, photoOut, reset, save);
   viewer.append(frame, caption, controls);
   container.replaceChildren(heading, group, viewer);
+  if (loaded()) translate(container);
 
   const view = { scale: 1, x: 0, y: 0 };
   let zoomLevel = 1;
@@ -545,7 +588,7 @@ export function mountHelperTools(container, { getTools, say }) {
     try {
       say(describe(await action(tools)));
     } catch (err) {
-      say(err.code === "unsupported" ? `Not supported on the caller's phone: ${err.message}` : err.message);
+      say(err.code === "unsupported" ? t("common.tools.unsupported", { message: err.message }) : err.said);
     }
   }
 
@@ -555,30 +598,30 @@ export function mountHelperTools(container, { getTools, say }) {
       (tools) => tools.torch(on),
       (state) => {
         torch.setAttribute("aria-pressed", String(Boolean(state.torch)));
-        return state.torch ? "The caller's torch is on." : "The caller's torch is off.";
+        return t(state.torch ? "common.tools.torch-on" : "common.tools.torch-off");
       },
     );
   });
   camera.addEventListener("click", () =>
-    use((tools) => tools.switchCamera(), () => "Switched to the caller's other camera."),
+    use((tools) => tools.switchCamera(), () => t("common.tools.camera-switched")),
   );
   const zoomBy = (factor) =>
     use(
       (tools) => tools.zoom(Math.max(ZOOM_RANGE[0], Math.min(ZOOM_RANGE[1], zoomLevel * factor))),
       (state) => {
         zoomLevel = state.zoom;
-        return `The caller's camera is zoomed to ${state.zoom} times.`;
+        return t("common.tools.zoomed", { level: state.zoom });
       },
     );
   zoomIn.addEventListener("click", () => zoomBy(2));
   zoomOut.addEventListener("click", () => zoomBy(0.5));
   photo.addEventListener("click", () => {
-    say("Asking the caller's phone for a photo…");
+    say(t("common.tools.photo-asking"));
     use(
       (tools) => tools.photo(),
       (got) => {
         show(got);
-        return `Photo received, ${got.width} by ${got.height} pixels. It is shown below the video.`;
+        return t("common.tools.photo-received", { width: pixels(got.width), height: pixels(got.height) });
       },
     );
   });
@@ -593,7 +636,7 @@ export function mountHelperTools(container, { getTools, say }) {
     image.src = url;
     save.href = url;
     save.download = `photo.${got.mime.split("/")[1].replace("jpeg", "jpg")}`;
-    caption.textContent = `Photo from the caller, ${got.width} × ${got.height} pixels.`;
+    caption.textContent = t("common.tools.viewer.caption", { width: pixels(got.width), height: pixels(got.height) });
     frame.dataset.sha256 = got.sha256;
     frame.dataset.size = `${got.width}x${got.height}`;
     viewer.hidden = false;

@@ -2,7 +2,7 @@
 // our audio back, the relayed signals, hanging up, and tidying up when the call ends.
 import { HelperTools, mountHelperTools, openToolsChannel } from "./calltools.js";
 import { MediaCall, stopStream } from "./protocol.js";
-import { $, announce, showState } from "./ui.js";
+import { $, announce, showState, t } from "./ui.js";
 
 // `page` holds the session, the ring, the microphone stream, the call id and its media.
 export function helperCall(page) {
@@ -15,10 +15,10 @@ export function helperCall(page) {
     if (page.media) return;
     page.ring = null;
     page.callId = assigned.call;
-    const name = assigned.peer.display_name || "the caller";
+    const name = assigned.peer.display_name || t("common.the-caller");
     showState("in-call");
-    $("#call-detail").textContent = `You are helping ${name}.`;
-    announce(`Connecting to ${name}…`);
+    $("#call-detail").textContent = t("common.in-call.helping", { name });
+    announce(t("common.in-call.connecting", { name }));
     page.media = new MediaCall(page.session, assigned, {
       localStream: page.mic,
       onRemoteTrack: (track, stream) => {
@@ -26,8 +26,8 @@ export function helperCall(page) {
         if (video.srcObject !== stream) video.srcObject = stream || new MediaStream([track]);
       },
       onMediaState: (state) => {
-        if (state === "connected") announce(`Connected to ${name}. You can see their camera.`);
-        else if (state === "failed") announce("The video connection failed. You can hang up.");
+        if (state === "connected") announce(t("common.in-call.connected", { name }));
+        else if (state === "failed") announce(t("common.in-call.failed"));
       },
     });
     page.tools = new HelperTools(openToolsChannel(page.media.pc));
@@ -52,7 +52,7 @@ export function helperCall(page) {
     page.mic = null;
     page.callId = null;
     $("#remote-video").srcObject = null;
-    const text = (ended[message.reason] || (() => "The call ended."))(message.by);
+    const text = (ended[message.reason] || (() => t("common.ended.other")))(message.by);
     $("#ended-detail").textContent = text;
     return text;
   }
@@ -66,7 +66,7 @@ export function helperCall(page) {
     try {
       page.mic = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
     } catch (err) {
-      announce(`Your microphone could not be started (${err.name}). The caller will not hear you.`);
+      announce(t("common.microphone-failed", { error: err.name }));
     }
     try {
       await page.session.request({ type: "call.accept", call: ring.call });

@@ -3,30 +3,92 @@
 // and focus moves to the one thing to do next.
 
 import { RecipientTools, cameraDevice, openToolsChannel, photosAllowed, setPhotosAllowed } from "./calltools.js";
+import { duration, formatDateTime } from "./i18n.js";
 import { MediaCall, ProtocolError, stopStream } from "./protocol.js";
+import { RINGBACK, Tone, unlockAudio } from "./sound.js";
 import {
   $,
   LANGUAGES,
   announce,
   languageName,
+  loadProfile,
   minutes,
   progressText,
   restrictionNotice,
+  searchNews,
+  setSwitch,
   showState,
+  startLanguage,
   startSession,
+  t,
 } from "./ui.js";
 
-const page = { session: null, callId: null, media: null, stream: null, peer: "", assigned: false };
+const page = {
+  session: null,
+  callId: null,
+  media: null,
+  stream: null,
+  peer: "",
+  assigned: false,
+  status: null, // the last call.status of the open search
+  searchStarted: 0, // Date.now() when the search started (or was taken up after a reload)
+  progressTimer: null,
+  ringback: new Tone(RINGBACK, { storageKey: "vabroker.ringback" }),
+};
 window.vabrokerPage = page; // for diagnostics and the browser tests
 
 const ENDED = {
-  completed: (by) => (by === "recipient" ? "You hung up." : "The helper ended the call."),
-  cancelled: () => "The call was cancelled.",
-  no_answer: () => "No one could answer this time. Please try again in a few minutes.",
-  peer_lost: () => "The connection to the helper was lost.",
-  closed: () => "The organisation closed before anyone could answer.",
-  failed: () => "The call failed.",
+  completed: (by) => t(by === "recipient" ? "recipient.ended.you-hung-up" : "recipient.ended.helper-ended"),
+  cancelled: () => t("recipient.ended.cancelled"),
+  no_answer: () => t("recipient.ended.no-answer"),
+  peer_lost: () => t("recipient.ended.peer-lost"),
+  closed: () => t("recipient.ended.closed"),
+  failed: () => t("recipient.ended.failed"),
 };
+
+// --- the search, said at a calm pace ----------------------------------------------------------
+// Everything the broker tells about the search is said when it arrives. Between those, a
+// progress sentence (how long, how many were asked) comes when nothing was said for
+// PROGRESS_EARLY_S during the first PROGRESS_EARLY_UNTIL_S of the search, then for
+// PROGRESS_LATE_S: often enough to show the search is alive, rare enough not to drown the
+// screen reader (docs/pages.md).
+export const PROGRESS_EARLY_S = 30;
+export const PROGRESS_EARLY_UNTIL_S = 120;
+export const PROGRESS_LATE_S = 60;
+
+function searchSay(text) {
+  announce(text);
+  scheduleProgress();
+}
+
+function scheduleProgress() {
+  clearTimeout(page.progressTimer);
+  if (!page.callId || page.assigned) return;
+  const elapsed = (Date.now() - page.searchStarted) / 1000;
+  const pace = elapsed < PROGRESS_EARLY_UNTIL_S ? PROGRESS_EARLY_S : PROGRESS_LATE_S;
+  page.progressTimer = setTimeout(() => searchSay(progressNow()), pace * 1000);
+}
+
+function stopSearch() {
+  clearTimeout(page.progressTimer);
+  page.progressTimer = null;
+  page.ringback.stop();
+}
+
+function progressNow() {
+  const status = page.status || { state: "searching", notified: 0 };
+  // In steps of the early pace ("30 seconds", "1 minute, 30 seconds"): a timer that fires a
+  // little late must not say "31 seconds".
+  const steps = Math.floor((Date.now() - page.searchStarted) / 1000 / PROGRESS_EARLY_S);
+  const elapsed = duration(steps * PROGRESS_EARLY_S);
+  if (status.state === "queued") {
+    return t("recipient.progress.queued", { elapsed, place: progressText(status) });
+  }
+  const asked = status.notified
+    ? t("recipient.progress.asked", { count: status.notified })
+    : t("recipient.progress.none-asked");
+  return t("recipient.progress.searching", { elapsed, asked });
+}
 
 async function camera() {
   // The rear camera on a phone shows what the recipient points at; elsewhere any camera.
@@ -34,6 +96,25 @@ async function camera() {
     video: { facingMode: { ideal: "environment" } },
     audio: true,
   });
+}
+
+// Under prefers-reduced-motion the preview shows a still picture until the person plays it.
+// Pausing the preview changes only this page's view: the helper still sees the camera.
+const reducedMotion = matchMedia("(prefers-reduced-motion: reduce)");
+
+function setPreviewPaused(paused) {
+  const video = $("#preview");
+  $("#preview-pause").setAttribute("aria-pressed", String(paused));
+  if (paused) video.pause();
+  else video.play().catch(() => {});
+}
+
+function showPreview(stream) {
+  const video = $("#preview");
+  video.srcObject = stream;
+  if (reducedMotion.matches) {
+    video.addEventListener("loadeddata", () => setPreviewPaused(true), { once: true });
+  }
 }
 
 async function request(extra) {
@@ -44,21 +125,26 @@ async function request(extra) {
   if (!extra.org && $("#ask-assistant").checked) message.helper = "assistant";
   const who = document.querySelector('input[name="who"]:checked');
   if (!extra.org && who && who.value !== "everyone") message.circle = who.value;
-  announce("Starting your camera…");
+  unlockAudio(); // this click lets the page play the ringback
+  announce(t("recipient.camera.starting"));
   try {
     page.stream = await camera();
   } catch (err) {
-    announce(`Your camera could not be started (${err.name}). Check the browser's permission and try again.`);
+    announce(t("recipient.camera.failed", { error: err.name }));
     return;
   }
-  $("#preview").srcObject = page.stream;
+  showPreview(page.stream);
   try {
     const status = await page.session.request(message);
     page.callId = status.call;
     page.assigned = false;
+    page.language = language;
+    page.status = status;
+    page.searchStarted = Date.now();
     showState("searching");
-    $("#search-detail").textContent = `Language: ${languageName(language)}.`;
-    announce(progressText(status));
+    $("#search-detail").textContent = t("recipient.searching.language", { language: languageName(language) });
+    page.ringback.start();
+    searchSay(progressText(status));
   } catch (err) {
     stopStream(page.stream);
     page.stream = null;
@@ -71,28 +157,32 @@ function onStatus(status) {
   if (!page.callId && !status.ref && ["searching", "queued"].includes(status.state)) {
     page.callId = status.call;
     page.assigned = false;
+    page.searchStarted = Date.now();
     showState("searching");
   }
   if (status.call !== page.callId || document.body.dataset.state !== "searching") return;
-  page.progress = progressText(status);
-  announce(page.progress);
+  const before = page.status;
+  page.status = status;
+  page.progress = searchNews(status, before, page.language);
+  searchSay(page.progress);
 }
 
 async function onAssigned(assigned) {
   if (assigned.call !== page.callId || page.media) return;
   page.assigned = true;
-  page.peer = assigned.peer.display_name || "your helper";
+  stopSearch();
+  page.peer = assigned.peer.display_name || t("recipient.your-helper");
   showState("in-call");
-  $("#call-detail").textContent = `You are talking with ${page.peer}.`;
-  announce(`${page.peer} answered. Connecting…`);
+  $("#call-detail").textContent = t("recipient.in-call.talking", { name: page.peer });
+  announce(t("recipient.in-call.answered", { name: page.peer }));
   page.media = new MediaCall(page.session, assigned, {
     localStream: page.stream,
     onRemoteTrack: (track, stream) => {
       if (track.kind === "audio") $("#remote-audio").srcObject = stream || new MediaStream([track]);
     },
     onMediaState: (state) => {
-      if (state === "connected") announce(`Connected to ${page.peer}. They can see your camera now.`);
-      else if (state === "failed") announce("The video connection failed. You can hang up and call again.");
+      if (state === "connected") announce(t("recipient.in-call.connected", { name: page.peer }));
+      else if (state === "failed") announce(t("recipient.in-call.failed"));
     },
   });
   // The helper's tools act on this camera; what they do is said in the live region.
@@ -114,24 +204,28 @@ function onSignal(message) {
 }
 
 function finish(reasonText) {
+  stopSearch();
   if (page.media) page.media.close();
   page.media = null;
   page.tools = null;
   stopStream(page.stream);
   page.stream = null;
+  page.status = null;
   $("#preview").srcObject = null;
   $("#remote-audio").srcObject = null;
   $("#feedback").hidden = !page.assigned;
+  $("#feedback").reset();
+  $("#feedback-error").textContent = "";
   $("#ended-detail").textContent = reasonText;
   showState("ended");
-  announce(`Call ended. ${reasonText}`);
+  announce(t("recipient.ended.said", { reason: reasonText }));
 }
 
 function onEnded(message) {
   if (message.call !== page.callId) return;
-  let text = (ENDED[message.reason] || (() => "The call ended."))(message.by);
+  let text = (ENDED[message.reason] || (() => t("recipient.ended.other")))(message.by);
   if (message.reason === "no_answer" && message.retry_after_s) {
-    text = `No one could answer this time. Please try again in ${minutes(message.retry_after_s)}.`;
+    text = t("recipient.ended.no-answer-retry", { when: minutes(message.retry_after_s) });
   }
   finish(text);
 }
@@ -147,20 +241,35 @@ async function hangUp(kind) {
 
 async function sendFeedback(event) {
   event.preventDefault();
-  const rating = document.querySelector('input[name="rating"]:checked').value;
+  // Nothing is chosen for the person: a preselected answer would nudge the rating.
+  const chosen = document.querySelector('input[name="rating"]:checked');
+  if (!chosen) {
+    const text = t("recipient.feedback.choose");
+    $("#feedback-error").textContent = text;
+    announce(text);
+    document.querySelector('input[name="rating"]').focus();
+    return;
+  }
+  $("#feedback-error").textContent = "";
   const report = $("#report").value;
   const comment = $("#comment").value.trim();
-  const message = { type: "call.feedback", call: page.callId, rating };
+  const message = { type: "call.feedback", call: page.callId, rating: chosen.value };
   if (report) message.report = report;
   if (comment) message.comment = comment;
   try {
     await page.session.request(message);
     $("#feedback").hidden = true;
-    announce(report ? "Thank you. Your feedback and report were sent." : "Thank you. Your feedback was sent.");
+    announce(t(report ? "recipient.feedback.sent-with-report" : "recipient.feedback.sent"));
     $("#again").focus();
   } catch (err) {
     announce(err.message);
   }
+}
+
+function notice(text) {
+  const p = document.createElement("p");
+  p.textContent = text;
+  return p;
 }
 
 async function partners() {
@@ -169,21 +278,21 @@ async function partners() {
   try {
     response = await page.session.api("/v1/orgs");
   } catch {
-    box.innerHTML = "<p>The partner directory could not be loaded.</p>";
+    box.replaceChildren(notice(t("recipient.partners.failed")));
     return;
   }
   if (response.status === 404) {
-    box.innerHTML = "<p>This service does not offer help from partner organisations.</p>";
+    box.replaceChildren(notice(t("recipient.partners.none-offered")));
     return;
   }
   const body = response.ok ? await response.json().catch(() => null) : null;
   const orgs = body && Array.isArray(body.orgs) ? body.orgs : Array.isArray(body) ? body : null;
   if (!orgs) {
-    box.innerHTML = "<p>The partner directory could not be loaded.</p>";
+    box.replaceChildren(notice(t("recipient.partners.failed")));
     return;
   }
   if (orgs.length === 0) {
-    box.innerHTML = "<p>No partner organisations are listed yet.</p>";
+    box.replaceChildren(notice(t("recipient.partners.empty")));
     return;
   }
   const list = document.createElement("ul");
@@ -193,23 +302,23 @@ async function partners() {
     const name = document.createElement("h3");
     name.textContent = org.name || org.id;
     item.append(name);
-    if (org.description) {
-      const p = document.createElement("p");
-      p.textContent = org.description;
-      item.append(p);
-    }
-    const hours = document.createElement("p");
+    if (org.description) item.append(notice(org.description));
     const next = org.next_opening ? new Date(org.next_opening) : null;
-    hours.textContent = org.open_now
-      ? "Open now."
-      : next && !Number.isNaN(next.getTime())
-        ? `Closed. Opens ${next.toLocaleString([], { weekday: "long", hour: "numeric", minute: "2-digit" })}.`
-        : "Closed.";
-    item.append(hours);
+    item.append(
+      notice(
+        org.open_now
+          ? t("recipient.partners.open")
+          : next && !Number.isNaN(next.getTime())
+            ? t("recipient.partners.opens", {
+                when: formatDateTime(next, { weekday: "long", hour: "numeric", minute: "2-digit" }),
+              })
+            : t("recipient.partners.closed"),
+      ),
+    );
     if (org.open_now) {
       const button = document.createElement("button");
       button.type = "button";
-      button.textContent = `Call ${org.name || org.id}`;
+      button.textContent = t("recipient.partners.call", { name: org.name || org.id });
       button.addEventListener("click", () => request({ org: org.id }));
       item.append(button);
     }
@@ -218,31 +327,40 @@ async function partners() {
   box.replaceChildren(list);
 }
 
+function mutedText(box, key) {
+  const p = document.createElement("p");
+  p.className = "muted";
+  p.textContent = t(key);
+  box.replaceChildren(p);
+}
+
 async function circle() {
   const box = $("#circle-members");
   const response = await page.session.api("/v1/me/circle").catch(() => null);
   if (!response || !response.ok) {
-    box.innerHTML = "<p>Your circle could not be loaded.</p>";
+    const p = document.createElement("p");
+    p.textContent = t("recipient.circle.failed");
+    box.replaceChildren(p);
     return;
   }
   const { members } = await response.json();
   if (!members.length) {
-    box.innerHTML = '<p class="muted">Nobody is in your circle yet. Make an invitation code and give it to someone you trust.</p>';
+    mutedText(box, "recipient.circle.empty");
     return;
   }
   const list = document.createElement("ul");
   list.className = "circle";
   for (const member of members) {
     const item = document.createElement("li");
-    const name = member.display_name || "A helper";
+    const name = member.display_name || t("recipient.circle.a-helper");
     item.append(`${name} `);
     const button = document.createElement("button");
     button.type = "button";
-    button.textContent = `Remove ${name}`;
+    button.textContent = t("recipient.circle.remove", { name });
     button.addEventListener("click", async () => {
       const path = `/v1/me/circle/members/${encodeURIComponent(member.member)}`;
       const answer = await page.session.api(path, { method: "DELETE" }).catch(() => null);
-      announce(answer && answer.ok ? `${name} is no longer in your circle.` : `${name} could not be removed.`);
+      announce(t(answer && answer.ok ? "recipient.circle.removed" : "recipient.circle.remove-failed", { name }));
       await circle();
       $("#circle-invite").focus();
     });
@@ -256,27 +374,25 @@ async function invite() {
   const response = await page.session.api("/v1/me/circle/invitations", { method: "POST" }).catch(() => null);
   const body = response ? await response.json().catch(() => null) : null;
   if (!response || !response.ok || !body) {
-    announce(body && body.message ? body.message : "No invitation code could be made.");
+    announce(body && body.message ? body.message : t("recipient.circle.invite-failed"));
     return;
   }
-  const until = new Date(body.expires_at).toLocaleDateString(undefined, { dateStyle: "long" });
-  const text = `Your invitation code is ${body.code}. Give it to one person you trust: it works once, until ${until}.`;
+  const until = formatDateTime(new Date(body.expires_at), { dateStyle: "long" });
+  const text = t("recipient.circle.code", { code: body.code, until });
   $("#circle-code").textContent = text;
   announce(text);
 }
 
-async function languages() {
-  const select = $("#language");
-  let mine = [];
-  const response = await page.session.api("/v1/me/profile").catch(() => null);
-  if (response && response.ok) mine = (await response.json()).languages || [];
-  const tags = [...mine, ...Object.keys(LANGUAGES).filter((t) => !mine.includes(t))];
-  select.replaceChildren(
+function languages(profile) {
+  const mine = (profile && profile.languages) || [];
+  const tags = [...mine, ...LANGUAGES.filter((tag) => !mine.includes(tag))];
+  $("#language").replaceChildren(
     ...tags.map((tag) => new Option(languageName(tag), tag, tag === tags[0], tag === tags[0])),
   );
 }
 
 async function main() {
+  await startLanguage();
   page.session = await startSession("recipient", (session) => {
     session
       .on("call.status", onStatus)
@@ -284,7 +400,7 @@ async function main() {
       .on("signal", onSignal)
       .on("call.ended", onEnded);
   });
-  await languages();
+  languages(await loadProfile(page.session));
   $("#call").addEventListener("click", () => request({}));
   $("#circle-invite").addEventListener("click", invite);
   circle();
@@ -295,17 +411,27 @@ async function main() {
   $("#allow-photos").addEventListener("change", (event) => setPhotosAllowed(event.target.checked));
   $("#again").addEventListener("click", () => {
     showState("idle");
-    announce("Ready. Press Call a volunteer when you need help.");
+    announce(t("recipient.ready-again"));
+  });
+  const ringback = $("#ringback");
+  setSwitch(ringback, page.ringback.enabled);
+  ringback.addEventListener("click", () => {
+    unlockAudio();
+    page.ringback.enabled = !page.ringback.enabled;
+    setSwitch(ringback, page.ringback.enabled);
+  });
+  $("#preview-pause").addEventListener("click", () => {
+    setPreviewPaused($("#preview-pause").getAttribute("aria-pressed") !== "true");
   });
   const name = page.session.welcome.user.display_name;
   if (page.callId) {
     // A search taken up after a reload (see onStatus).
     showState("searching");
-    announce(`Signed in as ${name}. ${page.progress}`);
+    searchSay(t("recipient.signed-in-searching", { name, progress: page.progress || progressText(page.status || {}) }));
   } else {
     showState("idle", { focus: false });
     $("#call").focus();
-    announce(`Signed in as ${name}. Ready to call a volunteer.${restrictionNotice(page.session.welcome)}`);
+    announce(t("recipient.signed-in", { name, restriction: restrictionNotice(page.session.welcome) }));
   }
   partners();
 }

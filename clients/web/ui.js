@@ -1,7 +1,11 @@
-// What the three pages share on screen: the live region, switching between a page's states,
-// moving focus, and signing in.
+// What the pages share on screen: the live region, switching between a page's states (and the
+// window title that says it in a background tab), moving focus, and signing in. Every word comes
+// from the message catalogs (i18n.js).
 
+import { fromProfile, languageName, t, translate, useLanguage } from "./i18n.js";
 import { Session, demoSignIn, forgetToken, tokenFromLocation, tokenFromMessage } from "./protocol.js";
+
+export { languageName, t };
 
 export const $ = (selector) => document.querySelector(selector);
 
@@ -22,6 +26,7 @@ export function announce(text) {
 // where the next thing to do is.
 export function showState(name, { focus = true } = {}) {
   document.body.dataset.state = name;
+  stateTitle();
   for (const section of document.querySelectorAll("section[data-state]")) {
     section.hidden = !section.dataset.state.split(" ").includes(name);
   }
@@ -33,63 +38,103 @@ export function showState(name, { focus = true } = {}) {
   }
 }
 
+// The window title carries the page's state, so that a ring or a call shows on a background
+// tab: "Ringing — Volunteer — vabroker". The page's own title is its <title data-i18n> key.
+const TITLES = {
+  "signed-out": "title.signed-out",
+  searching: "title.searching",
+  ringing: "title.ringing",
+  "in-call": "title.in-call",
+  ended: "title.ended",
+};
+
+let untranslatedTitle = null;
+
+export function stateTitle() {
+  const own = document.querySelector("title");
+  untranslatedTitle ??= document.title;
+  const base = own && own.dataset.i18n ? t(own.dataset.i18n) : untranslatedTitle;
+  const key = TITLES[document.body.dataset.state];
+  document.title = key ? t(key, { page: base }) : base;
+}
+
+// The page in the person's language: first the one remembered from their profile on this
+// device, else the browser's; after sign-in, the profile's (see profileLanguage).
+export async function startLanguage(lang = null) {
+  await useLanguage(lang);
+  stateTitle();
+}
+
+// The signed-in user's profile (GET /v1/me/profile), or null; its languages choose the pages'.
+export async function loadProfile(session) {
+  const response = await session.api("/v1/me/profile").catch(() => null);
+  if (!response || !response.ok) return null;
+  const profile = await response.json().catch(() => null);
+  const lang = fromProfile(profile);
+  if (lang) {
+    await useLanguage(lang, { remember: true });
+    stateTitle();
+  }
+  return profile;
+}
+
 export function minutes(seconds) {
-  const m = Math.max(1, Math.round(seconds / 60));
-  return m === 1 ? "about 1 minute" : `about ${m} minutes`;
+  return t("common.about-minutes", { count: Math.max(1, Math.round(seconds / 60)) });
 }
 
 // What a recipient hears when nobody answered their search (call.status "escalation").
 export function escalationText(escalation) {
-  const later = escalation.retry_after_s
-    ? ` If no one answers, please try again in ${minutes(escalation.retry_after_s)}.`
-    : "";
+  let text;
   switch (escalation.outcome) {
     case "queued":
-      return `No volunteer could answer, so your call has gone to ${escalation.org_name || "a help centre"}.`;
+      return t("common.escalation.queued", { org: escalation.org_name || t("common.escalation.a-help-centre") });
     case "closed":
-      return `No volunteer is free just now and the help centre is closed. Still looking…${later}`;
+      text = t("common.escalation.closed");
+      break;
     case "full":
-      return `No volunteer is free just now and the help centre is busy. Still looking…${later}`;
+      text = t("common.escalation.full");
+      break;
     default:
-      return `No volunteer is free just now. Still looking…${later}`;
+      text = t("common.search.none-free");
   }
+  if (!escalation.retry_after_s) return text;
+  return `${text} ${t("common.escalation.retry", { when: minutes(escalation.retry_after_s) })}`;
 }
 
 // What a recipient hears as the search or the queue moves (call.status).
 export function progressText(status) {
   const escalated = status.escalation ? escalationText(status.escalation) : "";
   if (status.state === "queued") {
-    const place = status.position ? `You are number ${status.position} in the queue` : "You are in the queue";
-    const where = status.eta_s ? `${place}, ${minutes(status.eta_s)}.` : `${place}.`;
+    const place = status.position
+      ? t("common.queue.position", { position: status.position })
+      : t("common.queue.in");
+    const where = status.eta_s
+      ? t("common.queue.with-eta", { place, eta: minutes(status.eta_s) })
+      : t("common.queue.sentence", { place });
     return escalated ? `${escalated} ${where}` : where;
   }
   if (escalated) return escalated;
-  if (status.notified > 0) {
-    const who = status.notified === 1 ? "1 volunteer" : `${status.notified} volunteers`;
-    return `Ringing ${who}.`;
+  if (status.notified > 0) return t("common.search.ringing", { count: status.notified });
+  return t("common.search.none-free");
+}
+
+// What to say about a new call.status, given the one before and the language asked for: the
+// search widening to another language, a queue handing the call over to volunteers (its
+// overflow), or simply its progress (a new count, a new place in the queue).
+export function searchNews(status, before, requested) {
+  const progress = progressText(status);
+  if (before && before.state === "queued" && status.state === "searching") {
+    return t("recipient.moved.to-volunteers", { progress });
   }
-  return "No volunteer is free just now. Still looking…";
+  const was = (before && before.language) || requested;
+  if (status.state === "searching" && status.language && before && status.language !== was) {
+    return t("recipient.moved.wider", { language: languageName(status.language), progress });
+  }
+  return progress;
 }
 
-export const LANGUAGES = {
-  en: "English",
-  fr: "French",
-  de: "German",
-  es: "Spanish",
-  it: "Italian",
-  nl: "Dutch",
-  pt: "Portuguese",
-  pl: "Polish",
-  ar: "Arabic",
-  zh: "Chinese",
-  ja: "Japanese",
-  hi: "Hindi",
-};
-
-export function languageName(tag) {
-  const primary = String(tag).split("-")[0].toLowerCase();
-  return LANGUAGES[primary] || tag;
-}
+// The call languages offered to a recipient: theirs first, then these.
+export const LANGUAGES = ["en", "fr", "de", "es", "it", "nl", "pt", "pl", "ar", "zh", "ja", "hi"];
 
 // Resolves with a token: from the fragment or this tab's storage, from a postMessage, or from
 // the demo sign-in button (shown only when the broker runs in demo mode: the button asks, and
@@ -99,25 +144,39 @@ export function signIn(role, problem = "") {
   if (token) return Promise.resolve(token);
   showState("signed-out");
   $("#sign-in-error").textContent = problem;
-  announce(problem ? `Please sign in. ${problem}` : "Please sign in.");
+  announce(problem ? t("common.sign-in.with-problem", { problem }) : t("common.sign-in.please"));
   return new Promise((resolve) => {
     tokenFromMessage().then(resolve);
     const button = $("#demo-sign-in");
-    button.disabled = false;
+    // While the sign-in is pending the button stays focusable (aria-disabled, not disabled):
+    // a disabled button drops keyboard focus to <body>, and the person loses their place.
+    button.removeAttribute("aria-disabled");
     button.onclick = async () => {
-      button.disabled = true;
+      if (button.getAttribute("aria-disabled") === "true") return;
+      button.setAttribute("aria-disabled", "true");
+      announce(t("common.sign-in.pending"));
       try {
         resolve(await demoSignIn(role));
       } catch (err) {
         announce(err.message);
         $("#sign-in-error").textContent = err.message;
-        button.disabled = false;
+        button.removeAttribute("aria-disabled");
       }
     };
   });
 }
 
-const ROLE_NAMES = { recipient: "recipients", volunteer: "volunteers", agent: "agents" };
+const WRONG_ROLE = {
+  recipient: "common.wrong-role.recipient",
+  volunteer: "common.wrong-role.volunteer",
+  agent: "common.wrong-role.agent",
+};
+const ROLE = {
+  recipient: "common.role.recipient",
+  volunteer: "common.role.volunteer",
+  agent: "common.role.agent",
+  admin: "common.role.admin",
+};
 
 // Signs in and opens the session, registering the page's handlers with ``register`` first.
 // A refused token sends the person back to sign-in, saying why; a token for another role
@@ -136,12 +195,13 @@ export async function startSession(role, register) {
       const welcome = await session.connect();
       if (welcome.user.role === role) return session;
       session.close();
-      problem = `This page is for ${ROLE_NAMES[role]}, and you signed in as a ${welcome.user.role}.`;
+      const theirs = ROLE[welcome.user.role] ? t(ROLE[welcome.user.role]) : welcome.user.role;
+      problem = t(WRONG_ROLE[role], { role: theirs });
     } catch (err) {
       if (err.code === "unauthenticated") {
         problem = err.message;
       } else {
-        announce(`${err.message} Trying again…`);
+        announce(t("common.trying-again", { problem: err.message }));
         await new Promise((wake) => setTimeout(wake, 2000));
         problem = "";
         sessionStorage.setItem("vabroker.token", token);
@@ -161,11 +221,11 @@ let reconnecting = false;
 
 export function connectionNotice(state) {
   if (state === "reconnecting") {
-    if (!reconnecting) announce("Connection lost. Reconnecting…");
+    if (!reconnecting) announce(t("common.connection.lost"));
     reconnecting = true;
   } else if (state === "open" && reconnecting) {
     reconnecting = false;
-    announce("Reconnected.");
+    announce(t("common.connection.back"));
   } else if (state === "signed-out") {
     // The token expired or the sign-in was revoked: start again at sign-in.
     forgetToken();
@@ -173,9 +233,7 @@ export function connectionNotice(state) {
   } else if (state === "replaced") {
     // Too many open sessions: this, the oldest, was closed. It stays closed (reconnecting
     // would close another) until the person reloads it.
-    const text =
-      "This page was closed because you opened the service in another tab or device. " +
-      "Reload to use it here.";
+    const text = t("common.connection.replaced");
     showState("signed-out");
     $("#sign-in-error").textContent = text;
     announce(text);
@@ -189,4 +247,17 @@ export function restrictionNotice(welcome) {
   return restriction && typeof restriction.message === "string" ? ` ${restriction.message}` : "";
 }
 
-export const SUSPENDED_NOTICE = "Your account is suspended while our team reviews reports about a call.";
+export function suspendedNotice() {
+  return t("common.suspended");
+}
+
+// A switch button (role="switch") whose state is in its text, its aria-checked and its shape,
+// never in colour alone: the visible "On"/"Off" is hidden from assistive technology, which
+// hears the switch's own state instead.
+export function setSwitch(button, on) {
+  button.setAttribute("aria-checked", String(on));
+  const state = button.querySelector(".switch-state");
+  if (state) state.textContent = on ? t("common.switch.on") : t("common.switch.off");
+}
+
+export { translate };

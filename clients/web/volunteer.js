@@ -1,32 +1,59 @@
-// The volunteer's page: go on duty, hear and see a ring, accept or decline, see the caller's
-// camera and talk back, and look at past calls.
+// The volunteer's page: go on duty, hear and see a ring (also in a background tab, and by Web
+// Push when the page is closed), accept or decline, see the caller's camera and talk back, and
+// look at past calls.
 
+import { markScrollable } from "./charts.js";
 import { helperCall } from "./helper.js";
-import { $, announce, languageName, restrictionNotice, showState, startSession, SUSPENDED_NOTICE } from "./ui.js";
+import { currentLanguage, formatDateTime, formatNumber } from "./i18n.js";
+import { RING, Tone, unlockAudio } from "./sound.js";
+import {
+  $,
+  announce,
+  languageName,
+  loadProfile,
+  restrictionNotice,
+  setSwitch,
+  showState,
+  startLanguage,
+  startSession,
+  suspendedNotice,
+  t,
+} from "./ui.js";
 
-const page = { session: null, ring: null, callId: null, media: null, mic: null, onDuty: false };
+const page = {
+  session: null,
+  ring: null,
+  callId: null,
+  media: null,
+  mic: null,
+  onDuty: false,
+  ringSound: new Tone(RING, { storageKey: "vabroker.ring-sound", gain: 0.15 }),
+  notification: null, // the system notification of the ring shown now, if any
+  push: "unknown", // Web Push on this browser: "on", "off" (not offered) or "unknown"
+};
 const call = helperCall(page);
 window.vabrokerPage = page; // for diagnostics and the browser tests
 
 const WITHDRAWN = {
-  answered: "Someone else answered that call. Thank you for being there.",
-  cancelled: "The caller cancelled.",
-  expired: "The ring ended without an answer.",
-  declined: "You declined that call on another device.",
+  answered: () => t("volunteer.withdrawn.answered"),
+  cancelled: () => t("volunteer.withdrawn.cancelled"),
+  expired: () => t("volunteer.withdrawn.expired"),
+  declined: () => t("volunteer.withdrawn.declined"),
 };
 
 const ENDED = {
-  completed: (by) => (by === "volunteer" || by === "agent" ? "You hung up." : "The caller ended the call."),
-  cancelled: () => "The call was cancelled.",
-  peer_lost: () => "The connection to the caller was lost.",
-  failed: () => "The call failed.",
+  completed: (by) => t(by === "volunteer" || by === "agent" ? "common.ended.you-hung-up" : "common.ended.caller-ended"),
+  cancelled: () => t("common.ended.cancelled"),
+  peer_lost: () => t("common.ended.peer-lost"),
+  failed: () => t("common.ended.failed"),
 };
 
 function waitingText() {
-  return page.onDuty ? "You are on duty. Waiting for a call." : "You are off duty.";
+  return page.onDuty ? t("volunteer.duty.on") : t("volunteer.duty.off");
 }
 
 async function setDuty(onDuty) {
+  unlockAudio(); // this click lets the page ring aloud later, also in a background tab
   try {
     const answer = await page.session.request({ type: "availability", available: onDuty });
     page.onDuty = answer.available;
@@ -34,104 +61,254 @@ async function setDuty(onDuty) {
     announce(err.message);
     return;
   }
-  const button = $("#duty");
-  button.setAttribute("aria-checked", String(page.onDuty));
+  setSwitch($("#duty"), page.onDuty);
+  if (page.onDuty && "Notification" in window && Notification.permission === "default") {
+    // Explained first, then asked: a bare browser prompt is easy to refuse by mistake.
+    $("#notify-ask").hidden = false;
+    announce(t("volunteer.notify.on-duty-ask", { waiting: waitingText() }));
+    $("#h-notify-ask").focus();
+    return;
+  }
   announce(waitingText());
+  if (page.onDuty) enablePush();
 }
 
 // The broker took the volunteer off duty (a suspension): the switch follows, and they hear why.
 function onAvailabilityFromBroker(message) {
   if (message.ref || message.available === page.onDuty) return;
   page.onDuty = message.available;
-  $("#duty").setAttribute("aria-checked", String(page.onDuty));
-  announce(message.reason === "suspended" ? `You were taken off duty. ${SUSPENDED_NOTICE}` : waitingText());
+  setSwitch($("#duty"), page.onDuty);
+  announce(message.reason === "suspended" ? t("volunteer.duty.suspended", { why: suspendedNotice() }) : waitingText());
+}
+
+// --- rings that reach a busy volunteer --------------------------------------------------------
+
+async function notificationsAllowed() {
+  $("#notify-ask").hidden = true;
+  let answer = Notification.permission;
+  try {
+    answer = await Notification.requestPermission();
+  } catch {
+    // an older browser: the permission stays as it was
+  }
+  showNotifyStatus();
+  announce(answer === "granted" ? t("volunteer.notify.granted") : t("volunteer.notify.refused"));
+  $("#duty").focus();
+  if (answer === "granted") enablePush();
+}
+
+function showNotifyStatus() {
+  const supported = "Notification" in window;
+  const permission = supported ? Notification.permission : "denied";
+  let text;
+  if (!supported) text = t("volunteer.notify.unsupported");
+  else if (permission === "denied") text = t("volunteer.notify.denied");
+  else if (permission === "default") text = t("volunteer.notify.not-yet");
+  else if (page.push === "on") text = t("volunteer.notify.push-on");
+  else text = t("volunteer.notify.tab-only");
+  $("#notify-status").textContent = text;
+  $("#notify-enable").hidden = !(supported && permission === "default");
+}
+
+// The service worker (sw.js, scope: the pages) shows rings pushed while the page is closed.
+// Its URL carries the language, so that it speaks the volunteer's language too.
+async function worker() {
+  if (!("serviceWorker" in navigator)) return null;
+  await navigator.serviceWorker.register(`sw.js?lang=${currentLanguage()}`);
+  return navigator.serviceWorker.ready;
+}
+
+function b64urlBytes(text) {
+  const raw = atob(text.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (text.length % 4)) % 4));
+  return Uint8Array.from(raw, (c) => c.charCodeAt(0));
+}
+
+// Subscribes this browser to Web Push with the broker's VAPID key and registers it as one of
+// the volunteer's devices, so that a ring reaches them when the page is closed. A broker that
+// sends no Web Push (404) or a browser without a push service leaves rings to the open page.
+async function enablePush() {
+  try {
+    const registration = await worker();
+    if (!registration || !("PushManager" in window) || Notification.permission !== "granted") return;
+    const keyResponse = await page.session.api("/v1/push/webpush");
+    if (!keyResponse.ok) {
+      page.push = "off";
+      return;
+    }
+    const { public_key: key } = await keyResponse.json();
+    const subscription =
+      (await registration.pushManager.getSubscription()) ||
+      (await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: b64urlBytes(key) }));
+    const json = subscription.toJSON();
+    const added = await page.session.api("/v1/me/devices", {
+      method: "POST",
+      body: { platform: "webpush", subscription: { endpoint: json.endpoint, keys: json.keys } },
+    });
+    page.push = added.ok ? "on" : "off";
+    if (!added.ok) console.warn("the broker refused this browser's push subscription", await added.text());
+  } catch (err) {
+    page.push = "off";
+    console.warn("Web Push is not available here:", err.message);
+  } finally {
+    showNotifyStatus();
+  }
+}
+
+// A ring while the page is not in front: a system notification (tagged with the call, so that
+// the withdrawal replaces it), besides the title and the sound, which every ring has.
+async function notifyRing(ring, text) {
+  if (!("Notification" in window) || Notification.permission !== "granted") return;
+  if (document.visibilityState === "visible") return;
+  const options = { body: text, tag: ring.call, requireInteraction: true, renotify: true, lang: currentLanguage() };
+  const registration = "serviceWorker" in navigator ? await navigator.serviceWorker.getRegistration() : null;
+  if (registration) {
+    await registration.showNotification(t("volunteer.notify.ring-title"), { ...options, data: { url: location.pathname } });
+  } else {
+    const shown = new Notification(t("volunteer.notify.ring-title"), options);
+    shown.onclick = () => {
+      window.focus();
+      shown.close();
+    };
+    page.notification = shown;
+  }
+}
+
+async function clearRingNotification(callId) {
+  if (page.notification) page.notification.close();
+  page.notification = null;
+  const registration = "serviceWorker" in navigator ? await navigator.serviceWorker.getRegistration() : null;
+  if (!registration) return;
+  for (const shown of await registration.getNotifications({ tag: callId })) shown.close();
+}
+
+function ringStopped(callId) {
+  page.ringSound.stop();
+  clearRingNotification(callId).catch(() => {});
 }
 
 function onRing(ring) {
   if (page.callId) return; // busy: the broker does not ring someone in a call
   page.ring = ring;
-  $("#ring-from").textContent = ring.requester.display_name || "A caller";
+  const from = ring.requester.display_name || t("common.ring.a-caller");
+  $("#ring-from").textContent = from;
   $("#ring-language").textContent = languageName(ring.language);
-  $("#ring-topic").textContent = ring.topic || "Not given";
-  $("#ring-note").textContent = ring.note || "None";
+  $("#ring-topic").textContent = ring.topic || t("common.ring.no-topic");
+  $("#ring-note").textContent = ring.note || t("common.ring.no-note");
   // Said once, not counted down aloud: a ticking live region would drown the screen reader.
   const until = new Date(Date.now() + ring.expires_in_s * 1000);
-  $("#ring-expires").textContent = `This ring lasts until ${until.toLocaleTimeString([], { hour: "numeric", minute: "2-digit", second: "2-digit" })}.`;
+  $("#ring-expires").textContent = t("volunteer.ring.until", {
+    time: formatDateTime(until, { hour: "numeric", minute: "2-digit", second: "2-digit" }),
+  });
   showState("ringing");
-  const topic = ring.topic ? ` about ${ring.topic}` : "";
-  const circle = ring.circle === true ? " You are in their circle." : "";
-  announce(`Call from ${ring.requester.display_name || "a caller"}${topic}, in ${languageName(ring.language)}.${circle} Accept or decline.`);
+  const text = ring.topic
+    ? t("volunteer.ring.said-topic", { name: from, topic: ring.topic, language: languageName(ring.language) })
+    : t("volunteer.ring.said", { name: from, language: languageName(ring.language) });
+  const said = ring.circle === true ? `${text} ${t("volunteer.ring.in-circle")}` : text;
+  announce(said);
+  page.ringSound.start();
+  notifyRing(ring, said).catch((err) => console.warn("no notification:", err.message));
 }
 
 function onWithdrawn(message) {
   if (!page.ring || message.call !== page.ring.call) return;
   page.ring = null;
+  ringStopped(message.call);
   showState("idle");
-  announce(WITHDRAWN[message.reason] || "The ring ended.");
+  announce((WITHDRAWN[message.reason] || (() => t("volunteer.withdrawn.other")))());
 }
 
 function accept() {
-  return call.accept("Accepting…", WITHDRAWN.answered);
+  const ring = page.ring;
+  if (ring) ringStopped(ring.call);
+  return call.accept(t("volunteer.ring.accepting"), t("volunteer.withdrawn.answered"));
 }
 
 async function decline() {
   const ring = page.ring;
   if (!ring) return;
   page.ring = null;
+  ringStopped(ring.call);
   await page.session.request({ type: "call.decline", call: ring.call }).catch(() => {});
   showState("idle");
-  announce(`Declined. ${waitingText()}`);
+  announce(t("volunteer.ring.declined", { waiting: waitingText() }));
 }
 
 function onEnded(message) {
   const text = call.endCall(message, ENDED);
   if (text === null) return;
   showState("ended");
-  announce(`Call ended. ${text} ${waitingText()}`);
+  announce(t("volunteer.ended.said", { reason: text, waiting: waitingText() }));
   history();
   impact();
 }
 
 const COLUMNS = [
-  ["requested", "Requested"],
-  ["language", "Language"],
-  ["topic", "Topic"],
-  ["duration_s", "Length (s)"],
-  ["reason", "Outcome"],
+  ["requested", "volunteer.history.requested"],
+  ["language", "volunteer.history.language"],
+  ["topic", "volunteer.history.topic"],
+  ["duration_s", "volunteer.history.length"],
+  ["reason", "volunteer.history.outcome"],
 ];
+
+const OUTCOMES = {
+  completed: "volunteer.outcome.completed",
+  cancelled: "volunteer.outcome.cancelled",
+  no_answer: "volunteer.outcome.no-answer",
+  peer_lost: "volunteer.outcome.peer-lost",
+  failed: "volunteer.outcome.failed",
+  closed: "volunteer.outcome.closed",
+};
+
+function cellText(key, value) {
+  if (value === null || value === undefined || value === "") return "";
+  if (key === "requested") return formatDateTime(new Date(value));
+  if (key === "language") return languageName(value);
+  if (key === "duration_s") return typeof value === "number" ? formatNumber(value) : String(value);
+  if (key === "reason") return OUTCOMES[value] ? t(OUTCOMES[value]) : String(value);
+  return String(value);
+}
 
 async function history() {
   const box = $("#history");
   const response = await page.session.api("/v1/me/calls").catch(() => null);
+  const say = (key, muted = false) => {
+    const p = document.createElement("p");
+    if (muted) p.className = "muted";
+    p.textContent = t(key);
+    box.replaceChildren(p);
+  };
   if (!response || !response.ok) {
-    box.innerHTML = "<p>Your calls could not be loaded.</p>";
+    say("volunteer.history.failed");
     return;
   }
   const { calls } = await response.json();
   if (!calls.length) {
-    box.innerHTML = '<p class="muted">No calls yet.</p>';
+    say("volunteer.history.none", true);
     return;
   }
+  // A table wider than a narrow screen scrolls inside a region named by its caption, which
+  // the keyboard can reach (markScrollable); the page itself never scrolls sideways.
+  const wrap = document.createElement("div");
+  wrap.className = "table-wrap";
   const table = document.createElement("table");
-  table.createCaption().textContent = `${calls.length} call${calls.length === 1 ? "" : "s"}`;
+  const caption = table.createCaption();
+  caption.id = "history-caption";
+  caption.textContent = t("volunteer.history.caption", { count: calls.length });
   const head = table.createTHead().insertRow();
   for (const [, title] of COLUMNS) {
     const th = document.createElement("th");
     th.scope = "col";
-    th.textContent = title;
+    th.textContent = t(title);
     head.append(th);
   }
   const body = table.createTBody();
-  for (const call of calls) {
+  for (const item of calls) {
     const row = body.insertRow();
-    for (const [key] of COLUMNS) {
-      let value = call[key];
-      if (key === "requested" && value) value = new Date(value).toLocaleString();
-      if (key === "language" && value) value = languageName(value);
-      row.insertCell().textContent = value ?? "";
-    }
+    for (const [key] of COLUMNS) row.insertCell().textContent = cellText(key, item[key]);
   }
-  box.replaceChildren(table);
+  wrap.append(table);
+  box.replaceChildren(wrap);
+  markScrollable(box);
 }
 
 async function download(path, filename) {
@@ -150,35 +327,38 @@ async function download(path, filename) {
 }
 
 async function exportCsv() {
-  if (await download("/v1/me/calls?format=csv", "calls.csv")) announce("Your calls were downloaded as calls.csv.");
-  else announce("Your calls could not be exported.");
+  if (await download("/v1/me/calls?format=csv", "calls.csv")) announce(t("volunteer.history.csv-done"));
+  else announce(t("volunteer.history.csv-failed"));
 }
 
 const IMPACT_COLUMNS = [
-  ["month", "Month"],
-  ["calls", "Calls answered"],
-  ["minutes", "Minutes"],
-  ["people", "People helped"],
+  ["month", "volunteer.impact.month"],
+  ["calls", "volunteer.impact.calls-answered"],
+  ["minutes", "volunteer.impact.minutes"],
+  ["people", "volunteer.impact.people"],
 ];
-
-function plural(n, one, many) {
-  return `${n} ${n === 1 ? one : many}`;
-}
 
 // "You have answered 3 calls: 12.5 minutes of help for 2 people, in English and Portuguese,
 // since 3 May 2026."
 function impactText(impact) {
-  if (!impact.calls_answered) {
-    return "You have not answered a call yet. Every call you answer will be counted here.";
-  }
-  const languages = impact.languages.map(languageName);
-  const spoken = languages.length > 1 ? `${languages.slice(0, -1).join(", ")} and ${languages.at(-1)}` : languages[0];
-  const since = new Date(impact.first_call).toLocaleDateString(undefined, { dateStyle: "long" });
-  return (
-    `You have answered ${plural(impact.calls_answered, "call", "calls")}: ` +
-    `${plural(impact.minutes_helped, "minute", "minutes")} of help for ` +
-    `${plural(impact.people_helped, "person", "people")}, in ${spoken}, since ${since}.`
+  if (!impact.calls_answered) return t("volunteer.impact.none");
+  const languages = new Intl.ListFormat(currentLanguage(), { type: "conjunction" }).format(
+    impact.languages.map(languageName),
   );
+  return t("volunteer.impact.summary", {
+    calls: t("volunteer.impact.count-calls", { count: impact.calls_answered }),
+    minutes: t("volunteer.impact.count-minutes", { count: impact.minutes_helped }),
+    people: t("volunteer.impact.count-people", { count: impact.people_helped }),
+    languages,
+    since: formatDateTime(new Date(impact.first_call), { dateStyle: "long" }),
+  });
+}
+
+// A month of the record ("2026-05") in the page's language ("May 2026").
+function monthText(month) {
+  const [year, number] = String(month).split("-").map(Number);
+  if (!year || !number) return String(month);
+  return formatDateTime(new Date(year, number - 1, 1), { year: "numeric", month: "long" });
 }
 
 async function impact() {
@@ -186,7 +366,7 @@ async function impact() {
   const box = $("#impact-months");
   const response = await page.session.api("/v1/me/impact").catch(() => null);
   if (!response || !response.ok) {
-    summary.textContent = "Your record could not be loaded.";
+    summary.textContent = t("volunteer.impact.failed");
     box.replaceChildren();
     return;
   }
@@ -196,26 +376,37 @@ async function impact() {
     box.replaceChildren();
     return;
   }
+  // Scrolls inside a region named by its caption on a narrow screen, like the calls' table.
+  const wrap = document.createElement("div");
+  wrap.className = "table-wrap";
   const table = document.createElement("table");
-  table.createCaption().textContent = "Your calls by month";
+  const caption = table.createCaption();
+  caption.id = "impact-caption";
+  caption.textContent = t("volunteer.impact.caption");
   const head = table.createTHead().insertRow();
   for (const [, title] of IMPACT_COLUMNS) {
     const th = document.createElement("th");
     th.scope = "col";
-    th.textContent = title;
+    th.textContent = t(title);
     head.append(th);
   }
   const body = table.createTBody();
   for (const month of record.by_month) {
     const row = body.insertRow();
-    for (const [key] of IMPACT_COLUMNS) row.insertCell().textContent = String(month[key]);
+    for (const [key] of IMPACT_COLUMNS) {
+      const value = month[key];
+      row.insertCell().textContent =
+        key === "month" ? monthText(value) : typeof value === "number" ? formatNumber(value) : String(value ?? "");
+    }
   }
-  box.replaceChildren(table);
+  wrap.append(table);
+  box.replaceChildren(wrap);
+  markScrollable(box);
 }
 
 async function exportImpact() {
-  if (await download("/v1/me/impact?format=csv", "impact.csv")) announce("Your record was downloaded as impact.csv.");
-  else announce("Your record could not be exported.");
+  if (await download("/v1/me/impact?format=csv", "impact.csv")) announce(t("volunteer.impact.csv-done"));
+  else announce(t("volunteer.impact.csv-failed"));
 }
 
 // An invitation link carries the code in the fragment (#circle=CODE); read before sign-in
@@ -237,33 +428,42 @@ function circleItem(text, buttons) {
   return item;
 }
 
+function mutedText(box, key) {
+  const p = document.createElement("p");
+  p.className = "muted";
+  p.textContent = t(key);
+  box.replaceChildren(p);
+}
+
 async function circles() {
   const requests = $("#circle-requests");
   const box = $("#circle-list");
   const response = await page.session.api("/v1/me/circle").catch(() => null);
   if (!response || !response.ok) {
-    box.innerHTML = "<p>Your circles could not be loaded.</p>";
+    const p = document.createElement("p");
+    p.textContent = t("volunteer.circles.failed");
+    box.replaceChildren(p);
     return;
   }
   const { circles: mine, proposals } = await response.json();
   if (proposals.length) {
     const list = document.createElement("ul");
     list.className = "circle";
-    list.setAttribute("aria-label", "Requests to join a circle");
+    list.setAttribute("aria-label", t("volunteer.circles.requests"));
     for (const p of proposals) {
-      const name = p.display_name || "Someone you helped";
+      const name = p.display_name || t("volunteer.circles.someone-helped");
       const answer = (accept) => async () => {
         const path = `/v1/me/circle/proposals/${encodeURIComponent(p.proposal)}`;
         const reply = await page.session.api(path, { method: "POST", body: { accept } }).catch(() => null);
-        if (!reply || !reply.ok) announce("That request could not be answered. It may have expired.");
-        else announce(accept ? `You joined ${name}'s circle.` : `You declined ${name}'s request.`);
+        if (!reply || !reply.ok) announce(t("volunteer.circles.answer-failed"));
+        else announce(t(accept ? "volunteer.circles.joined" : "volunteer.circles.declined", { name }));
         await circles();
         $("#circle-code").focus();
       };
       list.append(
-        circleItem(`${name}, whom you helped, asks you to join their circle.`, [
-          [`Join ${name}'s circle`, answer(true)],
-          [`Decline ${name}'s request`, answer(false)],
+        circleItem(t("volunteer.circles.asks", { name }), [
+          [t("volunteer.circles.accept", { name }), answer(true)],
+          [t("volunteer.circles.decline", { name }), answer(false)],
         ]),
       );
     }
@@ -272,22 +472,22 @@ async function circles() {
     requests.replaceChildren();
   }
   if (!mine.length) {
-    box.innerHTML = '<p class="muted">You are not in anyone\'s circle yet.</p>';
+    mutedText(box, "volunteer.circles.none");
     return;
   }
   const list = document.createElement("ul");
   list.className = "circle";
-  list.setAttribute("aria-label", "Your circles");
+  list.setAttribute("aria-label", t("volunteer.circles.yours"));
   for (const c of mine) {
-    const name = c.display_name || "Someone";
+    const name = c.display_name || t("volunteer.circles.someone");
     list.append(
-      circleItem(`${name}'s circle`, [
+      circleItem(t("volunteer.circles.named", { name }), [
         [
-          `Leave ${name}'s circle`,
+          t("volunteer.circles.leave", { name }),
           async () => {
             const path = `/v1/me/circle/circles/${encodeURIComponent(c.circle)}`;
             const reply = await page.session.api(path, { method: "DELETE" }).catch(() => null);
-            announce(reply && reply.ok ? `You left ${name}'s circle.` : "You could not leave that circle.");
+            announce(reply && reply.ok ? t("volunteer.circles.left", { name }) : t("volunteer.circles.leave-failed"));
             await circles();
             $("#circle-code").focus();
           },
@@ -302,23 +502,26 @@ async function joinCircle(event) {
   event.preventDefault();
   const code = $("#circle-code").value.trim();
   if (!code) {
-    announce("Type the invitation code you were given.");
+    announce(t("volunteer.circles.type-code"));
     $("#circle-code").focus();
     return;
   }
   const response = await page.session.api("/v1/circle/join", { method: "POST", body: { code } }).catch(() => null);
   const body = response ? await response.json().catch(() => null) : null;
   if (!response || !response.ok || !body) {
-    announce(body && body.message ? body.message : "You could not join that circle.");
+    announce(body && body.message ? body.message : t("volunteer.circles.join-failed"));
     $("#circle-code").focus();
     return;
   }
   $("#circle-code").value = "";
-  announce(`You joined ${body.display_name || "their"}'s circle.`);
+  announce(
+    body.display_name ? t("volunteer.circles.joined", { name: body.display_name }) : t("volunteer.circles.joined-theirs"),
+  );
   await circles();
 }
 
 async function main() {
+  await startLanguage();
   page.session = await startSession("volunteer", (session) => {
     session
       .on("call.ring", onRing)
@@ -334,24 +537,51 @@ async function main() {
   $("#hang-up").addEventListener("click", call.hangUp);
   $("#refresh-history").addEventListener("click", async () => {
     await history();
-    announce("Your calls are up to date.");
+    announce(t("volunteer.history.refreshed"));
   });
   $("#export-csv").addEventListener("click", exportCsv);
   $("#impact-csv").addEventListener("click", exportImpact);
   $("#circle-join").addEventListener("submit", joinCircle);
   if (invitedWith) $("#circle-code").value = invitedWith;
+  $("#notify-allow").addEventListener("click", notificationsAllowed);
+  $("#notify-enable").addEventListener("click", notificationsAllowed);
+  $("#notify-later").addEventListener("click", () => {
+    $("#notify-ask").hidden = true;
+    announce(t("volunteer.notify.later-said", { waiting: waitingText() }));
+    $("#duty").focus();
+  });
+  const sound = $("#ring-sound");
+  sound.addEventListener("click", () => {
+    unlockAudio();
+    page.ringSound.enabled = !page.ringSound.enabled;
+    setSwitch(sound, page.ringSound.enabled);
+    announce(t(page.ringSound.enabled ? "common.alerts.sound-on" : "common.alerts.sound-off"));
+  });
+  addEventListener("resize", () => {
+    markScrollable($("#history"));
+    markScrollable($("#impact-months"));
+  });
   showState("idle", { focus: false });
   // Still on duty from before a reload or a dropped connection? The broker knows.
-  const response = await page.session.api("/v1/me/profile").catch(() => null);
-  if (response && response.ok) page.onDuty = (await response.json()).available === true;
-  $("#duty").setAttribute("aria-checked", String(page.onDuty));
+  const profile = await loadProfile(page.session);
+  page.onDuty = Boolean(profile && profile.available === true);
+  setSwitch($("#duty"), page.onDuty);
+  setSwitch(sound, page.ringSound.enabled);
+  showNotifyStatus();
   $("#duty").focus();
   const welcome = page.session.welcome;
-  const invited = invitedWith ? " You were invited into a circle: press Join the circle to accept." : "";
-  announce(`Signed in as ${welcome.user.display_name}. ${waitingText()}${restrictionNotice(welcome)}${invited}`);
+  const invited = invitedWith ? ` ${t("volunteer.circles.invited")}` : "";
+  announce(
+    t("volunteer.signed-in", {
+      name: welcome.user.display_name,
+      waiting: waitingText(),
+      restriction: restrictionNotice(welcome),
+    }) + invited,
+  );
   history();
   impact();
   circles();
+  if (page.onDuty) enablePush();
 }
 
 main();

@@ -15,7 +15,7 @@ from signaling.config import Settings
 from signaling.push import credentials
 from signaling.push.base import Sender
 from signaling.push.pusher import Pusher
-from signaling.push.routes import ENABLED, WEBPUSH_HOSTS, add_routes
+from signaling.push.routes import ENABLED, WEBPUSH_HOSTS, WEBPUSH_KEY, add_routes
 
 
 def pusher_of(app: web.Application) -> Pusher | None:
@@ -63,11 +63,15 @@ def build_senders(settings: Settings) -> dict[Platform, Sender]:
 
 def setup(app: web.Application) -> None:
     """Device routes, and a pusher fed by the hub once the application starts."""
+    from signaling.push.webpush import WebPushSender
+
     ctx = app[CONTEXT]
     s = ctx.settings
     senders = build_senders(s)
     app[ENABLED] = frozenset(senders)
     app[WEBPUSH_HOSTS] = list(s.webpush_hosts)
+    webpush = senders.get(Platform.WEBPUSH)
+    app[WEBPUSH_KEY] = webpush.public_key if isinstance(webpush, WebPushSender) else None
     add_routes(app)
     if not senders:
         return

@@ -11,6 +11,19 @@ from signaling.push.webpush import host_allowed
 
 ENABLED = web.AppKey("push_platforms", frozenset[Platform])
 WEBPUSH_HOSTS = web.AppKey("webpush_hosts", list[str])
+# The VAPID public key (base64url, uncompressed P-256) browsers subscribe with; None without
+# Web Push.
+WEBPUSH_KEY: web.AppKey[str | None] = web.AppKey("webpush_key")
+
+
+async def webpush_key(request: web.Request) -> web.Response:
+    """``GET /v1/push/webpush``: the key a browser passes as ``applicationServerKey`` to
+    ``pushManager.subscribe``, so that this broker's pushes reach it. Public, like any VAPID
+    key; 404 when this broker sends no Web Push."""
+    key = request.app[WEBPUSH_KEY]
+    if key is None:
+        raise ApiError(404, "not_found", "This server does not send Web Push.")
+    return web.json_response({"public_key": key})
 
 
 async def add_device(request: web.Request) -> web.Response:
@@ -58,3 +71,4 @@ async def remove_device(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/me/devices", add_device)
     app.router.add_delete("/v1/me/devices/{device_id}", remove_device)
+    app.router.add_get("/v1/push/webpush", webpush_key)

@@ -16,7 +16,7 @@ from pathlib import Path
 from playwright.async_api import Page, async_playwright, expect
 
 from tests.browser.cases import reported_call
-from tests.browser.pages import CHROMIUM, CHROMIUM_ARGS, live, open_as, open_page
+from tests.browser.pages import CHROMIUM, CHROMIUM_ARGS, live, new_context, open_as, open_page
 from tests.helpers import start_server
 
 
@@ -45,7 +45,12 @@ async def main(out: Path) -> None:
         browser = await pw.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
         )
-        vol = await open_as(browser, server, "volunteer", "vol-shot", "volunteer", name="Val")
+        # Notifications allowed, as a volunteer who said yes when going on duty.
+        vol_context = await new_context(browser)
+        await vol_context.grant_permissions(["camera", "microphone", "notifications"])
+        vol = await open_page(
+            vol_context, server, "volunteer", server.token("vol-shot", "volunteer", name="Val")
+        )
         await expect(live(vol)).to_have_text(re.compile("Signed in as"))
         await vol.click("#duty")
         await expect(live(vol)).to_have_text("You are on duty. Waiting for a call.")
@@ -73,6 +78,19 @@ async def main(out: Path) -> None:
         await rec.click("#hang-up")
         await expect(live(rec)).to_have_text("Call ended. You hung up.")
         await shoot(rec, out, "recipient-ended")
+
+        # The recipient's page in Arabic (the language of the caller's profile), right to left.
+        rec_ar = await open_as(
+            browser, server, "recipient", "rec-shot-ar", "recipient", name="ريم", languages=["ar"]
+        )
+        await expect(live(rec_ar)).to_have_text(re.compile("ريم"))
+        await expect(rec_ar.locator("#partners li")).to_have_count(1)
+        await shoot(rec_ar, out, "recipient-idle-ar")
+        await rec_ar.click("#call")
+        await expect(rec_ar.locator("body")).to_have_attribute("data-state", "searching")
+        await until(rec_ar, "document.querySelector('#preview').readyState >= 2")
+        await shoot(rec_ar, out, "recipient-searching-ar")
+        await rec_ar.click("#cancel")
 
         agent = await open_as(
             browser, server, "agent", "agent-shot", "agent", name="Ada", org="acme"

@@ -186,8 +186,9 @@ async def test_keyboard_only_call_accept_and_hang_up(
     )
     assert await focused(vol) == "h-ended"
 
-    # Feedback by keyboard: the first radio ("Yes, it helped") is checked; choose "No",
-    # report nothing, submit.
+    # Feedback by keyboard: no answer is chosen beforehand (it would nudge the rating); Tab
+    # reaches the first radio, the arrow key chooses "No"; report nothing, submit.
+    assert await rec.locator('input[name="rating"]:checked').count() == 0
     await rec.keyboard.press("Tab")
     assert await rec.evaluate("document.activeElement.name") == "rating"
     await rec.keyboard.press("ArrowDown")
@@ -416,8 +417,14 @@ async def test_keyboard_only_agent_takes_the_next_queued_call(
     )
     assert await focused(agent) == "take"
     await expect(agent.locator("#ring-topic")).to_have_text("a letter")
+    # The ring is heard too (the status change was the click that allowed sound), and the
+    # title says it for a background tab.
+    assert await agent.evaluate("window.vabrokerPage.ringSound.sounding") is True
+    await expect(agent).to_have_title("Ringing — Agent console — vabroker")
     await agent.keyboard.press("Enter")
     await expect(live(agent)).to_have_text("Connected to Mo. You can see their camera.")
+    assert await agent.evaluate("window.vabrokerPage.ringSound.playing") is False
+    await expect(agent).to_have_title("In a call — Agent console — vabroker")
     assert await focused(agent) == "hang-up"
     await expect(live(rec)).to_have_text("Connected to Kit. They can see your camera now.")
 

@@ -102,6 +102,22 @@ async def test_agent_console_shows_the_live_queue(browser: Browser, broker_serve
     await expect(agent.locator("#queue")).to_contain_text("Ada: available")
     violations = await axe_violations(agent)
     assert violations == [], explain(violations)
+    # Reflow: at 320 px, and at 640 px with text at 200%, the table scrolls inside a region
+    # named by its caption that the keyboard reaches; the page itself never scrolls sideways.
+    for width, text_size in ((320, "100%"), (640, "200%")):
+        await agent.set_viewport_size({"width": width, "height": 800})
+        await agent.evaluate(
+            "(size) => { document.documentElement.style.fontSize = size;"
+            " dispatchEvent(new Event('resize')); }",
+            text_size,
+        )
+        assert await agent.evaluate("document.documentElement.scrollWidth") == width
+        region = agent.get_by_role("region", name="Waiting calls")
+        await expect(region).to_have_attribute("tabindex", "0")
+        violations = await axe_violations(agent)
+        assert violations == [], f"{width} px, text {text_size}:\n{explain(violations)}"
+    await agent.evaluate("document.documentElement.style.fontSize = ''")
+    await agent.set_viewport_size({"width": 900, "height": 1100})
     # Keyboard: the status radios are the first stop; arrow keys choose, the broker confirms.
     assert await agent.evaluate("document.activeElement.value") == "away"
     await agent.keyboard.press("ArrowUp")
@@ -122,35 +138,53 @@ async def ui_module_page(browser: Browser, broker_server: Server) -> AsyncIterat
 
 
 @pytest.mark.parametrize(
-    ("status", "said"),
+    ("lang", "status", "said"),
     [
-        ({"state": "searching", "notified": 12}, "Ringing 12 volunteers."),
-        ({"state": "searching", "notified": 1}, "Ringing 1 volunteer."),
-        ({"state": "searching", "notified": 0}, "No volunteer is free just now. Still looking…"),
+        ("en", {"state": "searching", "notified": 12}, "Ringing 12 volunteers."),
+        ("en", {"state": "searching", "notified": 1}, "Ringing 1 volunteer."),
         (
+            "en",
+            {"state": "searching", "notified": 0},
+            "No volunteer is free just now. Still looking…",
+        ),
+        (
+            "en",
             {"state": "queued", "position": 3, "eta_s": 230},
             "You are number 3 in the queue, about 4 minutes.",
         ),
         (
+            "en",
             {"state": "queued", "position": 1, "eta_s": 50},
             "You are number 1 in the queue, about 1 minute.",
         ),
-        ({"state": "queued", "position": 2}, "You are number 2 in the queue."),
+        ("en", {"state": "queued", "position": 2}, "You are number 2 in the queue."),
+        # Plural forms come from Intl.PluralRules: Spanish one/other, Arabic's six forms.
+        ("es", {"state": "searching", "notified": 1}, "Llamando a 1 voluntario."),
+        ("es", {"state": "searching", "notified": 3}, "Llamando a 3 voluntarios."),
+        ("ar", {"state": "searching", "notified": 1}, "نتصل بمتطوع واحد."),
+        ("ar", {"state": "searching", "notified": 2}, "نتصل بمتطوعَين."),
+        ("ar", {"state": "searching", "notified": 3}, "نتصل بـ3 متطوعين."),
+        ("ar", {"state": "searching", "notified": 11}, "نتصل بـ11 متطوعًا."),
     ],
 )
 async def test_what_the_recipient_hears_as_the_search_moves(
-    ui_module_page: Page, status: dict[str, object], said: str
+    ui_module_page: Page, lang: str, status: dict[str, object], said: str
 ) -> None:
     text = await ui_module_page.evaluate(
-        "async (status) => (await import('./ui.js')).progressText(status)", status
+        """async ([lang, status]) => {
+            await (await import('./i18n.js')).useLanguage(lang);
+            return (await import('./ui.js')).progressText(status);
+        }""",
+        [lang, status],
     )
     assert text == said
 
 
 @pytest.mark.parametrize(
-    ("status", "said"),
+    ("lang", "status", "said"),
     [
         (
+            "en",
             {
                 "state": "queued",
                 "position": 2,
@@ -160,6 +194,7 @@ async def test_what_the_recipient_hears_as_the_search_moves(
             "You are number 2 in the queue.",
         ),
         (
+            "en",
             {
                 "state": "searching",
                 "notified": 0,
@@ -169,17 +204,34 @@ async def test_what_the_recipient_hears_as_the_search_moves(
             "If no one answers, please try again in about 5 minutes.",
         ),
         (
+            "en",
             {"state": "searching", "escalation": {"outcome": "unavailable", "retry_after_s": 900}},
             "No volunteer is free just now. Still looking… "
             "If no one answers, please try again in about 15 minutes.",
         ),
+        # The same sentences from the catalogs in the recipient's language.
+        (
+            "es",
+            {"state": "searching", "escalation": {"outcome": "full", "retry_after_s": 60}},
+            "Ahora mismo no hay ningún voluntario libre y el centro de ayuda está ocupado. "
+            "Seguimos buscando… Si nadie contesta, vuelve a intentarlo en alrededor de 1 minuto.",
+        ),
+        (
+            "ar",
+            {"state": "searching", "escalation": {"outcome": "queued"}},
+            "لم يتمكن أي متطوع من الرد، لذلك حُوّلت مكالمتك إلى مركز مساعدة.",
+        ),
     ],
 )
 async def test_what_the_recipient_hears_when_nobody_answers(
-    ui_module_page: Page, status: dict[str, object], said: str
+    ui_module_page: Page, lang: str, status: dict[str, object], said: str
 ) -> None:
     text = await ui_module_page.evaluate(
-        "async (status) => (await import('./ui.js')).progressText(status)", status
+        """async ([lang, status]) => {
+            await (await import('./i18n.js')).useLanguage(lang);
+            return (await import('./ui.js')).progressText(status);
+        }""",
+        [lang, status],
     )
     assert text == said
 
