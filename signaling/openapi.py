@@ -145,6 +145,13 @@ class Erased(BaseModel):
     erased: Literal[True]
 
 
+class WebPushKey(BaseModel):
+    public_key: str = Field(
+        description="the VAPID public key (base64url, uncompressed P-256) to pass as "
+        "applicationServerKey to pushManager.subscribe"
+    )
+
+
 class DemoToken(BaseModel):
     token: str
     user: dict[str, str]
@@ -247,6 +254,13 @@ ROUTES: dict[str, RouteDoc] = {
         answer=DeviceOut,
         also={201: "registered"},
         errors=(400, 403, 408),
+        tag="me",
+    ),
+    "GET /v1/push/webpush": RouteDoc(
+        "The key browsers subscribe to this broker's Web Push with (404: no Web Push)",
+        auth="none",
+        answer=WebPushKey,
+        errors=(404,),
         tag="me",
     ),
     "DELETE /v1/me/devices/{device_id}": RouteDoc(
