@@ -22,7 +22,8 @@ elsewhere would also be parked and delivered twice.
 What is accepted without an error is not dropped on the way (parked messages still expire
 with the grace period, at most ``PARKED_LIMIT`` kept per user). The sender's one loop holds a
 batch while Redis is unreachable and tries again; an envelope carries its sender's running
-number, so that a batch sent again after a partial failure is not handed on twice. A message
+number, kept when it is parked, so that a batch sent again after a partial failure is not
+handed on twice, live or from the parked list. A message
 is parked by one script on the user's slot that first looks at presence again: a node that
 registered the user since the sender looked gets it live instead. A node that subscribes
 again, or finds that others took it for dead, takes what was parked for its users right away,
@@ -423,9 +424,26 @@ class RedisRouter:
     async def take_parked(self, user_id: str) -> list[Wire]:
         async def take() -> list[Wire]:
             got = await self._take(keys=[_parked(user_id)])
-            return [dict(json.loads(m)) for m in got]
+            out: list[Wire] = []
+            for text in got:
+                parked = json.loads(text)
+                if "type" in parked:  # parked bare by a node of an earlier release
+                    out.append(dict(parked))
+                elif self._first_time(parked.get("from"), parked.get("n")):
+                    out.append(dict(parked["msg"]))
+            return out
 
         return await _guard(take())
+
+    def _first_time(self, sender: object, number: object) -> bool:
+        """False for an envelope already heard, live or parked: one sent live whose reply was
+        lost (a master failing over) is sent again, and may then be parked as well."""
+        if not isinstance(sender, str) or not isinstance(number, int):
+            return True
+        heard = self._heard.get(sender)
+        if heard is None:
+            heard = self._heard[sender] = HeardNumbers()
+        return heard.first_time(number)
 
     # --- delivery --------------------------------------------------------------------------
     def forward(self, user_id: str, message: Wire, event: Event | None) -> bool:
@@ -526,7 +544,9 @@ class RedisRouter:
             users = list(by_user)
             for uid in users:
                 nodes = sorted(tried.get(uid, ()))
-                texts = [json.dumps(i.message, separators=(",", ":")) for i in by_user[uid]]
+                # Parked numbered, as sent live: a message both heard and parked (its
+                # reply lost in a failover, then sent again) is handed on once.
+                texts = [i.text for i in by_user[uid]]
                 pipe.execute_command(
                     "EVALSHA",
                     self._park.sha,
@@ -697,13 +717,8 @@ class RedisRouter:
         try:
             envelope = json.loads(data)
             user_id = str(envelope["to"])
-            sender, number = envelope.get("from"), envelope.get("n")
-            if isinstance(sender, str) and isinstance(number, int):
-                heard = self._heard.get(sender)
-                if heard is None:
-                    heard = self._heard[sender] = HeardNumbers()
-                if not heard.first_time(number):
-                    return  # a copy: its batch was sent again after failing half-way
+            if not self._first_time(envelope.get("from"), envelope.get("n")):
+                return  # a copy: its batch was sent again after failing half-way
             if "end" in envelope:  # end the user's sessions here (revoked, over the cap)
                 if self._host is not None:
                     self._host.end_here(user_id, dict(envelope["end"]))

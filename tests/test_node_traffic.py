@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from broker.store.redis import RedisStore
-from signaling.routing import BeatWatch, HeardNumbers
+from signaling.routing import BeatWatch, HeardNumbers, RedisRouter, _Outgoing
 from tests.helpers import Client
 from tests.nodes import BrokerNode, broker_nodes, wait_for
 from tests.redis_procs import RedisClusterProcs, RedisServer
@@ -72,6 +72,36 @@ def test_a_beat_going_back_counts_as_a_beat() -> None:
     watch.look({"b": 5.0}, now=0.0)
     watch.look({"b": 5.0}, now=1.0)
     assert watch.look({"b": 4.0}, now=2.0) == []  # Redis restarted from an older AOF
+
+
+async def test_a_message_heard_live_and_also_parked_is_handed_on_once() -> None:
+    """A failover can lose the reply to a live SPUBLISH that was heard; the sender sends the
+    same envelope again and, finding nobody listening now, parks it. Parked numbered, it is
+    known again when the user's node takes what was parked."""
+    with RedisServer.start() as server:
+        sender_store = RedisStore.from_url(server.url)
+        receiver_store = RedisStore.from_url(server.url)
+        sender = RedisRouter(sender_store, server.url, "a", cast(Any, None), grace_s=30)
+        receiver = RedisRouter(receiver_store, server.url, "b", cast(Any, None), grace_s=30)
+        try:
+            heard = {"type": "signal", "call": "c1", "data": {"seq": 1}}
+            only_parked = {"type": "signal", "call": "c1", "data": {"seq": 2}}
+            items = [
+                _Outgoing("u1", m, None, sender._envelope("u1", m)) for m in (heard, only_parked)
+            ]
+            receiver._arrived(items[0].text)  # the first was heard live (its reply lost)
+            await sender._park_or_refresh(items, {}, force=True)
+            # Parked bare by a node of an earlier release: still handed on.
+            await receiver_store.r.rpush("vb:parked:{u:u1}", json.dumps({"type": "ping"}))
+            assert await receiver.take_parked("u1") == [only_parked, {"type": "ping"}]
+            assert await receiver.take_parked("u1") == []
+        finally:
+            for router in (sender, receiver):
+                if router.pubsub_client is not None:
+                    await router.pubsub_client.aclose()
+                await router.beat_store.close()
+            await sender_store.close()
+            await receiver_store.close()
 
 
 def test_copies_are_known_by_number_in_any_order() -> None:
