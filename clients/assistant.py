@@ -176,6 +176,13 @@ class Reading:
     confidence: float
 
 
+def legible(reading: Reading) -> bool:
+    """Print worth saying: at least two words of two letters or more. Digits alone are what a
+    camera's own overlay (a clock, a frame count) or noise gives, and a stray short "word" read
+    from shapes is no text either; a card's numbers are still said, among its words."""
+    return sum(1 for w in reading.words if sum(ch.isalpha() for ch in w) >= 2) >= 2
+
+
 async def ocr(gray: np.ndarray[Any, np.dtype[np.uint8]], language: str) -> Reading:
     """Tesseract on one grey frame (scaled up twice: small video print reads better)."""
     from PIL import Image
@@ -357,7 +364,7 @@ class Reader:
 
     async def _act(self, reading: Reading) -> None:
         words = {w.lower() for w in reading.words}
-        if len(reading.words) < 2:
+        if not legible(reading):
             self._misses += 1
             if self._misses == self.cannot_read_after:
                 self.stats.cannot_read += 1

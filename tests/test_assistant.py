@@ -16,7 +16,9 @@ from clients.assistant import (
     CANNOT_READ,
     Assistant,
     ReaderStats,
+    Reading,
     VisionBackend,
+    legible,
     parse_tsv,
     synthesize,
     word_accuracy,
@@ -104,6 +106,18 @@ def test_parse_tsv_keeps_confident_words_in_reading_order() -> None:
     ]
     reading = parse_tsv("\n".join([header, *rows]))
     assert reading.text == "hello\nworld" and reading.words == ["hello", "world"]
+
+
+def test_only_words_are_text_not_a_camera_s_clock_or_stray_shapes() -> None:
+    def reading(*words: str) -> Reading:
+        return Reading(" ".join(words), list(words), 90.0)
+
+    # What Tesseract made of a browser's fake camera: its clock, its frame count, a shape.
+    assert not legible(reading("0:00:11:300", "226.", "ill"))
+    assert not legible(reading("156.", "4"))
+    assert not legible(reading("Exit"))
+    assert legible(reading("PARACETAMOL", "500", "mg"))
+    assert legible(reading("08:15", "Leeds", "Platform", "4"))
 
 
 def test_word_accuracy() -> None:
