@@ -528,7 +528,11 @@ async def _node_goes_away(how: str, tmp_path: Path, redis_url: str) -> None:
             traffic.tasks.append(asyncio.create_task(pump(traffic.stop, traffic.period_s)))
         try:
             await asyncio.sleep(1.0)
+            before = {vol.client.sub: vol.sent for _rec, vol in pairs}
             await asyncio.to_thread(a.kill, signal.SIGTERM if how == "stopped" else signal.SIGKILL)
+            around = {
+                vol.client.sub: range(before[vol.client.sub] - 4, vol.sent + 1) for _r, vol in pairs
+            }
             await wait_for(
                 _async(
                     lambda: all(len(r.links) == 2 and r.back.is_set() for r in resuming.values())
@@ -539,6 +543,11 @@ async def _node_goes_away(how: str, tmp_path: Path, redis_url: str) -> None:
             await asyncio.sleep(1.5)
             await traffic.settle(timeout=20)
             in_doubt = _in_doubt(pairs, resuming, how)
+            if how == "killed":
+                # Relayed to the killed node a moment before the kill, taken from its channel
+                # and not yet written to its client: lost with it (nothing acknowledges a
+                # relayed message; docs/protocol.md, "Shutdown").
+                in_doubt.update({sub: set(seqs) for sub, seqs in around.items()})
             figures = traffic.check(in_doubt)
         finally:
             for task in traffic.tasks:
