@@ -39,6 +39,7 @@ OUTBOX_LIMIT = 1000
 PARKED_LIMIT = 200
 CLOSE_SLOW = 4008  # private-use code: the client did not read fast enough
 CLOSE_RESTART = 1012  # service restart: reconnect elsewhere and resume
+RECONNECT_DRAIN_S = 0.5  # a stopping node reads on this long after telling clients to go
 # Private-use close codes of a session's sign-in (docs/protocol.md, "Session lifetime").
 CLOSE_EXPIRED = 4401  # the token expired unrefreshed: sign in again, and resume
 CLOSE_REVOKED = 4403  # the sign-in was revoked (or the user banned): no resume
@@ -544,11 +545,14 @@ class Hub:
 
     async def shutdown(self) -> None:
         """Tell every client to reconnect elsewhere, then close their sockets."""
-        closing = []
-        for sessions in list(self.sessions.values()):
-            for session in list(sessions):
-                session.send(Reconnect())
-                closing.append(session.ws.close(code=CLOSE_RESTART, message=b"server restarting"))
-        if closing:
-            await asyncio.sleep(0.05)  # let the writers flush the reconnect message
+        told = [s for sessions in list(self.sessions.values()) for s in list(sessions)]
+        for session in told:
+            session.send(Reconnect())
+        if told:
+            # Go on acting on what the clients send until they have heard: a signal written
+            # before the client read ``reconnect`` is relayed, not dropped with the socket
+            # (its sender was told nothing). What is sent after ``reconnect`` is the client's
+            # to send again after its resume.
+            await asyncio.sleep(RECONNECT_DRAIN_S)
+            closing = [s.ws.close(code=CLOSE_RESTART, message=b"server restarting") for s in told]
             await asyncio.gather(*closing, return_exceptions=True)
