@@ -175,6 +175,8 @@ export class Session {
     this.ws = null;
     this.retries = 0;
     this.reconnectAfterS = null;
+    // Told to reconnect: read on until the node closes, but send nothing more on this socket.
+    this.draining = false;
     // A phone that slept may hold a socket that is dead without knowing it: when the page is
     // shown again, a ping that goes unanswered for 5 s closes it, and the session resumes.
     document.addEventListener("visibilitychange", () => {
@@ -198,6 +200,7 @@ export class Session {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.url);
       this.ws = ws;
+      this.draining = false;
       let welcomed = false;
       ws.onopen = () => {
         const hello = { type: "hello", token: this.token, client: CLIENT };
@@ -279,21 +282,29 @@ export class Session {
     if (message.type === "auth.expiring") this.refreshToken(message.expires_in_s);
     if (message.type === "reconnect") {
       // The broker node is going away: come back (to another node) after after_s and resume.
+      // Read on until the node closes: it still relays what this page wrote before hearing
+      // this (docs/protocol.md, "Shutdown"); close it ourselves only if the node does not.
       this.reconnectAfterS = message.after_s || 0;
-      this.ws.close(1000);
+      this.draining = true;
+      const ws = this.ws;
+      setTimeout(() => {
+        if (this.ws === ws && ws.readyState === WebSocket.OPEN) ws.close(1000);
+      }, 2000);
       return;
     }
     for (const handler of this.handlers.get(message.type) || []) handler(message);
   }
 
   send(message) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+    if (this.ws && !this.draining && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify(message));
+    }
   }
 
   request(message, timeoutMs = 10000) {
     const ref = `w${this.nextRef++}`;
     return new Promise((resolve, reject) => {
-      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+      if (!this.ws || this.draining || this.ws.readyState !== WebSocket.OPEN) {
         reject(new ProtocolError("unavailable", "Not connected to the service."));
         return;
       }
