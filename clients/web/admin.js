@@ -873,6 +873,7 @@ function renderCoverage(report, language) {
     ]),
   );
   box.replaceChildren(heat, detail);
+  markScrollable(box); // now, not a frame later: the heat map is wide from the start
   const short = cells.filter((c) => gapOf(c)[1] === "short").length;
   return `Coverage in ${languageName(language)}: ${plural(short, "hour")} with requests and nobody to ring.`;
 }
