@@ -25,6 +25,7 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (
     rex.TryAgainError,
     rex.MasterDownError,
     rex.ReadOnlyError,
+    rex.SlotNotCoveredError,  # a failover under way: the dead master's slots have no owner yet
     OSError,
 )
 
