@@ -102,15 +102,6 @@ async def _admin(request: web.Request) -> tuple[Context, Claims]:
     return ctx, claims
 
 
-def _refused(exc: BrokerError) -> ApiError:
-    status = {
-        ErrorCode.NOT_FOUND: 404,
-        ErrorCode.CONFLICT: 409,
-        ErrorCode.FORBIDDEN: 403,
-    }.get(exc.code, 400)
-    return ApiError(status, exc.code.value, exc.message)
-
-
 def _page(request: web.Request) -> tuple[int, int | None]:
     raw_limit = request.query.get("limit", str(DEFAULT_PAGE))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
@@ -270,7 +261,7 @@ async def get_case(request: web.Request) -> web.Response:
     try:
         case = await ctx.broker.safety.get_case(request.match_info["id"], claims.org)
     except BrokerError as exc:
-        raise _refused(exc) from None
+        raise ApiError.refused(exc) from None
     return web.json_response(case_body(await ctx.broker.safety.detail(case)))
 
 
@@ -287,7 +278,7 @@ async def resolve_case(request: web.Request) -> web.Response:
             claims.org,
         )
     except BrokerError as exc:
-        raise _refused(exc) from None
+        raise ApiError.refused(exc) from None
     ctx.hub.deliver(events)
     if case.resolution is not None and case.resolution.action is CaseAction.BAN:
         await _sign_out_banned(ctx, case.reported.id)
@@ -369,7 +360,7 @@ async def reinstate_user(request: web.Request) -> web.Response:
     try:
         await ctx.broker.reinstate(profile, body.reason, claims.sub, Role.ADMIN.value)
     except BrokerError as exc:
-        raise _refused(exc) from None
+        raise ApiError.refused(exc) from None
     return web.json_response({"restriction": None})
 
 

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from broker.impact import IMPACT_CALLS, impact_of
 from broker.model import (
+    BrokerError,
     Call,
+    ErrorCode,
     Language,
     MultilineText,
     PlainText,
@@ -40,6 +42,19 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+    @classmethod
+    def refused(cls, exc: BrokerError) -> ApiError:
+        """The broker's refusal as an HTTP answer, its code and words kept."""
+        return cls(_REFUSAL_STATUS.get(exc.code, 400), exc.code.value, exc.message)
+
+
+_REFUSAL_STATUS = {
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.RATE_LIMITED: 429,
+}
 
 
 @web.middleware

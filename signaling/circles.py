@@ -13,20 +13,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.circle import Member, Membership, Proposal
-from broker.model import BrokerError, ErrorCode, Role
+from broker.model import BrokerError, Role
 from signaling.api import ApiError, authenticate, read_model
-
-# A broker refusal as an HTTP status.
-_STATUS = {
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.CONFLICT: 409,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.RATE_LIMITED: 429,
-}
-
-
-def _refused(exc: BrokerError) -> ApiError:
-    return ApiError(_STATUS.get(exc.code, 400), exc.code.value, exc.message)
 
 
 def _iso(ts: float) -> str:
@@ -119,7 +107,7 @@ async def invite(request: web.Request) -> web.Response:
     try:
         code, expires_at = await ctx.broker.circles.invite(profile)
     except BrokerError as exc:
-        raise _refused(exc) from None
+        raise ApiError.refused(exc) from None
     link = f"/app/volunteer.html#circle={code}"
     return _json(InvitationBody(code=code, expires_at=_iso(expires_at), link=link), 201)
 
@@ -130,7 +118,7 @@ async def join(request: web.Request) -> web.Response:
     try:
         joined = await ctx.broker.circles.redeem(profile, body.code)
     except BrokerError as exc:
-        raise _refused(exc) from None
+        raise ApiError.refused(exc) from None
     return _json(_membership(joined))
 
 
@@ -154,7 +142,7 @@ async def remove_member(request: web.Request) -> web.Response:
     try:
         await ctx.broker.circles.remove(profile, request.match_info["member"])
     except BrokerError as exc:
-        raise _refused(exc) from None
+        raise ApiError.refused(exc) from None
     return web.Response(status=204)
 
 
@@ -163,7 +151,7 @@ async def leave(request: web.Request) -> web.Response:
     try:
         await ctx.broker.circles.leave(profile, request.match_info["circle"])
     except BrokerError as exc:
-        raise _refused(exc) from None
+        raise ApiError.refused(exc) from None
     return web.Response(status=204)
 
 
@@ -173,7 +161,7 @@ async def propose(request: web.Request) -> web.Response:
     try:
         proposal, expires_at = await ctx.broker.circles.propose(profile, body.call)
     except BrokerError as exc:
-        raise _refused(exc) from None
+        raise ApiError.refused(exc) from None
     return _json(AskedBody(proposal=proposal, expires_at=_iso(expires_at)), 201)
 
 
@@ -185,7 +173,7 @@ async def answer(request: web.Request) -> web.Response:
             profile, request.match_info["proposal"], body.accept
         )
     except BrokerError as exc:
-        raise _refused(exc) from None
+        raise ApiError.refused(exc) from None
     return _json(AnsweredBody(joined=_membership(joined) if joined else None))
 
 

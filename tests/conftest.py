@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from broker.clock import VirtualClock
 from broker.dispatch import DispatchSettings
 from broker.service import Broker
+from broker.store import Store, open_store
 from broker.store.memory import MemoryStore
 from tests.helpers import Server, start_server
+from tests.redis_procs import RedisServer
 
 # Tests only ever talk to loopback, never through a proxy the environment may name.
 for _var in ("NO_PROXY", "no_proxy"):
@@ -28,6 +31,32 @@ def clock() -> VirtualClock:
 @pytest.fixture
 def store() -> MemoryStore:
     return MemoryStore()
+
+
+@pytest.fixture(scope="module")
+def module_redis() -> Iterator[RedisServer]:
+    with RedisServer.start() as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def each_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The broker's core on each of its stores: memory, a SQLite file, a real Redis (one
+    server per module, emptied for each test)."""
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
+        url = f"sqlite://{tmp_path}/broker.db"
+    else:
+        server: RedisServer = request.getfixturevalue("module_redis")
+        server.flush()
+        url = server.url
+    st = open_store(url)
+    await st.ping()
+    try:
+        yield st
+    finally:
+        await st.close()
 
 
 @pytest.fixture

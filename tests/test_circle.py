@@ -6,8 +6,6 @@ suspensions as every ring. On the memory, durable (SQLite) and Redis stores."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -27,8 +25,7 @@ from broker.model import (
 )
 from broker.moderation import RestrictionKind
 from broker.service import Broker
-from broker.store import Store, open_store
-from tests.redis_procs import RedisServer
+from broker.store import Store
 
 NOW = 1_781_524_800.0  # Monday 2026-06-15 12:00 UTC
 TIMING = DispatchSettings(
@@ -41,28 +38,9 @@ TIMING = DispatchSettings(
 )
 
 
-@pytest.fixture(scope="module")
-def circle_redis() -> Iterator[RedisServer]:
-    with RedisServer.start() as server:
-        yield server
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite://{tmp_path}/broker.db"
-    else:
-        server: RedisServer = request.getfixturevalue("circle_redis")
-        server.flush()
-        url = server.url
-    st = open_store(url)
-    await st.ping()
-    try:
-        yield st
-    finally:
-        await st.close()
+@pytest.fixture
+def store(each_store: Store) -> Store:
+    return each_store
 
 
 @pytest.fixture

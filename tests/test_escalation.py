@@ -5,8 +5,6 @@ is told when to try again. On the memory, durable (SQLite) and Redis stores."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,9 +23,8 @@ from broker.model import (
 )
 from broker.service import Broker
 from broker.stats import day_of
-from broker.store import Store, open_store
+from broker.store import Store
 from tests.queue_helpers import OFFICE, agent, caller, make_org
-from tests.redis_procs import RedisServer
 
 MONDAY_NOON = 1_781_524_800.0  # 2026-06-15 12:00 UTC, 13:00 in London
 TIMING = DispatchSettings(
@@ -35,28 +32,9 @@ TIMING = DispatchSettings(
 )
 
 
-@pytest.fixture(scope="module")
-def escalation_redis() -> Iterator[RedisServer]:
-    with RedisServer.start() as server:
-        yield server
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite://{tmp_path}/broker.db"
-    else:
-        server: RedisServer = request.getfixturevalue("escalation_redis")
-        server.flush()
-        url = server.url
-    st = open_store(url)
-    await st.ping()
-    try:
-        yield st
-    finally:
-        await st.close()
+@pytest.fixture
+def store(each_store: Store) -> Store:
+    return each_store
 
 
 @pytest.fixture
