@@ -64,6 +64,7 @@ class Session:
         "_expiry",
         "_out",
         "_wakeup",
+        "_welcomed",
         "_writer",
         "ending",
         "expires_at",
@@ -108,6 +109,10 @@ class Session:
         # four deques and event are about 2 KB more per connection.
         self._out: list[str | _Close] = []
         self._wakeup: asyncio.Future[None] | None = None
+        # Held until ``welcome`` is written first: between attaching the session and welcoming
+        # it (store round trips), a peer's signal may already be sent to it, and a client that
+        # reads anything before its welcome takes the connection for failed.
+        self._welcomed = False
         self._writer = loop.create_task(self._write(), name=f"writer-{session_id}")
 
     @property
@@ -135,8 +140,19 @@ class Session:
             return
         self._queue(text)
 
+    def welcome(self, message: Message) -> None:
+        """Send ``welcome`` ahead of whatever was sent to the session before it, and start
+        writing."""
+        self._out.insert(0, json.dumps(message.wire(), separators=(",", ":")))
+        self._welcomed = True
+        self._wake()
+
     def _queue(self, item: str | _Close) -> None:
         self._out.append(item)
+        if self._welcomed:
+            self._wake()
+
+    def _wake(self) -> None:
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)

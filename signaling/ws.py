@@ -187,7 +187,7 @@ async def _hello(ctx: Context, ws: web.WebSocketResponse) -> Session | None:
             await ws.send_json(error.wire())
         await ws.close(code=1013, message=b"try again later")
         return None
-    session.send(
+    session.welcome(
         Welcome(
             ref=hello.ref,
             user=UserInfo(

@@ -385,6 +385,44 @@ async def test_resume_restores_the_call_and_relays_again() -> None:
         assert w3["session"] != welcome["session"]
 
 
+async def test_welcome_comes_first_even_when_a_signal_overtakes_the_resume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer's signal sent while the resuming session is attached but not yet welcomed (the
+    hello is between its store round trips) is written after the welcome, not before it."""
+    async with start_server(grace_s=5) as server:
+        vol = await on_duty(server, "v1")
+        rec = await server.connect("r1", "recipient", **EN_LONDON)
+        call = (await rec.request({"type": "call.request"}))["call"]
+        await vol.expect("call.ring")
+        await vol.request({"type": "call.accept", "call": call})
+        await vol.ws.close()
+        await asyncio.sleep(0.1)
+        safety = server.ctx.broker.safety
+        restriction = safety.restriction
+        reached, go_on = asyncio.Event(), asyncio.Event()
+
+        async def held(user_id: str) -> Any:
+            if user_id == "v1":
+                reached.set()
+                await go_on.wait()
+            return await restriction(user_id)
+
+        monkeypatch.setattr(safety, "restriction", held)
+        back = await server.connect("v1", "volunteer", hello=False)
+        await back.send(
+            {"type": "hello", "token": server.token("v1"), "resume": vol.welcome["resume"]}
+        )
+        await asyncio.wait_for(reached.wait(), 5)
+        assert server.ctx.hub.is_here("v1")  # attached: a relay now goes straight to it
+        await rec.send({"type": "signal", "call": call, "data": {"candidate": None}})
+        await asyncio.sleep(0.2)
+        go_on.set()
+        first = await back.recv()
+        assert first["type"] == "welcome", first
+        assert (await back.expect("signal"))["data"] == {"candidate": None}
+
+
 async def test_peer_lost_after_the_grace_period() -> None:
     async with start_server(grace_s=0.3) as server:
         vol = await on_duty(server, "v1")
