@@ -198,6 +198,12 @@ def _check_text(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
     return check
 
 
+def readable_text(value: str) -> str:
+    """``value`` with every character refused in multi-line text replaced by a space: for text
+    a client passes on that it did not type (what an automatic reader read)."""
+    return _FORBIDDEN_IN_TEXT.sub(" ", value)
+
+
 Language = Annotated[str, AfterValidator(_check_language)]
 TimeZone = Annotated[str, AfterValidator(_check_timezone)]
 # One line of text a person sees (a name, a topic).

@@ -278,3 +278,15 @@ async def test_a_recipient_gone_ends_both_calls(broker: Broker, store: Store) ->
         ("reader", first.id, EndReason.PEER_LOST),
     }
     assert await store.current_call("r1") is None and await store.handover_of("r1") is None
+
+
+def test_the_shared_reading_is_the_newest_texts_that_fit_in_text_the_protocol_takes() -> None:
+    from clients.roles import shared_reading
+
+    assert shared_reading([]) == ""
+    assert shared_reading(["first", "second"]) == "first\n\nsecond"
+    # Whole texts, newest kept: the oldest goes when they do not all fit.
+    assert shared_reading(["a" * 10, "b" * 10, "c" * 10], limit=25) == "b" * 10 + "\n\n" + "c" * 10
+    assert shared_reading(["x" * 50], limit=20) == "x" * 20
+    # What the reader sent is passed on without characters the broker refuses.
+    assert shared_reading(["EXP\u202e2026\x00", "   "]) == "EXP 2026"
