@@ -69,6 +69,7 @@ class Assigned:
     offerer: bool
     resumed: bool = False
     reading: str | None = None  # the helper of a handover: what the automatic helper read
+    peer_assistant: bool = False  # the recipient's copy: the helper is an automatic one
 
 
 @dataclass(frozen=True, slots=True)

@@ -895,6 +895,7 @@ class Broker:
                 peer_name=call.helper_name,
                 offerer=True,
                 resumed=resumed,
+                peer_assistant=call.helper_role is Role.ASSISTANT,
             ),
             Assigned(
                 to=call.helper_id,

@@ -327,6 +327,7 @@ class Peer(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     display_name: str = ""
+    assistant: bool | None = None  # true: an automatic helper (``call.handover`` may follow)
 
 
 class CallAssigned(Message):
@@ -510,7 +511,10 @@ def event_message(event: Event, now: float, ice_servers: list[dict[str, Any]]) -
         case Assigned():
             return CallAssigned(
                 call=event.call_id,
-                peer=Peer(display_name=event.peer_name),
+                peer=Peer(
+                    display_name=event.peer_name,
+                    assistant=True if event.peer_assistant else None,
+                ),
                 ice_servers=ice_servers,
                 offerer=event.offerer,
                 resumed=True if event.resumed else None,

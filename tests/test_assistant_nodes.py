@@ -81,7 +81,9 @@ async def answered_by_the_reader(
     ring = await reader.expect("call.ring", timeout=10)
     assigned = await reader.request({"type": "call.accept", "call": ring["call"]})
     assert assigned["type"] == "call.assigned", assigned
-    await rec.expect("call.assigned", timeout=10, call=status["call"])
+    mine = await rec.expect("call.assigned", timeout=10, call=status["call"])
+    assert mine["peer"] == {"display_name": "Reader", "assistant": True}, mine
+    assert "assistant" not in assigned["peer"], assigned
     return reader, vol, rec, status
 
 
@@ -103,7 +105,7 @@ async def test_a_handover_across_nodes(redis_url: str, tmp_path: Path) -> None:
             ended = await party.expect("call.ended", timeout=10, call=first["call"])
             assert (ended["reason"], ended["by"]) == ("handed_over", "recipient")
         mine = await rec.expect("call.assigned", timeout=10, call=search["call"])
-        assert mine["peer"]["display_name"] == "Val" and "reading" not in mine
+        assert mine["peer"] == {"display_name": "Val"} and "reading" not in mine
         for client in (reader, vol, rec):
             await client.close()
 

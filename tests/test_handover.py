@@ -63,6 +63,8 @@ async def with_reader(broker: Broker, store: Store, topic: str = "a label") -> t
     ]
     won = await broker.accept(reader, out.call.id)
     assert won.call is not None and won.call.helper_role is Role.ASSISTANT
+    told = {e.to: e.peer_assistant for e in won.events if isinstance(e, Assigned)}
+    assert told == {"r1": True, "reader": False}
     return rec, won.call
 
 
@@ -107,6 +109,7 @@ async def test_a_volunteer_takes_over_from_the_reader(broker: Broker, store: Sto
     assert {(e.to, e.call_id) for e in assigned} == {("r1", search.id), ("val", search.id)}
     assert [e.reading for e in assigned if e.to == "val"] == [READ]
     assert [e.reading for e in assigned if e.to == "r1"] == [None]
+    assert [e.peer_assistant for e in assigned] == [False, False]  # a person now
     # The reader's call ends before the volunteer's begins, as the recipient hears it.
     kinds = [type(e) for e in won.events if e.to == "r1"]
     assert kinds == [Ended, Assigned]
