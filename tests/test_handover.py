@@ -293,3 +293,21 @@ def test_the_shared_reading_is_the_newest_texts_that_fit_in_text_the_protocol_ta
     assert shared_reading(["x" * 50], limit=20) == "x" * 20
     # What the reader sent is passed on without characters the broker refuses.
     assert shared_reading(["EXP\u202e2026\x00", "   "]) == "EXP 2026"
+
+
+async def test_erasing_a_recipient_ends_the_search_they_asked_for(
+    broker: Broker, store: Store
+) -> None:
+    rec, first = await with_reader(broker, store)
+    await person(store, "val", Role.VOLUNTEER)
+    out = await broker.hand_over(rec, first.id, READ)
+    assert out.call is not None
+    _, events = await broker.erase(rec)
+    assert {(e.to, e.call_id) for e in of(events, Withdrawn)} == {("val", out.call.id)}
+    assert {(e.to, e.call_id, e.reason) for e in of(events, Ended)} == {
+        ("reader", first.id, EndReason.CLOSED),
+    }
+    for cid in (first.id, out.call.id):
+        ended = await store.get_call(cid)
+        assert ended is not None and ended.state is CallState.ENDED and ended.reading is None
+    assert await store.current_call("val") is None and await store.ring_of("val") is None
