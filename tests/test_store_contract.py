@@ -1289,3 +1289,28 @@ async def test_concurrent_handovers_open_one(st: Store) -> None:
     assert sum(opened) == 1
     assert await st.handover_of("r1") == f"c_h{opened.index(True)}"
     assert [await st.get_call(f"c_h{i}") for i in range(10) if not opened[i]] == [None] * 9
+
+
+async def test_a_handover_left_by_a_node_that_died_mid_finish_is_repaired(
+    redis_server: RedisServer,
+) -> None:
+    """Redis: a node that died between finish's steps leaves the recipient's ``handover``
+    naming an ended call; reading it clears it, so they may ask again."""
+    redis_server.flush()
+    st = open_store(redis_server.url)
+    assert isinstance(st, RedisStore)
+    try:
+        await assistant_call(st)
+        assert await st.open_handover(handover("c_h"))
+        # Finish's decision on the call's slot only, as a dying node would leave it.
+        await st._finish_call(
+            keys=["vb:{c_h}:call", "vb:{c_h}:ringing", "vb:{c_h}:rung"],
+            args=[60, "state", '"ended"', "ended_at", repr(NOW + 5)],
+        )
+        assert await st.r.hget("vb:{u:r1}", "handover") == "c_h"
+        assert await st.handover_of("r1") is None
+        assert await st.r.hget("vb:{u:r1}", "handover") is None
+        assert await st.open_handover(handover("c_h2"))
+        assert await st.current_call("r1") == "c_a"
+    finally:
+        await st.close()
