@@ -432,6 +432,7 @@ class Dispatcher:
             note=call.note,
             org=call.org,
             queue=call.queue,
+            reading=call.reading,
         )
 
     async def pending_ring(self, call: Call, user_id: str) -> Ring:

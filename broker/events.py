@@ -26,6 +26,7 @@ class Ring:
     org: str | None = None
     queue: str | None = None
     circle: bool = False  # rung as a member of the recipient's trusted circle
+    reading: str | None = None  # a handover: what the automatic helper read, shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class Status:
     position: int | None = None
     eta_s: int | None = None
     escalation: Escalation | None = None
+    replaces: str | None = None  # a handover search: the call with the automatic helper
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class Assigned:
     peer_name: str
     offerer: bool
     resumed: bool = False
+    reading: str | None = None  # the helper of a handover: what the automatic helper read
+    peer_assistant: bool = False  # the recipient's copy: the helper is an automatic one
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,9 @@ class EndReason(enum.StrEnum):
     PEER_LOST = "peer_lost"
     CLOSED = "closed"
     FAILED = "failed"
+    # A call with an automatic helper that the recipient escalated to a person: it ends when a
+    # volunteer accepts the search that replaces it (``Call.replaces``).
+    HANDED_OVER = "handed_over"
 
 
 class WithdrawReason(enum.StrEnum):
@@ -193,6 +196,12 @@ def _check_text(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
         return value
 
     return check
+
+
+def readable_text(value: str) -> str:
+    """``value`` with every character refused in multi-line text replaced by a space: for text
+    a client passes on that it did not type (what an automatic reader read)."""
+    return _FORBIDDEN_IN_TEXT.sub(" ", value)
 
 
 Language = Annotated[str, AfterValidator(_check_language)]
@@ -322,6 +331,12 @@ class Call(BaseModel):
     escalation: EscalationOutcome | None = None
     retry_after_s: int | None = None
     circle: CircleMode | None = None  # the recipient's trusted circle first, or only
+    # A handover: the search a recipient started from a call with an automatic helper ("get me
+    # a volunteer") names that call, which stays up until a volunteer accepts this one.
+    replaces: str | None = None
+    # What the automatic helper read, shared by the recipient with the volunteer they asked
+    # for; shown with the ring, dropped when the call ends.
+    reading: str | None = None
 
     @property
     def search_started_at(self) -> float:

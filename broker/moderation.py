@@ -168,7 +168,11 @@ def scrubbed_call(call: Call, pseudonyms: Mapping[str, str]) -> Call:
     update: dict[str, Any] = {}
     if call.recipient_id in pseudonyms:
         update.update(
-            recipient_id=pseudonyms[call.recipient_id], recipient_name="", topic=None, note=None
+            recipient_id=pseudonyms[call.recipient_id],
+            recipient_name="",
+            topic=None,
+            note=None,
+            reading=None,
         )
     if call.helper_id is not None and call.helper_id in pseudonyms:
         update.update(helper_id=pseudonyms[call.helper_id], helper_name="")

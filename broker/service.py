@@ -223,6 +223,94 @@ class Broker:
             raise BrokerError(ErrorCode.CONFLICT, "The call was already answered; hang up instead.")
         return await self._finish(call_id, EndReason.CANCELLED, Role.RECIPIENT)
 
+    # --- a person one tap away -------------------------------------------------------------
+    async def hand_over(
+        self, profile: Profile, call_id: str, reading: str | None = None
+    ) -> Outcome:
+        """ "Get me a volunteer": from a call with an automatic helper, start the volunteers'
+        search (the call's languages, topic, note and circle; every rule of a search) while
+        the automatic helper stays on. When a volunteer accepts, the first call ends
+        (``handed_over``); ``reading`` (what the helper read, if the recipient shares it) goes
+        to the volunteer with the ring. The outcome's call is the new search."""
+        call = await self._own_call(profile.user_id, call_id)
+        if call.recipient_id != profile.user_id:
+            raise BrokerError(
+                ErrorCode.FORBIDDEN, "Only the person who asked for help can ask for a volunteer."
+            )
+        if call.state is not CallState.ASSIGNED:
+            raise BrokerError(
+                ErrorCode.CONFLICT,
+                "That call is not in progress: a volunteer is asked for from a call with the "
+                "automatic reader.",
+            )
+        if call.helper_role is not Role.ASSISTANT:
+            raise BrokerError(
+                ErrorCode.CONFLICT,
+                "That call is already with a person: a volunteer is asked for from a call "
+                "with the automatic reader.",
+            )
+        pending = await self.store.handover_of(profile.user_id)
+        if pending is not None:
+            raise BrokerError(
+                ErrorCode.CONFLICT,
+                f"A volunteer is already being looked for (call {pending}); cancel that search "
+                "before asking again.",
+            )
+        await self.safety.check(profile.user_id)
+        now = self.clock.now()
+        hits = await self.store.hit(f"request|{profile.user_id}", now, 3600.0)
+        if hits > self.limits.requests_per_hour:
+            raise BrokerError(
+                ErrorCode.RATE_LIMITED,
+                "Too many calls in the last hour. Please wait a few minutes and try again.",
+            )
+        search = Call(
+            id=self.new_id(),
+            recipient_id=call.recipient_id,
+            recipient_name=call.recipient_name,
+            language=call.language,
+            languages=call.languages,
+            topic=call.topic,
+            note=call.note,
+            state=CallState.SEARCHING,
+            requested_at=now,
+            circle=call.circle,
+            replaces=call.id,
+            reading=reading,
+        )
+        if not await self.store.open_handover(search):
+            # Lost a race: the call ended, or another handover was opened, meanwhile.
+            raise BrokerError(
+                ErrorCode.CONFLICT,
+                "That call changed meanwhile (it ended, or a volunteer is already being "
+                "looked for).",
+            )
+        log.info("handover: searching volunteers", extra={"call": search.id})
+        search, events = await self.dispatcher.start(search)
+        escalated, more = await self._after_wave(search, events)
+        search = escalated or search
+        status = Status(
+            to=search.recipient_id,
+            call_id=search.id,
+            state=search.state,
+            notified=search.notified,
+            replaces=call.id,
+        )
+        return Outcome(search, [status, *events, *more])
+
+    async def _handed_over(self, answered: Call) -> list[Event]:
+        """A volunteer accepted a handover: the call it replaces ends, ``handed_over``, by the
+        recipient (who asked). Nothing when it had ended already (they hung up meanwhile)."""
+        assert answered.replaces is not None
+        return (await self._finish(answered.replaces, EndReason.HANDED_OVER, Role.RECIPIENT)).events
+
+    async def _drop_handover(self, user_id: str) -> list[Event]:
+        """End the recipient's pending handover search (they are gone: lost, or erased)."""
+        pending = await self.store.handover_of(user_id)
+        if pending is None:
+            return []
+        return (await self._finish(pending, EndReason.CANCELLED, Role.RECIPIENT)).events
+
     # --- a ring ------------------------------------------------------------------------------
     async def accept(self, profile: Profile, call_id: str) -> Outcome:
         if not profile.role.is_helper:
@@ -251,6 +339,9 @@ class Broker:
         events: list[Event] = [
             Withdrawn(to=u, call_id=call_id, reason=WithdrawReason.ANSWERED) for u in won.withdrawn
         ]
+        if call.replaces is not None:
+            # The recipient hears that the reader's call ended before the volunteer's begins.
+            events += await self._handed_over(call)
         events += self._assigned(call)
         if queued:
             events += await self.queues.assigned(call)
@@ -436,6 +527,7 @@ class Broker:
                 events += (await self._release(uid, ring, WithdrawReason.EXPIRED)).events
             except BrokerError:
                 pass
+        events += await self._drop_handover(uid)
         call_id = await self.store.current_call(uid)
         call = await self.store.get_call(call_id) if call_id else None
         if call is not None and call.state.is_open:
@@ -462,27 +554,12 @@ class Broker:
         call = await self.store.get_call(call_id) if call_id else None
         if call is not None and call.state is CallState.ASSIGNED:
             events += [e for e in self._assigned(call, resumed=True) if e.to == user_id]
-        elif call is not None and call.state is CallState.SEARCHING:
-            events.append(
-                Status(
-                    to=user_id,
-                    call_id=call.id,
-                    state=call.state,
-                    notified=call.notified,
-                    escalation=await self.escalator.told(call),
-                )
-            )
-        elif call is not None and call.state is CallState.QUEUED:
-            events.append(
-                Status(
-                    to=user_id,
-                    call_id=call.id,
-                    state=call.state,
-                    position=call.queue_position,
-                    eta_s=call.queue_eta_s,
-                    escalation=await self.escalator.told(call),
-                )
-            )
+        elif call is not None:
+            events += await self._searching(call)
+        pending = await self.store.handover_of(user_id)
+        handover = await self.store.get_call(pending) if pending else None
+        if handover is not None:
+            events += await self._searching(handover)
         ring_call_id = await self.store.ring_of(user_id)
         ring_call = await self.store.get_call(ring_call_id) if ring_call_id else None
         if ring_call is not None and ring_call.state.is_open:
@@ -492,6 +569,31 @@ class Broker:
             events += await self.queues.replay(profile)
         return events
 
+    async def _searching(self, call: Call) -> list[Event]:
+        """What the recipient of an open call not answered yet is told again on resuming."""
+        if call.state is CallState.SEARCHING:
+            status = Status(
+                to=call.recipient_id,
+                call_id=call.id,
+                state=call.state,
+                notified=call.notified,
+                escalation=await self.escalator.told(call),
+                replaces=call.replaces,
+            )
+        elif call.state is CallState.QUEUED:
+            status = Status(
+                to=call.recipient_id,
+                call_id=call.id,
+                state=call.state,
+                position=call.queue_position,
+                eta_s=call.queue_eta_s,
+                escalation=await self.escalator.told(call),
+                replaces=call.replaces,
+            )
+        else:
+            return []
+        return [status]
+
     async def lost(self, user_id: str) -> list[Event]:
         """The grace period passed without the user coming back."""
         if await self.store.is_connected(user_id):
@@ -500,6 +602,8 @@ class Broker:
         ring_call = await self.store.ring_of(user_id)
         if ring_call is not None and not await self.store.has_devices(user_id):
             events += (await self._release(user_id, ring_call, WithdrawReason.EXPIRED)).events
+        # A recipient gone for good no longer waits for the volunteer they asked for.
+        events += await self._drop_handover(user_id)
         call_id = await self.store.current_call(user_id)
         call = await self.store.get_call(call_id) if call_id else None
         if call is not None and call.state.is_open:
@@ -529,7 +633,21 @@ class Broker:
             requested_at=now,
         )
         if not await self.store.create_call(call):
-            return []  # they asked again themselves meanwhile
+            # They asked again themselves meanwhile, or had asked for a volunteer already:
+            # that search, which outlived the lost call, is the one they are told of.
+            current = await self.store.current_call(lost.recipient_id)
+            searching = await self.store.get_call(current) if current else None
+            if searching is None or searching.replaces != lost.id or not searching.state.is_open:
+                return []
+            return [
+                Status(
+                    to=searching.recipient_id,
+                    call_id=searching.id,
+                    state=searching.state,
+                    notified=searching.notified,
+                    replaces=lost.id,
+                )
+            ]
         log.info("assistant lost: searching volunteers", extra={"call": call.id})
         call, events = await self.dispatcher.start(call)
         status = Status(
@@ -732,6 +850,9 @@ class Broker:
         if done is None:
             return Outcome(await self.store.get_call(call_id), [])
         call = done.call
+        if call.reading is not None:
+            # What the reader read was for the volunteer during the call, not for the record.
+            await self.store.update_call(call_id, reading=None)
         # Counted here because a call ends once: ``finish`` answers None the second time.
         counts = counts_of(call)
         await self.store.add_counts(
@@ -774,6 +895,7 @@ class Broker:
                 peer_name=call.helper_name,
                 offerer=True,
                 resumed=resumed,
+                peer_assistant=call.helper_role is Role.ASSISTANT,
             ),
             Assigned(
                 to=call.helper_id,
@@ -781,5 +903,6 @@ class Broker:
                 peer_name=call.recipient_name,
                 offerer=False,
                 resumed=resumed,
+                reading=call.reading,
             ),
         ]

@@ -16,8 +16,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from broker.model import readable_text
 from clients.sdk import Client, ConnectionLost, ProtocolError
 from signaling.messages import (
+    MAX_READING,
     Ack,
     AvailabilityState,
     CallAssigned,
@@ -245,6 +247,39 @@ class Recipient(Party):
 
     async def cancel(self, call_id: str) -> CallEnded:
         return await self.client.expect({"type": "call.cancel", "call": call_id}, CallEnded)
+
+    async def hand_over(self, share_reading: bool = False) -> CallStatus:
+        """ "Get me a volunteer", from the current call with the automatic reader: the
+        volunteers' search starts while the reader stays on. The answer names the search
+        (``call``) and the reader's call (``replaces``); when a volunteer accepts, the reader's
+        call ends (``handed_over``) and the volunteer's is assigned. Cancel the search with
+        ``cancel(status.call)``. ``share_reading``: the volunteer sees what the reader read
+        (the most recent texts that fit ``MAX_READING``)."""
+        call = self.call
+        if call is None:
+            raise RuntimeError("hand_over needs a call with the automatic reader")
+        message: dict[str, Any] = {"type": "call.handover", "call": call.id}
+        if share_reading:
+            reading = shared_reading(call.tools.texts_received)
+            if reading:
+                message["reading"] = reading
+        return await self.client.expect(message, CallStatus)
+
+
+def shared_reading(texts: list[str], limit: int = MAX_READING) -> str:
+    """The reader's most recent texts, oldest first, as many whole ones as fit ``limit``
+    characters (a newest one longer than that is cut at its end), in text the protocol takes."""
+    kept: list[str] = []
+    size = 0
+    for text in reversed(texts):
+        text = readable_text(text).strip()
+        if not text:
+            continue
+        if kept and size + len(text) + 2 > limit:
+            break
+        kept.append(text[:limit])
+        size += len(text) + 2
+    return "\n\n".join(reversed(kept))[:limit]
 
 
 class Volunteer(Party):

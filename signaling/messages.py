@@ -94,6 +94,20 @@ class CallCancel(Message):
     call: CallId
 
 
+# What an automatic reader read, as the recipient shares it with the volunteer they ask for:
+# the reader's own limit for one ``assistant.text`` (docs/protocol.md, "In-call tools").
+MAX_READING = 3000
+
+
+class CallHandover(Message):
+    """From a call with the automatic reader: "get me a volunteer"."""
+
+    type: Literal["call.handover"]
+    call: CallId
+    # Present only when the recipient agrees to share what the reader read with the volunteer.
+    reading: MultilineText | None = Field(default=None, min_length=1, max_length=MAX_READING)
+
+
 class CallAccept(Message):
     type: Literal["call.accept"]
     call: CallId
@@ -171,6 +185,7 @@ ClientMessage = Annotated[
     | AgentStatus
     | CallRequest
     | CallCancel
+    | CallHandover
     | CallAccept
     | CallDecline
     | Signal
@@ -279,6 +294,7 @@ class CallStatus(Message):
     position: int | None = None
     eta_s: int | None = None
     escalation: EscalationInfo | None = None
+    replaces: str | None = None  # a handover search: the call with the automatic reader
 
 
 class Requester(BaseModel):
@@ -298,6 +314,7 @@ class CallRing(Message):
     requester: Requester
     expires_in_s: float
     circle: bool | None = None  # true: rung as a member of the recipient's trusted circle
+    reading: str | None = None  # a handover: what the automatic reader read, shared
 
 
 class CallWithdrawn(Message):
@@ -310,6 +327,7 @@ class Peer(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     display_name: str = ""
+    assistant: bool | None = None  # true: an automatic helper (``call.handover`` may follow)
 
 
 class CallAssigned(Message):
@@ -319,6 +337,7 @@ class CallAssigned(Message):
     ice_servers: list[dict[str, Any]] = Field(default_factory=list)
     offerer: bool
     resumed: bool | None = None
+    reading: str | None = None  # the volunteer of a handover: what the reader read, shared
 
 
 class SignalRelay(Message):
@@ -474,6 +493,7 @@ def event_message(event: Event, now: float, ice_servers: list[dict[str, Any]]) -
                 requester=Requester(display_name=event.requester_name),
                 expires_in_s=max(0.0, round(event.expires_at - now, 3)),
                 circle=True if event.circle else None,
+                reading=event.reading,
             )
         case Withdrawn():
             return CallWithdrawn(call=event.call_id, reason=event.reason.value)
@@ -486,14 +506,19 @@ def event_message(event: Event, now: float, ice_servers: list[dict[str, Any]]) -
                 position=event.position,
                 eta_s=event.eta_s,
                 escalation=_escalation_info(event.escalation),
+                replaces=event.replaces,
             )
         case Assigned():
             return CallAssigned(
                 call=event.call_id,
-                peer=Peer(display_name=event.peer_name),
+                peer=Peer(
+                    display_name=event.peer_name,
+                    assistant=True if event.peer_assistant else None,
+                ),
                 ice_servers=ice_servers,
                 offerer=event.offerer,
                 resumed=True if event.resumed else None,
+                reading=event.reading,
             )
         case Ended():
             return CallEnded(

@@ -37,6 +37,7 @@ from signaling.messages import (
     CallDecline,
     CallEnd,
     CallFeedback,
+    CallHandover,
     CallMedia,
     CallRequest,
     CallStatus,
@@ -396,6 +397,11 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
         case CallCancel():
             outcome = await broker.cancel(user, message.call)
             ctx.hub.deliver(outcome.events, answer=(user, "call.ended", ref))
+        case CallHandover():
+            fresh = await ctx.store.get_profile(user) or profile
+            outcome = await broker.hand_over(fresh, message.call, message.reading)
+            ctx.metrics.calls_requested.inc()
+            ctx.hub.deliver(outcome.events, answer=(user, "call.status", ref))
         case CallAccept():
             fresh = await ctx.store.get_profile(user) or profile
             outcome = await broker.accept(fresh, message.call)

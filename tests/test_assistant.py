@@ -23,7 +23,7 @@ from clients.assistant import (
     synthesize,
     word_accuracy,
 )
-from clients.sdk import Client
+from clients.sdk import Client, Conflict
 from signaling.messages import CallEnded, CallStatus
 from tests.calls import CALL_SETTINGS, LOOPBACK, recipient, until, volunteer
 from tests.helpers import Server, start_server
@@ -280,3 +280,68 @@ async def test_a_crashed_assistant_is_replaced_by_the_volunteer_search() -> None
             await reader.close()
             if vol is not None:
                 await vol.close()
+
+
+async def test_get_me_a_volunteer_hands_the_call_over_mid_call() -> None:
+    """The reader stays on while the volunteers are rung; the first to accept takes the call
+    over, with the topic and (shared by the recipient) what the reader read."""
+    async with start_server(first_wave=5, **CALL_SETTINGS) as server:
+        reader = await on_duty_assistant(server, "reader-handover")
+        rec = await recipient(server, "r-handover")
+        rec.media_options = replace(LOOPBACK, card=LABEL)
+        vol = await volunteer(server, "v-handover", auto_accept=False)
+        try:
+            await rec.request(topic="a label", helper="assistant")
+            first = await rec.wait_call(10)
+            assert first.peer_name == "Reader"
+            await first.wait_connected(10)
+            await until(lambda: bool(first.tools.texts_received), 20, "the text read")
+            assert not vol.rings
+            status = await rec.hand_over(share_reading=True)
+            assert status.state == "searching" and status.replaces == first.id
+            assert status.call != first.id and status.notified == 1
+            # The reader's call goes on while the volunteer is rung.
+            await until(lambda: bool(vol.rings), 5, "the volunteer's ring")
+            ring = vol.rings[status.call]
+            assert ring.topic == "a label"
+            assert ring.reading is not None and "PARACETAMOL" in ring.reading
+            assert rec.call is first and not first.ended.done()
+            second = await vol.accept(status.call)
+            assert second.assigned.reading == ring.reading
+            ended = await rec.next_event(CallEnded, 10, call=first.id)
+            assert (ended.reason, ended.by) == ("handed_over", "recipient")
+            mine = await rec.wait_call(10)
+            assert mine.id == status.call and mine.peer_name == "v-handover"
+            await mine.wait_connected(10)
+            await second.wait_connected(10)
+            await until(lambda: reader.call is None, 5, "the reader free again")
+            await mine.hang_up()
+        finally:
+            await rec.close()
+            await reader.close()
+            await vol.close()
+
+
+async def test_a_handover_search_cancelled_keeps_the_reader() -> None:
+    async with start_server(first_wave=5, **CALL_SETTINGS) as server:
+        reader = await on_duty_assistant(server, "reader-stays")
+        rec = await recipient(server, "r-stays")
+        vol = await volunteer(server, "v-stays", auto_accept=False)
+        try:
+            await rec.request(topic="a form", helper="assistant")
+            first = await rec.wait_call(10)
+            await first.wait_connected(10)
+            status = await rec.hand_over()  # nothing shared
+            await until(lambda: bool(vol.rings), 5, "the volunteer's ring")
+            assert vol.rings[status.call].reading is None
+            with pytest.raises(Conflict, match="already being looked for"):
+                await rec.client.request({"type": "call.handover", "call": first.id})
+            ended = await rec.cancel(status.call)
+            assert ended.call == status.call and ended.reason == "cancelled"
+            await until(lambda: not vol.rings, 5, "the ring withdrawn")
+            assert rec.call is first and not first.ended.done() and reader.call is not None
+            await first.hang_up()
+        finally:
+            await rec.close()
+            await reader.close()
+            await vol.close()

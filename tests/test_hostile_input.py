@@ -733,3 +733,50 @@ async def test_errors_never_echo_a_long_input_whole(server: Server) -> None:
     client = await server.connect("v1", "volunteer")
     answer = await client.request({"type": "x" * 50_000})
     assert answer["code"] == "bad_message" and len(answer["message"]) < 400
+
+
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        ({"type": "call.handover"}, "call"),
+        ({"type": "call.handover", "call": ""}, "call"),
+        ({"type": "call.handover", "call": "c" * 65}, "call"),
+        ({"type": "call.handover", "call": 7}, "call"),
+        ({"type": "call.handover", "call": "c_1", "reading": ""}, "reading"),
+        ({"type": "call.handover", "call": "c_1", "reading": "x" * 3001}, "reading"),
+        ({"type": "call.handover", "call": "c_1", "reading": 42}, "reading"),
+        ({"type": "call.handover", "call": "c_1", "reading": ["a"]}, "reading"),
+        ({"type": "call.handover", "call": "c_1", "reading": "EXP\u202e2026"}, "U+202E"),
+        ({"type": "call.handover", "call": "c_1", "reading": "a\x00b"}, "U+0000"),
+    ],
+)
+async def test_a_bad_handover_is_a_bad_message_naming_the_field(
+    server: Server, message: dict[str, Any], says: str
+) -> None:
+    client = await server.connect("r1", "recipient")
+    answer = await client.request(message)
+    assert answer["code"] == "bad_message" and says in answer["message"], answer
+    assert "reading" in answer["message"] or "call" in answer["message"], answer
+
+
+async def test_a_handover_of_a_call_not_theirs_or_not_with_a_reader_is_refused(
+    server: Server,
+) -> None:
+    rec = await server.connect("r1", "recipient")
+    other = await server.connect("r2", "recipient")
+    vol = await server.connect("v1", "volunteer")
+    assert (await vol.request({"type": "availability", "available": True}))["available"]
+    answer = await rec.request({"type": "call.handover", "call": "c_nope"})
+    assert answer["code"] == "not_found", answer
+    call = (await rec.request({"type": "call.request"}))["call"]
+    answer = await rec.request({"type": "call.handover", "call": call})
+    assert answer["code"] == "conflict" and "not in progress" in answer["message"], answer
+    answer = await other.request({"type": "call.handover", "call": call})
+    assert answer["code"] == "not_found", answer  # another's call is not revealed
+    await vol.expect("call.ring", call=call)
+    assert (await vol.request({"type": "call.accept", "call": call}))["type"] == "call.assigned"
+    answer = await vol.request({"type": "call.handover", "call": call})
+    assert answer["code"] == "forbidden", answer
+    answer = await rec.request({"type": "call.handover", "call": call, "reading": "a\nb"})
+    assert answer["code"] == "conflict" and "already with a person" in answer["message"], answer
+    await rec.request({"type": "call.end", "call": call})

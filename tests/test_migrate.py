@@ -4,7 +4,7 @@ and a cluster) and back into a second file, record for record; and the migration
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import time
 from pathlib import Path
 
@@ -335,3 +335,43 @@ def test_a_file_a_broker_has_open_is_refused(
         assert "in use by another vabroker process" in err and "Traceback" not in err
     finally:
         asyncio.run(running.close())
+
+
+@pytest.mark.parametrize("target", ["sqlite", "redis"])
+async def test_a_pending_handover_is_imported_beside_the_call_it_replaces(
+    target: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Open calls move in the order they were asked for: the reader's call, then the search
+    that replaces it, which stays pending while that call is open and is the recipient's
+    current call once it is not."""
+    reader = call(
+        "c_a",
+        "r1",
+        state=CallState.ASSIGNED,
+        helper_id="a1",
+        helper_role=Role.ASSISTANT,
+        assigned_at=NOW + 1,
+    )
+    pending = call("c_h", "r1", requested_at=NOW + 2, replaces="c_a", reading="EXP 2026")
+    outlived = call("c_h2", "r2", requested_at=NOW + 2, replaces="c_gone")
+
+    async def records() -> AsyncIterator[Record]:
+        for c in (reader, pending, outlived):
+            yield Record("call", (c.id,), c)
+
+    if target == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+        store = open_store(server.url)
+    else:
+        store = SqliteStore(tmp_path / "handover.db", now=lambda: NOW)
+    try:
+        assert isinstance(store, Portable)
+        assert await store.import_records(records()) == 3
+        assert await store.current_call("r1") == "c_a" and await store.handover_of("r1") == "c_h"
+        assert await store.current_call("a1") == "c_a"
+        assert await store.current_call("r2") == "c_h2" and await store.handover_of("r2") is None
+        moved = await store.get_call("c_h")
+        assert moved is not None and moved.reading == "EXP 2026"
+    finally:
+        await store.close()

@@ -1187,3 +1187,130 @@ async def test_a_due_webhook_delivery_goes_to_one_claimant(st: Store) -> None:
     )
     ids = [d.id for batch in batches for d in batch]
     assert sorted(ids) == [f"wh_{i:02}" for i in range(20)]  # each once, none lost
+
+
+# --- a handover: "get me a volunteer" from a call with an assistant -----------------------------
+
+
+async def assistant_call(st: Store, cid: str = "c_a", recipient: str = "r1") -> None:
+    """A call of ``recipient`` answered by an assistant ``a_<recipient>``."""
+    await online(st, Profile(user_id=f"a_{recipient}", role=Role.ASSISTANT))
+    await ringing_call(st, cid, f"a_{recipient}", recipient=recipient)
+    assert await st.assign(cid, f"a_{recipient}", "Reader", Role.ASSISTANT, NOW + 1)
+
+
+def handover(cid: str, replaces: str = "c_a", recipient: str = "r1") -> Call:
+    return new_call(cid, recipient, replaces=replaces, reading="EXP 2026-07")
+
+
+async def test_a_handover_is_pending_beside_the_open_call(st: Store) -> None:
+    await assistant_call(st)
+    assert not await st.open_handover(new_call("c_x"))  # no ``replaces``: not a handover
+    assert not await st.open_handover(handover("c_x", replaces="c_other"))  # not their call
+    assert await st.get_call("c_x") is None
+    assert await st.open_handover(handover("c_h"))
+    stored = await st.get_call("c_h")
+    assert stored is not None and (stored.replaces, stored.reading) == ("c_a", "EXP 2026-07")
+    assert await st.current_call("r1") == "c_a" and await st.handover_of("r1") == "c_h"
+    assert not await st.open_handover(handover("c_h2"))  # one pending at a time
+    assert await st.get_call("c_h2") is None
+    assert not await st.create_call(new_call("c_n"))  # and still one call of their own
+    assert await st.handover_of("a_r1") is None and await st.handover_of("r2") is None
+
+
+async def test_a_handover_answered_becomes_the_current_call(st: Store) -> None:
+    await assistant_call(st)
+    await online(st, volunteer("v1"), volunteer("v2"))
+    assert await st.open_handover(handover("c_h"))
+    assert await st.reserve_ring("c_h", "v1", DAY, 10, NOW + 2)
+    assert await st.reserve_ring("c_h", "v2", DAY, 10, NOW + 2)
+    won = await st.assign("c_h", "v1", "Val", Role.VOLUNTEER, NOW + 3)
+    assert won is not None and won.withdrawn == ["v2"] and won.call.replaces == "c_a"
+    assert await st.current_call("r1") == "c_h" and await st.handover_of("r1") is None
+    assert await st.current_call("v1") == "c_h"
+    # The replaced call, ended after the answer, leaves the recipient in the new one.
+    done = await st.finish("c_a", EndReason.HANDED_OVER, Role.RECIPIENT, NOW + 4)
+    assert done is not None and done.call.end_reason is EndReason.HANDED_OVER
+    assert await st.current_call("r1") == "c_h" and await st.current_call("a_r1") is None
+    assert await st.finish("c_h", EndReason.COMPLETED, Role.VOLUNTEER, NOW + 60)
+    assert await st.current_call("r1") is None and await st.current_call("v1") is None
+    assert [c.id for c in await st.calls_of("r1")] == ["c_h", "c_a"]
+    assert await st.create_call(new_call("c_next"))
+
+
+async def test_a_handover_outlives_the_call_it_replaces(st: Store) -> None:
+    await assistant_call(st)
+    assert await st.open_handover(handover("c_h"))
+    await st.finish("c_a", EndReason.COMPLETED, Role.RECIPIENT, NOW + 5)  # they hung up
+    assert await st.current_call("r1") == "c_h" and await st.handover_of("r1") is None
+    call = await st.get_call("c_h")
+    assert call is not None and call.state is CallState.SEARCHING
+    assert not await st.create_call(new_call("c_n"))
+    await st.finish("c_h", EndReason.NO_ANSWER, None, NOW + 200)
+    assert await st.current_call("r1") is None and await st.create_call(new_call("c_n"))
+
+
+async def test_a_handover_cancelled_or_unanswered_leaves_the_assistant_call(st: Store) -> None:
+    await assistant_call(st)
+    assert await st.open_handover(handover("c_h"))
+    await st.finish("c_h", EndReason.CANCELLED, Role.RECIPIENT, NOW + 5)
+    assert await st.current_call("r1") == "c_a" and await st.handover_of("r1") is None
+    assert await st.open_handover(handover("c_h2"))  # they may ask again
+    await st.finish("c_h2", EndReason.NO_ANSWER, None, NOW + 200)
+    assert await st.current_call("r1") == "c_a" and await st.handover_of("r1") is None
+    await st.finish("c_a", EndReason.COMPLETED, Role.RECIPIENT, NOW + 300)
+    assert await st.current_call("r1") is None
+
+
+async def test_an_answer_racing_the_recipient_hanging_up_the_assistant(st: Store) -> None:
+    """The two-node race: a volunteer accepts the handover while the recipient hangs up the
+    call with the assistant. In either order the recipient ends in the volunteer's call."""
+    for i in range(10):
+        rec, cid, hid, vid = f"r{i}", f"c_a{i}", f"c_h{i}", f"v{i}"
+        await assistant_call(st, cid, rec)
+        await online(st, volunteer(vid))
+        assert await st.open_handover(handover(hid, replaces=cid, recipient=rec))
+        assert await st.reserve_ring(hid, vid, DAY, 10, NOW + 2)
+        won, ended = await asyncio.gather(
+            st.assign(hid, vid, "V", Role.VOLUNTEER, NOW + 3),
+            st.finish(cid, EndReason.COMPLETED, Role.RECIPIENT, NOW + 3),
+        )
+        assert won is not None and ended is not None
+        assert await st.current_call(rec) == hid and await st.handover_of(rec) is None
+        assert await st.current_call(vid) == hid and await st.current_call(f"a_{rec}") is None
+        # The broker's own end of the replaced call comes too late, and changes nothing.
+        assert await st.finish(cid, EndReason.HANDED_OVER, Role.RECIPIENT, NOW + 4) is None
+        assert await st.current_call(rec) == hid
+
+
+async def test_concurrent_handovers_open_one(st: Store) -> None:
+    await assistant_call(st)
+    opened = await asyncio.gather(*(st.open_handover(handover(f"c_h{i}")) for i in range(10)))
+    assert sum(opened) == 1
+    assert await st.handover_of("r1") == f"c_h{opened.index(True)}"
+    assert [await st.get_call(f"c_h{i}") for i in range(10) if not opened[i]] == [None] * 9
+
+
+async def test_a_handover_left_by_a_node_that_died_mid_finish_is_repaired(
+    redis_server: RedisServer,
+) -> None:
+    """Redis: a node that died between finish's steps leaves the recipient's ``handover``
+    naming an ended call; reading it clears it, so they may ask again."""
+    redis_server.flush()
+    st = open_store(redis_server.url)
+    assert isinstance(st, RedisStore)
+    try:
+        await assistant_call(st)
+        assert await st.open_handover(handover("c_h"))
+        # Finish's decision on the call's slot only, as a dying node would leave it.
+        await st._finish_call(
+            keys=["vb:{c_h}:call", "vb:{c_h}:ringing", "vb:{c_h}:rung"],
+            args=[60, "state", '"ended"', "ended_at", repr(NOW + 5)],
+        )
+        assert await st.r.hget("vb:{u:r1}", "handover") == "c_h"
+        assert await st.handover_of("r1") is None
+        assert await st.r.hget("vb:{u:r1}", "handover") is None
+        assert await st.open_handover(handover("c_h2"))
+        assert await st.current_call("r1") == "c_a"
+    finally:
+        await st.close()

@@ -6,7 +6,8 @@ availability, calls, rings, timers, resume tokens, sign-in revocations and histo
 suite runs against both.
 
 Operations that race between nodes are single atomic steps here, never read-modify-write in the
-caller: ``create_call`` (one open call per recipient), ``reserve_ring`` (the ring budget and
+caller: ``create_call`` (one open call per recipient, besides one pending handover:
+``open_handover``), ``reserve_ring`` (the ring budget and
 "not already ringing"), ``assign`` (first accept wins), ``finish`` (a call ends once) and
 ``claim_due`` (a timer fires on one node only).
 """
@@ -259,6 +260,22 @@ class Store(Protocol):
 
     async def current_call(self, user_id: str) -> str | None:
         """The open call a user is a party of: requested, or assigned to them."""
+
+    # A recipient in a call with an automatic helper may ask for a person ("get me a
+    # volunteer"): a second open call, ``call.replaces`` naming the first, searches while the
+    # first stays up. It is the recipient's *pending handover*, not their current call, until:
+    # ``assign`` of it (a volunteer accepted) makes it their current call; ``finish`` of the
+    # replaced call (they hung up the reader, or it was lost) makes it their current call and
+    # the search goes on; ``finish`` of it (cancelled, nobody answered) drops it. Each of
+    # these moves is part of that operation's step on the recipient's own state.
+
+    async def open_handover(self, call: Call) -> bool:
+        """Store ``call`` (with ``replaces`` set) as the recipient's pending handover, only if
+        their current call is ``call.replaces`` and no handover is pending (else False). Whether
+        the replaced call may be handed over (assigned, with an assistant) is the broker's."""
+
+    async def handover_of(self, user_id: str) -> str | None:
+        """The recipient's pending handover call, if any."""
 
     async def assign(
         self, call_id: str, helper_id: str, helper_name: str, helper_role: Role, now: float

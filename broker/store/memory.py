@@ -136,6 +136,8 @@ class MemoryStore:
         self._candidate: dict[str, tuple[Candidate, float]] = {}
         self._calls: dict[str, Call] = {}
         self._open_call: dict[str, str] = {}
+        # recipient -> their pending handover search (``open_handover``)
+        self._handover: dict[str, str] = {}
         self._ring_of: dict[str, str] = {}
         self._ringing: dict[str, set[str]] = defaultdict(set)
         self._rung: dict[str, set[str]] = defaultdict(set)
@@ -449,6 +451,22 @@ class MemoryStore:
     async def current_call(self, user_id: str) -> str | None:
         return self._open_call.get(user_id)
 
+    async def open_handover(self, call: Call) -> bool:
+        recipient = call.recipient_id
+        if (
+            call.replaces is None
+            or self._open_call.get(recipient) != call.replaces
+            or recipient in self._handover
+            or call.id in self._calls
+        ):
+            return False
+        self._calls[call.id] = call.model_copy(deep=True)
+        self._handover[recipient] = call.id
+        return True
+
+    async def handover_of(self, user_id: str) -> str | None:
+        return self._handover.get(user_id)
+
     async def assign(
         self, call_id: str, helper_id: str, helper_name: str, helper_role: Role, now: float
     ) -> Assignment | None:
@@ -472,6 +490,12 @@ class MemoryStore:
         )
         self._calls[call_id] = call
         self._open_call[helper_id] = call_id
+        if call.replaces is not None:
+            # A handover answered: the recipient's current call from now on (the one it
+            # replaces is ended by the broker, ``handed_over``).
+            self._open_call[call.recipient_id] = call_id
+            if self._handover.get(call.recipient_id) == call_id:
+                del self._handover[call.recipient_id]
         self._answered[helper_id].append(now)
         self._last_call[helper_id] = now
         profile = self._profiles.get(helper_id)
@@ -501,7 +525,14 @@ class MemoryStore:
             if party is None:
                 continue
             if self._open_call.get(party) == call_id:
-                del self._open_call[party]
+                # A pending handover outlives the call it replaces: the search goes on.
+                pending = self._handover.pop(party, None)
+                if pending is not None:
+                    self._open_call[party] = pending
+                else:
+                    del self._open_call[party]
+            elif self._handover.get(party) == call_id:
+                del self._handover[party]
             self._history[party].append(call_id)
         self._ended.append(call_id)
         self._rung_ended.append((now, call_id))
@@ -1031,6 +1062,7 @@ class MemoryStore:
             self._last_call,
             self._candidate,
             self._open_call,
+            self._handover,
             self._ring_of,
             self._ring_count,
             self._last_rung,

@@ -6,7 +6,7 @@ runs on a single Redis and on a Cluster:
 
 - ``vb:{u:ID}`` hash: the profile (JSON) and the facts a wave needs without parsing it (zone,
   window, languages, cap), duty, live connection count, the call being rung for (``ring_of``),
-  the open call (``open``), the ring budget (``rday``/``rcount``), ``last_rung``, and the index
+  the open call (``open``), a pending handover search (``handover``), the ring budget (``rday``/``rcount``), ``last_rung``, and the index
   entries the user is in (``idx``) or would be in when on duty (``plan``);
   ``vb:{u:ID}:ans`` (zset of answer times, for calls in the last 30 days), ``:hist`` (list of
   ended calls, newest first), ``:blocked`` (set). The hash's ``revoked`` field: sign-ins issued
@@ -39,6 +39,13 @@ Atomicity. Each race is decided by one Lua script on one slot:
   the same volunteer's accept are ordered by that one slot.
 - ``finish`` decides on the call's slot (state to ended, ringing emptied), then releases the
   parties' and the withdrawn volunteers' user state on their slots.
+- A handover (``open_handover``): the call hash is written on its slot, then the recipient's
+  ``handover`` is taken on theirs only if their ``open`` is the call it replaces and none is
+  pending. ``finish``'s step on the recipient's slot moves a pending ``handover`` into
+  ``open`` when the replaced call ends, or drops it when the handover ends; ``assign``'s last
+  step moves it there when a volunteer answers. Each move is one script on the recipient's
+  slot, so a volunteer's accept on one node and the recipient hanging up on another leave the
+  same state in either order.
 - ``claim_due``, ``hit``, ``take_resume`` are single scripts or commands.
 
 Between the steps of one operation other nodes may see a volunteer still marked ringing or busy
@@ -415,10 +422,38 @@ for _, u in ipairs(ringing) do out[#out + 1] = u end
 return out
 """
 
-# Finish, per party, on their slot. KEYS: user hash, history. ARGV: call.
+# Finish, per party, on their slot. KEYS: user hash, history. ARGV: call. A pending handover
+# outlives the call it replaces: it becomes the open call (the search goes on).
 _FINISH_PARTY = """
-if redis.call('HGET', KEYS[1], 'open') == ARGV[1] then redis.call('HDEL', KEYS[1], 'open') end
+local h = redis.call('HMGET', KEYS[1], 'open', 'handover')
+if h[1] == ARGV[1] then
+  if h[2] then
+    redis.call('HSET', KEYS[1], 'open', h[2])
+    redis.call('HDEL', KEYS[1], 'handover')
+  else
+    redis.call('HDEL', KEYS[1], 'open')
+  end
+elseif h[2] == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'handover')
+end
 redis.call('LPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+
+# A handover, on the recipient's slot (the call hash is written first, on its own). KEYS: user
+# hash. ARGV: the call replaced, the handover call. Pending only from that open call, once.
+_OPEN_HANDOVER = """
+local h = redis.call('HMGET', KEYS[1], 'open', 'handover')
+if h[1] ~= ARGV[1] or h[2] then return 0 end
+redis.call('HSET', KEYS[1], 'handover', ARGV[2])
+return 1
+"""
+
+# A handover answered, on the recipient's slot after assign's decision. KEYS: user hash.
+# ARGV: the call. It is their open call from now on.
+_HANDOVER_TAKEN = """
+redis.call('HSET', KEYS[1], 'open', ARGV[1])
+if redis.call('HGET', KEYS[1], 'handover') == ARGV[1] then redis.call('HDEL', KEYS[1], 'handover') end
 return 1
 """
 
@@ -819,6 +854,8 @@ class RedisStore(CirclesMixin, SafetyMixin):
         self._assign_settle = reg(_ASSIGN_SETTLE)
         self._finish_call = reg(_FINISH_CALL)
         self._finish_party = reg(_FINISH_PARTY)
+        self._open_handover = reg(_OPEN_HANDOVER)
+        self._handover_taken = reg(_HANDOVER_TAKEN)
         self._claim_due = reg(_CLAIM_DUE)
         self._add_webhook = reg(_ADD_WEBHOOK)
         self._claim_webhooks = reg(_CLAIM_WEBHOOKS)
@@ -1237,6 +1274,33 @@ class RedisStore(CirclesMixin, SafetyMixin):
         return None
 
     @unavailable_on_redis_errors
+    async def open_handover(self, call: Call) -> bool:
+        if call.replaces is None:
+            return False
+        key = _call(call.id) + ":call"
+        flat = [x for kv in _call_fields(call).items() for x in kv]
+        if not await self._create_call(keys=[key], args=flat):
+            return False
+        user = _user(call.recipient_id)
+        if await self._open_handover(keys=[user], args=[call.replaces, call.id]):
+            return True
+        await self.r.delete(key)  # not from their open call, or one is pending: never existed
+        return False
+
+    @unavailable_on_redis_errors
+    async def handover_of(self, user_id: str) -> str | None:
+        key = _user(user_id)
+        call_id = await self.r.hget(key, "handover")
+        if call_id is None:
+            return None
+        call = await self.get_call(call_id)
+        if call is not None and call.state.is_open and call.recipient_id == user_id:
+            return str(call_id)
+        # A leftover of a node that died between finish's steps.
+        await self._clear_if(keys=[key], args=["handover", call_id])
+        return None
+
+    @unavailable_on_redis_errors
     async def assign(
         self, call_id: str, helper_id: str, helper_name: str, helper_role: Role, now: float
     ) -> Assignment | None:
@@ -1271,8 +1335,11 @@ class RedisStore(CirclesMixin, SafetyMixin):
                 ]
             )
         raw, withdrawn = _split(reply)
+        call = _decode_call(raw)
+        if call.replaces is not None:
+            await self._handover_taken(keys=[_user(call.recipient_id)], args=[call_id])
         await self._clear_rings(call_id, withdrawn)
-        return Assignment(call=_decode_call(raw), withdrawn=sorted(withdrawn))
+        return Assignment(call=call, withdrawn=sorted(withdrawn))
 
     async def _clear_rings(self, call_id: str, withdrawn: list[str]) -> None:
         """Free the users whose ring of ``call_id`` was withdrawn (those still ringing for it)."""

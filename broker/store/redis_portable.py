@@ -249,6 +249,14 @@ async def _import_call(store: RedisStore, call: Call, fields: dict[str, str]) ->
     await r.hset(call_key(call.id) + ":call", mapping=fields)
     if call.ended_at is not None:
         await r.zadd("vb:ended", {call.id: call.ended_at})
+    elif (
+        call.replaces is not None
+        and call.state is not CallState.ASSIGNED
+        and (await r.hget(call_key(call.replaces) + ":call", "ended_at") == "null")
+    ):
+        # A pending handover: the call it replaces is still open (exported, and so imported,
+        # before it: open calls go in the order they were asked for).
+        await r.hset(user_key(call.recipient_id), "handover", call.id)
     else:
         await r.hset(user_key(call.recipient_id), "open", call.id)
         if call.helper_id is not None and call.state is CallState.ASSIGNED:

@@ -351,12 +351,24 @@ class SqliteStore(MemoryStore):
         self._end_seq = self._db.execute("SELECT COALESCE(MAX(end_seq), 0) FROM calls").fetchone()[
             0
         ]
+        handovers: list[Call] = []
         for (body,) in self._db.execute("SELECT body FROM calls WHERE ended_at IS NULL"):
             call = Call.model_validate_json(body)
             self._calls[call.id] = call
-            self._open_call[call.recipient_id] = call.id
+            if call.replaces is not None:
+                handovers.append(call)
+            else:
+                self._open_call[call.recipient_id] = call.id
             if call.helper_id is not None and call.state is CallState.ASSIGNED:
                 self._open_call[call.helper_id] = call.id
+        # A handover is still pending while it searches and the call it replaces is open;
+        # answered, or outliving that call, it is the recipient's current call.
+        for call in handovers:
+            replaced = self._calls.get(call.replaces or "")
+            if call.state is not CallState.ASSIGNED and replaced is not None:
+                self._handover[call.recipient_id] = call.id
+            else:
+                self._open_call[call.recipient_id] = call.id
         # Fairness facts come from the calls themselves: who answered what, and when.
         horizon = self._now() - THIRTY_DAYS
         rows = self._db.execute(
@@ -447,6 +459,12 @@ class SqliteStore(MemoryStore):
         if created:
             self._save_call(self._calls[call.id])
         return created
+
+    async def open_handover(self, call: Call) -> bool:
+        opened = await super().open_handover(call)
+        if opened:
+            self._save_call(self._calls[call.id])
+        return opened
 
     async def get_call(self, call_id: str) -> Call | None:
         call = self._calls.get(call_id)
@@ -893,6 +911,7 @@ class SqliteStore(MemoryStore):
             "last_rung": dict(self._last_rung),
             "calls": {c: call for c, call in self._calls.items() if call.ended_at is None},
             "open_call": dict(self._open_call),
+            "handover": dict(self._handover),
             "timers": dict(self._timers),
             "revoked": dict(self._revoked),
             "orgs": dict(self._orgs),

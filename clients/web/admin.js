@@ -37,6 +37,7 @@ const END_REASONS = {
   peer_lost: "Connection lost",
   failed: "Failed",
   closed: "Organisation closed",
+  handed_over: "Handed to a volunteer",
 };
 
 // Why the console went back to sign-in, kept across the reload that gets it there.

@@ -31,6 +31,8 @@ const page = {
   peer: "",
   assigned: false,
   status: null, // the last call.status of the open search
+  withReader: false, // the call in progress is with the automatic reader
+  handover: null, // the id of the volunteers' search asked for from the reader's call
   searchStarted: 0, // Date.now() when the search started (or was taken up after a reload)
   progressTimer: null,
   ringback: new Tone(RINGBACK, { storageKey: "vabroker.ringback" }),
@@ -44,7 +46,26 @@ const ENDED = {
   peer_lost: () => t("recipient.ended.peer-lost"),
   closed: () => t("recipient.ended.closed"),
   failed: () => t("recipient.ended.failed"),
+  handed_over: () => t("recipient.ended.handed-over"),
 };
+
+// What the reader read, as the page passes it on: the newest whole texts that fit the
+// protocol's limit, without the characters it refuses (docs/protocol.md, call.handover).
+export const MAX_READING = 3000;
+const REFUSED_IN_TEXT = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+
+export function sharedReading(texts, limit = MAX_READING) {
+  const kept = [];
+  let size = 0;
+  for (const raw of [...texts].reverse()) {
+    const text = raw.replace(REFUSED_IN_TEXT, " ").trim();
+    if (!text) continue;
+    if (kept.length && size + text.length + 2 > limit) break;
+    kept.push(text.slice(0, limit));
+    size += text.length + 2;
+  }
+  return kept.reverse().join("\n\n").slice(0, limit);
+}
 
 // --- the search, said at a calm pace ----------------------------------------------------------
 // Everything the broker tells about the search is said when it arrives. Between those, a
@@ -153,6 +174,7 @@ async function request(extra) {
 }
 
 function onStatus(status) {
+  if (handoverStatus(status)) return;
   // After a reload the broker re-sends the open search: take it up so that it can be cancelled.
   if (!page.callId && !status.ref && ["searching", "queued"].includes(status.state)) {
     page.callId = status.call;
@@ -168,13 +190,18 @@ function onStatus(status) {
 }
 
 async function onAssigned(assigned) {
+  if (page.handover && assigned.call === page.handover) handedOver(); // before its call.ended
   if (assigned.call !== page.callId || page.media) return;
   page.assigned = true;
+  page.withReader = assigned.peer.assistant === true;
+  const joining = page.joining;
+  page.joining = false;
+  showHandover();
   stopSearch();
   page.peer = assigned.peer.display_name || t("recipient.your-helper");
   showState("in-call");
   $("#call-detail").textContent = t("recipient.in-call.talking", { name: page.peer });
-  announce(t("recipient.in-call.answered", { name: page.peer }));
+  announce(t(joining ? "recipient.handover.joined" : "recipient.in-call.answered", { name: page.peer }));
   page.media = new MediaCall(page.session, assigned, {
     localStream: page.stream,
     onRemoteTrack: (track, stream) => {
@@ -211,6 +238,10 @@ function finish(reasonText) {
   stopStream(page.stream);
   page.stream = null;
   page.status = null;
+  page.handover = null;
+  page.withReader = false;
+  page.joining = false;
+  showHandover();
   $("#preview").srcObject = null;
   $("#remote-audio").srcObject = null;
   $("#feedback").hidden = !page.assigned;
@@ -221,7 +252,111 @@ function finish(reasonText) {
   announce(t("recipient.ended.said", { reason: reasonText }));
 }
 
+// --- a person one tap away: from the reader's call to a volunteer's ---------------------------
+function showHandover() {
+  $("#handover").hidden = !page.withReader;
+  $("#get-volunteer").hidden = Boolean(page.handover);
+  $("#cancel-handover").hidden = !page.handover;
+  if (!page.handover) $("#handover-detail").textContent = "";
+}
+
+async function askVolunteer() {
+  const message = { type: "call.handover", call: page.callId };
+  const texts = page.tools ? page.tools.texts : [];
+  const reading = $("#share-reading").checked ? sharedReading(texts) : "";
+  if (reading) message.reading = reading;
+  try {
+    const status = await page.session.request(message);
+    page.handover = status.call;
+    const text = t("recipient.handover.searching");
+    $("#handover-detail").textContent = text;
+    showHandover();
+    $("#cancel-handover").focus();
+    announce(text);
+  } catch (err) {
+    announce(err instanceof ProtocolError ? err.message : String(err));
+  }
+}
+
+async function cancelVolunteer() {
+  if (!page.handover) return;
+  await page.session.request({ type: "call.cancel", call: page.handover }).catch((err) => {
+    if (err.code !== "conflict") announce(err.message);
+  });
+}
+
+// A call.status of the search asked for from the reader's call: said, or taken up after a
+// reload. True when it was one.
+function handoverStatus(status) {
+  if (status.replaces && status.replaces === page.callId && page.assigned) {
+    page.handover = status.call;
+    $("#handover-detail").textContent = t("recipient.handover.searching");
+    showHandover();
+    return true;
+  }
+  if (!page.handover || status.call !== page.handover) return false;
+  if (status.escalation || status.state === "queued") announce(progressText(status));
+  return true;
+}
+
+// A volunteer accepted: the reader's media goes, the camera stays for the volunteer's call.
+function handedOver() {
+  const next = page.handover;
+  page.handover = null;
+  if (!next || page.callId === next) return;
+  if (page.media) page.media.close();
+  page.media = null;
+  page.tools = null;
+  $("#remote-audio").srcObject = null;
+  page.callId = next;
+  page.assigned = false;
+  page.withReader = false;
+  page.joining = true;
+  showHandover();
+  announce(t("recipient.handover.joining"));
+}
+
+// The reader's call ended while a volunteer is being looked for (hung up, or the reader was
+// lost): the search goes on, and the page shows it.
+function keepSearching() {
+  const next = page.handover;
+  page.handover = null;
+  if (page.media) page.media.close();
+  page.media = null;
+  page.tools = null;
+  $("#remote-audio").srcObject = null;
+  page.callId = next;
+  page.assigned = false;
+  page.withReader = false;
+  page.searchStarted = Date.now();
+  showHandover();
+  showState("searching");
+  page.ringback.start();
+  searchSay(t("recipient.handover.still-searching"));
+}
+
+// The search asked for from the reader's call ended without a volunteer: the reader stays.
+function handoverEnded(message) {
+  page.handover = null;
+  showHandover();
+  const text = message.reason === "cancelled" ? t("recipient.handover.cancelled") : t("recipient.handover.nobody");
+  announce(text);
+  $("#get-volunteer").focus();
+}
+
 function onEnded(message) {
+  if (page.handover && message.call === page.handover) {
+    handoverEnded(message);
+    return;
+  }
+  if (message.call === page.callId && message.reason === "handed_over") {
+    handedOver();
+    return;
+  }
+  if (message.call === page.callId && page.handover) {
+    keepSearching();
+    return;
+  }
   if (message.call !== page.callId) return;
   let text = (ENDED[message.reason] || (() => t("recipient.ended.other")))(message.by);
   if (message.reason === "no_answer" && message.retry_after_s) {
@@ -406,6 +541,8 @@ async function main() {
   circle();
   $("#cancel").addEventListener("click", () => hangUp("call.cancel"));
   $("#hang-up").addEventListener("click", () => hangUp("call.end"));
+  $("#get-volunteer").addEventListener("click", askVolunteer);
+  $("#cancel-handover").addEventListener("click", cancelVolunteer);
   $("#feedback").addEventListener("submit", sendFeedback);
   $("#allow-photos").checked = photosAllowed();
   $("#allow-photos").addEventListener("change", (event) => setPhotosAllowed(event.target.checked));

@@ -194,6 +194,7 @@ function onRing(ring) {
   $("#ring-language").textContent = languageName(ring.language);
   $("#ring-topic").textContent = ring.topic || t("common.ring.no-topic");
   $("#ring-note").textContent = ring.note || t("common.ring.no-note");
+  showReading(ring.reading, ".ring-reading", "#ring-reading");
   // Said once, not counted down aloud: a ticking live region would drown the screen reader.
   const until = new Date(Date.now() + ring.expires_in_s * 1000);
   $("#ring-expires").textContent = t("volunteer.ring.until", {
@@ -207,6 +208,20 @@ function onRing(ring) {
   announce(said);
   page.ringSound.start();
   notifyRing(ring, said).catch((err) => console.warn("no notification:", err.message));
+}
+
+// A handover from the automatic reader: what it read, if the recipient shared it. Shown with
+// the ring and through the call, as plain text (it came from another person's device).
+function showReading(reading, boxes, text) {
+  const shown = typeof reading === "string" && reading.length > 0;
+  for (const box of document.querySelectorAll(boxes)) box.hidden = !shown;
+  $(text).textContent = shown ? reading : "";
+}
+
+function onAssigned(assigned) {
+  if (page.media) return;
+  showReading(assigned.reading, "#call-reading", "#call-reading-text");
+  call.onAssigned(assigned);
 }
 
 function onWithdrawn(message) {
@@ -236,6 +251,7 @@ async function decline() {
 function onEnded(message) {
   const text = call.endCall(message, ENDED);
   if (text === null) return;
+  showReading(null, "#call-reading", "#call-reading-text");
   showState("ended");
   announce(t("volunteer.ended.said", { reason: text, waiting: waitingText() }));
   history();
@@ -526,7 +542,7 @@ async function main() {
     session
       .on("call.ring", onRing)
       .on("call.withdrawn", onWithdrawn)
-      .on("call.assigned", call.onAssigned)
+      .on("call.assigned", onAssigned)
       .on("signal", call.onSignal)
       .on("call.ended", onEnded)
       .on("availability", onAvailabilityFromBroker);
