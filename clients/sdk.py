@@ -211,6 +211,9 @@ class Client:
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
         self._pause_s = 0.0
+        # Set by ``reconnect``: the node reads on only briefly and what is written after may be
+        # dropped (protocol, "Shutdown"), so nothing more goes on this connection.
+        self._leaving = False
         self._lost: BaseException | None = None
         self._done = asyncio.Event()
 
@@ -222,7 +225,9 @@ class Client:
 
     @property
     def connected(self) -> bool:
-        return self._ws is not None and not self._done.is_set()
+        """Whether a message can be sent now: not while reconnecting, nor from a node's
+        ``reconnect`` until the resume."""
+        return self._ws is not None and not self._done.is_set() and not self._leaving
 
     async def connect(self) -> Welcome:
         """Connect and say hello. Raises ``Unauthenticated`` for a refused token."""
@@ -271,6 +276,7 @@ class Client:
             await ws.close()
             raise ConnectionLost(f"Expected welcome, got {first.type!r}.")
         self._ws = ws
+        self._leaving = False
         self.welcome = first
         self.expires_at = first.expires_at
         return first
@@ -316,6 +322,8 @@ class Client:
         ws = self._ws
         if ws is None or self._done.is_set():
             raise ConnectionLost("Not connected to the broker.")
+        if self._leaving:
+            raise ConnectionLost("The broker asked us to reconnect: send again once resumed.")
         try:
             await ws.send(json.dumps(message, separators=(",", ":")))
         except ConnectionClosed as exc:
@@ -408,6 +416,7 @@ class Client:
             # behind the same URL) after the pause it asks for.
             log.info("the broker asked us to reconnect after %.1f s", message.after_s)
             self._pause_s = max(0.0, min(message.after_s, self.resume_within_s / 2))
+            self._leaving = True
         if isinstance(message, AuthExpiring):
             self.expires_at = message.expires_at
             if self.token_provider is not None and (self._refresh is None or self._refresh.done()):

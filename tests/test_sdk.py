@@ -430,3 +430,55 @@ async def test_a_revoked_or_replaced_session_is_not_reconnected() -> None:
         assert isinstance(lost, ConnectionLost) and "4409" in str(lost)
         assert older.resumes == 0 and newer.connected
         await newer.close()
+
+
+class _LeavingBroker:
+    """A stand-in node that, after the first welcome, says ``reconnect`` and reads on for a
+    moment before it closes (as a stopping node does); it records what each connection got."""
+
+    def __init__(self) -> None:
+        self.got: list[list[dict[str, Any]]] = []
+
+    async def handle(self, ws: ServerConnection) -> None:
+        await ws.recv()  # hello
+        got: list[dict[str, Any]] = []
+        self.got.append(got)
+        welcome = {
+            "type": "welcome",
+            "user": {"id": "u1", "role": "volunteer"},
+            "session": "s1",
+            "resume": f"resume-{len(self.got)}",
+            "heartbeat_s": 30,
+        }
+        await ws.send(json.dumps(welcome))
+        leaving = len(self.got) == 1
+        if leaving:
+            await ws.send(json.dumps({"type": "reconnect", "after_s": 0}))
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            async with asyncio.timeout(0.5 if leaving else None):
+                async for raw in ws:
+                    got.append(json.loads(raw))
+        await ws.close(1012)
+
+
+async def test_nothing_is_sent_on_a_connection_told_to_reconnect() -> None:
+    fake = _LeavingBroker()
+    signal = {"type": "signal", "call": "c1", "data": {"candidate": None}}
+    async with serve(fake.handle, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = Client(f"ws://127.0.0.1:{port}/v1/ws", "token")
+        told = asyncio.Event()
+        client.listeners.append(lambda m: told.set() if m.type == "reconnect" else None)
+        await client.connect()
+        try:
+            await asyncio.wait_for(told.wait(), 5)
+            assert not client.connected
+            # The node still reads, but may drop it: the SDK sends it after the resume instead.
+            with pytest.raises(ConnectionLost, match="reconnect"):
+                await client.send(signal)
+            await until(lambda: client.resumes == 1, 5, "a resume after reconnect")
+            await client.send(signal)
+            await until(lambda: len(fake.got) == 2 and fake.got[1] == [signal], 5, "the signal")
+            assert fake.got[0] == []
+        finally:
+            await client.close()
