@@ -143,9 +143,12 @@ class RequestHistory:
             language = primary_language(call.language)
             slots = history.requests.setdefault(language, [0] * HOURS)
             slots[hour_of_week(call.requested_at)] += 1
-            history.rings += call.notified
-            if call.helper_role is not None and call.assigned_at is not None:
-                history.answered += 1
+            # Rings answered over rings sent, among searches that rang someone (a call answered
+            # with no ring recorded would say nothing of how rings are answered).
+            if call.notified > 0:
+                history.rings += call.notified
+                if call.helper_role is not None and call.assigned_at is not None:
+                    history.answered += 1
         return history
 
     @property

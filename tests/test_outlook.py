@@ -209,8 +209,25 @@ async def test_the_figures_on_each_store_at_a_virtual_clock(each_store: Store) -
 
 
 def test_a_history_without_rings_answers_with_the_prior() -> None:
-    history = RequestHistory.of([], utc(2026, 6, 15))
+    now = utc(2026, 6, 15)
+    history = RequestHistory.of([], now)
     assert history.answer_share == PRIOR_ANSWER_SHARE and history.requests == {}
+    # A call answered with no ring recorded says nothing of how rings are answered.
+    unrung = Call(
+        id="c1",
+        recipient_id="r1",
+        language="pt-BR",
+        languages=["pt-BR"],
+        requested_at=now - 7200,
+        assigned_at=now - 7190,
+        helper_id="v1",
+        helper_role=Role.VOLUNTEER,
+    )
+    history = RequestHistory.of([unrung], now)
+    assert history.answer_share == PRIOR_ANSWER_SHARE
+    assert sum(history.requests["pt"]) == 1 and history.requests["pt"][hour_of_week(now - 7200)]
+    rung = unrung.model_copy(update={"id": "c2", "notified": 4})
+    assert RequestHistory.of([unrung, rung], now).answer_share == 0.25
 
 
 async def test_a_volunteer_who_covers_a_shortage_alone_hears_soon() -> None:
