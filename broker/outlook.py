@@ -30,7 +30,9 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import time
 from enum import StrEnum
+from functools import lru_cache
 
 from pydantic import BaseModel, Field
 
@@ -48,6 +50,7 @@ RANK_SAMPLE = 200
 # The share of rings answered when the last 30 days had no rings in the language: what the
 # simulator's calibrated volunteers answer (``country``: about 2.2 rings per answered call).
 PRIOR_ANSWER_SHARE = 0.45
+PRIOR_RINGS_PER_SEARCH = 2.2
 # A search this unlikely to be still going rings nobody more worth counting.
 _NEGLIGIBLE = 1e-6
 
@@ -128,6 +131,7 @@ class RequestHistory:
 
     now: float
     requests: dict[str, list[int]] = field(default_factory=dict)
+    searches: int = 0  # requests whose search rang someone
     rings: int = 0
     answered: int = 0
 
@@ -146,6 +150,7 @@ class RequestHistory:
             # Rings answered over rings sent, among searches that rang someone (a call answered
             # with no ring recorded would say nothing of how rings are answered).
             if call.notified > 0:
+                history.searches += 1
                 history.rings += call.notified
                 if call.helper_role is not None and call.assigned_at is not None:
                     history.answered += 1
@@ -153,9 +158,16 @@ class RequestHistory:
 
     @property
     def answer_share(self) -> float:
+        """Of the rings sent, the share that became a call: what one ring is worth."""
         if self.rings <= 0:
             return PRIOR_ANSWER_SHARE
         return min(1.0, self.answered / self.rings)
+
+    @property
+    def rings_per_search(self) -> float:
+        if self.searches <= 0:
+            return PRIOR_RINGS_PER_SEARCH
+        return self.rings / self.searches
 
 
 async def request_history(store: Store, now: float) -> RequestHistory:
@@ -180,8 +192,14 @@ def slot_instants(now: float) -> list[float]:
     return out
 
 
+@lru_cache(maxsize=8192)
+def _local_time(zone: str, at: float) -> time:
+    # The same few zones at the same 168 instants, for every volunteer asking within the hour.
+    return local_datetime(zone, at).time()
+
+
 def _open(zone: str, window: RingWindow, at: float) -> bool:
-    return window.contains(local_datetime(zone, at).time())
+    return window.contains(_local_time(zone, at))
 
 
 def _binomial_below(m: int, x: float, k: int) -> float:
@@ -230,6 +248,40 @@ def _tie_averaged_below(m: int, a: float, t: float, k: int) -> float:
     upper = _expected_min(m + 1, a + t, k)
     lower = _expected_min(m + 1, a, k)
     return max(0.0, min(1.0, (upper - lower) / ((m + 1) * t)))
+
+
+def rings_per_search(settings: DispatchSettings, answer: float) -> float:
+    """The rings one search sends, each answered with chance ``answer`` on its own, when the
+    next wave goes out only if none of the rings before it was answered (a large pool)."""
+    policy = GrowingWaves(settings)
+    waves = max(1, math.ceil(settings.max_wait_s / settings.wave_interval_s))
+    rings, searching = 0.0, 1.0
+    for wave in range(waves):
+        k = policy.wave_size(wave)
+        rings += searching * k
+        searching *= (1.0 - answer) ** k
+        if searching < _NEGLIGIBLE:
+            break
+    return rings
+
+
+def ring_answer_chance(settings: DispatchSettings, observed: float) -> float:
+    """The chance of answer per ring that makes the waves send ``observed`` rings a search, as
+    they did in the period. Not the share of rings answered: a wave rings several at once and
+    a later wave can go out before an accept arrives, so more rings go out than one answer
+    needs, and some accepts come after another's (too late)."""
+    if observed <= 1.0:
+        return 1.0
+    low, high = 1e-6, 1.0
+    if rings_per_search(settings, low) <= observed:
+        return low
+    for _ in range(60):  # bisection: the rings fall as the chance rises
+        middle = (low + high) / 2
+        if rings_per_search(settings, middle) > observed:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 def reach_per_request(
@@ -281,22 +333,56 @@ def reach_per_request(
 
 @dataclass(frozen=True, slots=True)
 class _Standing:
-    ahead_share: float
-    tied_share: float
+    """Where a volunteer stands among those in window, as shares of the others: ranked before
+    them and tied with them by the dispatcher's key (for their place), and by calls in 30 days
+    alone (``calls[j]``: the share with ``j`` calls; for the rate)."""
+
+    ahead: float = 0.0
+    tied: float = 0.0
+    calls: dict[int, float] = field(default_factory=dict)
+
+    def fewer_calls(self, j: int) -> float:
+        return sum(share for n, share in self.calls.items() if n < j)
 
 
 async def _standing(
     store: Store, language: str, at: float, user_id: str, key: tuple[int, float], rng: random.Random
 ) -> _Standing:
-    """The shares of volunteers in window at ``at`` ranked before the volunteer's ``key``
-    (calls in 30 days, last rung) and tied with it, from a draw like a wave's."""
+    """The volunteer's standing among those in window at ``at``, from a draw like a wave's."""
     found = await store.candidates_sample(language, at, RANK_SAMPLE, 0, rng)
     others = [c for c in found.candidates if c.user_id != user_id and not c.assistant]
     if not others:
-        return _Standing(0.0, 0.0)
-    ahead = sum(1 for c in others if (c.calls_30d, c.last_rung_at) < key)
-    tied = sum(1 for c in others if (c.calls_30d, c.last_rung_at) == key)
-    return _Standing(ahead / len(others), tied / len(others))
+        return _Standing()
+    n = len(others)
+    by_calls: dict[int, float] = {}
+    for c in others:
+        by_calls[c.calls_30d] = by_calls.get(c.calls_30d, 0.0) + 1.0 / n
+    return _Standing(
+        ahead=sum(1 for c in others if (c.calls_30d, c.last_rung_at) < key) / n,
+        tied=sum(1 for c in others if (c.calls_30d, c.last_rung_at) == key) / n,
+        calls=by_calls,
+    )
+
+
+def expected_wait(rates: Sequence[float], steps: Sequence[float]) -> float | None:
+    """The expected time to a first event of a process whose rate is ``rates[0]`` until
+    ``steps[0]``, then ``rates[1]`` until ``steps[1]`` ..., the last rate for ever (``steps``
+    one shorter than ``rates``, increasing). None when it may never come."""
+    expected, alive, start = 0.0, 1.0, 0.0
+    for k, rate in enumerate(rates):
+        end = steps[k] if k < len(steps) else math.inf
+        span = end - start
+        if math.isinf(span):
+            if rate <= 0.0:
+                return None if alive > _NEGLIGIBLE else expected
+            return expected + alive / rate
+        if rate > 0.0:
+            expected += alive * (1.0 - math.exp(-rate * span)) / rate
+            alive *= math.exp(-rate * span)
+        else:
+            expected += alive * span
+        start = end
+    return expected
 
 
 async def outlook(
@@ -314,22 +400,28 @@ async def outlook(
     # Where they stand in the order: calls answered in 30 days, then when last rung.
     calls = await store.calls_of(profile.user_id, limit=1000)
     horizon = now - DAYS * 86400.0
-    calls_30d = sum(
-        1
+    answered = sorted(
+        c.assigned_at
         for c in calls
         if c.helper_id == profile.user_id and c.assigned_at is not None and c.assigned_at >= horizon
     )
+    calls_30d = len(answered)
     key = (calls_30d, await store.last_rung(profile.user_id))
     on_duty = await store.is_on_duty(profile.user_id)
     answer = history.answer_share
+    # The waves' chance to stop at each ring, fitted to the rings a search sent lately.
+    stops = ring_answer_chance(settings, history.rings_per_search)
     weeks = DAYS / 7.0
-    # A typical hour of theirs for the draw: now if their window is open, else the latest
-    # opening hour (the draw asks who is in window then, on duty now).
+    # A typical hour of theirs for the draw: now if their window is open, else the middle
+    # of their window hours (the draw asks who is in window then, on duty now).
     typical = now if _open(profile.timezone, profile.ring_window, now) else None
     if typical is None and my_slots:
         typical = instants[my_slots[len(my_slots) // 2]]
     per_language: list[LanguageOutlook] = []
     counts_by_language: dict[str, list[tuple[str, RingWindow, int]]] = {}
+    # Rings a week at each number of calls in 30 days they will have: now, and after each of
+    # their calls leaves the 30 days (the dispatcher ranks fewer calls first).
+    tier_rings = [0.0] * (calls_30d + 1)
     for language in _spoken(profile.languages):
         groups = await store.duty_windows(language)
         counts_by_language[language] = groups
@@ -345,21 +437,32 @@ async def outlook(
         standing = (
             await _standing(store, language, typical, profile.user_id, key, rng)
             if typical is not None
-            else _Standing(0.0, 0.0)
+            else _Standing()
         )
-        reach_by_pool: dict[int, float] = {}
-        rings = 0.0
-        for slot in my_slots:
-            if not requests[slot]:
-                continue
-            n = pool[slot] + me_in_pool
-            reach = reach_by_pool.get(n)
-            if reach is None:
-                others = n - 1
-                reach = reach_by_pool[n] = reach_per_request(
-                    settings, n, standing.ahead_share * others, standing.tied_share * others, answer
-                )
-            rings += requests[slot] / weeks * reach
+        reach_at: dict[tuple[int, int], float] = {}
+        current = 0.0
+        for tier in range(calls_30d + 1):
+            rings = 0.0
+            for slot in my_slots:
+                if not requests[slot]:
+                    continue
+                n = pool[slot] + me_in_pool
+                reach = reach_at.get((n, tier))
+                if reach is None:
+                    # Fewer calls rank first; among equal calls the order rotates (least
+                    # recently rung first), so over time each gets an equal share: tied.
+                    others = n - 1
+                    reach = reach_at[(n, tier)] = reach_per_request(
+                        settings,
+                        n,
+                        standing.fewer_calls(tier) * others,
+                        standing.calls.get(tier, 0.0) * others,
+                        stops,
+                    )
+                rings += requests[slot] / weeks * reach
+            tier_rings[tier] += rings
+            if tier == calls_30d:
+                current = rings
         typical_pool = (
             sum(n for zone, window, n in groups if _open(zone, window, typical)) + me_in_pool
             if typical is not None
@@ -372,14 +475,16 @@ async def outlook(
                 sharing_window=sharing,
                 requests_30d=sum(requests[s] for s in my_slots),
                 in_window=typical_pool,
-                place=1 + round(standing.ahead_share * others),
-                tied=round(standing.tied_share * others),
-                rings_per_week=round(rings, 3),
-                calls_per_week=round(rings * answer, 3),
+                place=1 + round(standing.ahead * others),
+                tied=round(standing.tied * others),
+                rings_per_week=round(current, 3),
+                calls_per_week=round(current * answer, 3),
             )
         )
-    calls_per_week = sum(lo.calls_per_week for lo in per_language)
-    expected = 7.0 / calls_per_week if calls_per_week > 0 else None
+    # Calls a week now, then after each of their calls in the last 30 days leaves them.
+    rates = [tier_rings[calls_30d - k] * answer / 7.0 for k in range(calls_30d + 1)]
+    steps = [(at + DAYS * 86400.0 - now) / 86400.0 for at in answered]
+    expected = expected_wait(rates, steps)
     bucket = bucket_of(expected)
     suggestions: list[Suggestion] = []
     if expected is None or expected > 7.0:
@@ -392,7 +497,7 @@ async def outlook(
         answer_share=round(answer, 3),
         languages=per_language,
         rings_per_week=round(sum(lo.rings_per_week for lo in per_language), 3),
-        calls_per_week=round(calls_per_week, 3),
+        calls_per_week=round(sum(lo.calls_per_week for lo in per_language), 3),
         expected_days=round(expected, 1) if expected is not None else None,
         bucket=bucket,
         suggestions=suggestions,

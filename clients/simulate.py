@@ -48,6 +48,21 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="the store the broker runs on: memory:// (default) or an empty Redis database "
         "(redis://HOST:PORT/DB, redis+cluster://HOST:PORT), emptied after each policy's run",
     )
+    p.add_argument(
+        "--outlook",
+        type=int,
+        metavar="N",
+        help="instead: check the volunteer outlook (GET /v1/me/outlook) of N volunteers drawn at "
+        "random against when their next call came, policy default (docs/dispatch.md)",
+    )
+    p.add_argument(
+        "--warm-up",
+        type=float,
+        default=30.0,
+        metavar="DAYS",
+        help="with --outlook: days run before the outlook is asked (its 30 days of history); "
+        "the rest of --days is the measured period (default 30)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plots", type=Path, help="write PNG plots to this folder")
 
@@ -95,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(exc, ScenarioError) and "no scenario named" in str(exc):
             print(f"shipped scenarios: {', '.join(shipped())}", file=sys.stderr)
         return 2
+    if args.outlook is not None:
+        return run_outlook(scenario, args)
     results: list[Result] = []
     for name in names:
         if not args.json:
@@ -112,6 +129,50 @@ def run(args: argparse.Namespace) -> int:
         for path in plot(results, args.plots):
             print(f"wrote {path}", file=sys.stderr)
     return 1 if any(r.violations.total for r in results) else 0
+
+
+def run_outlook(scenario: Scenario, args: argparse.Namespace) -> int:
+    """``--outlook N``: the outlook's estimates against the simulated first calls."""
+    from broker.sim.outlook_check import check_outlook
+
+    if args.store != "memory://":
+        print("vabroker simulate: --outlook runs on the memory store only", file=sys.stderr)
+        return 2
+    if not args.json:
+        print(
+            f"checking the outlook of {args.outlook} volunteers on {scenario.scenario.name} ...",
+            file=sys.stderr,
+        )
+    try:
+        check = check_outlook(scenario, args.warm_up, args.outlook)
+    except ValueError as exc:
+        print(f"vabroker simulate: {exc}", file=sys.stderr)
+        return 2
+    report = check.report()
+    if args.json:
+        print(json.dumps({"outlook": report}, indent=2))
+    else:
+        outlook_table(report)
+    return 0
+
+
+def outlook_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(
+        title=f"outlook on {report['scenario']}: warm-up {report['warm_up_days']:g} days, "
+        f"measured {report['measured_days']:g} days, seed {report['seed']}"
+    )
+    out.add_column("figure")
+    out.add_column("value", justify="right")
+    for key, value in report.items():
+        if key in ("scenario", "seed", "warm_up_days", "measured_days"):
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        out.add_row(key.replace("_", " "), "-" if value is None else str(value))
+    Console(width=max(Console().width, 100)).print(out)
 
 
 def as_json(result: Result) -> dict[str, Any]:

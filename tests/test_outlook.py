@@ -18,10 +18,13 @@ from broker.outlook import (
     Bucket,
     RequestHistory,
     bucket_of,
+    expected_wait,
     hour_of_week,
     outlook,
     reach_per_request,
     request_history,
+    ring_answer_chance,
+    rings_per_search,
 )
 from broker.store.base import Store
 from tests.helpers import start_server
@@ -85,6 +88,28 @@ def test_the_order_decides_who_is_rung() -> None:
     everyone = DispatchSettings(candidate_factor=0)
     assert reach_per_request(everyone, 50_000, 0.0, 0.0, 0.45) == 1.0
     assert reach_per_request(DEFAULT, 0, 0.0, 0.0, 0.45) == 0.0
+
+
+@pytest.mark.parametrize("observed", [1.0, 1.3, 2.2, 4.0, 9.5])
+def test_the_chance_per_ring_is_fitted_to_the_rings_a_search_sent(observed: float) -> None:
+    chance = ring_answer_chance(DEFAULT, observed)
+    assert 0 < chance <= 1
+    assert rings_per_search(DEFAULT, chance) == pytest.approx(observed, rel=1e-6)
+    # More rings a search, a lower chance per ring.
+    assert ring_answer_chance(DEFAULT, observed + 0.5) < chance
+
+
+def test_the_expected_wait_through_changing_rates() -> None:
+    assert expected_wait([0.5], []) == pytest.approx(2.0)
+    assert expected_wait([0.0], []) is None
+    # No chance for 10 days (calls too recent), then one a week: 10 + 7 days.
+    assert expected_wait([0.0, 1 / 7], [10.0]) == pytest.approx(17.0)
+    # A rate of 1 a day for 2 days, then none: the mean of what comes, or never.
+    assert expected_wait([1.0, 0.0], [2.0]) is None
+    # Two segments: (1 - e^-2) / 1 + e^-2 * 1 / 0.5.
+    assert expected_wait([1.0, 0.5], [2.0]) == pytest.approx(
+        (1 - math.exp(-2)) + math.exp(-2) * 2.0
+    )
 
 
 def volunteer(uid: str, languages: list[str], zone: str = "UTC", window: str = "") -> Profile:
@@ -172,7 +197,10 @@ async def test_the_figures_on_each_store_at_a_virtual_clock(each_store: Store) -
     # At noon: me, "a" (behind me: six calls) and "b" (tied with me: none, never rung).
     assert (en.in_window, en.place, en.tied) == (3, 1, 1)
     assert (fr.in_window, fr.place, fr.tied) == (2, 1, 1)
-    reach = reach_per_request(DEFAULT, 3, 0.0, 1.0, 0.5)
+    # Two rings a search: the waves stop with the chance that makes them send two.
+    assert history.rings_per_search == 2.0
+    stops = ring_answer_chance(DEFAULT, 2.0)
+    reach = reach_per_request(DEFAULT, 3, 0.0, 1.0, stops)
     assert en.rings_per_week == pytest.approx(6 / (30 / 7) * reach, abs=1e-3)
     assert en.calls_per_week == pytest.approx(en.rings_per_week * 0.5, abs=1e-3)
     assert fr.rings_per_week == 0.0
