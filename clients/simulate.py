@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"results": [as_json(r) for r in results]}, indent=2))
     else:
         table(results)
+        coverage_table(results)
     if args.plots is not None:
         for path in plot(results, args.plots):
             print(f"wrote {path}", file=sys.stderr)
@@ -176,7 +177,58 @@ def outlook_table(report: dict[str, Any]) -> None:
 
 
 def as_json(result: Result) -> dict[str, Any]:
-    return {**result.report(), "speed": result.speed()}
+    out = {**result.report(), "speed": result.speed()}
+    if result.coverage is not None:
+        out["coverage"] = result.coverage.model_dump(mode="json")
+    return out
+
+
+# The text report lists the worst hours of the week; the JSON has every one.
+GAPS_SHOWN = 10
+
+
+def coverage_gaps(result: Result, limit: int = GAPS_SHOWN) -> list[Any]:
+    """The run's hours of the week with requests where coverage was worst: the lowest share
+    answered, then the longest 90th percentile answer time, then the most requests."""
+    if result.coverage is None:
+        return []
+    cells = [c for c in result.coverage.cells if c.requests]
+    cells.sort(
+        key=lambda c: (
+            c.answered_pct if c.answered_pct is not None else 0.0,
+            -(c.p90_answer_s if c.p90_answer_s is not None else float("inf")),
+            -c.requests,
+            c.language,
+        )
+    )
+    return cells[:limit]
+
+
+def coverage_table(results: list[Result]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))
+    for r in results:
+        if r.coverage is None:
+            continue
+        out = Table(
+            title=f"{r.policy}: coverage gaps, the {GAPS_SHOWN} worst hours of the week "
+            f"({r.coverage.timezone}, requests over the run)"
+        )
+        for column in ("language", "day", "hour", "requests", "answered", "p90 s", "volunteers"):
+            out.add_column(column, justify="left" if column in ("language", "day") else "right")
+        for c in coverage_gaps(r):
+            out.add_row(
+                c.language,
+                c.weekday,
+                f"{c.hour:02d}:00",
+                str(c.requests),
+                "-" if c.answered_pct is None else f"{c.answered_pct:.1f}%",
+                "-" if c.p90_answer_s is None else f"{c.p90_answer_s:.1f}",
+                str(c.volunteers),
+            )
+        console.print(out)
 
 
 def table(results: list[Result]) -> None:

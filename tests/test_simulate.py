@@ -210,6 +210,39 @@ def test_command_refuses_bad_options(
     assert message in capsys.readouterr().err
 
 
+def test_the_report_has_the_coverage_gaps_of_the_run() -> None:
+    from clients.simulate import as_json, coverage_gaps
+
+    result = simulate(SMALL, "default")
+    cov = result.coverage
+    assert cov is not None and cov.timezone == "Europe/Copenhagen"
+    # Every call of the run is in it once, in the hour it was asked for, answered or not.
+    assert sum(c.requests for c in cov.cells) == result.calls
+    assert sum(c.answered for c in cov.cells) == result.answered
+    assert set(cov.languages) <= {"da", "en"} and len(cov.cells) == 168 * len(cov.languages)
+    assert max(c.volunteers for c in cov.cells) > 0
+    gaps = coverage_gaps(result, limit=5)
+    assert 0 < len(gaps) <= 5 and all(c.requests for c in gaps)
+    shares = [c.answered_pct for c in gaps]
+    assert shares == sorted(shares)  # the worst first
+    rest = [c for c in cov.cells if c.requests and c not in gaps]
+    assert all((c.answered_pct or 0.0) >= (shares[-1] or 0.0) for c in rest)
+    assert as_json(result)["coverage"] == cov.model_dump(mode="json")
+
+
+def test_the_command_reports_coverage_as_a_table_and_in_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["simulate", "small-town", "--days", "1", "--policy", "default"]) == 0
+    out = capsys.readouterr().out
+    assert "coverage gaps" in out and "p90 s" in out and "volunteers" in out
+    assert main(["simulate", "small-town", "--days", "1", "--policy", "default", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["results"][0]
+    cells = report["coverage"]["cells"]
+    assert sum(c["requests"] for c in cells) == report["calls"]
+    assert {"weekday", "hour", "answered_pct", "p90_answer_s", "volunteers"} <= set(cells[0])
+
+
 def test_the_outlook_is_compared_with_the_first_calls_that_came() -> None:
     """The outlook asked of a sample at the end of a warm-up, against the calls that came:
     every figure of the report follows from the volunteers' own records."""
