@@ -37,7 +37,7 @@ from functools import lru_cache
 from pydantic import BaseModel, Field
 
 from broker.dispatch import DispatchSettings, GrowingWaves
-from broker.model import Call, Profile, RingWindow, local_datetime, primary_language
+from broker.model import Call, Profile, RingWindow, Role, local_datetime, primary_language
 from broker.store.base import Store
 
 DAYS = 30
@@ -152,7 +152,8 @@ class RequestHistory:
             if call.notified > 0:
                 history.searches += 1
                 history.rings += call.notified
-                if call.helper_role is not None and call.assigned_at is not None:
+                # A volunteer's answer (not a help centre's after an escalation).
+                if call.helper_role is Role.VOLUNTEER and call.assigned_at is not None:
                     history.answered += 1
         return history
 
