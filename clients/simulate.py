@@ -170,6 +170,17 @@ def outlook_table(report: dict[str, Any]) -> None:
     for key, value in report.items():
         if key in ("scenario", "seed", "warm_up_days", "measured_days"):
             continue
+        if key == "calibration":
+            for band in value:
+                top, bottom = band["estimate_days_up_to"], band["estimate_days_above"]
+                out.add_row(
+                    f"estimate over {bottom:g} days or none"
+                    if top is None
+                    else f"estimate {bottom:g}-{top:g} days",
+                    f"{band['volunteers']} volunteers, {band['on_duty_days']:g} days on duty: "
+                    f"{band['first_calls']} first calls, {band['expected_first_calls']:g} expected",
+                )
+            continue
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         out.add_row(key.replace("_", " "), "-" if value is None else str(value))

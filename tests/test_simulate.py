@@ -269,6 +269,23 @@ def test_the_outlook_is_compared_with_the_first_calls_that_came() -> None:
         1 - math.exp(-c.on_duty_days / c.estimate_days) for c in people if c.estimate_days
     )
     assert report["expected_first_calls"] == round(expected, 1)
+    # By band of the estimate: everyone once, the predictions and the calls summed.
+    bands = report["calibration"]
+    assert sum(b["volunteers"] for b in bands) == 80
+    assert sum(b["first_calls"] for b in bands) == report["first_calls"]
+    assert sum(b["expected_first_calls"] for b in bands) == pytest.approx(expected, abs=0.5)
+    for band in bands:
+        top = band["estimate_days_up_to"]
+        inside = [
+            c
+            for c in people
+            if (c.estimate_days is None and top is None)
+            or (
+                c.estimate_days is not None
+                and band["estimate_days_above"] < c.estimate_days <= (top or math.inf)
+            )
+        ]
+        assert band["volunteers"] == len(inside)
     # The estimates are the volunteers' own, not one figure for all.
     assert len({c.estimate_days for c in people}) > 5
     assert sum(report["estimated_buckets"].values()) == 80
@@ -308,6 +325,7 @@ def test_command_checks_the_outlook(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "median abs error days" in table and "expected first calls" in table
+    assert "estimate 7-30 days" in table and "estimate over 240 days or none" in table
 
 
 @pytest.mark.parametrize(

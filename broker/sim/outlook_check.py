@@ -105,6 +105,9 @@ class OutlookCheck:
     measured_days: float
     volunteers: list[Checked] = field(default_factory=list)
 
+    def calibration(self) -> list[dict[str, Any]]:
+        return _calibration(self.volunteers)
+
     def report(self) -> dict[str, Any]:
         checked = self.volunteers
         errors = [c.error_days for c in checked]
@@ -137,6 +140,7 @@ class OutlookCheck:
             "same_bucket_decided": len(same),
             "sentence_held_share": _r(sum(held) / len(held) if held else None, 3),
             "sentence_held_decided": len(held),
+            "calibration": self.calibration(),
             "median_estimate_days": _r(
                 statistics.median(
                     c.estimate_days if c.estimate_days is not None else math.inf for c in checked
@@ -145,6 +149,37 @@ class OutlookCheck:
                 else None
             ),
         }
+
+
+# Bands of the estimate (days, at most) for the calibration table; the last is "longer or never".
+BANDS = (7.0, 30.0, 60.0, 120.0, 240.0, math.inf)
+
+
+def _band(days: float | None) -> float:
+    return (
+        next(b for b in BANDS if days is not None and days <= b) if days is not None else BANDS[-1]
+    )
+
+
+def _calibration(checked: list[Checked]) -> list[dict[str, Any]]:
+    """By band of the estimate: how many volunteers, the first calls their estimates predict
+    within their time on duty, and how many came."""
+    out = []
+    low = 0.0
+    for high in BANDS:
+        group = [c for c in checked if _band(c.estimate_days) == high]
+        out.append(
+            {
+                "estimate_days_above": low,
+                "estimate_days_up_to": None if math.isinf(high) else high,
+                "volunteers": len(group),
+                "on_duty_days": round(sum(c.on_duty_days for c in group), 1),
+                "expected_first_calls": round(sum(c.expected_first_call for c in group), 1),
+                "first_calls": sum(1 for c in group if c.wait_days is not None),
+            }
+        )
+        low = high
+    return out
 
 
 def _r(x: float | None, n: int = 1) -> float | None:
