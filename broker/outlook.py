@@ -10,13 +10,15 @@ Derived from what the broker already knows, and from how the dispatcher really c
 - the volunteer's place in the order the dispatcher ranks by (fewest calls in 30 days, then
   longest since last rung, ties at random), estimated from a random draw of those in window
   (``Store.candidates_sample``, the dispatcher's own draw);
-- the share of rings answered (answered calls / rings of the last 30 days' calls).
+- the rings a search sent and the share of rings answered, in the last 30 days.
 
 From these, per hour of the week: the chance that a request reaches them, wave by wave (a wave
 draws ``max(candidate_factor x size, candidate_sample)`` volunteers at random and rings the best
-``size``; the search goes on to the next wave only while nobody has answered), hence rings and
-calls per week, and the expected time to the next call, counted in calendar time as if they
-were on duty through every hour of their window. The time to the next call of a steady rate is
+``size``; the search goes on to the next wave only while nobody has answered), with those with
+fewer calls ahead of them and those with as many sharing alike (the order rotates among them);
+hence rings and calls per week, and the expected time to the next call through the days when
+their recent calls leave the 30 days, counted in calendar time as if they were on duty through
+every hour of their window (docs/dispatch.md, "A volunteer's outlook"). The time to the next call of a steady rate is
 exponential, so the chance of a call within the expected time is 1 - 1/e, about 63%: "likely".
 
 Plain logic over a store: its cost follows the distinct ring windows, the hours of the week and
