@@ -22,8 +22,9 @@ import itertools
 import json
 import logging
 import random
+import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -40,6 +41,15 @@ from signaling.messages import (
     Welcome,
     parse_server,
 )
+
+if TYPE_CHECKING:  # the circles' answer models come with the HTTP side: imported when used
+    from signaling.circles import (
+        AnsweredBody,
+        AskedBody,
+        CircleBody,
+        InvitationBody,
+        MembershipBody,
+    )
 
 log = logging.getLogger("vabroker.sdk")
 
@@ -429,6 +439,90 @@ class Client:
             except Exception:
                 log.exception("listener failed on %s", message.type)
 
+    # --- REST --------------------------------------------------------------------------------
+    async def rest(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One call of the broker's HTTP API (``/v1/...``) as this client's user, with its
+        current token: the JSON answer (None for 204). A refusal is raised as the
+        ``ProtocolError`` of its code (``Forbidden``, ``NotFound``, ``Conflict``,
+        ``RateLimited`` ...; another code, e.g. ``bad_request``, keeps it), an unreachable
+        broker as ``ConnectionLost``."""
+        import aiohttp  # only clients that use the HTTP API need it
+
+        if not path.startswith("/v1/"):
+            raise ValueError(f"{path!r} is not a /v1/ path of the broker's HTTP API")
+        token = self.token or await self._fresh_token()
+        url = http_url(self.ws_url) + path
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout, trust_env=False) as http,
+                http.request(method, url, json=body, headers=headers) as resp,
+            ):
+                status = resp.status
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionLost(f"{method} {path}: {exc!r}") from exc
+        if status == 204:
+            return None
+        try:
+            answer = json.loads(text) if text else None
+        except ValueError:
+            raise ProtocolError(f"{method} {path}: not JSON (HTTP {status})") from None
+        if status >= 400:
+            code = answer.get("error") if isinstance(answer, dict) else None
+            message = answer.get("message") if isinstance(answer, dict) else None
+            cls = ERRORS.get(str(code), ProtocolError)
+            raise cls(
+                str(message or f"HTTP {status}"),
+                None,
+                str(code or status) if cls is ProtocolError else None,
+            )
+        return answer
+
+    # Trusted circles (docs/protocol.md, "Trusted circles"): the REST routes, typed.
+    async def circle_invite(self) -> InvitationBody:
+        """A recipient's one-time invitation code into their circle."""
+        from signaling.circles import InvitationBody
+
+        return InvitationBody.model_validate(await self.rest("POST", "/v1/me/circle/invitations"))
+
+    async def circle_join(self, code: str) -> MembershipBody:
+        """A volunteer joins a recipient's circle with their invitation code."""
+        from signaling.circles import MembershipBody
+
+        answer = await self.rest("POST", "/v1/circle/join", {"code": code})
+        return MembershipBody.model_validate(answer)
+
+    async def circle(self) -> CircleBody:
+        """A recipient's members; a volunteer's circles and requests to join."""
+        from signaling.circles import CircleBody
+
+        return CircleBody.model_validate(await self.rest("GET", "/v1/me/circle"))
+
+    async def circle_remove(self, member: str) -> None:
+        """A recipient takes a helper (their ``member`` handle) out of their circle."""
+        await self.rest("DELETE", "/v1/me/circle/members/" + _segment(member))
+
+    async def circle_leave(self, circle: str) -> None:
+        """A volunteer leaves a circle (its ``circle`` handle)."""
+        await self.rest("DELETE", "/v1/me/circle/circles/" + _segment(circle))
+
+    async def circle_propose(self, call_id: str) -> AskedBody:
+        """A recipient asks the helper of one of their ended calls into their circle."""
+        from signaling.circles import AskedBody
+
+        return AskedBody.model_validate(
+            await self.rest("POST", "/v1/me/circle/proposals", {"call": call_id})
+        )
+
+    async def circle_answer(self, proposal: str, accept: bool) -> AnsweredBody:
+        """A volunteer agrees to (or declines) a recipient's request to join their circle."""
+        from signaling.circles import AnsweredBody
+
+        path = "/v1/me/circle/proposals/" + _segment(proposal)
+        return AnsweredBody.model_validate(await self.rest("POST", path, {"accept": accept}))
+
     # --- the sign-in ---------------------------------------------------------------------------
     async def _fresh_token(self) -> str:
         if self.token_provider is None:
@@ -529,6 +623,13 @@ class Client:
                 task.cancel()
         for callback in list(self.on_lost):
             callback(exc)
+
+
+def _segment(value: str) -> str:
+    """One path segment, every reserved character escaped (a handle never names another path)."""
+    if not value:
+        raise ValueError("an empty handle names nothing")
+    return urllib.parse.quote(value, safe="")
 
 
 def ws_url(base: str) -> str:

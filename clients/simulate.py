@@ -48,6 +48,21 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="the store the broker runs on: memory:// (default) or an empty Redis database "
         "(redis://HOST:PORT/DB, redis+cluster://HOST:PORT), emptied after each policy's run",
     )
+    p.add_argument(
+        "--outlook",
+        type=int,
+        metavar="N",
+        help="instead: check the volunteer outlook (GET /v1/me/outlook) of N volunteers drawn at "
+        "random against when their next call came, policy default (docs/dispatch.md)",
+    )
+    p.add_argument(
+        "--warm-up",
+        type=float,
+        default=30.0,
+        metavar="DAYS",
+        help="with --outlook: days run before the outlook is asked (its 30 days of history); "
+        "the rest of --days is the measured period (default 30)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plots", type=Path, help="write PNG plots to this folder")
 
@@ -95,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(exc, ScenarioError) and "no scenario named" in str(exc):
             print(f"shipped scenarios: {', '.join(shipped())}", file=sys.stderr)
         return 2
+    if args.outlook is not None:
+        return run_outlook(scenario, args)
     results: list[Result] = []
     for name in names:
         if not args.json:
@@ -108,14 +125,121 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"results": [as_json(r) for r in results]}, indent=2))
     else:
         table(results)
+        coverage_table(results)
     if args.plots is not None:
         for path in plot(results, args.plots):
             print(f"wrote {path}", file=sys.stderr)
     return 1 if any(r.violations.total for r in results) else 0
 
 
+def run_outlook(scenario: Scenario, args: argparse.Namespace) -> int:
+    """``--outlook N``: the outlook's estimates against the simulated first calls."""
+    from broker.sim.outlook_check import check_outlook
+
+    if args.store != "memory://":
+        print("vabroker simulate: --outlook runs on the memory store only", file=sys.stderr)
+        return 2
+    if not args.json:
+        print(
+            f"checking the outlook of {args.outlook} volunteers on {scenario.scenario.name} ...",
+            file=sys.stderr,
+        )
+    try:
+        check = check_outlook(scenario, args.warm_up, args.outlook)
+    except ValueError as exc:
+        print(f"vabroker simulate: {exc}", file=sys.stderr)
+        return 2
+    report = check.report()
+    if args.json:
+        print(json.dumps({"outlook": report}, indent=2))
+    else:
+        outlook_table(report)
+    return 0
+
+
+def outlook_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(
+        title=f"outlook on {report['scenario']}: warm-up {report['warm_up_days']:g} days, "
+        f"measured {report['measured_days']:g} days, seed {report['seed']}"
+    )
+    out.add_column("figure")
+    out.add_column("value", justify="right")
+    for key, value in report.items():
+        if key in ("scenario", "seed", "warm_up_days", "measured_days"):
+            continue
+        if key == "calibration":
+            for band in value:
+                top, bottom = band["estimate_days_up_to"], band["estimate_days_above"]
+                out.add_row(
+                    f"estimate over {bottom:g} days or none"
+                    if top is None
+                    else f"estimate {bottom:g}-{top:g} days",
+                    f"{band['volunteers']} volunteers, {band['on_duty_days']:g} days on duty: "
+                    f"{band['first_calls']} first calls, {band['expected_first_calls']:g} expected",
+                )
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        out.add_row(key.replace("_", " "), "-" if value is None else str(value))
+    Console(width=max(Console().width, 100)).print(out)
+
+
 def as_json(result: Result) -> dict[str, Any]:
-    return {**result.report(), "speed": result.speed()}
+    out = {**result.report(), "speed": result.speed()}
+    if result.coverage is not None:
+        out["coverage"] = result.coverage.model_dump(mode="json")
+    return out
+
+
+# The text report lists the worst hours of the week; the JSON has every one.
+GAPS_SHOWN = 10
+
+
+def coverage_gaps(result: Result, limit: int = GAPS_SHOWN) -> list[Any]:
+    """The run's hours of the week with requests where coverage was worst: the lowest share
+    answered, then the longest 90th percentile answer time, then the most requests."""
+    if result.coverage is None:
+        return []
+    cells = [c for c in result.coverage.cells if c.requests]
+    cells.sort(
+        key=lambda c: (
+            c.answered_pct if c.answered_pct is not None else 0.0,
+            -(c.p90_answer_s if c.p90_answer_s is not None else float("inf")),
+            -c.requests,
+            c.language,
+        )
+    )
+    return cells[:limit]
+
+
+def coverage_table(results: list[Result]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))
+    for r in results:
+        if r.coverage is None:
+            continue
+        out = Table(
+            title=f"{r.policy}: coverage gaps, the {GAPS_SHOWN} worst hours of the week "
+            f"({r.coverage.timezone}, requests over the run)"
+        )
+        for column in ("language", "day", "hour", "requests", "answered", "p90 s", "volunteers"):
+            out.add_column(column, justify="left" if column in ("language", "day") else "right")
+        for c in coverage_gaps(r):
+            out.add_row(
+                c.language,
+                c.weekday,
+                f"{c.hour:02d}:00",
+                str(c.requests),
+                "-" if c.answered_pct is None else f"{c.answered_pct:.1f}%",
+                "-" if c.p90_answer_s is None else f"{c.p90_answer_s:.1f}",
+                str(c.volunteers),
+            )
+        console.print(out)
 
 
 def table(results: list[Result]) -> None:

@@ -25,6 +25,7 @@ from broker.model import (
     Role,
     TimeZone,
 )
+from broker.outlook import RequestHistory, outlook, request_history
 from broker.store.base import StoreUnavailable
 from signaling import jsonin
 from signaling.app import CONTEXT, Context
@@ -366,6 +367,38 @@ async def my_impact(request: web.Request) -> web.Response:
     )
 
 
+# How long a node reuses the period's request history for outlooks: the figures move with
+# days of calls, and one read of a month of calls per volunteer would be a country's load.
+OUTLOOK_HISTORY_TTL_S = 300.0
+
+
+class OutlookQuery(BaseModel):
+    """``GET /v1/me/outlook`` takes no parameters: anything sent is refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+async def my_outlook(request: web.Request) -> web.Response:
+    """``GET /v1/me/outlook``: a volunteer's expected time to their next call while on duty,
+    and the figures it comes from (``broker.outlook``)."""
+    ctx, _, profile = await authenticate(request)
+    try:
+        OutlookQuery.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+    if profile.role is not Role.VOLUNTEER:
+        raise ApiError(403, "forbidden", "Only volunteers are rung by the volunteer search.")
+    now = ctx.clock.now()
+    history = ctx.extras.get("outlook_history")
+    if not isinstance(history, RequestHistory) or not (
+        now - OUTLOOK_HISTORY_TTL_S <= history.now <= now
+    ):
+        history = await request_history(ctx.store, now)
+        ctx.extras["outlook_history"] = history
+    report = await outlook(ctx.store, profile, now, ctx.broker.settings, history)
+    return web.json_response(report.model_dump(mode="json"))
+
+
 async def my_ice_servers(request: web.Request) -> web.Response:
     ctx, claims, _ = await authenticate(request)
     return web.json_response(
@@ -393,4 +426,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/me/profile", put_profile)
     app.router.add_get("/v1/me/calls", my_calls)
     app.router.add_get("/v1/me/impact", my_impact)
+    app.router.add_get("/v1/me/outlook", my_outlook)
     app.router.add_get("/v1/ice-servers", my_ice_servers)

@@ -27,6 +27,7 @@ from broker.coverage import Coverage
 from broker.impact import Impact
 from broker.notify.devices import DeviceRegistration
 from broker.orgs import Org, QueueSnapshot
+from broker.outlook import Outlook
 from signaling import messages
 from signaling.admin import Because, Resolve, Suspend
 from signaling.api import ProfileUpdate
@@ -271,6 +272,12 @@ ROUTES: dict[str, RouteDoc] = {
         answer=Impact,
         query=(FORMAT,),
         formats=("text/csv",),
+        errors=(400, 403),
+        tag="me",
+    ),
+    "GET /v1/me/outlook": RouteDoc(
+        "A volunteer's outlook: expected time to their next call while on duty, and why",
+        answer=Outlook,
         errors=(400, 403),
         tag="me",
     ),

@@ -98,6 +98,8 @@ async def test_real_answers_match_the_documented_schemas(server: Server) -> None
         ("GET", "/v1/me/profile", 401, {}),
         ("GET", "/v1/me/calls", 200, server.auth("v1", "volunteer")),
         ("GET", "/v1/ice-servers", 200, server.auth("v1", "volunteer")),
+        ("GET", "/v1/me/outlook", 200, server.auth("v1", "volunteer")),
+        ("GET", "/v1/me/outlook", 403, server.auth("r1", "recipient")),
         ("GET", "/v1/orgs", 200, server.auth("r1", "recipient")),
         ("GET", "/v1/admin/cases", 200, server.auth("boss", "admin")),
         ("GET", "/v1/admin/cases", 403, server.auth("v1", "volunteer")),

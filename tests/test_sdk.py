@@ -26,6 +26,7 @@ from clients.media import (
 )
 from clients.sdk import (
     ERRORS,
+    BadMessageError,
     Client,
     Conflict,
     ConnectionLost,
@@ -482,3 +483,84 @@ async def test_nothing_is_sent_on_a_connection_told_to_reconnect() -> None:
             assert fake.got[0] == []
         finally:
             await client.close()
+
+
+# --- trusted circles over the HTTP API ---------------------------------------------------------
+
+
+async def test_circle_routes_through_the_sdk(server: Server) -> None:
+    rae = Client(server.ws_url, server.token("r1", "recipient", name="Rae"))
+    val = Client(server.ws_url, server.token("v1", "volunteer", name="Val"))
+    made = await rae.circle_invite()
+    assert made.link == f"/app/volunteer.html#circle={made.code}"
+    joined = await val.circle_join(made.code)
+    assert joined.display_name == "Rae"
+    [member] = (await rae.circle()).members
+    assert member.display_name == "Val"
+    mine = await val.circle()
+    assert [c.display_name for c in mine.circles] == ["Rae"] and mine.proposals == []
+    assert await val.circle_leave(mine.circles[0].circle) is None
+    assert (await rae.circle()).members == []
+    with pytest.raises(NotFound):
+        await val.circle_leave(mine.circles[0].circle)
+    # A code is used once.
+    with pytest.raises(NotFound):
+        await val.circle_join(made.code)
+
+
+async def test_a_past_helper_is_asked_and_agrees_through_the_sdk(server: Server) -> None:
+    rec = await server.connect("r2", "recipient", name="Rae", languages=["en"])
+    vol = await server.connect("v2", "volunteer", name="Val", languages=["en"])
+    await vol.request({"type": "availability", "available": True})
+    call = (await rec.request({"type": "call.request"}))["call"]
+    await vol.expect("call.ring", call=call)
+    await vol.request({"type": "call.accept", "call": call})
+    await rec.request({"type": "call.end", "call": call})
+    rae = Client(server.ws_url, server.token("r2", "recipient", name="Rae"))
+    val = Client(server.ws_url, server.token("v2", "volunteer", name="Val"))
+    asked = await rae.circle_propose(call)
+    [proposal] = (await val.circle()).proposals
+    assert proposal.proposal == asked.proposal and proposal.display_name == "Rae"
+    answered = await val.circle_answer(asked.proposal, True)
+    assert answered.joined is not None and answered.joined.display_name == "Rae"
+    [member] = (await rae.circle()).members
+    assert await rae.circle_remove(member.member) is None
+    with pytest.raises(NotFound):
+        await rae.circle_remove(member.member)
+    # Declined: nobody joins.
+    again = await rae.circle_propose(call)
+    assert (await val.circle_answer(again.proposal, False)).joined is None
+    assert (await rae.circle()).members == []
+
+
+async def test_circle_refusals_are_raised_typed(server: Server) -> None:
+    val = Client(server.ws_url, server.token("v3", "volunteer"))
+    rae = Client(server.ws_url, server.token("r3", "recipient"))
+    with pytest.raises(Forbidden, match="recipients"):
+        await val.circle_invite()
+    with pytest.raises(Forbidden):
+        await rae.circle_join("KM7P-3XQA-9RTW")
+    with pytest.raises(BadMessageError, match="12 letters"):
+        await val.circle_join("ABC")
+    # A code another broker version would send keeps its name.
+    with pytest.raises(ProtocolError) as bad:
+        await val.rest("POST", "/v1/circle/join", {"code": 7})
+    assert type(bad.value) is ProtocolError and bad.value.code == "bad_request"
+    with pytest.raises(NotFound, match="ended"):
+        await rae.circle_propose("c_none")
+    # A handle is one path segment: a slash cannot reach another route.
+    with pytest.raises(NotFound):
+        await rae.circle_remove("../circles/x")
+    with pytest.raises(ValueError, match="empty handle"):
+        await rae.circle_remove("")
+    with pytest.raises(ValueError, match="/v1/"):
+        await rae.rest("GET", "/healthz")
+    with pytest.raises(Unauthenticated):
+        await Client(server.ws_url, "not-a-jwt").circle()
+
+
+async def test_an_unreachable_broker_is_connection_lost_over_http() -> None:
+    async with start_server() as srv:
+        url, token = srv.ws_url, srv.token("v1", "volunteer")
+    with pytest.raises(ConnectionLost):
+        await Client(url, token, request_timeout_s=2).circle()

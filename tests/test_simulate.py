@@ -210,6 +210,140 @@ def test_command_refuses_bad_options(
     assert message in capsys.readouterr().err
 
 
+def test_the_report_has_the_coverage_gaps_of_the_run() -> None:
+    from clients.simulate import as_json, coverage_gaps
+
+    result = simulate(SMALL, "default")
+    cov = result.coverage
+    assert cov is not None and cov.timezone == "Europe/Copenhagen"
+    # Every call of the run is in it once, in the hour it was asked for, answered or not.
+    assert sum(c.requests for c in cov.cells) == result.calls
+    assert sum(c.answered for c in cov.cells) == result.answered
+    assert set(cov.languages) <= {"da", "en"} and len(cov.cells) == 168 * len(cov.languages)
+    assert max(c.volunteers for c in cov.cells) > 0
+    gaps = coverage_gaps(result, limit=5)
+    assert 0 < len(gaps) <= 5 and all(c.requests for c in gaps)
+    shares = [c.answered_pct for c in gaps]
+    assert shares == sorted(shares)  # the worst first
+    rest = [c for c in cov.cells if c.requests and c not in gaps]
+    assert all((c.answered_pct or 0.0) >= (shares[-1] or 0.0) for c in rest)
+    assert as_json(result)["coverage"] == cov.model_dump(mode="json")
+
+
+def test_the_command_reports_coverage_as_a_table_and_in_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["simulate", "small-town", "--days", "1", "--policy", "default"]) == 0
+    out = capsys.readouterr().out
+    assert "coverage gaps" in out and "p90 s" in out and "volunteers" in out
+    assert main(["simulate", "small-town", "--days", "1", "--policy", "default", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["results"][0]
+    cells = report["coverage"]["cells"]
+    assert sum(c["requests"] for c in cells) == report["calls"]
+    assert {"weekday", "hour", "answered_pct", "p90_answer_s", "volunteers"} <= set(cells[0])
+
+
+def test_the_outlook_is_compared_with_the_first_calls_that_came() -> None:
+    """The outlook asked of a sample at the end of a warm-up, against the calls that came:
+    every figure of the report follows from the volunteers' own records."""
+    from broker.outlook import bucket_of
+    from broker.sim.outlook_check import check_outlook
+
+    check = check_outlook(load("small-town", days=14), 8, 80)
+    report = check.report()
+    people = check.volunteers
+    assert report["sampled"] == len(people) == 80 and len({c.user_id for c in people}) == 80
+    assert report["measured_days"] == 6
+    called = [c for c in people if c.wait_days is not None]
+    assert report["first_calls"] == len(called) > 0
+    for c in people:
+        assert 0 <= c.on_duty_days <= 6 + 1e-9
+        assert c.wait_days is None or 0 <= c.wait_days <= c.on_duty_days
+        assert c.bucket is bucket_of(c.estimate_days)
+        cut = c.on_duty_days
+        estimate = cut if c.estimate_days is None else min(c.estimate_days, cut)
+        assert c.error_days == pytest.approx(abs(estimate - (c.wait_days or cut)))
+    errors = sorted(c.error_days for c in people)
+    assert report["median_abs_error_days"] == round((errors[39] + errors[40]) / 2, 1)
+    expected = sum(
+        1 - math.exp(-c.on_duty_days / c.estimate_days) for c in people if c.estimate_days
+    )
+    assert report["expected_first_calls"] == round(expected, 1)
+    # By band of the estimate: everyone once, the predictions and the calls summed.
+    bands = report["calibration"]
+    assert sum(b["volunteers"] for b in bands) == 80
+    assert sum(b["first_calls"] for b in bands) == report["first_calls"]
+    assert sum(b["expected_first_calls"] for b in bands) == pytest.approx(expected, abs=0.5)
+    for band in bands:
+        top = band["estimate_days_up_to"]
+        inside = [
+            c
+            for c in people
+            if (c.estimate_days is None and top is None)
+            or (
+                c.estimate_days is not None
+                and band["estimate_days_above"] < c.estimate_days <= (top or math.inf)
+            )
+        ]
+        assert band["volunteers"] == len(inside)
+    # The estimates are the volunteers' own, not one figure for all.
+    assert len({c.estimate_days for c in people}) > 5
+    assert sum(report["estimated_buckets"].values()) == 80
+    # The same seed, the same comparison; another seed, another.
+    assert check_outlook(load("small-town", days=14), 8, 80).report() == report
+    assert check_outlook(load("small-town", days=14, seed=5), 8, 80).report() != report
+
+
+def test_what_the_run_can_tell_of_one_volunteer() -> None:
+    from broker.outlook import Bucket
+    from broker.sim.outlook_check import Checked
+
+    # Told "within 3 days" (2.5 on average), called after 1.5 days on duty: held, same range.
+    soon = Checked("v1", 2.5, Bucket.THREE_DAYS, on_duty_days=6.0, wait_days=1.5)
+    assert (soon.same_bucket, soon.sentence_held, soon.error_days) == (True, True, 1.0)
+    assert soon.expected_first_call == pytest.approx(1 - math.exp(-6 / 2.5))
+    # Called within the day: what was said held, in another range.
+    sooner = Checked("v2", 2.5, Bucket.THREE_DAYS, on_duty_days=6.0, wait_days=0.5)
+    assert (sooner.same_bucket, sooner.sentence_held) == (False, True)
+    # No call in 6 days on duty after "within 3 days": wrong, by at least 3.5 days.
+    late = Checked("v3", 2.5, Bucket.THREE_DAYS, on_duty_days=6.0, wait_days=None)
+    assert (late.same_bucket, late.sentence_held, late.error_days) == (False, False, 3.5)
+    # "More than a month" and no call in 6 days: the run cannot tell yet, and sees no error.
+    long = Checked("v4", 90.0, Bucket.LONGER, on_duty_days=6.0, wait_days=None)
+    assert (long.same_bucket, long.sentence_held, long.error_days) == (None, None, 0.0)
+    # ... but a call after 2 days says it was wrong.
+    wrong = Checked("v5", None, Bucket.LONGER, on_duty_days=6.0, wait_days=2.0)
+    assert (wrong.same_bucket, wrong.sentence_held, wrong.error_days) == (False, False, 4.0)
+    assert wrong.expected_first_call == 0.0
+
+
+def test_command_checks_the_outlook(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["simulate", "small-town", "--days", "10", "--warm-up", "7", "--outlook", "30"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["outlook"]
+    assert out["sampled"] == 30 and out["warm_up_days"] == 7 and out["policy"] == "default"
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "median abs error days" in table and "expected first calls" in table
+    assert "estimate 7-30 days" in table and "estimate over 240 days or none" in table
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--outlook", "0"], "the sample must be at least 1 volunteer, not 0"),
+        (["--outlook", "5", "--warm-up", "7"], "shorter than the run (7 days)"),
+        (["--outlook", "5", "--warm-up", "0"], "the warm-up (0 days) must be above 0"),
+        (["--outlook", "5", "--store", "redis://127.0.0.1:1/0"], "the memory store only"),
+    ],
+)
+def test_the_outlook_check_refuses_bad_options(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", "small-town", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("mode", ["first", "only"])
 def test_circles_are_modelled_and_the_rules_still_hold(mode: str) -> None:
     from broker.sim.scenario import Circles

@@ -253,6 +253,42 @@ async def test_candidate_facts(st: Store) -> None:
     assert later["v1"].last_call_at == NOW + 10  # when they last answered, however long ago
 
 
+async def test_duty_windows_count_on_duty_volunteers_by_zone_and_window(st: Store) -> None:
+    evening = RingWindow.model_validate({"start": "18:00", "end": "23:00"})
+    await online(
+        st,
+        volunteer("a", languages=["en-GB"]),
+        volunteer("b", languages=["en", "fr"]),
+        volunteer("c", languages=["en"], timezone="Asia/Tokyo", ring_window=evening),
+        volunteer("d", languages=["fr"], timezone="Asia/Tokyo", ring_window=evening),
+    )
+    # On duty without a connection still counts (reachability is not checked); off duty not.
+    await st.put_profile(volunteer("e", languages=["en"]))
+    await st.set_on_duty("e", True)
+    await st.put_profile(volunteer("off", languages=["en"]))
+    await st.put_profile(Profile(user_id="rec", role=Role.RECIPIENT, languages=["en"]))
+    await st.set_on_duty("rec", True)
+    default = RingWindow()
+    assert sorted(await st.duty_windows("en-US"), key=str) == sorted(
+        [("UTC", default, 3), ("Asia/Tokyo", evening, 1)], key=str
+    )
+    assert sorted(await st.duty_windows("fr"), key=str) == sorted(
+        [("UTC", default, 1), ("Asia/Tokyo", evening, 1)], key=str
+    )
+    await st.set_on_duty("c", False)
+    await st.put_profile(volunteer("b", languages=["fr"]))
+    assert await st.duty_windows("en") == [("UTC", default, 2)]
+    assert await st.duty_windows("de") == []
+
+
+async def test_last_rung_is_when_the_volunteer_was_last_rung(st: Store) -> None:
+    await online(st, volunteer("v1"), volunteer("v2"))
+    assert await st.last_rung("v1") == 0.0
+    await ringing_call(st, "c_1", "v1")
+    assert await st.last_rung("v1") == NOW and await st.last_rung("v2") == 0.0
+    assert await st.last_rung("nobody") == 0.0
+
+
 async def test_a_draw_that_found_nobody_finds_a_volunteer_who_came_later(st: Store) -> None:
     """A language with nobody in window, then a first volunteer (a new index group), then one
     whose window is another group: each draw sees who is there now, not who was there before."""

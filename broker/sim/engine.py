@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from broker.clock import VirtualClock
+from broker.coverage import Coverage, coverage
 from broker.events import Assigned, Event, Ring, Withdrawn
 from broker.model import (
     BrokerError,
@@ -101,6 +102,8 @@ class Result:
     circle_answered_by_member: int = 0
     wall_s: float = 0.0
     cpu_s: float = 0.0  # this process's CPU time: on a shared machine, steadier than wall time
+    # Coverage gaps of the period (``broker.coverage``, as the operator's console shows them).
+    coverage: Coverage | None = field(default=None, repr=False)
 
     def percentile(self, p: float) -> float | None:
         return percentile(self.answer_times, p)
@@ -457,6 +460,7 @@ class World:
             else:
                 await self._hangup(who, what)
         result = await self._result()
+        result.coverage = await self._coverage()
         result.wall_s = time.perf_counter() - started
         result.cpu_s = time.process_time() - cpu
         return result
@@ -603,6 +607,15 @@ class World:
             world_events=self.world_events,
             broker_events=self.broker_events,
         )
+
+    async def _coverage(self) -> Coverage:
+        """The run's coverage gaps as ``GET /v1/stats/coverage`` reports them, read from its
+        store at its end: by language and local hour of the week in the zone where most
+        recipients live, over the whole run (volunteers: those on duty at the end)."""
+        zone = max(self.sc.regions, key=lambda region: region.recipients).zone
+        now = self.clock.now()
+        days = max(1, math.ceil((now - self.sc.start) / 86400.0))
+        return await coverage(self.store, now, days, zone)
 
 
 SIMULATION_STORES = ("memory://", "redis://", "rediss://", "redis+cluster://", "rediss+cluster://")

@@ -19,7 +19,16 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
-from broker.model import Call, Candidate, EndReason, Feedback, Invite, Profile, Role
+from broker.model import (
+    Call,
+    Candidate,
+    EndReason,
+    Feedback,
+    Invite,
+    Profile,
+    RingWindow,
+    Role,
+)
 from broker.moderation import AuditEntry, AuditQuery, Case, CaseQuery, Resolution, Restriction
 from broker.notify.devices import Device
 from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats, QueueEntry
@@ -221,6 +230,15 @@ class Store(Protocol):
         sample ranks them the same way in distribution; a policy that puts recent helpers
         first (``bme2014``) asks for them by ``recent``.
         """
+
+    async def duty_windows(self, language: str) -> list[tuple[str, RingWindow, int]]:
+        """On-duty volunteers who speak ``language`` (primary subtag), counted by (time zone,
+        ring window): (zone, window, how many), each pair once. Reachability is not checked.
+        What a volunteer's outlook counts its competition by: its cost follows the number of
+        distinct windows, not the population."""
+
+    async def last_rung(self, user_id: str) -> float:
+        """When the volunteer was last rung (``Candidate.last_rung_at``); 0.0 if never."""
 
     # --- devices (push) --------------------------------------------------------------------
     async def has_devices(self, user_id: str) -> bool: ...

@@ -349,6 +349,18 @@ class MemoryStore:
             take(members.items[position - (ends[g - 1] if g else 0)], day)
         return CandidateSample(out, complete=False, recent=lead, more_recent=more_recent)
 
+    async def duty_windows(self, language: str) -> list[tuple[str, RingWindow, int]]:
+        return [
+            (zone, RingWindow(start=start, end=end), len(members))
+            for (zone, start, end), members in self._by_language.get(
+                primary_language(language), {}
+            ).items()
+            if members
+        ]
+
+    async def last_rung(self, user_id: str) -> float:
+        return self._last_rung.get(user_id, 0.0)
+
     def _changed(self, *user_ids: str | None) -> None:
         for user_id in user_ids:
             if user_id is not None:

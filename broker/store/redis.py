@@ -1087,6 +1087,23 @@ class RedisStore(CirclesMixin, SafetyMixin):
             more_recent=more,
         )
 
+    @unavailable_on_redis_errors
+    async def duty_windows(self, language: str) -> list[tuple[str, RingWindow, int]]:
+        base = _lang(primary_language(language))
+        groups = sorted(await self.r.smembers(base + ":groups"))
+        counts = await self._pipelined(lambda pipe: [pipe.zcard(base + ":g:" + g) for g in groups])
+        out: list[tuple[str, RingWindow, int]] = []
+        for group, count in zip(groups, counts, strict=True):
+            if int(count):
+                zone, start, end = group.split("|")
+                window = RingWindow.model_validate({"start": start, "end": end})
+                out.append((zone, window, int(count)))
+        return out
+
+    @unavailable_on_redis_errors
+    async def last_rung(self, user_id: str) -> float:
+        return float(await self.r.hget(_user(user_id), "last_rung") or 0.0)
+
     async def _build(
         self,
         members: list[tuple[str, str]],

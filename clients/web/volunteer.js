@@ -425,6 +425,133 @@ async function exportImpact() {
   else announce(t("volunteer.impact.csv-failed"));
 }
 
+// --- Your outlook: GET /v1/me/outlook said in words, a table by language, what would help ---
+
+const OUTLOOK_COLUMNS = [
+  ["language", "volunteer.outlook.language"],
+  ["sharing_window", "volunteer.outlook.sharing"],
+  ["requests_30d", "volunteer.outlook.requests"],
+  ["place", "volunteer.outlook.place"],
+  ["calls_per_week", "volunteer.outlook.calls-per-week"],
+];
+
+// "While you are on duty, your next call is likely within 3 days." (or "more than a month").
+const OUTLOOK_BUCKETS = {
+  day: "volunteer.outlook.bucket-day",
+  "3days": "volunteer.outlook.bucket-3days",
+  week: "volunteer.outlook.bucket-week",
+  month: "volunteer.outlook.bucket-month",
+  longer: "volunteer.outlook.bucket-longer",
+};
+
+function outlookText(outlook) {
+  return t(OUTLOOK_BUCKETS[outlook.bucket] ?? OUTLOOK_BUCKETS.longer);
+}
+
+function outlookBasis(outlook) {
+  return t("volunteer.outlook.basis", {
+    calls: t("volunteer.outlook.count-calls-week", { count: outlook.calls_per_week }),
+    hours: t("volunteer.outlook.count-hours", { count: outlook.window_hours_per_week }),
+  });
+}
+
+// "2 of 40, tied with 30": their place in the order among volunteers in window.
+function outlookPlace(row) {
+  const place = t("volunteer.outlook.place-of", { place: row.place, total: row.in_window });
+  return row.tied ? t("volunteer.outlook.place-tied", { place, count: row.tied }) : place;
+}
+
+function outlookCell(row, key) {
+  if (key === "language") return languageName(row.language);
+  if (key === "place") return outlookPlace(row);
+  return formatNumber(row[key]);
+}
+
+function outlookTable(languages) {
+  const wrap = document.createElement("div");
+  wrap.className = "table-wrap";
+  const table = document.createElement("table");
+  const caption = table.createCaption();
+  caption.id = "outlook-caption";
+  caption.textContent = t("volunteer.outlook.caption");
+  const head = table.createTHead().insertRow();
+  for (const [, title] of OUTLOOK_COLUMNS) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = t(title);
+    head.append(th);
+  }
+  const body = table.createTBody();
+  for (const row of languages) {
+    const tr = body.insertRow();
+    for (const [key] of OUTLOOK_COLUMNS) {
+      if (key === "language") {
+        const th = document.createElement("th");
+        th.scope = "row";
+        th.textContent = outlookCell(row, key);
+        tr.append(th);
+      } else {
+        tr.insertCell().textContent = outlookCell(row, key);
+      }
+    }
+  }
+  wrap.append(table);
+  return wrap;
+}
+
+// Local hours of day as times in the page's language ("8:00 PM", "20:00"), listed.
+function outlookHours(hours) {
+  const times = hours.map((hour) =>
+    formatDateTime(new Date(2026, 0, 5, hour, 0), { hour: "numeric", minute: "2-digit" }),
+  );
+  return new Intl.ListFormat(currentLanguage(), { type: "conjunction" }).format(times);
+}
+
+function outlookSuggestion(suggestion) {
+  const params = {
+    language: languageName(suggestion.language),
+    requests: t("volunteer.outlook.count-requests", { count: suggestion.requests_30d }),
+    volunteers: t("volunteer.outlook.count-volunteers", { count: suggestion.volunteers }),
+  };
+  if (suggestion.kind === "language") return t("volunteer.outlook.add-language", params);
+  return t("volunteer.outlook.widen-hours", { ...params, hours: outlookHours(suggestion.hours) });
+}
+
+function outlookHelp(suggestions) {
+  const box = document.createElement("div");
+  const heading = document.createElement("h3");
+  heading.id = "h-outlook-help";
+  heading.textContent = t("volunteer.outlook.help-heading");
+  const list = document.createElement("ul");
+  for (const suggestion of suggestions) {
+    const item = document.createElement("li");
+    item.textContent = outlookSuggestion(suggestion);
+    list.append(item);
+  }
+  box.append(heading, list);
+  return box;
+}
+
+async function outlook() {
+  const summary = $("#outlook-summary");
+  const basis = $("#outlook-basis");
+  const table = $("#outlook-languages");
+  const help = $("#outlook-help");
+  const response = await page.session.api("/v1/me/outlook").catch(() => null);
+  if (!response || !response.ok) {
+    summary.textContent = t("volunteer.outlook.failed");
+    for (const box of [basis, table, help]) box.replaceChildren();
+    return;
+  }
+  const report = await response.json();
+  summary.textContent = outlookText(report);
+  basis.textContent = outlookBasis(report);
+  table.replaceChildren(outlookTable(report.languages));
+  markScrollable(table);
+  if (report.suggestions.length) help.replaceChildren(outlookHelp(report.suggestions));
+  else help.replaceChildren();
+}
+
 // An invitation link carries the code in the fragment (#circle=CODE); read before sign-in
 // wipes the fragment.
 const invitedWith = new URLSearchParams(location.hash.replace(/^#/, "")).get("circle");
@@ -576,6 +703,7 @@ async function main() {
   addEventListener("resize", () => {
     markScrollable($("#history"));
     markScrollable($("#impact-months"));
+    markScrollable($("#outlook-languages"));
   });
   showState("idle", { focus: false });
   // Still on duty from before a reload or a dropped connection? The broker knows.
@@ -596,6 +724,7 @@ async function main() {
   );
   history();
   impact();
+  outlook();
   circles();
   if (page.onDuty) enablePush();
 }
