@@ -98,6 +98,10 @@ async def assert_accessible(page: Page, state: str) -> None:
     """The page has reached ``state`` (its body's data-state), axe-core finds no violation and
     every visible control is a large enough target."""
     await expect(page.locator("body")).to_have_attribute("data-state", state)
+    # A viewport just changed fires its resize event at the next rendering step: let the
+    # page's handlers (scrollable tables become focusable regions) run first, as they would
+    # before any reader could reach the page.
+    await page.evaluate("() => new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)))")
     violations = await axe_violations(page)
     assert violations == [], f"{page.url.split('#')[0]} in state {state}:\n{explain(violations)}"
     # Every visible control is a large target (WCAG 2.5.8 asks for 24 px; these are 44+).
