@@ -5,7 +5,7 @@ on the other has exactly one winner, every time."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,13 @@ async def on_duty(node: BrokerNode, sub: str) -> Client:
     vol = await node.connect(sub, "volunteer", name=sub.upper(), **EN)
     assert (await vol.request({"type": "availability", "available": True}))["available"] is True
     return vol
+
+
+async def later(delay: float, answer: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """``answer`` after ``delay``: the accept sent a little later each round, so that the
+    race is run at several offsets (a take makes more round trips before its assign)."""
+    await asyncio.sleep(delay)
+    return await answer
 
 
 async def listed(watcher: Client, want: list[str], timeout: float = 10.0) -> dict[str, Any]:
@@ -102,7 +109,7 @@ async def test_a_take_on_one_node_racing_an_accept_on_the_other_has_one_winner(
             assert entry["call"] == call
             took, accepted = await asyncio.gather(
                 taker.request({"type": "call.take", "call": call}, timeout=10),
-                ringer.request({"type": "call.accept", "call": call}, timeout=10),
+                later(n * 0.004, ringer.request({"type": "call.accept", "call": call}, timeout=10)),
             )
             answers = sorted([took["type"], accepted["type"]])
             assert answers == ["call.assigned", "error"], (took, accepted)
