@@ -181,14 +181,16 @@ class Lobby:
 
     async def why_closed(self, profile: Profile) -> LobbyClosed | None:
         """Why the volunteer may not watch the lobby now, or None if they may."""
-        restriction, on_duty, current = await asyncio.gather(
-            self.store.get_restriction(profile.user_id),
+        # Two reads per watcher and pass: a suspension takes the volunteer off duty, so the
+        # restriction is read only to name the reason.
+        on_duty, current = await asyncio.gather(
             self.store.is_on_duty(profile.user_id),
             self.store.current_call(profile.user_id),
         )
-        if restriction is not None and restriction.active(self.clock.now()):
-            return LobbyClosed.SUSPENDED
         if not on_duty:
+            restriction = await self.store.get_restriction(profile.user_id)
+            if restriction is not None and restriction.active(self.clock.now()):
+                return LobbyClosed.SUSPENDED
             return LobbyClosed.OFF_DUTY
         if current is not None:
             return LobbyClosed.IN_CALL

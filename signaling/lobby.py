@@ -97,9 +97,9 @@ class LobbyWatchers:
         if not self.watching:
             return
         broker = self.broker
-        users = sorted({s.user_id for s in self.watching})
-        profiles = await asyncio.gather(*(broker.store.get_profile(u) for u in users))
-        fresh = {u: p for u, p in zip(users, profiles, strict=True) if p is not None}
+        # The profile read at ``lobby.open`` (languages, window, blocks) serves the whole
+        # watch: a pass reads only what may close it.
+        fresh = {s.user_id: w.profile for s, w in self.watching.items()}
         closed = await asyncio.gather(*(broker.lobby.why_closed(p) for p in fresh.values()))
         why = dict(zip(fresh, closed, strict=True))
         languages = {tag for p in fresh.values() for tag in p.languages}
@@ -115,7 +115,6 @@ class LobbyWatchers:
                 session.send(closed_message(reason))
                 continue
             assert profile is not None
-            watch.profile = profile
             view = broker.lobby.view(profile, listing)
             if view != watch.sent:
                 watch.sent = view

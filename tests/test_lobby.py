@@ -287,7 +287,7 @@ async def test_take_refusals(store: Store, broker: Broker, clock: VirtualClock) 
     await store.set_on_duty("v-off", False)
     assert await refused(broker, off, call_id) is ErrorCode.CONFLICT
     suspended = await person(store, "v-sus")
-    await broker.safety.restrict(suspended, RestrictionKind.SUSPENDED, "test", "admin", "admin", 1)
+    await broker.restrict(suspended, RestrictionKind.SUSPENDED, "test", "admin", "admin", 1)
     assert await refused(broker, suspended, call_id) is ErrorCode.FORBIDDEN
     assert await broker.lobby.why_closed(suspended) is LobbyClosed.SUSPENDED
     agent = await person(store, "a-ag", Role.AGENT)
