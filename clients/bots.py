@@ -30,6 +30,7 @@ from signaling.messages import (
     CallStatus,
     CallWithdrawn,
     EscalationInfo,
+    LobbyMessage,
     ServerMessage,
 )
 
@@ -95,12 +96,19 @@ async def run_volunteer(
                 console.print(f"{tag}[green]in a call with {message.peer.display_name}{again}[/]")
             case CallEnded():
                 console.print(f"{tag}call ended: {message.reason} (by {message.by or 'broker'})")
+            case LobbyMessage() if message.closed:
+                console.print(f"{tag}[dim]lobby closed: {message.reason}[/]")
+            case LobbyMessage():
+                more = f" and {message.more} more" if message.more else ""
+                console.print(f"{tag}[dim]lobby: {len(message.entries)} waiting{more}[/]")
 
     party.on_event.append(show)
     party.client.on_resumed.append(lambda: console.print(f"{tag}[yellow]reconnected[/]"))
     await party.set_available(True)
     me = party.client.welcome.user.display_name if party.client.welcome else "?"
     console.print(f"{tag}on duty" if tag else f"on duty as {me}")
+    if party.take_after_s is not None:
+        await party.open_lobby()
     media_seen: set[str] = set()
     try:
         while stop is None or not stop.is_set():

@@ -265,11 +265,28 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _seconds(text: str) -> float:
+    """A number of seconds from 0 to 3600, for ``--take-after``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds from 0 to 3600")
+    return value
+
+
 def _volunteer_args(p: argparse.ArgumentParser) -> None:
     _broker_args(p)
     p.add_argument("--lang", required=True, help="languages you help in, e.g. en or en,fr")
     p.add_argument("--tz", required=True, help="your IANA time zone, e.g. Europe/London")
     p.add_argument("--auto-accept", action="store_true", help="accept every ring at once")
+    p.add_argument(
+        "--take-after",
+        type=_seconds,
+        metavar="S",
+        help="watch the lobby and take the oldest request once it has waited S seconds",
+    )
     p.add_argument("--record", help="record the call's video and audio to this file (.mp4, .mkv)")
 
 
@@ -344,13 +361,15 @@ def _volunteer(args: argparse.Namespace) -> int:
             Client(url, token, client_name="vabroker-volunteer/0.1"),
             _media_options(args, record=args.record),
             auto_accept=args.auto_accept,
+            take_after_s=args.take_after,
         )
         try:
             await party.client.connect()
             if party.client.welcome and party.client.welcome.user.role != "volunteer":
                 raise BotError("this token is not a volunteer's")
             await update_profile(args.url, token, {"languages": languages, "timezone": args.tz})
-            await run_volunteer(party, console, ask=not args.auto_accept)
+            ask = not args.auto_accept and args.take_after is None
+            await run_volunteer(party, console, ask=ask)
         finally:
             await party.close()
         return 0

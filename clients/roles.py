@@ -27,6 +27,8 @@ from signaling.messages import (
     CallRing,
     CallStatus,
     CallWithdrawn,
+    LobbyEntryWire,
+    LobbyMessage,
     ServerMessage,
     SignalRelay,
 )
@@ -286,9 +288,23 @@ class Volunteer(Party):
     """Goes on duty and answers rings. With ``auto_accept`` every ring is accepted at once;
     otherwise rings wait in ``rings`` for the caller to ``accept`` or ``decline``."""
 
-    def __init__(self, client: Client, media_options: Any = None, auto_accept: bool = False):
+    def __init__(
+        self,
+        client: Client,
+        media_options: Any = None,
+        auto_accept: bool = False,
+        take_after_s: float | None = None,
+    ):
         super().__init__(client, media_options)
         self.auto_accept = auto_accept
+        # Watch the lobby and take the oldest request once it has waited this long (None:
+        # only when told to, with ``take``). The lobby is opened again after each call.
+        self.take_after_s = take_after_s
+        self.lobby: list[LobbyEntryWire] = []
+        self.lobby_more = 0
+        self.lobby_open = False
+        self.taken = 0
+        self._taking: asyncio.Task[None] | None = None
         self.rings: dict[str, CallRing] = {}
         self.lost_races = 0
         self._accepting: set[asyncio.Task[None]] = set()
@@ -308,6 +324,68 @@ class Volunteer(Party):
                 task.add_done_callback(self._accepting.discard)
         elif isinstance(message, CallWithdrawn):
             self.rings.pop(message.call, None)
+        elif isinstance(message, LobbyMessage):
+            self._on_lobby(message)
+        elif isinstance(message, CallEnded) and self.take_after_s is not None:
+            self._spawn(self._reopen())
+
+    # --- the lobby -----------------------------------------------------------------------------
+    async def open_lobby(self) -> list[LobbyEntryWire]:
+        """Watch the lobby: its entries now (kept up to date in ``lobby``). Raises
+        ``ProtocolError`` (``conflict``) off duty or in a call."""
+        first = await self.client.expect({"type": "lobby.open"}, LobbyMessage)
+        self.lobby_open = True
+        self._on_lobby(first)
+        return self.lobby
+
+    async def close_lobby(self) -> None:
+        self.lobby_open = False
+        self.lobby = []
+        await self.client.expect({"type": "lobby.close"}, Ack)
+
+    async def take(self, call_id: str) -> Call:
+        """Take a request from the lobby. Raises ``Conflict`` when someone else answered
+        first (or it ended), ``Forbidden`` when it is not one this volunteer may take."""
+        await self.client.expect({"type": "call.take", "call": call_id}, CallAssigned)
+        self.taken += 1
+        assert self.call is not None and self.call.id == call_id
+        return self.call
+
+    def _on_lobby(self, message: LobbyMessage) -> None:
+        self.lobby = list(message.entries)
+        self.lobby_more = message.more
+        if message.closed:
+            self.lobby_open = False
+            return
+        if self.take_after_s is None or self.call is not None or not self.lobby:
+            return
+        if self._taking is None or self._taking.done():
+            oldest = self.lobby[0]
+            wait = max(0.0, self.take_after_s - oldest.waiting_s)
+            self._taking = self._spawn(self._take_later(oldest.call, wait))
+
+    async def _take_later(self, call_id: str, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        if self.call is not None or call_id not in {e.call for e in self.lobby}:
+            return  # answered meanwhile, by us or by someone else
+        try:
+            await self.take(call_id)
+        except ProtocolError as exc:  # answered elsewhere first: the usual outcome
+            self.lost_races += 1
+            log.debug("take of %s refused: %s", call_id, exc)
+        except ConnectionLost as exc:
+            log.info("take of %s lost: %s", call_id, exc)
+
+    async def _reopen(self) -> None:
+        await asyncio.sleep(0)  # after the end is filed
+        with contextlib.suppress(ProtocolError, ConnectionLost):
+            await self.open_lobby()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._accepting.add(task)
+        task.add_done_callback(self._accepting.discard)
+        return task
 
     async def _auto_accept(self, call_id: str) -> None:
         try:

@@ -33,6 +33,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="replace the scenario's seed")
     p.add_argument("--days", type=float, help="replace the scenario's length in days")
     p.add_argument(
+        "--lobby-share",
+        type=float,
+        help="model the lobby: this share of volunteers (0 to 1) watch it while on duty",
+    )
+    p.add_argument(
+        "--lobby-take-after",
+        type=float,
+        help="median seconds after a request before a watcher takes it (default 20)",
+    )
+    p.add_argument(
         "--circle-share",
         type=float,
         help="replace the share of recipients with a trusted circle (0 to 1)",
@@ -95,6 +105,24 @@ def with_circles(scenario: Scenario, share: float | None, mode: str | None) -> S
     return scenario.model_copy(update={"circles": Circles.model_validate(values)})
 
 
+def with_lobby(scenario: Scenario, share: float | None, take_after: float | None) -> Scenario:
+    """The scenario with its ``[lobby]`` table changed by the command line."""
+    from broker.sim.scenario import Lobby
+
+    if share is None and take_after is None:
+        return scenario
+    if share is not None and not 0 <= share <= 1:
+        raise ValueError(f"--lobby-share must be from 0 to 1, not {share}")
+    if take_after is not None and not 0 < take_after <= 3600:
+        raise ValueError(f"--lobby-take-after must be above 0 and at most 3600, not {take_after}")
+    values = scenario.lobby.model_dump()
+    if share is not None:
+        values["watch_share"] = share
+    if take_after is not None:
+        values["take_median_s"] = take_after
+    return scenario.model_copy(update={"lobby": Lobby.model_validate(values)})
+
+
 def run(args: argparse.Namespace) -> int:
     from broker.sim.engine import check_store_url, simulate
     from broker.sim.scenario import ScenarioError, load, shipped
@@ -104,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         names = policies(args.policy)
         scenario = load(args.scenario, seed=args.seed, days=args.days)
         scenario = with_circles(scenario, args.circle_share, args.circle_mode)
+        scenario = with_lobby(scenario, args.lobby_share, args.lobby_take_after)
         check_store_url(args.store)
     except (ValueError, ScenarioError) as exc:
         print(f"vabroker simulate: {exc}", file=sys.stderr)

@@ -118,6 +118,21 @@ class CallDecline(Message):
     call: CallId
 
 
+class CallTake(Message):
+    """Take a request from the lobby: answered like ``call.accept``."""
+
+    type: Literal["call.take"]
+    call: CallId
+
+
+class LobbyOpen(Message):
+    type: Literal["lobby.open"]
+
+
+class LobbyClose(Message):
+    type: Literal["lobby.close"]
+
+
 class SessionDescription(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -188,6 +203,9 @@ ClientMessage = Annotated[
     | CallHandover
     | CallAccept
     | CallDecline
+    | CallTake
+    | LobbyOpen
+    | LobbyClose
     | Signal
     | CallMedia
     | CallEnd
@@ -365,6 +383,35 @@ class QueueUpdateMessage(Message):
     today: TodayStats
 
 
+class LobbyEntryWire(BaseModel):
+    """One request waiting in the lobby: what it is, never who asked."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    call: str
+    language: str
+    topic: str | None
+    waiting_s: int
+    requested_at: float
+
+
+class LobbyMessage(Message):
+    """The lobby as it is now, oldest first; ``more`` waiting beyond ``entries``. ``closed``:
+    the broker closed this session's lobby, for ``reason``."""
+
+    type: Literal["lobby"] = "lobby"
+    entries: list[LobbyEntryWire]
+    more: int
+    closed: bool | None = None
+    reason: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        out = super().wire()
+        # ``topic`` is always there, null when the recipient gave none.
+        out["entries"] = [entry.model_dump(mode="json") for entry in self.entries]
+        return out
+
+
 class AuthRefreshed(Message):
     """The direct answer to ``auth.refresh``: the session now lasts until ``expires_at``."""
 
@@ -401,6 +448,7 @@ ServerMessage = Annotated[
     | SignalRelay
     | CallEnded
     | QueueUpdateMessage
+    | LobbyMessage
     | Reconnect
     | AuthRefreshed
     | AuthExpiring,

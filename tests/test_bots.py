@@ -20,9 +20,9 @@ from clients.bots import run_call
 from clients.cli import main
 from clients.media import MediaOptions, stamp
 from clients.roles import Recipient, Volunteer
-from clients.sdk import Client
+from clients.sdk import Client, ProtocolError
 from signaling.messages import CallEnded
-from tests.calls import CALL_SETTINGS, recipient, until, volunteer
+from tests.calls import CALL_SETTINGS, LOOPBACK, recipient, until, volunteer
 from tests.helpers import start_server
 
 VABROKER = [sys.executable, "-m", "clients.cli"]
@@ -295,3 +295,50 @@ async def test_call_bot_asks_the_circle_and_the_volunteer_bot_says_so() -> None:
             await rec.close()
             await shy.close()
         assert report.outcome == "no_answer" and report.notified == 1
+
+
+async def test_a_lobby_bot_takes_a_waiting_request_and_watches_again_after() -> None:
+    settings = {**CALL_SETTINGS, "wave_interval_s": 300.0, "lobby_interval_s": 0.2}
+    async with start_server(**settings) as server:
+        shy = await volunteer(server, "v1", auto_accept=False)  # rung, never answers
+        rec = await recipient(server)
+        taker: Volunteer | None = None
+        try:
+            status = await rec.request()
+            await until(lambda: bool(shy.rings), 5, "the ring")
+            token = server.token("v2", "volunteer", name="Lou", languages=["en"])
+            taker = Volunteer(Client(server.ws_url, token), LOOPBACK, take_after_s=0.3)
+            await taker.client.connect()
+            await taker.set_available(True)
+            await taker.open_lobby()
+            call = await rec.wait_call(10)
+            assert call.id == status.call and call.peer_name == "Lou" and taker.taken == 1
+            await until(lambda: not shy.rings, 5, "the ring withdrawn")
+            await call.hang_up()
+            await until(lambda: taker is not None and taker.lobby_open, 5, "the lobby again")
+        finally:
+            await rec.close()
+            await shy.close()
+            if taker is not None:
+                await taker.close()
+
+
+async def test_the_lobby_refuses_a_volunteer_off_duty_through_the_sdk() -> None:
+    async with start_server(**CALL_SETTINGS) as server:
+        vol = await volunteer(server, "v1", auto_accept=False)
+        try:
+            await vol.set_available(False)
+            with pytest.raises(ProtocolError) as err:
+                await vol.open_lobby()
+            assert err.value.code == "conflict" and not vol.lobby_open
+        finally:
+            await vol.close()
+
+
+@pytest.mark.parametrize("bad", ["soon", "-1", "nan", "4000"])
+async def test_take_after_must_be_seconds(tmp_path: Path, bad: str) -> None:
+    code, text = await _run(
+        "volunteer", "--url", "http://127.0.0.1:9", "--token", "t", "--lang", "en",
+        "--tz", "Europe/London", "--take-after", bad, out=tmp_path / "bad.log", timeout_s=30,
+    )  # fmt: skip
+    assert code == 2 and "--take-after" in text and repr(bad) in text, text

@@ -197,6 +197,8 @@ def test_command_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
         (["--days", "-1"], "scenario.days"),
         (["--days", "100"], "scenario.days"),
         (["--circle-share", "1.5"], "--circle-share must be from 0 to 1"),
+        (["--lobby-share", "-0.1"], "--lobby-share must be from 0 to 1"),
+        (["--lobby-share", "0.2", "--lobby-take-after", "0"], "--lobby-take-after must be"),
         (["--store", "sqlite:///tmp/x.db"], "runs on memory:// or an empty Redis database"),
         (["--store", "postgres://db"], "not 'postgres://db'"),
         (["--store", "redis://127.0.0.1:6379/0?pool=9"], "unknown option(s) pool"),
@@ -365,6 +367,38 @@ def test_command_takes_circles(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--circle-share", "0.5", "--circle-mode", "only"]) == 0
     [report] = json.loads(capsys.readouterr().out)["results"]
     assert report["circle_calls"] > 0
+
+
+def test_the_lobby_is_modelled_and_the_rules_still_hold() -> None:
+    """Watchers take requests (through the broker's ``take``, which refuses what they may not
+    take); every rule holds, nobody is assigned twice, and the run is deterministic."""
+    from broker.sim.scenario import Lobby
+
+    busy = SMALL.model_copy(
+        update={"lobby": Lobby(watch_share=0.5, take_median_s=3.0, take_sigma=0.3)}
+    )
+    report = simulate(busy, "default").report()
+    assert sum(report["violations"].values()) == 0
+    assert 0 < report["lobby_taken"] <= report["answered"]
+    assert report["lobby_taken_share"] == round(report["lobby_taken"] / report["answered"], 4)
+    assert 0 < report["share_rung"] <= 1
+    assert simulate(busy, "default").report() == report
+    # Modelled with nobody watching: no take, and the same calls as the plain run.
+    nobody = simulate(SMALL.model_copy(update={"lobby": Lobby(watch_share=0.0)}), "default")
+    base = nobody.report()
+    assert base["lobby_taken"] == 0
+    plain = simulate(SMALL, "default").report()
+    assert "lobby_taken" not in plain and "share_rung" not in plain
+    assert {k: v for k, v in base.items() if not k.startswith(("lobby", "share_rung"))} == plain
+    # Takes answer calls that rings would otherwise have answered: fewer rings per answer.
+    assert report["rings_per_answered_call"] < base["rings_per_answered_call"]
+
+
+def test_command_takes_the_lobby(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["simulate", "small-town", "--days", "1", "--policy", "default", "--json"]
+    assert main([*argv, "--lobby-share", "0.5", "--lobby-take-after", "3"]) == 0
+    [report] = json.loads(capsys.readouterr().out)["results"]
+    assert report["lobby_taken"] > 0
 
 
 def _two_stores_scenario(seed: int) -> Scenario:

@@ -1350,3 +1350,83 @@ async def test_a_handover_left_by_a_node_that_died_mid_finish_is_repaired(
         assert await st.current_call("r1") == "c_a"
     finally:
         await st.close()
+
+
+# --- the lobby ---------------------------------------------------------------------------------
+
+
+async def test_the_lobby_lists_calls_by_language_oldest_first(st: Store) -> None:
+    for i, (cid, lang) in enumerate(
+        [("c_3", "en"), ("c_1", "en-GB"), ("c_2", "pt"), ("c_4", "en")]
+    ):
+        assert await st.create_call(new_call(cid, f"r{i}", language=lang, languages=[lang]))
+    await st.lobby_put("c_3", "en", NOW + 3)
+    await st.lobby_put("c_1", "en-GB", NOW + 1)  # primary subtag: listed under "en"
+    await st.lobby_put("c_2", "pt", NOW + 2)
+    await st.lobby_put("c_4", "en", NOW + 4)
+    calls, total = await st.lobby_calls("en-US", 2)
+    assert [c.id for c in calls] == ["c_1", "c_3"] and total == 3
+    assert calls[0] == await st.get_call("c_1")  # as stored now
+    calls, total = await st.lobby_calls("pt", 20)
+    assert [c.id for c in calls] == ["c_2"] and total == 1
+    assert await st.lobby_calls("de", 20) == ([], 0)
+    assert (await st.lobby_calls("en", 0))[1] == 3
+
+
+async def test_a_call_moved_to_its_next_language_leaves_the_old_list(st: Store) -> None:
+    assert await st.create_call(new_call("c_1", languages=["en", "pt"]))
+    await st.lobby_put("c_1", "en", NOW)
+    await st.lobby_put("c_1", "pt-BR", NOW)
+    assert await st.lobby_calls("en", 20) == ([], 0)
+    assert [c.id for c in (await st.lobby_calls("pt", 20))[0]] == ["c_1"]
+    await st.lobby_put("c_1", "pt", NOW)  # listing again changes nothing
+    assert (await st.lobby_calls("pt", 20))[1] == 1
+
+
+async def test_a_dropped_call_leaves_the_lobby_and_dropping_twice_is_harmless(st: Store) -> None:
+    assert await st.create_call(new_call("c_1"))
+    assert await st.create_call(new_call("c_2", "r2"))
+    await st.lobby_put("c_1", "en", NOW)
+    await st.lobby_put("c_2", "en", NOW + 1)
+    await st.lobby_drop("c_1")
+    await st.lobby_drop("c_1")
+    await st.lobby_drop("never-listed")
+    calls, total = await st.lobby_calls("en", 20)
+    assert [c.id for c in calls] == ["c_2"] and total == 1
+
+
+async def test_the_lobby_index_is_not_the_call_state(st: Store) -> None:
+    """The index may name a call that stopped searching: the call read says so."""
+    await online(st, volunteer("v1"))
+    await ringing_call(st, "c_1", "v1")
+    await st.lobby_put("c_1", "en", NOW)
+    assert await st.assign("c_1", "v1", "v1", Role.VOLUNTEER, NOW + 1) is not None
+    calls, _ = await st.lobby_calls("en", 20)
+    assert [c.state for c in calls] == [CallState.ASSIGNED]
+
+
+async def test_a_take_and_a_ring_accept_racing_have_one_winner(st: Store) -> None:
+    """A take is the ring reservation and the very same ``assign`` as an accept: of a taker
+    and a rung helper racing for one call, exactly one is assigned."""
+    for _ in range(5):
+        await online(st, volunteer("v1"), volunteer("v2"))
+        cid = f"c_{random.randrange(10**9)}"
+        await ringing_call(st, cid, "v1")
+
+        async def take(cid: str) -> bool:
+            if not await st.reserve_ring(cid, "v2", DAY, 10, NOW):
+                return False
+            won = await st.assign(cid, "v2", "v2", Role.VOLUNTEER, NOW)
+            if won is None:
+                await st.release_ring(cid, "v2")
+            return won is not None
+
+        async def accept(cid: str) -> bool:
+            return await st.assign(cid, "v1", "v1", Role.VOLUNTEER, NOW) is not None
+
+        took, accepted = await asyncio.gather(take(cid), accept(cid))
+        assert took + accepted == 1
+        call = await st.get_call(cid)
+        assert call is not None and call.helper_id == ("v2" if took else "v1")
+        assert await st.ringing(cid) == []
+        assert await st.finish(cid, EndReason.COMPLETED, Role.VOLUNTEER, NOW + 5) is not None

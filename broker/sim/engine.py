@@ -35,6 +35,7 @@ from broker.coverage import Coverage, coverage
 from broker.events import Assigned, Event, Ring, Withdrawn
 from broker.model import (
     BrokerError,
+    CallState,
     CircleMode,
     EndReason,
     Profile,
@@ -52,7 +53,7 @@ from broker.store.memory import MemoryStore
 T = TypeVar("T")
 
 # Kinds of world event, in the order they are processed when they fall on the same instant.
-DUTY, ARRIVAL, ACCEPT, DECLINE, HANGUP = range(5)
+DUTY, ARRIVAL, ACCEPT, DECLINE, HANGUP, LOBBY = range(6)
 
 
 @dataclass
@@ -100,6 +101,10 @@ class Result:
     # of those, answered by a member.
     circle_calls: int | None = None
     circle_answered_by_member: int = 0
+    # The lobby (reported when the scenario models it): calls taken from it, and how many
+    # active volunteers were ever rung.
+    lobby_taken: int | None = None
+    volunteers_rung: int = 0
     wall_s: float = 0.0
     cpu_s: float = 0.0  # this process's CPU time: on a shared machine, steadier than wall time
     # Coverage gaps of the period (``broker.coverage``, as the operator's console shows them).
@@ -120,47 +125,63 @@ class Result:
         def r(x: float | None, n: int = 2) -> float | None:
             return None if x is None else round(x, n)
 
+        return (
+            {
+                "scenario": self.scenario,
+                "policy": self.policy,
+                "seed": self.seed,
+                "days": self.days,
+                "volunteers": self.volunteers,
+                "calls": self.calls,
+                "answered": self.answered,
+                "unanswered_share": r(self.unanswered / self.calls if self.calls else 0.0, 4),
+                "answer_p50_s": r(self.percentile(0.50)),
+                "answer_p90_s": r(self.percentile(0.90)),
+                "answer_p99_s": r(self.percentile(0.99)),
+                "answered_within_30s_share": r(
+                    sum(1 for t in self.answer_times if t <= 30.0) / len(self.answer_times)
+                    if self.answer_times
+                    else None,
+                    4,
+                ),
+                "rings": self.rings,
+                "rings_per_answered_call": r(self.rings / self.answered if self.answered else None),
+                "active_volunteers": self.active_volunteers,
+                "volunteers_with_call": self.volunteers_with_call,
+                "share_with_call": r(
+                    self.volunteers_with_call / self.active_volunteers
+                    if self.active_volunteers
+                    else 0.0,
+                    4,
+                ),
+                "gini_calls_per_volunteer": r(self.gini, 4),
+                "gini_floor": r(even_gini(self.answered, self.active_volunteers), 4),
+                "gini_among_helpers": r(gini([n for n in self.calls_per_volunteer if n > 0]), 4),
+                "late_accepts": self.late_accepts,
+                "refused_requests": self.refused_requests,
+                "violations": {
+                    "outside_window": self.violations.outside_window,
+                    "outside_policy_hours": self.violations.outside_policy_hours,
+                    "over_cap": self.violations.over_cap,
+                    "off_duty": self.violations.off_duty,
+                    "two_winners": self.violations.two_winners,
+                },
+            }
+            | self.circle_figures()
+            | self.lobby_figures()
+        )
+
+    def lobby_figures(self) -> dict[str, Any]:
+        if self.lobby_taken is None:
+            return {}
+        rung = self.volunteers_rung / self.active_volunteers if self.active_volunteers else 0.0
         return {
-            "scenario": self.scenario,
-            "policy": self.policy,
-            "seed": self.seed,
-            "days": self.days,
-            "volunteers": self.volunteers,
-            "calls": self.calls,
-            "answered": self.answered,
-            "unanswered_share": r(self.unanswered / self.calls if self.calls else 0.0, 4),
-            "answer_p50_s": r(self.percentile(0.50)),
-            "answer_p90_s": r(self.percentile(0.90)),
-            "answer_p99_s": r(self.percentile(0.99)),
-            "answered_within_30s_share": r(
-                sum(1 for t in self.answer_times if t <= 30.0) / len(self.answer_times)
-                if self.answer_times
-                else None,
-                4,
-            ),
-            "rings": self.rings,
-            "rings_per_answered_call": r(self.rings / self.answered if self.answered else None),
-            "active_volunteers": self.active_volunteers,
-            "volunteers_with_call": self.volunteers_with_call,
-            "share_with_call": r(
-                self.volunteers_with_call / self.active_volunteers
-                if self.active_volunteers
-                else 0.0,
-                4,
-            ),
-            "gini_calls_per_volunteer": r(self.gini, 4),
-            "gini_floor": r(even_gini(self.answered, self.active_volunteers), 4),
-            "gini_among_helpers": r(gini([n for n in self.calls_per_volunteer if n > 0]), 4),
-            "late_accepts": self.late_accepts,
-            "refused_requests": self.refused_requests,
-            "violations": {
-                "outside_window": self.violations.outside_window,
-                "outside_policy_hours": self.violations.outside_policy_hours,
-                "over_cap": self.violations.over_cap,
-                "off_duty": self.violations.off_duty,
-                "two_winners": self.violations.two_winners,
-            },
-        } | self.circle_figures()
+            "lobby_taken": self.lobby_taken,
+            "lobby_taken_share": round(self.lobby_taken / self.answered, 4)
+            if self.answered
+            else None,
+            "share_rung": round(rung, 4),
+        }
 
     def circle_figures(self) -> dict[str, Any]:
         if self.circle_calls is None:
@@ -244,6 +265,10 @@ class World:
         self.rng_arrival = random.Random(f"{seed}/arrival")
         self.rng_response = random.Random(f"{seed}/response")
         self.rng_calls = random.Random(f"{seed}/calls")
+        self.rng_lobby = random.Random(f"{seed}/lobby")
+        self.watchers: list[int] = []
+        self.taken = 0
+        self.ever_rung: set[int] = set()
         self.clock = VirtualClock(scenario.start)
         self.store: Store = store if store is not None else MemoryStore()
         policy, timing = build_policy(policy_name, scenario.dispatch)
@@ -428,6 +453,10 @@ class World:
                 await store.circle_add(f"r{r}", f"v{i}", now)
         for region in range(len(sc.regions)):
             self._schedule_arrival(region, now)
+        share = sc.lobby.watch_share or 0.0
+        self.watchers = [
+            i for i in range(len(self.vol_profiles)) if self.rng_lobby.random() < share
+        ]
 
         # Calls asked for before the end finish within the longest search and call.
         stop = sc.end + self.timing.max_wait_s + sc.calls.duration_max_s + 60.0
@@ -457,6 +486,8 @@ class World:
                 await self._accept(who, what)
             elif kind == DECLINE:
                 await self._decline(who, what)
+            elif kind == LOBBY:
+                await self._lobby_take(what)
             else:
                 await self._hangup(who, what)
         result = await self._result()
@@ -485,6 +516,8 @@ class World:
             assert outcome.call is not None
             self.recipient_of[outcome.call.id] = who
             self.deliver(outcome.events)
+            if self.watchers and circle is None:
+                self._lobby_later(outcome.call.id)
         self._schedule_arrival(region, self.clock.now())
 
     async def _accept(self, i: int, call_id: str) -> None:
@@ -505,6 +538,29 @@ class World:
         except BrokerError:
             return
         self.deliver(outcome.events)
+
+    def _lobby_later(self, call_id: str) -> None:
+        lobby = self.sc.lobby
+        delay = self.rng_lobby.lognormvariate(math.log(lobby.take_median_s), lobby.take_sigma)
+        self.push(self.clock.now() + delay, LOBBY, 0, call_id)
+
+    async def _lobby_take(self, call_id: str) -> None:
+        """A watcher picks the request: a few on-duty watchers try (the broker refuses those
+        who may not take it: language, window, busy, cap, rung before); none able, another
+        look after another delay while it still searches."""
+        call = await self.store.get_call(call_id)
+        if call is None or call.state is not CallState.SEARCHING:
+            return
+        on = [i for i in self.watchers if self.on_duty[i]]
+        for i in self.rng_lobby.sample(on, min(5, len(on))):
+            try:
+                outcome = await self.broker.take(self.vol_profiles[i], call_id)
+            except BrokerError:
+                continue
+            self.taken += 1
+            self.deliver(outcome.events)
+            return
+        self._lobby_later(call_id)
 
     async def _hangup(self, recipient: int, call_id: str) -> None:
         try:
@@ -537,6 +593,7 @@ class World:
         now = self.clock.now()
         i = int(ring.to[1:])
         self.rings += 1
+        self.ever_rung.add(i)
         local_time, day, hour = self.local.at(self.vol_zone[i], now)
         if not self.vol_window[i].contains(local_time):
             self.violations.outside_window += 1
@@ -585,7 +642,10 @@ class World:
                 if c.helper_id is not None
                 and int(c.helper_id[1:]) in self.circle_of.get(int(c.recipient_id[1:]), [])
             )
+        rung = sum(1 for i in self.ever_rung if self.active[i])
         return Result(
+            lobby_taken=self.taken if sc.lobby.watch_share is not None else None,
+            volunteers_rung=rung,
             circle_calls=circle_calls,
             circle_answered_by_member=by_member,
             scenario=sc.scenario.name,

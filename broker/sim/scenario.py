@@ -171,6 +171,20 @@ class Circles(_Strict):
     mode: Literal["first", "only"] = "first"
 
 
+class Lobby(_Strict):
+    """The lobby: a share of on-duty volunteers watch the requests still searching, and one of
+    them takes a request after a delay (log-normal). Without ``watch_share`` the lobby is not
+    modelled; with 0 it is, with nobody watching (the figures to compare with)."""
+
+    watch_share: Probability | None = Field(
+        default=None, description="volunteers who watch the lobby while on duty"
+    )
+    take_median_s: float = Field(
+        default=20.0, gt=0, le=3600, description="a watcher takes a request this long after it"
+    )
+    take_sigma: float = Field(default=0.8, ge=0, le=5, description="spread of that delay")
+
+
 class ScenarioDispatch(DispatchSettings):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -183,6 +197,7 @@ class Scenario(_Strict):
     response: Response
     calls: Calls
     circles: Circles = Field(default_factory=Circles)
+    lobby: Lobby = Field(default_factory=Lobby)
     dispatch: ScenarioDispatch = Field(
         default_factory=ScenarioDispatch,
         description="the broker's dispatch settings for the default policy",

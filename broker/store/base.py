@@ -312,6 +312,24 @@ class Store(Protocol):
     async def mark_media(self, call_id: str, now: float) -> bool:
         """Record the first time media connected; False if it was already recorded."""
 
+    # --- the lobby ---------------------------------------------------------------------------
+    # An index of requests still searching, by the primary language each searches in now: hot
+    # state (not a record). It may name a call that has just stopped searching; the broker's
+    # lobby checks every call it reads (``broker.lobby``), so the index is never part of a race.
+
+    async def lobby_put(self, call_id: str, language: str, requested_at: float) -> None:
+        """List the call under ``language`` (its primary subtag), ordered by ``requested_at``;
+        a call listed under another language moves."""
+
+    async def lobby_drop(self, call_id: str) -> None:
+        """Stop listing the call (nothing if it was not listed)."""
+
+    async def lobby_calls(self, language: str, limit: int) -> tuple[list[Call], int]:
+        """The calls listed under ``language`` (primary subtag), oldest request first, at most
+        ``limit`` of them, as they are stored now (a listed call whose record is gone is dropped
+        from the index), and how many the index lists under that language in all. Its cost
+        follows ``limit``, not how many are listed."""
+
     # --- rings -----------------------------------------------------------------------------
     async def reserve_ring(
         self, call_id: str, user_id: str, day: str, cap: int, now: float

@@ -62,6 +62,7 @@ from broker.store.base import (
     PushedRing,
     ResumeTicket,
 )
+from broker.store.lobby_index import MemoryLobbyIndex
 
 THIRTY_DAYS = 30 * 86400.0
 
@@ -112,8 +113,9 @@ _LOCKED_FIELDS = frozenset(
 )
 
 
-class MemoryStore:
+class MemoryStore(MemoryLobbyIndex):
     def __init__(self) -> None:
+        self._lobby_init()
         self._profiles: dict[str, Profile] = {}
         self._on_duty: set[str] = set()
         self._connections: dict[str, int] = defaultdict(int)

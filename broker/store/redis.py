@@ -116,6 +116,7 @@ from broker.store.redis_common import (
 from broker.store.redis_common import (
     user_key as _user,
 )
+from broker.store.redis_lobby import LobbyMixin
 from broker.store.redis_portable import export_redis, import_redis
 from broker.store.redis_safety import ON_DUTY, SafetyMixin
 
@@ -825,7 +826,7 @@ def _seed(url: str, seed: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class RedisStore(CirclesMixin, SafetyMixin):
+class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
     def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
         self.r: Any = client
         self.cluster = isinstance(client, RedisCluster)
