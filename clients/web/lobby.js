@@ -310,8 +310,8 @@ export function lobbyView(page, call) {
     };
   }
 
+  // Made before the catalogs are loaded: the HTML's words stand until dutyChanged().
   toggle.addEventListener("click", () => (lobby.wanted ? close() : open()));
-  showToggle();
 
   return { register, dutyChanged, callEnded, onClosed };
 }
