@@ -40,6 +40,7 @@ from broker.events import (
     Status,
     Withdrawn,
 )
+from broker.lobby import Lobby, inside_window, listable
 from broker.model import (
     BrokerError,
     Call,
@@ -52,6 +53,8 @@ from broker.model import (
     Profile,
     Role,
     WithdrawReason,
+    local_datetime,
+    primary_language,
 )
 from broker.moderation import (
     Case,
@@ -65,7 +68,7 @@ from broker.privacy import RETENTION, Privacy
 from broker.queues import QROUTE, QWAIT, Queues, QueueSettings
 from broker.safety import RESTRICTION_END, SYSTEM, Safety, SafetySettings
 from broker.stats import counts_of, day_of, scopes_of
-from broker.store.base import Store
+from broker.store.base import Assignment, Store
 
 log = logging.getLogger("vabroker.broker")
 
@@ -123,6 +126,7 @@ class Broker:
         self.privacy = Privacy(store, clock, self.safety)
         self.escalator = Escalator(store, clock, escalation or EscalationSettings())
         self.circles = Circles(store, clock, circle or CircleSettings(), key)
+        self.lobby = Lobby(store, clock, self.settings)
 
     async def start(self) -> None:
         """Put the daily timers in place (once, whichever node starts first)."""
@@ -213,6 +217,7 @@ class Broker:
         log.info("call requested", extra={"call": call.id, "language": call.language})
         call, events = await self.dispatcher.start(call)
         escalated, more = await self._after_wave(call, events)
+        await self.lobby.track(escalated or call)
         return Outcome(escalated or call, events + more)
 
     async def cancel(self, user_id: str, call_id: str) -> Outcome:
@@ -242,12 +247,18 @@ class Broker:
             if profile.user_id in await self.store.rung(call_id):
                 raise BrokerError(ErrorCode.CONFLICT, "Your ring for this call has expired.")
             raise BrokerError(ErrorCode.FORBIDDEN, "You were not rung for this call.")
+        return await self._answered(won, profile, now)
+
+    async def _answered(self, won: Assignment, profile: Profile, now: float) -> Outcome:
+        """The helper's accept (or take) won: stop the search and tell everyone."""
         call = won.call
+        call_id = call.id
         queued = call.org is not None
         for key in (timer(WAVE, call_id), timer(EXPIRE, call_id)):
             await self.store.unschedule(key)
         for user_id in (*won.withdrawn, profile.user_id):
             await self.store.unschedule(timer(RING, call_id, user_id))
+        await self.store.lobby_drop(call_id)
         events: list[Event] = [
             Withdrawn(to=u, call_id=call_id, reason=WithdrawReason.ANSWERED) for u in won.withdrawn
         ]
@@ -259,6 +270,89 @@ class Broker:
             extra={"call": call_id, "answer_s": round(now - call.requested_at, 3)},
         )
         return Outcome(call, events)
+
+    # --- the lobby ---------------------------------------------------------------------------
+    async def take(self, profile: Profile, call_id: str) -> Outcome:
+        """A volunteer takes a request from the lobby: the same first accept as a ring's. They
+        are reserved a ring for the call (the cap, busy and "rung before" decided atomically by
+        the store), then ``assign`` decides between them and every accept racing them."""
+        if profile.role is not Role.VOLUNTEER:
+            raise BrokerError(ErrorCode.FORBIDDEN, "Only volunteers take requests from the lobby.")
+        now = self.clock.now()
+        user_id = profile.user_id
+        call = await self.store.get_call(call_id)
+        if call is None:
+            raise BrokerError(ErrorCode.NOT_FOUND, "That call does not exist.")
+        self._still_waiting(call)
+        if await self.safety.restriction(user_id) is not None:
+            raise BrokerError(ErrorCode.FORBIDDEN, "You cannot take calls while suspended.")
+        if not await self.store.is_on_duty(user_id):
+            raise BrokerError(ErrorCode.CONFLICT, "Go on duty to take a request.")
+        ringing_for_it = await self.store.ring_of(user_id) == call_id
+        if not ringing_for_it:
+            await self._may_take(profile, call, now)
+            day = local_datetime(profile.timezone, now).date().isoformat()
+            if not await self.store.reserve_ring(
+                call_id, user_id, day, profile.daily_ring_cap, now
+            ):
+                await self._reserve_refused(profile, call_id, now)
+        won = await self.store.assign(call_id, user_id, profile.display_name, profile.role, now)
+        if won is None:
+            if not ringing_for_it:
+                await self.store.release_ring(call_id, user_id)
+            later = await self.store.get_call(call_id)
+            self._still_waiting(later or call)
+            # Still searching, yet the assign refused: the ring just reserved lapsed or was
+            # withdrawn in between (the search ended and began again is not possible).
+            raise BrokerError(ErrorCode.CONFLICT, "This request is no longer waiting.")
+        log.info("call taken from the lobby", extra={"call": call_id})
+        return await self._answered(won, profile, now)
+
+    @staticmethod
+    def _still_waiting(call: Call) -> None:
+        if call.state is CallState.ASSIGNED:
+            raise BrokerError(ErrorCode.CONFLICT, "Someone else answered this call first.")
+        if call.state is CallState.ENDED:
+            raise BrokerError(ErrorCode.CONFLICT, "This call has already ended.")
+        if call.state is CallState.QUEUED and call.escalated_at is not None:
+            # Handed to a help centre: it was listed until then.
+            raise BrokerError(ErrorCode.CONFLICT, "This request went to a help centre.")
+
+    async def _may_take(self, profile: Profile, call: Call, now: float) -> None:
+        """Refuse (``forbidden``) a take the lobby would never have offered this volunteer."""
+        if not listable(call, self.settings, now):
+            raise BrokerError(ErrorCode.FORBIDDEN, "This request is not open to the lobby.")
+        spoken = {primary_language(tag) for tag in profile.languages}
+        reached = call.languages[: call.language_index + 1] or [call.language]
+        if not spoken.intersection(primary_language(tag) for tag in reached):
+            raise BrokerError(
+                ErrorCode.FORBIDDEN, "This request is in a language you do not speak."
+            )
+        if not inside_window(profile, now):
+            raise BrokerError(ErrorCode.FORBIDDEN, "You are outside your ring window.")
+        recipient = await self.store.get_profile(call.recipient_id)
+        if call.recipient_id in profile.blocked or (
+            recipient is not None and profile.user_id in recipient.blocked
+        ):
+            raise BrokerError(ErrorCode.FORBIDDEN, "You cannot take this request.")
+
+    async def _reserve_refused(self, profile: Profile, call_id: str, now: float) -> None:
+        """Say why the store would not reserve the taker a ring (it decides atomically; this
+        only reads the facts again to explain)."""
+        user_id = profile.user_id
+        call = await self.store.get_call(call_id)
+        if call is not None:
+            self._still_waiting(call)
+        if await self.store.current_call(user_id) or await self.store.ring_of(user_id):
+            raise BrokerError(ErrorCode.FORBIDDEN, "You are busy with another call.")
+        if user_id in await self.store.rung(call_id):
+            raise BrokerError(
+                ErrorCode.FORBIDDEN,
+                "You were rung for this request already; it is not offered again.",
+            )
+        raise BrokerError(
+            ErrorCode.FORBIDDEN, "You have reached your daily number of calls. Thank you!"
+        )
 
     async def decline(self, user_id: str, call_id: str) -> Outcome:
         return await self._release(user_id, call_id, WithdrawReason.DECLINED)
@@ -532,6 +626,7 @@ class Broker:
             return []  # they asked again themselves meanwhile
         log.info("assistant lost: searching volunteers", extra={"call": call.id})
         call, events = await self.dispatcher.start(call)
+        await self.lobby.track(call)
         status = Status(
             to=call.recipient_id,
             call_id=call.id,
@@ -574,7 +669,9 @@ class Broker:
             if call is None:
                 return []
             call, rings = await self.dispatcher.wave(call)
-            return rings + (await self._after_wave(call, rings))[1]
+            escalated, more = await self._after_wave(call, rings)
+            await self.lobby.track(escalated or call)
+            return rings + more
         if kind == EXPIRE:
             return await self._search_expired(args[0])
         if kind == RING:
@@ -681,6 +778,7 @@ class Broker:
         )
         if handed is None:
             return None, []
+        await self.store.lobby_drop(call.id)
         for key in (timer(WAVE, call.id), timer(EXPIRE, call.id)):
             await self.store.unschedule(key)
         events: list[Event] = []
@@ -732,6 +830,7 @@ class Broker:
         if done is None:
             return Outcome(await self.store.get_call(call_id), [])
         call = done.call
+        await self.store.lobby_drop(call_id)
         # Counted here because a call ends once: ``finish`` answers None the second time.
         counts = counts_of(call)
         await self.store.add_counts(

@@ -22,6 +22,7 @@ from broker.store import Store, open_store, shown_url
 from signaling.auth import Authenticator, Claims, KeySet
 from signaling.config import Settings
 from signaling.hub import Hub
+from signaling.lobby import LobbyWatchers
 from signaling.metrics import Metrics
 from signaling.turn import ice_servers
 
@@ -40,6 +41,7 @@ class Context:
     metrics: Metrics
     hub: Hub
     node_id: str
+    lobby: LobbyWatchers
     extras: dict[str, Any] = field(default_factory=dict)
 
     def ice_servers(self, user_id: str) -> list[dict[str, Any]]:
@@ -136,7 +138,8 @@ def build_context(
             ttl_s=settings.node_ttl_s,
         )
     metrics.store_errors.watch(getattr(store, "errors", None))
-    ctx = Context(settings, store, clock, broker, auth, metrics, hub, node_id)
+    lobby = LobbyWatchers(broker, settings.lobby_interval_s)
+    ctx = Context(settings, store, clock, broker, auth, metrics, hub, node_id, lobby)
     ctx_holder["ctx"] = ctx
     return ctx
 
@@ -192,6 +195,7 @@ def create_app(
         await ctx.broker.start()
         await ctx.hub.router.start(ctx.hub)
         ctx.hub.start()
+        ctx.lobby.start()
         counting = asyncio.get_running_loop().create_task(count_nodes(ctx))
         # What start-up made lives as long as the process: out of the collector's way, so that
         # a full collection scans only what requests made (tens of ms less at the tail).
@@ -207,6 +211,7 @@ def create_app(
         counting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await counting
+        await ctx.lobby.stop()
         await ctx.hub.stop()
         await ctx.hub.router.stop()
         await ctx.auth.close()

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     # Sessions.
     grace_s: float = Field(default=20.0, ge=0, le=3600)
     heartbeat_s: float = Field(default=20.0, gt=0, le=600)
+    # The lobby: each watcher's list is brought up to date at most this often.
+    lobby_interval_s: float = Field(default=1.0, ge=0.1, le=60)
     hello_timeout_s: float = Field(default=10.0, gt=0, le=120)
     messages_per_s: float = Field(default=20.0, gt=0, description="per-connection message rate")
     message_burst: int = Field(default=60, ge=1)

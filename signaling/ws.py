@@ -15,6 +15,7 @@ import time
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
+from broker.lobby import LobbyClosed
 from broker.model import BrokerError, CallState, CircleMode, ErrorCode
 from broker.moderation import ReportReason
 from broker.privacy import iso, restriction_body
@@ -40,9 +41,12 @@ from signaling.messages import (
     CallMedia,
     CallRequest,
     CallStatus,
+    CallTake,
     ClientMessage,
     Error,
     Hello,
+    LobbyClose,
+    LobbyOpen,
     Ping,
     Pong,
     RestrictionInfo,
@@ -362,6 +366,8 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
         case Availability():
             await broker.set_available(profile, message.available)
             session.send(AvailabilityState(available=message.available, ref=ref))
+            if not message.available:
+                ctx.lobby.closed_for(user, LobbyClosed.OFF_DUTY)
         case AgentStatus():
             events = await broker.set_agent_status(profile, message.state)
             session.send(AgentState(state=message.state, ref=ref))
@@ -402,6 +408,19 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
             if outcome.call and outcome.call.answer_time_s is not None:
                 ctx.metrics.answer_time.observe(outcome.call.answer_time_s)
             ctx.hub.deliver(outcome.events, answer=(user, "call.assigned", ref))
+            ctx.lobby.closed_for(user, LobbyClosed.IN_CALL)
+        case CallTake():
+            fresh = await ctx.store.get_profile(user) or profile
+            outcome = await broker.take(fresh, message.call)
+            if outcome.call and outcome.call.answer_time_s is not None:
+                ctx.metrics.answer_time.observe(outcome.call.answer_time_s)
+            ctx.hub.deliver(outcome.events, answer=(user, "call.assigned", ref))
+            ctx.lobby.closed_for(user, LobbyClosed.IN_CALL)
+        case LobbyOpen():
+            await ctx.lobby.open(session, ref)
+        case LobbyClose():
+            ctx.lobby.close(session)
+            session.send(Ack(ref=ref))
         case CallDecline():
             outcome = await broker.decline(user, message.call)
             session.send(Ack(ref=ref))
@@ -435,6 +454,7 @@ async def _goodbye(ctx: Context, session: Session) -> None:
     # A session the server ended for good (revoked, over the cap) is not resumed: its resume
     # token goes, and with no other session its call ends now rather than after the grace.
     grace = ctx.settings.grace_s if session.resumable else 0.0
+    ctx.lobby.close(session)
     ctx.hub.detach(session, park=grace > 0)
     await session.close()
     try:

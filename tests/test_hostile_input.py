@@ -332,6 +332,49 @@ async def test_wire_text_refuses_controls(
     assert answer["code"] == "bad_message" and field in answer["message"], answer
 
 
+@pytest.mark.parametrize(
+    ("frame", "field", "echoed"),
+    [
+        ('{"type":"call.take","ref":"q"}', "call", True),
+        ('{"type":"call.take","ref":"q","call":null}', "call", True),
+        ('{"type":"call.take","ref":"q","call":["c_1"]}', "call", True),
+        ('{"type":"call.take","ref":"q","call":{"id":"c_1"}}', "call", True),
+        ('{"type":"call.take","ref":"q","call":12}', "call", True),
+        ('{"type":"call.take","ref":"q","call":true}', "call", True),
+        ('{"type":"call.take","ref":"q","call":""}', "call", True),
+        ('{"type":"call.take","ref":"q","call":"' + "c" * 65 + '"}', "call", True),
+        ('{"type":"call.take","ref":"q","call":"c\\ud800"}', "call", True),
+        ('{"type":"call.take","ref":"q","call":"c_1","call":"c_2"}', "call", False),
+        ('{"type":"lobby.open","ref":"q","\\udc00":1}', "a key", True),
+        ('{"type":"lobby.open","ref":"q","type":"lobby.close"}', "type", False),
+        ('{"type":"lobby.close","ref":"q","x":' + "[" * 100 + "]" * 100 + "}", "deep", False),
+    ],
+)
+async def test_lobby_messages_refuse_hostile_input_naming_the_field(
+    server: Server, frame: str, field: str, echoed: bool
+) -> None:
+    """``echoed``: the frame could be parsed far enough to read its ``ref`` (a repeated key
+    or nesting too deep is refused before)."""
+    client = await server.connect("v1", "volunteer")
+    await client.ws.send(frame)
+    msg = await client.recv()
+    assert msg["code"] == "bad_message" and field in msg["message"], msg
+    assert msg.get("ref") == ("q" if echoed else None)
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_lobby_messages_ignore_unknown_fields_and_a_bad_ref_is_not_echoed(
+    server: Server,
+) -> None:
+    client = await server.connect("v1", "volunteer")
+    await client.request({"type": "availability", "available": True})
+    answer = await client.request({"type": "lobby.open", "entries": [{"call": "c_x"}], "all": 1})
+    assert answer["type"] == "lobby" and answer["entries"] == []  # sent fields change nothing
+    await client.send({"type": "lobby.close", "ref": 7})
+    msg = await client.recv()
+    assert msg["code"] == "bad_message" and "ref" not in msg and "ref" in msg["message"]
+
+
 async def test_organisation_names_refuse_controls(server: Server) -> None:
     body = {
         "name": "Bank\u202e",
