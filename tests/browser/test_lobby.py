@@ -283,3 +283,55 @@ async def test_someone_else_took_it_first(browser: Browser, broker_server: Serve
     for client in (first, second, other):
         await client.close()
     await context.close()
+
+
+async def test_the_count_is_said_sparingly_and_the_waits_count_on(
+    browser: Browser, broker_server: Server
+) -> None:
+    """Under Playwright's clock: a change of the count within 15 s of the last one said is said
+    when those 15 s are over, once; time passing alone changes the waits' words, once a
+    minute, and says nothing."""
+    asked = [await ask(broker_server, f"lob-rec-4-{n}", "pt", f"label {n}") for n in range(3)]
+    context = await new_context(browser)
+    vol = await context.new_page()
+    vol.set_default_timeout(15_000)
+    await vol.clock.install()
+    token = broker_server.token("lob-vol-4", "volunteer", name="Val", languages=["pt"])
+    await vol.goto(f"{broker_server.url}/app/volunteer.html#token={token}")
+    await expect(live(vol)).to_have_text(re.compile("Signed in as Val"))
+    await on_duty(vol)
+    await vol.evaluate(
+        """() => {
+            window.saidLog = [];
+            const live = document.querySelector('#live');
+            new MutationObserver(() => {
+                if (live.textContent) window.saidLog.push([Date.now(), live.textContent]);
+            }).observe(live, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+    await open_lobby(vol)
+    await expect(live(vol)).to_have_text("3 requests waiting.")
+
+    # Two go at once: the list follows at once, the live region not yet.
+    for client, call in asked[:2]:
+        await client.request({"type": "call.cancel", "call": call})
+    await expect(vol.locator("#lobby-count")).to_have_text("1 request waiting.")
+    await expect(take_buttons(vol)).to_have_count(1)
+    await expect(live(vol)).to_have_text("3 requests waiting.")
+    await vol.clock.fast_forward(15_000)
+    await expect(live(vol)).to_have_text("1 request waiting.")
+
+    # A minute on, the wait's words change; nothing is said.
+    await vol.clock.fast_forward(60_000)
+    await expect(take_buttons(vol)).to_have_attribute(
+        "aria-label", "Take: Portuguese, label 2, waiting 1 minute"
+    )
+    await expect(vol.locator("#lobby-list .lobby-waiting")).to_have_text("waiting 1 minute")
+    await vol.clock.fast_forward(60_000)
+    await expect(vol.locator("#lobby-list .lobby-waiting")).to_have_text("waiting 2 minutes")
+    said = [text for _, text in await vol.evaluate("window.saidLog")]
+    assert said == ["3 requests waiting.", "1 request waiting."], said
+    await asked[2][0].request({"type": "call.cancel", "call": asked[2][1]})
+    for client, _ in asked:
+        await client.close()
+    await context.close()
