@@ -13,6 +13,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Locator, Page, ViewportSize, expect
@@ -335,3 +336,37 @@ async def test_the_count_is_said_sparingly_and_the_waits_count_on(
     for client, _ in asked:
         await client.close()
     await context.close()
+
+
+async def test_a_take_the_broker_forbids_is_said_in_its_words(
+    browser: Browser, broker_server: Server
+) -> None:
+    """A volunteer at their daily number of calls sees requests but may not take one: the page
+    says the broker's reason and keeps the lobby."""
+    client, call = await ask(broker_server, "lob-rec-5", "nl", "a parcel")
+    claims: dict[str, Any] = {"name": "Val", "languages": ["nl"]}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(
+            f"{broker_server.url}/v1/me/profile",
+            json={"daily_ring_cap": 0},
+            headers=broker_server.auth("lob-vol-5", "volunteer", **claims),
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+    vol = await open_as(browser, broker_server, "volunteer", "lob-vol-5", "volunteer", **claims)
+    await expect(live(vol)).to_have_text(re.compile("Signed in as Val"))
+    await on_duty(vol)
+    await open_lobby(vol)
+    await expect(live(vol)).to_have_text("1 request waiting.")
+    await vol.keyboard.press("Tab")
+    await vol.keyboard.press("Enter")
+    refused = "You have reached your daily number of calls. Thank you!"
+    await expect(live(vol)).to_have_text(refused)
+    await expect(vol.locator("#lobby-notice")).to_have_text(refused)
+    await expect(vol.locator("body")).to_have_attribute("data-state", "idle")
+    await expect(take_buttons(vol)).to_have_count(1)
+    assert (await focused_name(vol)).startswith("Take: Dutch, a parcel, waiting")
+    await client.request({"type": "call.cancel", "call": call})
+    await client.close()
+    await vol.context.close()
