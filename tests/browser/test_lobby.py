@@ -370,3 +370,48 @@ async def test_a_take_the_broker_forbids_is_said_in_its_words(
     await client.request({"type": "call.cancel", "call": call})
     await client.close()
     await vol.context.close()
+
+
+async def test_the_lobby_survives_a_reconnect_and_a_ring(
+    browser: Browser, broker_server: Server
+) -> None:
+    """A dropped connection resumes and the lobby goes on (the broker forgets a resumed
+    session's lobby; the page opens it again, without a word). A ring while the lobby is open
+    takes the page; declined, the lobby is back as it was."""
+    first, first_call = await ask(broker_server, "lob-rec-6-0", "sv", "a timetable")
+    vol = await open_as(
+        browser, broker_server, "volunteer", "lob-vol-6", "volunteer", name="Val", languages=["sv"]
+    )
+    await expect(live(vol)).to_have_text(re.compile("Signed in as Val"))
+    await on_duty(vol)
+    await open_lobby(vol)
+    await expect(live(vol)).to_have_text("1 request waiting.")
+
+    await vol.evaluate("window.vabrokerPage.session.ws.close(3000)")
+    await expect(live(vol)).to_have_text("Reconnected.")
+
+    # A new request rings the page (it is on duty): the lobby is hidden while it rings.
+    second, second_call = await ask(broker_server, "lob-rec-6-1", "sv", "a letter")
+    await expect(live(vol)).to_have_text(re.compile("^Call from Secret lob-rec-6-1"))
+    await expect(vol.locator("#lobby-view")).to_be_hidden()
+    await vol.keyboard.press("Tab")
+    assert await focused(vol) == "decline"
+    await vol.keyboard.press("Enter")
+    await expect(live(vol)).to_have_text("Declined. You are on duty. Waiting for a call.")
+    # Back: still open, and the declined request is not offered (answer the ring instead).
+    await expect(vol.locator("#lobby-view")).to_be_visible()
+    await expect(vol.locator("#lobby-toggle")).to_have_attribute("aria-expanded", "true")
+    await expect(take_buttons(vol)).to_have_count(1)
+    await expect(take_buttons(vol)).to_have_attribute(
+        "aria-label", re.compile("^Take: Swedish, a timetable, waiting")
+    )
+    # The lists still come after the reconnect: a cancelled request goes.
+    await first.request({"type": "call.cancel", "call": first_call})
+    await expect(take_buttons(vol)).to_have_count(0)
+    await expect(vol.locator("#lobby-count")).to_have_text(
+        "No requests waiting just now. This list updates by itself."
+    )
+    await second.request({"type": "call.cancel", "call": second_call})
+    for client in (first, second):
+        await client.close()
+    await vol.context.close()
