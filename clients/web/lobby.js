@@ -13,6 +13,8 @@ const TICK_MS = 5000;
 
 const SEEN_STATES = new Set(["idle", "ended"]);
 
+const listedCalls = (entries) => new Set(entries.map((entry) => entry.call));
+
 // `page` holds the session and the duty state; `call` is the page's helperCall (its claim()
 // asks for the call like an accept does).
 export function lobbyView(page, call) {
@@ -107,7 +109,7 @@ export function lobbyView(page, call) {
     const focusedCall = focusedItem ? focusedItem.dataset.call : null;
     const focusedIndex = focusedItem ? [...list.children].indexOf(focusedItem) : -1;
     const kept = new Map([...list.children].map((item) => [item.dataset.call, item]));
-    const wanted = new Set(lobby.entries.map((entry) => entry.call));
+    const wanted = listedCalls(lobby.entries);
     for (const [id, item] of kept) {
       if (!wanted.has(id)) {
         item.remove();
@@ -166,7 +168,9 @@ export function lobbyView(page, call) {
     lobby.more = message.more;
     lobby.receivedAt = Date.now();
     const lostFocus = render();
-    for (const id of lobby.refused) if (!lobby.entries.some((entry) => entry.call === id)) lobby.refused.delete(id);
+    for (const id of lobby.refused) {
+      if (!listedCalls(lobby.entries).has(id)) lobby.refused.delete(id);
+    }
     if (lostFocus && visible()) {
       // Where the volunteer was has gone: say so, with the count, whatever was said before.
       lobby.said.total = lobby.entries.length + lobby.more;
