@@ -57,11 +57,10 @@ export function helperCall(page) {
     return text;
   }
 
-  // Accept the ring shown on the page, with the microphone for audio back. `conflict` is what
-  // to say when someone else answered first.
-  async function accept(working, conflict) {
-    const ring = page.ring;
-    if (!ring) return;
+  // Asks the broker for a call (`call.accept` of a ring, `call.take` from the lobby) with the
+  // microphone on for audio back; call.assigned, its answer, starts the call (onAssigned).
+  // A refusal lets go of the microphone and is thrown for the caller to say.
+  async function claim(message, working) {
     announce(working);
     try {
       page.mic = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
@@ -69,10 +68,22 @@ export function helperCall(page) {
       announce(t("common.microphone-failed", { error: err.name }));
     }
     try {
-      await page.session.request({ type: "call.accept", call: ring.call });
+      await page.session.request(message);
     } catch (err) {
       stopStream(page.mic);
       page.mic = null;
+      throw err;
+    }
+  }
+
+  // Accept the ring shown on the page. `conflict` is what to say when someone else answered
+  // first.
+  async function accept(working, conflict) {
+    const ring = page.ring;
+    if (!ring) return;
+    try {
+      await claim({ type: "call.accept", call: ring.call }, working);
+    } catch (err) {
       page.ring = null;
       showState("idle");
       announce(err.code === "conflict" ? conflict : err.message);
@@ -86,5 +97,5 @@ export function helperCall(page) {
     });
   }
 
-  return { onAssigned, onSignal, endCall, accept, hangUp };
+  return { onAssigned, onSignal, endCall, claim, accept, hangUp };
 }

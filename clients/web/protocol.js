@@ -73,7 +73,24 @@ const num = (v) => typeof v === "number" && Number.isFinite(v);
 const optNum = (v) => v === undefined || v === null || num(v);
 const obj = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 const bool = (v) => typeof v === "boolean";
+const optBool = (v) => v === undefined || v === null || typeof v === "boolean";
 const optObj = (v) => v === undefined || v === null || obj(v);
+
+// The lobby's requests (docs/protocol.md, "Lobby"): each checked, so that a bad one is never
+// shown with a Take button.
+const lobbyEntries = (v) =>
+  Array.isArray(v) &&
+  v.every(
+    (e) =>
+      obj(e) &&
+      str(e.call) &&
+      str(e.language) &&
+      optStr(e.topic) &&
+      num(e.waiting_s) &&
+      e.waiting_s >= 0 &&
+      num(e.requested_at),
+  );
+const count = (v) => Number.isInteger(v) && v >= 0;
 
 // Required and optional fields of every server message (signaling/messages.py).
 const SERVER_MESSAGES = {
@@ -120,6 +137,9 @@ const SERVER_MESSAGES = {
   "auth.refreshed": { expires_at: num },
   // Partner queues: the live queue of an agent's organisation.
   "queue.update": {},
+  // The volunteer's lobby: the whole list of requests waiting, each time it changes.
+  // The broker closed it by itself: closed true, with reason off_duty, suspended or in_call.
+  lobby: { entries: lobbyEntries, more: count, closed: optBool, reason: optStr },
 };
 
 export function parseServer(text) {

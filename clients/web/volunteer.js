@@ -4,6 +4,7 @@
 
 import { markScrollable } from "./charts.js";
 import { helperCall } from "./helper.js";
+import { lobbyView } from "./lobby.js";
 import { currentLanguage, formatDateTime, formatNumber } from "./i18n.js";
 import { RING, Tone, unlockAudio } from "./sound.js";
 import {
@@ -32,6 +33,7 @@ const page = {
   push: "unknown", // Web Push on this browser: "on", "off" (not offered) or "unknown"
 };
 const call = helperCall(page);
+const lobby = lobbyView(page, call);
 window.vabrokerPage = page; // for diagnostics and the browser tests
 
 const WITHDRAWN = {
@@ -62,6 +64,7 @@ async function setDuty(onDuty) {
     return;
   }
   setSwitch($("#duty"), page.onDuty);
+  lobby.dutyChanged();
   if (page.onDuty && "Notification" in window && Notification.permission === "default") {
     // Explained first, then asked: a bare browser prompt is easy to refuse by mistake.
     $("#notify-ask").hidden = false;
@@ -78,6 +81,7 @@ function onAvailabilityFromBroker(message) {
   if (message.ref || message.available === page.onDuty) return;
   page.onDuty = message.available;
   setSwitch($("#duty"), page.onDuty);
+  lobby.dutyChanged();
   announce(message.reason === "suspended" ? t("volunteer.duty.suspended", { why: suspendedNotice() }) : waitingText());
 }
 
@@ -256,6 +260,7 @@ function onEnded(message) {
   announce(t("volunteer.ended.said", { reason: text, waiting: waitingText() }));
   history();
   impact();
+  lobby.callEnded();
 }
 
 const COLUMNS = [
@@ -673,6 +678,7 @@ async function main() {
       .on("signal", call.onSignal)
       .on("call.ended", onEnded)
       .on("availability", onAvailabilityFromBroker);
+    lobby.register(session);
   });
   $("#duty").addEventListener("click", () => setDuty(!page.onDuty));
   $("#accept").addEventListener("click", accept);
@@ -710,6 +716,7 @@ async function main() {
   const profile = await loadProfile(page.session);
   page.onDuty = Boolean(profile && profile.available === true);
   setSwitch($("#duty"), page.onDuty);
+  lobby.dutyChanged();
   setSwitch(sound, page.ringSound.enabled);
   showNotifyStatus();
   $("#duty").focus();

@@ -4,10 +4,11 @@ and counting the frames a <video> element really presents."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, BrowserContext, Locator, Page, expect
+from playwright.async_api import Browser, BrowserContext, Locator, Page, WebSocketRoute, expect
 
 from tests.helpers import Server
 
@@ -119,3 +120,41 @@ async def focused(page: Page) -> str:
     return str(
         await page.evaluate("() => document.activeElement.id || document.activeElement.tagName")
     )
+
+
+class LobbyHold:
+    """Holds back the broker's lobby lists to a page while ``held`` is set: the test's way of
+    making the list in the page older than the broker's (as a message still on its way). The
+    page's WebSocket goes through Playwright's route (``open``); the rest passes unchanged."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.kept: list[str] = []
+        self.route: WebSocketRoute | None = None
+
+    def __call__(self, route: WebSocketRoute) -> None:
+        self.route = route
+        server = route.connect_to_server()
+
+        def from_broker(message: str | bytes) -> None:
+            text = message.decode() if isinstance(message, bytes) else message
+            if self.held and json.loads(text).get("type") == "lobby":
+                self.kept.append(text)
+            else:
+                route.send(text)
+
+        server.on_message(from_broker)
+
+    async def open(self, context: BrowserContext, server: Server, page: str, token: str) -> Page:
+        tab = await context.new_page()
+        tab.set_default_timeout(15_000)
+        await tab.route_web_socket(re.compile(r".*/v1/ws$"), self)
+        await tab.goto(f"{server.url}/app/{page}.html#token={token}")
+        return tab
+
+    def release(self) -> None:
+        self.held = False
+        assert self.route is not None
+        for text in self.kept:
+            self.route.send(text)
+        self.kept.clear()

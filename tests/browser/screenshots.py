@@ -39,7 +39,8 @@ async def until(page: Page, expression: str, timeout_s: float = 15.0) -> None:
 
 async def main(out: Path) -> None:
     async with (
-        start_server(demo=True, demo_signins_per_hour=1000) as server,
+        # Waves 10 minutes apart: the lobby's requests below ring nobody while it is shot.
+        start_server(demo=True, demo_signins_per_hour=1000, wave_interval_s=600.0) as server,
         async_playwright() as pw,
     ):
         browser = await pw.chromium.launch(
@@ -99,6 +100,36 @@ async def main(out: Path) -> None:
         await agent.check('input[value="available"]')
         await expect(live(agent)).to_have_text(re.compile("^You are available"))
         await shoot(agent, out, "agent-available")
+
+        # The lobby: requests made while nobody is on duty, seen by a volunteer who came on
+        # duty afterwards.
+        await vol.click("#duty")
+        await expect(live(vol)).to_have_text("You are off duty.")
+        asking = []
+        for n, (language, topic) in enumerate(
+            [
+                ("en", "reading a letter"),
+                ("en", None),
+                ("es", "which bus is this"),
+                ("en", "a photo"),
+            ]
+        ):
+            client = await server.connect(f"rec-lobby-shot-{n}", "recipient", languages=[language])
+            await client.request({"type": "call.request", "language": language, "topic": topic})
+            asking.append(client)
+        lobby = await open_page(
+            vol_context,
+            server,
+            "volunteer",
+            server.token("vol-lobby-shot", "volunteer", name="Lee", languages=["en", "es"]),
+        )
+        await expect(live(lobby)).to_have_text(re.compile("Signed in as"))
+        await lobby.click("#duty")
+        await lobby.click("#lobby-toggle")
+        await expect(lobby.locator("#lobby-list li")).to_have_count(4)
+        await shoot(lobby, out, "volunteer-lobby")
+        for client in asking:
+            await client.close()
 
         # The operator's console, with a few reports to look at.
         for n, (report, comment) in enumerate(

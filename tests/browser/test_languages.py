@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
-from tests.browser.pages import axe_violations, explain, open_page
-from tests.helpers import Server
+from tests.browser.pages import LobbyHold, axe_violations, explain, open_page
+from tests.helpers import Server, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -190,3 +190,63 @@ async def test_every_state_of_every_page_in_every_language(
     await people.close()
     await helpers.close()
     await context.close()
+
+
+@pytest.mark.parametrize("lang", ["en", "es", "ar"])
+async def test_the_volunteers_lobby_in_every_language(browser: Browser, lang: str) -> None:
+    """The lobby's states on the volunteer page (with requests, after someone else took one
+    first, empty), checked like every other state. A broker of its own, whose waves are 10
+    minutes apart: requests made before the volunteer is on duty ring nobody and are listed."""
+    words = catalog(lang)
+    async with start_server(demo=True, wave_interval_s=600.0, max_wait_s=600.0) as server:
+        asking = []
+        for n, topic in enumerate(["reading a letter", None]):
+            client = await server.connect(f"rec-lobby-{n}", "recipient", languages=[lang])
+            status = await client.request(
+                {"type": "call.request", "language": lang, "topic": topic}
+            )
+            asking.append((client, status["call"]))
+        other = await server.connect("vol-lobby-other", "volunteer", languages=[lang])
+        assert (await other.request({"type": "availability", "available": True}))["available"]
+
+        context = await browser.new_context(viewport=WIDE, locale="en-US")
+        hold = LobbyHold()
+        token = server.token("vol-lobby", "volunteer", name="Val", languages=[lang, "en"])
+        vol = await hold.open(context, server, "volunteer", token)
+        await expect(vol.locator("#live")).to_have_text(re.compile("Val"))
+        await expect(vol.locator("#lobby-off")).to_have_text(words["volunteer.lobby.off-duty"])
+        await vol.click("#duty")
+        await vol.click("#notify-later")
+        await vol.click("#lobby-toggle")
+        count = words["volunteer.lobby.count"]["two" if lang == "ar" else "other"]
+        await expect(vol.locator("#lobby-count")).to_have_text(count.replace("{count}", "2"))
+        take = vol.locator("#lobby-list .lobby-take")
+        await expect(take).to_have_count(2)
+        await expect(take.first).to_have_text(words["volunteer.lobby.take"])
+        # Each Take button's name starts with its visible word and names the request in the
+        # page's language, never a catalog key.
+        for button in await take.all():
+            name = str(await button.get_attribute("aria-label"))
+            assert name.startswith(words["volunteer.lobby.take"]), name
+            assert not KEY_SHOWN.search(name), name
+        await check_state(vol, "volunteer", "idle", lang)
+
+        # Someone else takes the first while the page's list is on its way: the page says so.
+        hold.held = True
+        taken = await other.request({"type": "call.take", "call": asking[0][1]})
+        assert taken["type"] == "call.assigned", taken
+        await take.first.click()
+        await expect(vol.locator("#lobby-notice")).to_have_text(words["volunteer.lobby.conflict"])
+        await check_state(vol, "volunteer", "idle", lang)
+        hold.release()
+
+        # Empty.
+        await other.request({"type": "call.end", "call": asking[0][1]})
+        await asking[1][0].request({"type": "call.cancel", "call": asking[1][1]})
+        await expect(take).to_have_count(0)
+        await expect(vol.locator("#lobby-count")).to_have_text(words["volunteer.lobby.empty"])
+        await check_state(vol, "volunteer", "idle", lang)
+        for client, _ in asking:
+            await client.close()
+        await other.close()
+        await context.close()

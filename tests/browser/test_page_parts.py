@@ -258,6 +258,27 @@ async def test_what_the_recipient_hears_when_nobody_answers(
             '{"type": "call.ended", "call": "c", "reason": "no_answer", "retry_after_s": "9"}',
             "bad retry_after_s",
         ),
+        # The lobby: a bad request is never shown with a Take button.
+        ('{"type": "lobby", "entries": {}, "more": 0}', "The broker's lobby has a bad entries."),
+        ('{"type": "lobby", "entries": [], "more": -1}', "The broker's lobby has a bad more."),
+        ('{"type": "lobby", "entries": [], "more": 1.5}', "The broker's lobby has a bad more."),
+        ('{"type": "lobby", "entries": []}', "The broker's lobby has a bad more."),
+        ('{"type": "lobby", "entries": [], "more": 0, "closed": "yes"}', "bad closed"),
+        ('{"type": "lobby", "entries": [], "more": 0, "reason": 3}', "bad reason"),
+        *(
+            ('{"type": "lobby", "more": 0, "entries": [' + entry + "]}", "bad entries")
+            for entry in [
+                '"c"',
+                '{"language": "en", "topic": null, "waiting_s": 1, "requested_at": 1}',
+                '{"call": 7, "language": "en", "topic": null, "waiting_s": 1, "requested_at": 1}',
+                '{"call": "c", "topic": null, "waiting_s": 1, "requested_at": 1}',
+                '{"call": "c", "language": "en", "topic": 5, "waiting_s": 1, "requested_at": 1}',
+                '{"call": "c", "language": "en", "topic": null, "waiting_s": -1, "requested_at": 1}',
+                '{"call": "c", "language": "en", "topic": null, "waiting_s": "1", "requested_at": 1}',
+                '{"call": "c", "language": "en", "topic": null, "waiting_s": 1}',
+                '{"call": "c", "language": "en", "topic": null, "waiting_s": 1, "requested_at": "t"}',
+            ]
+        ),
     ],
 )
 async def test_the_pages_check_every_server_message(
@@ -281,10 +302,13 @@ async def test_the_pages_accept_good_and_newer_messages(ui_module_page: Page) ->
                 '{"type": "call.withdrawn", "call": "c", "reason": "answered", "extra": 1}',
                 '{"type": "call.ended", "call": "c", "reason": "completed"}',
                 '{"type": "something.new", "x": 1}',
+                '{"type": "lobby", "entries": [{"call": "c", "language": "en", "topic": null,'
+                + ' "waiting_s": 0, "requested_at": 1.5e9}], "more": 0}',
+                '{"type": "lobby", "entries": [], "more": 0, "closed": true, "reason": "in_call"}',
             ].map((f) => parseServer(f).type);
         }"""
     )
-    assert kinds == ["call.withdrawn", "call.ended", "something.new"]
+    assert kinds == ["call.withdrawn", "call.ended", "something.new", "lobby", "lobby"]
 
 
 async def test_ping_is_answered(browser: Browser, broker_server: Server) -> None:
