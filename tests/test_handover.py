@@ -311,3 +311,27 @@ async def test_erasing_a_recipient_ends_the_search_they_asked_for(
         ended = await store.get_call(cid)
         assert ended is not None and ended.state is CallState.ENDED and ended.reading is None
     assert await store.current_call("val") is None and await store.ring_of("val") is None
+
+
+async def test_a_handover_search_is_in_the_lobby_and_a_take_hands_over(
+    broker: Broker, store: Store
+) -> None:
+    rec, first = await with_reader(broker, store)
+    # Off the waves' path (not connected: never rung), on duty: only the lobby reaches them.
+    watcher = await person(store, "wat", Role.VOLUNTEER)
+    await store.set_connected("wat", False)
+    out = await broker.hand_over(rec, first.id, READ)
+    search = out.call
+    assert search is not None and not of(out.events, Ring, "wat")
+    listing = await broker.lobby.read(watcher.languages)
+    view = broker.lobby.view(watcher, listing)
+    assert [(e.call_id, e.topic) for e in view.entries] == [(search.id, "a label")]
+    won = await broker.take(watcher, search.id)
+    assert {(e.to, e.reason) for e in of(won.events, Ended)} == {
+        ("r1", EndReason.HANDED_OVER),
+        ("reader", EndReason.HANDED_OVER),
+    }
+    assert [e.reading for e in of(won.events, Assigned, "wat")] == [READ]
+    assert await store.current_call("r1") == search.id
+    assert await store.handover_of("r1") is None
+    assert broker.lobby.view(watcher, await broker.lobby.read(watcher.languages)).entries == ()
