@@ -138,13 +138,8 @@ class Lobby:
             listing.totals[lang] = max(total, len(kept))
         shown = [c for calls in listing.calls.values() for c in calls]
         recipients = sorted({c.recipient_id for c in shown})
-        profiles, rung = await asyncio.gather(
-            asyncio.gather(*(self.store.get_profile(r) for r in recipients)),
-            asyncio.gather(*(self.store.rung(c.id) for c in shown)),
-        )
-        blocks = {
-            r: p.blocked if p else frozenset() for r, p in zip(recipients, profiles, strict=True)
-        }
+        blocked, rung = await self.store.lobby_facts(recipients, [c.id for c in shown])
+        blocks = dict(zip(recipients, blocked, strict=True))
         for call, rung_for in zip(shown, rung, strict=True):
             listing.blocked_by[call.id] = blocks[call.recipient_id]
             listing.rung[call.id] = rung_for

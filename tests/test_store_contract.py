@@ -1430,3 +1430,21 @@ async def test_a_take_and_a_ring_accept_racing_have_one_winner(st: Store) -> Non
         assert call is not None and call.helper_id == ("v2" if took else "v1")
         assert await st.ringing(cid) == []
         assert await st.finish(cid, EndReason.COMPLETED, Role.VOLUNTEER, NOW + 5) is not None
+
+
+async def test_the_lobby_facts_are_blocks_and_rings_read_at_once(st: Store) -> None:
+    """``lobby_facts`` answers what ``get_profile().blocked`` and ``rung`` answer, in order."""
+    await online(st, volunteer("v1"), volunteer("v2"))
+    for rid in ("r1", "r2"):
+        await st.put_profile(volunteer(rid, role=Role.RECIPIENT))
+    await st.block("r1", "v2")
+    await ringing_call(st, "c_1", "v1", recipient="r1")
+    assert await st.create_call(new_call("c_2", "r2"))
+    blocked, rung = await st.lobby_facts(["r1", "r2", "nobody"], ["c_1", "c_2", "c_none"])
+    assert blocked == [frozenset({"v2"}), frozenset(), frozenset()]
+    assert rung == [{"v1"}, set(), set()]
+    for rid, got in zip(["r1", "r2"], blocked, strict=False):
+        profile = await st.get_profile(rid)
+        assert profile is not None and profile.blocked == got
+    assert rung[0] == await st.rung("c_1")
+    assert await st.lobby_facts([], []) == ([], [])

@@ -15,7 +15,7 @@ caller: ``create_call`` (one open call per recipient, besides one pending handov
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
@@ -329,6 +329,13 @@ class Store(Protocol):
         ``limit`` of them, as they are stored now (a listed call whose record is gone is dropped
         from the index), and how many the index lists under that language in all. Its cost
         follows ``limit``, not how many are listed."""
+
+    async def lobby_facts(
+        self, recipient_ids: Sequence[str], call_ids: Sequence[str]
+    ) -> tuple[list[frozenset[str]], list[set[str]]]:
+        """What the lobby checks each listed call against, read at once: for each recipient,
+        whom they blocked (as ``Profile.blocked``; empty for an unknown user), and for each
+        call, who was rung for it (as ``rung``)."""
 
     # --- rings -----------------------------------------------------------------------------
     async def reserve_ring(

@@ -11,14 +11,17 @@ the call.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 
-from broker.model import Call, primary_language
+from broker.model import Call, Profile, primary_language
 
 
 class MemoryLobbyIndex:
     """A mixin of ``MemoryStore``: the lobby methods of the ``Store`` contract."""
 
     _calls: dict[str, Call]
+    _profiles: dict[str, Profile]
+    _rung: dict[str, set[str]]
 
     def _lobby_init(self) -> None:
         # primary language -> call -> requested at; call -> the language it is listed under
@@ -45,6 +48,15 @@ class MemoryLobbyIndex:
             else:
                 calls.append(call.model_copy(update={"languages": list(call.languages)}))
         return calls, len(self._lobby.get(primary_language(language), {}))
+
+    async def lobby_facts(
+        self, recipient_ids: Sequence[str], call_ids: Sequence[str]
+    ) -> tuple[list[frozenset[str]], list[set[str]]]:
+        blocked = [
+            p.blocked if (p := self._profiles.get(u)) is not None else frozenset()
+            for u in recipient_ids
+        ]
+        return blocked, [set(self._rung.get(c, ())) for c in call_ids]
 
     def _lobby_unlist(self, call_id: str) -> None:
         old = self._lobby_where.pop(call_id, None)

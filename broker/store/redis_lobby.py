@@ -11,11 +11,11 @@ state, not a record: a migration does not move it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from broker.model import Call, primary_language
-from broker.store.redis_common import unavailable_on_redis_errors
+from broker.store.redis_common import call_key, unavailable_on_redis_errors, user_key
 
 _WHERE = "vb:{lobby}:where"
 
@@ -27,6 +27,24 @@ def _listed(lang: str) -> str:
 class LobbyMixin:
     r: Any
     _calls: Callable[[list[str]], Awaitable[list[Call]]]  # the store's: one pipeline
+    _pipelined: Callable[[Callable[[Any], object]], Awaitable[list[Any]]]
+
+    @unavailable_on_redis_errors
+    async def lobby_facts(
+        self, recipient_ids: Sequence[str], call_ids: Sequence[str]
+    ) -> tuple[list[frozenset[str]], list[set[str]]]:
+        # One pipeline, not a round trip per recipient and call: a node reads this for every
+        # listed call once a second while anyone watches.
+        if not recipient_ids and not call_ids:
+            return [], []
+        replies = await self._pipelined(
+            lambda pipe: (
+                [pipe.smembers(user_key(u) + ":blocked") for u in recipient_ids],
+                [pipe.smembers(call_key(c) + ":rung") for c in call_ids],
+            )
+        )
+        n = len(recipient_ids)
+        return [frozenset(b) for b in replies[:n]], [set(r) for r in replies[n:]]
 
     @unavailable_on_redis_errors
     async def lobby_put(self, call_id: str, language: str, requested_at: float) -> None:
