@@ -14,6 +14,7 @@ import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -184,12 +185,7 @@ class Broker:
             # Specialised help: refused before it counts against the rate limit when the
             # organisation is unknown or closed.
             partner, line = await self.queues.admit(profile, org, queue, language)
-        hits = await self.store.hit(f"request|{profile.user_id}", now, 3600.0)
-        if hits > self.limits.requests_per_hour:
-            raise BrokerError(
-                ErrorCode.RATE_LIMITED,
-                "Too many calls in the last hour. Please wait a few minutes and try again.",
-            )
+        await self._count_request(profile.user_id, now)
         if org is not None:
             queued, events = await self.queues.request(
                 profile, partner, line, self.new_id(), language, topic, note
@@ -263,25 +259,9 @@ class Broker:
             )
         await self.safety.check(profile.user_id)
         now = self.clock.now()
-        hits = await self.store.hit(f"request|{profile.user_id}", now, 3600.0)
-        if hits > self.limits.requests_per_hour:
-            raise BrokerError(
-                ErrorCode.RATE_LIMITED,
-                "Too many calls in the last hour. Please wait a few minutes and try again.",
-            )
-        search = Call(
-            id=self.new_id(),
-            recipient_id=call.recipient_id,
-            recipient_name=call.recipient_name,
-            language=call.language,
-            languages=call.languages,
-            topic=call.topic,
-            note=call.note,
-            state=CallState.SEARCHING,
-            requested_at=now,
-            circle=call.circle,
-            replaces=call.id,
-            reading=reading,
+        await self._count_request(profile.user_id, now)
+        search = self._search_after(
+            call, now, circle=call.circle, replaces=call.id, reading=reading
         )
         if not await self.store.open_handover(search):
             # Lost a race: the call ended, or another handover was opened, meanwhile.
@@ -303,6 +283,31 @@ class Broker:
             replaces=call.id,
         )
         return Outcome(search, [status, *events, *more])
+
+    async def _count_request(self, user_id: str, now: float) -> None:
+        """Count a request for help against the recipient's hourly limit; refuse one over it."""
+        hits = await self.store.hit(f"request|{user_id}", now, 3600.0)
+        if hits > self.limits.requests_per_hour:
+            raise BrokerError(
+                ErrorCode.RATE_LIMITED,
+                "Too many calls in the last hour. Please wait a few minutes and try again.",
+            )
+
+    def _search_after(self, call: Call, now: float, **fields: Any) -> Call:
+        """A new volunteers' search for the recipient of ``call``, in its languages, with its
+        topic and note (a handover, or the search that replaces a lost assistant)."""
+        return Call(
+            id=self.new_id(),
+            recipient_id=call.recipient_id,
+            recipient_name=call.recipient_name,
+            language=call.language,
+            languages=call.languages,
+            topic=call.topic,
+            note=call.note,
+            state=CallState.SEARCHING,
+            requested_at=now,
+            **fields,
+        )
 
     async def _handed_over(self, answered: Call) -> list[Event]:
         """A volunteer accepted a handover: the call it replaces ends, ``handed_over``, by the
@@ -715,18 +720,7 @@ class Broker:
         """An automatic helper vanished mid-call (it crashed): the recipient did not hang up,
         so the volunteers' search starts at once for them, with the same language, topic and
         note, without their asking again. Their ``call.status`` names the new call."""
-        now = self.clock.now()
-        call = Call(
-            id=self.new_id(),
-            recipient_id=lost.recipient_id,
-            recipient_name=lost.recipient_name,
-            language=lost.language,
-            languages=lost.languages,
-            topic=lost.topic,
-            note=lost.note,
-            state=CallState.SEARCHING,
-            requested_at=now,
-        )
+        call = self._search_after(lost, self.clock.now())
         if not await self.store.create_call(call):
             # They asked again themselves meanwhile, or had asked for a volunteer already:
             # that search, which outlived the lost call, is the one they are told of.
