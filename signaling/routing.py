@@ -20,7 +20,10 @@ its count of receivers only counts subscribers of the Redis node that ran it, so
 elsewhere would also be parked and delivered twice.
 
 What is accepted without an error is not dropped on the way (parked messages still expire
-with the grace period, at most ``PARKED_LIMIT`` kept per user). The sender's one loop holds a
+with the grace period, at most ``PARKED_LIMIT`` kept per user). A publish's count of receivers
+is only Redis's word (a master killed between its replies, a subscription cut with the message
+unread), so the receiving node acknowledges what its channel brought and the sender sends again
+what was not acknowledged (``Unacked``). The sender's one loop holds a
 batch while Redis is unreachable and tries again; an envelope carries its sender's running
 number, kept when it is parked, so that a batch sent again after a partial failure is not
 handed on twice, live or from the parked list. A message
@@ -69,6 +72,8 @@ log = logging.getLogger("vabroker.routing")
 Wire = dict[str, Any]
 T = TypeVar("T")
 PARKED_LIMIT = 200
+ACK_DELAY_S = 0.02  # acknowledgements to one sender go together, at most this late
+ACK_WAIT_S = 1.0  # then an envelope not acknowledged goes again
 _ROUNDS = 4  # of sending and parking, for one batch
 
 
@@ -203,12 +208,15 @@ return got
 class _Outgoing:
     """One message on its way to a user on another node."""
 
-    __slots__ = ("event", "message", "parked", "reached", "text", "user_id")
+    __slots__ = ("event", "message", "number", "parked", "reached", "text", "user_id")
 
-    def __init__(self, user_id: str, message: Wire, event: Event | None, text: str) -> None:
+    def __init__(
+        self, user_id: str, message: Wire, event: Event | None, number: int, text: str
+    ) -> None:
         self.user_id = user_id
         self.message = message
         self.event = event
+        self.number = number
         self.text = text  # the envelope, numbered once: sent again, it is known again
         self.reached = False
         self.parked = False
@@ -221,7 +229,7 @@ class HeardNumbers:
     advance as its batches go through, and a batch is at most 1,000, so the last ``keep``
     numbers cover any batch sent again."""
 
-    def __init__(self, keep: int = 20_000) -> None:
+    def __init__(self, keep: int = 50_000) -> None:
         self.keep = keep
         self._numbers: set[int] = set()
         self._order: deque[int] = deque()
@@ -234,6 +242,49 @@ class HeardNumbers:
         if len(self._order) > self.keep:
             self._numbers.discard(self._order.popleft())
         return True
+
+
+class Unacked:
+    """Envelopes a node's channel said it heard (SPUBLISH/PUBLISH counted a receiver) and that
+    node has not acknowledged yet. A count is only Redis's word: a master killed between
+    answering the publisher and writing to the subscriber, or a subscription dropped with the
+    message still unread, loses it. So each is sent again, to the same node, until that node
+    acknowledges it or ``give_up_s`` passes (the node died: what it held is in doubt, and sending
+    it anywhere else could hand the user a copy of what that node did deliver). Keyed by
+    (node, number): a user with sockets on two nodes is two deliveries."""
+
+    def __init__(self, wait_s: float, give_up_s: float, limit: int = 50_000) -> None:
+        self.wait_s = wait_s
+        self.give_up_s = give_up_s
+        self.limit = limit
+        self.given_up = 0
+        # (node, number) -> [envelope, first sent, last sent]
+        self._out: dict[tuple[str, int], list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._out)
+
+    def sent(self, node: str, number: int, text: str, now: float) -> None:
+        self._out[(node, number)] = [text, now, now]
+        if len(self._out) > self.limit:  # a long outage: the oldest are in doubt
+            del self._out[next(iter(self._out))]
+            self.given_up += 1
+
+    def acked(self, node: str, numbers: list[int]) -> None:
+        for number in numbers:
+            self._out.pop((node, number), None)
+
+    def due(self, now: float) -> list[tuple[str, int, str]]:
+        """What to send again now (marked sent again); drops what waited past ``give_up_s``."""
+        due: list[tuple[str, int, str]] = []
+        for key, entry in list(self._out.items()):
+            if now - entry[1] >= self.give_up_s:
+                del self._out[key]
+                self.given_up += 1
+            elif now - entry[2] >= self.wait_s:
+                entry[2] = now
+                due.append((key[0], key[1], entry[0]))
+        return due
 
 
 class BeatWatch:
@@ -340,6 +391,14 @@ class RedisRouter:
         self._life = secrets.token_hex(4)
         self._sent = 0
         self._heard: dict[str, HeardNumbers] = {}
+        # Acknowledgements: what this node's channel brought, by (sender node, sender life),
+        # sent back in one message per sender every ACK_DELAY_S; what other nodes have not
+        # acknowledged yet, sent again to them; and each node's life, as its acknowledgements
+        # name it (a message is only sent again to the life that acknowledged before).
+        self._acks: dict[tuple[str, str], list[int]] = {}
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self.unacked = Unacked(wait_s=ACK_WAIT_S, give_up_s=min(30.0, max(5.0, self.settle_s)))
+        self._lives: dict[str, str] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self, host: RouterHost) -> None:
@@ -348,6 +407,7 @@ class RedisRouter:
             asyncio.create_task(self._listen(), name="route-listen"),
             asyncio.create_task(self._send_loop(), name="route-send"),
             asyncio.create_task(self._beat_loop(), name="node-beat"),
+            asyncio.create_task(self._resend_loop(), name="route-resend"),
         ]
         # A restarted node of the same name: what its previous life held is gone.
         with contextlib.suppress(*_DOWN):
@@ -357,6 +417,8 @@ class RedisRouter:
 
     async def stop(self) -> None:
         self._stopping = True  # redis-py may swallow a cancel that lands inside its calls
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
         tasks = [*self._tasks, *self._background]
         for task in tasks:
             task.cancel()
@@ -450,12 +512,19 @@ class RedisRouter:
         self._out.put_nowait((user_id, message, event))
         return True
 
-    def _envelope(self, user_id: str, message: Wire) -> str:
+    def _outgoing(self, user_id: str, message: Wire, event: Event | None) -> _Outgoing:
         self._sent += 1
-        return json.dumps(
-            {"from": self._life, "n": self._sent, "to": user_id, "msg": message},
+        text = json.dumps(
+            {
+                "from": self._life,
+                "by": self.node_id,
+                "n": self._sent,
+                "to": user_id,
+                "msg": message,
+            },
             separators=(",", ":"),
         )
+        return _Outgoing(user_id, message, event, self._sent, text)
 
     async def _send_loop(self) -> None:
         """One sender, so that messages to a user leave in the order they were sent; each
@@ -465,7 +534,7 @@ class RedisRouter:
             batch = [await self._out.get()]
             while not self._out.empty() and len(batch) < 1000:
                 batch.append(self._out.get_nowait())
-            items = [_Outgoing(u, m, e, self._envelope(u, m)) for u, m, e in batch]
+            items = [self._outgoing(u, m, e) for u, m, e in batch]
             while not self._stopping:
                 try:
                     await self._route(items)
@@ -524,8 +593,12 @@ class RedisRouter:
         for uid, nodes in where.items():
             tried.setdefault(uid, set()).update(nodes)
         if sends:
-            for item, heard in zip(owners, await self._publish(sends), strict=True):
-                item.reached = item.reached or heard > 0
+            now = time.monotonic()
+            heard_by = await self._publish(sends)
+            for (node, text), item, heard in zip(sends, owners, heard_by, strict=True):
+                if heard > 0:
+                    item.reached = True
+                    self.unacked.sent(node, item.number, text, now)
 
     async def _park_or_refresh(
         self, items: list[_Outgoing], tried: dict[str, set[str]], force: bool
@@ -651,19 +724,19 @@ class RedisRouter:
                 checked = time.monotonic()
                 while not self._stopping:
                     msg = await pubsub.get_message(timeout=1.0)
-                    if time.monotonic() - checked >= 1.0:
-                        checked = time.monotonic()
-                        if self._moved(owner):
-                            raise ConnectionError("this node's channel moved to another master")
-                    if msg is None:
-                        continue
-                    kind = msg.get("type")
+                    # What was read is handed on before the topology is looked at: a message
+                    # read and then dropped with the subscription would be lost.
+                    kind = msg.get("type") if msg is not None else None
                     if kind in ("message", "smessage"):
                         if not self._gate.is_set():
                             await self._gate.wait()
                         self._arrived(msg["data"])
                     elif kind == "sunsubscribe":  # the slot left that master
                         raise ConnectionError("the master dropped this node's channel")
+                    if time.monotonic() - checked >= 1.0:
+                        checked = time.monotonic()
+                        if self._moved(owner):
+                            raise ConnectionError("this node's channel moved to another master")
             except asyncio.CancelledError:
                 if pubsub is not None:
                     await self._close_quietly(pubsub)
@@ -716,9 +789,18 @@ class RedisRouter:
     def _arrived(self, data: str) -> None:
         try:
             envelope = json.loads(data)
+            if "ack" in envelope:
+                self._acknowledged(envelope)
+                return
             user_id = str(envelope["to"])
-            if not self._first_time(envelope.get("from"), envelope.get("n")):
-                return  # a copy: its batch was sent again after failing half-way
+            sender, by, number = envelope.get("from"), envelope.get("by"), envelope.get("n")
+            if isinstance(sender, str) and isinstance(by, str) and isinstance(number, int):
+                self._ack(by, sender, number)  # a copy too: the first acknowledgement was lost
+            meant = envelope.get("for")
+            if meant is not None and meant != self._life:
+                return  # sent again for this node's previous life, which may have delivered it
+            if not self._first_time(sender, number):
+                return  # a copy: sent again after failing half-way, or not acknowledged in time
             if "end" in envelope:  # end the user's sessions here (revoked, over the cap)
                 if self._host is not None:
                     self._host.end_here(user_id, dict(envelope["end"]))
@@ -730,6 +812,62 @@ class RedisRouter:
         if self._host is not None and not self._host.deliver_here(user_id, message):
             # They left this node since the sender looked: route it again from here.
             self.forward(user_id, message, None)
+
+    # --- acknowledgements ------------------------------------------------------------------
+    def _ack(self, node: str, life: str, number: int) -> None:
+        self._acks.setdefault((node, life), []).append(number)
+        if self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._send_acks)
+
+    def _send_acks(self) -> None:
+        self._ack_timer = None
+        acks, self._acks = self._acks, {}
+        items = [
+            (
+                node,
+                json.dumps(
+                    {"ack": life, "by": self.node_id, "life": self._life, "n": numbers},
+                    separators=(",", ":"),
+                ),
+            )
+            for (node, life), numbers in acks.items()
+        ]
+
+        async def send() -> None:
+            # A lost acknowledgement only costs a message sent again, known again as a copy.
+            await self._publish(items)
+
+        self._spawn(send())
+
+    def _acknowledged(self, envelope: Wire) -> None:
+        if envelope["ack"] != self._life:
+            return  # for this node's previous life
+        by, life, numbers = envelope["by"], envelope["life"], envelope["n"]
+        if not (
+            isinstance(by, str)
+            and isinstance(life, str)
+            and isinstance(numbers, list)
+            and all(isinstance(n, int) for n in numbers)
+        ):
+            raise ValueError("malformed acknowledgement")
+        self._lives[by] = life
+        self.unacked.acked(by, numbers)
+
+    async def _resend_loop(self) -> None:
+        """Envelopes not acknowledged in time go again to the node that was to get them, now
+        addressed to the life that acknowledged earlier ones (a node restarted since under
+        the same name drops them: its previous life may have delivered them)."""
+        while not self._stopping:
+            await asyncio.sleep(self.unacked.wait_s / 2)
+            sends = [
+                (node, text[:-1] + ',"for":' + json.dumps(self._lives[node]) + "}")
+                for node, _number, text in self.unacked.due(time.monotonic())
+                if node in self._lives
+            ]
+            if sends:
+                log.info("sending %d unacknowledged messages again", len(sends))
+                with contextlib.suppress(*_DOWN):
+                    await self._publish(sends)
 
     # --- liveness --------------------------------------------------------------------------
     async def _beat_loop(self) -> None:

@@ -27,7 +27,7 @@ import websockets
 from redis.crc import key_slot
 
 from broker.store.redis import RedisStore
-from signaling.routing import BeatWatch, HeardNumbers, RedisRouter, _Outgoing
+from signaling.routing import BeatWatch, HeardNumbers, RedisRouter, Unacked
 from tests.helpers import Client
 from tests.nodes import BrokerNode, broker_nodes, wait_for
 from tests.redis_procs import RedisClusterProcs, RedisServer
@@ -87,9 +87,7 @@ async def test_a_message_heard_live_and_also_parked_is_handed_on_once() -> None:
         try:
             heard = {"type": "signal", "call": "c1", "data": {"seq": 1}}
             only_parked = {"type": "signal", "call": "c1", "data": {"seq": 2}}
-            items = [
-                _Outgoing("u1", m, None, sender._envelope("u1", m)) for m in (heard, only_parked)
-            ]
+            items = [sender._outgoing("u1", m, None) for m in (heard, only_parked)]
             receiver._arrived(items[0].text)  # the first was heard live (its reply lost)
             await sender._park_or_refresh(items, {}, force=True)
             # Parked bare by a node of an earlier release: still handed on.
@@ -113,6 +111,85 @@ def test_copies_are_known_by_number_in_any_order() -> None:
     assert heard.first_time(7)
     assert not heard.first_time(4)
     assert heard.first_time(5)  # heard before the last 3 numbers: no longer remembered
+
+
+class _Here:
+    """A router's host that only records what it is given to deliver."""
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[str, dict[str, Any]]] = []
+
+    def deliver_here(self, user_id: str, message: dict[str, Any]) -> bool:
+        self.delivered.append((user_id, message))
+        return True
+
+
+async def test_a_message_sent_again_is_for_the_life_that_acknowledged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What a node did not acknowledge goes again addressed to the life of that node which
+    acknowledged earlier messages: a node restarted since under the same name drops it (its
+    previous life may have delivered it), and acknowledges it all the same. Acknowledgements
+    are checked like any input."""
+    with RedisServer.start() as server:
+        stores = [RedisStore.from_url(server.url) for _ in range(2)]
+        sender = RedisRouter(stores[0], server.url, "a", cast(Any, None), grace_s=30)
+        receiver = RedisRouter(stores[1], server.url, "b", cast(Any, None), grace_s=30)
+        here = _Here()
+        receiver._host = cast(Any, here)
+        try:
+            msg = {"type": "signal", "call": "c1", "data": {"seq": 1}}
+            item = sender._outgoing("u1", msg, None)
+            sender.unacked.sent("b", item.number, item.text, now=0.0)
+
+            def again(life: str) -> str:
+                return item.text[:-1] + ',"for":' + json.dumps(life) + "}"
+
+            receiver._arrived(again("a-previous-life"))
+            assert here.delivered == []
+            receiver._arrived(again(receiver._life))
+            receiver._arrived(item.text)  # a copy
+            assert here.delivered == [("u1", msg)]
+            assert receiver._acks == {("a", sender._life): [item.number] * 3}
+
+            ack = {"ack": sender._life, "by": "b", "life": receiver._life}
+            with caplog.at_level("ERROR", logger="vabroker.routing"):
+                for bad in ({**ack, "n": [str(item.number)]}, {**ack, "by": 7, "n": []}):
+                    sender._arrived(json.dumps(bad))
+            assert len(sender.unacked) == 1
+            assert caplog.text.count("malformed message on the node channel") == 2
+            sender._arrived(json.dumps({**ack, "ack": "another-life", "n": [item.number]}))
+            assert len(sender.unacked) == 1  # for a previous life of the sender
+            sender._arrived(json.dumps({**ack, "n": [item.number]}))
+            assert len(sender.unacked) == 0
+            assert sender._lives == {"b": receiver._life}
+        finally:
+            if receiver._ack_timer is not None:
+                receiver._ack_timer.cancel()
+            for router in (sender, receiver):
+                if router.pubsub_client is not None:
+                    await router.pubsub_client.aclose()
+                await router.beat_store.close()
+            for store in stores:
+                await store.close()
+
+
+def test_unacknowledged_messages_go_again_until_acknowledged_or_given_up() -> None:
+    unacked = Unacked(wait_s=1.0, give_up_s=5.0, limit=3)
+    unacked.sent("b", 1, "one", now=0.0)
+    unacked.sent("c", 1, "one-to-c", now=0.0)
+    unacked.sent("b", 2, "two", now=0.5)
+    assert unacked.due(0.9) == []
+    assert unacked.due(1.0) == [("b", 1, "one"), ("c", 1, "one-to-c")]
+    assert unacked.due(1.5) == [("b", 2, "two")]  # each waits again after going again
+    unacked.acked("b", [1, 2, 99])
+    assert unacked.due(2.0) == [("c", 1, "one-to-c")]
+    assert unacked.due(5.0) == []  # given up: five seconds since first sent
+    assert len(unacked) == 0 and unacked.given_up == 1
+    for n in range(1, 5):  # over the limit: the oldest is given up
+        unacked.sent("b", n, str(n), now=10.0)
+    assert len(unacked) == 3 and unacked.given_up == 2
+    assert [n for _, n, _ in unacked.due(11.0)] == [2, 3, 4]
 
 
 # --- counting signals ----------------------------------------------------------------------------
@@ -307,6 +384,53 @@ async def test_redis_restarted_from_its_aof_during_calls_loses_no_signal(
             }
         finally:
             await store.close()
+
+
+async def test_a_message_redis_counted_as_heard_but_never_handed_on_goes_again(
+    redis_with_aof: RedisServer, tmp_path: Path
+) -> None:
+    """A publish's count of receivers is only Redis's word: a master killed between answering
+    the publisher and writing to the subscriber, or a subscription dropped with the message
+    unread, loses what it counted. Here both nodes' subscriptions are cut and a stranger
+    subscribes to their channels before they come back: for a moment every message is counted
+    heard (by the stranger) and reaches no node. Each node sends again what the other did not
+    acknowledge: every signal arrives, once."""
+    url = redis_with_aof.url + "?timeout=1"
+    with broker_nodes(url, tmp_path, **SETTINGS) as (a, b):
+        pairs = await _calls(a, b, 3)
+        admin = aioredis.Redis.from_url(redis_with_aof.url, decode_responses=True)
+        stranger = aioredis.Redis.from_url(redis_with_aof.url, decode_responses=True)
+        swallow = stranger.pubsub()  # keeps subscribe replies: None means nothing more
+        try:
+            async with Traffic(pairs) as traffic:
+                await asyncio.sleep(1.0)
+                cut = await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                await swallow.subscribe(*(f"vb:node:{n.name}" for n in (a, b)))
+                assert cut >= 2, cut
+                # The nodes subscribe again half a second after losing their channel.
+                await asyncio.sleep(1.0)
+                await traffic.settle()
+                figures = traffic.check()
+            swallowed = 0
+            for _ in range(1000):
+                msg = await swallow.get_message(timeout=0.2)
+                if msg is None:
+                    break
+                swallowed += msg["type"] == "message"
+            assert swallowed > 0  # the stranger did take messages meant for the nodes
+            assert figures["refused"] == 0
+            sent_again = sum(
+                int(line.split("sending ")[1].split()[0])
+                for node in (a, b)
+                for line in _log(node).splitlines()
+                if "unacknowledged messages again" in line
+            )
+            assert sent_again > 0
+            print(figures, {"swallowed": swallowed, "sent again": sent_again})
+        finally:
+            await swallow.aclose()
+            await stranger.aclose()
+            await admin.aclose()
 
 
 async def test_a_node_frozen_past_its_ttl_gets_what_was_parked_for_its_users(
