@@ -18,6 +18,7 @@ from typing import Any
 
 from broker.model import readable_text
 from clients.sdk import Client, ConnectionLost, ProtocolError
+from clients.signals import SignalLink
 from signaling.messages import (
     MAX_READING,
     Ack,
@@ -30,6 +31,7 @@ from signaling.messages import (
     LobbyEntryWire,
     LobbyMessage,
     ServerMessage,
+    SignalAckRelay,
     SignalRelay,
 )
 
@@ -60,18 +62,76 @@ class Call:
         self.tools.allow_photos = party.allow_photos
         self.tools.on_notice = party._tool_notice
         self._start: asyncio.Task[None] | None = None
+        # Signals numbered and acknowledged end to end (clients.signals): none lost or taken
+        # twice when a broker node dies mid-call.
+        self.link = SignalLink(self.id, joined_late=bool(assigned.resumed))
+        self._resend: asyncio.Task[None] | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def _signal(self, data: dict[str, Any]) -> None:
-        await self.party.client.send({"type": "signal", "call": self.id, "data": data})
+        message = self.link.send(data, asyncio.get_running_loop().time())
+        try:
+            await self.party.client.send(message)
+        except ConnectionLost:
+            if not (self.link.numbered and self.link.peer_acknowledges):
+                raise
+            # Kept by the link: sent again after the resume.
+
+    async def _send_quietly(self, messages: list[dict[str, Any]]) -> None:
+        """Send what the link says, in order; a drop leaves the rest to the link's next go."""
+        for message in messages:
+            try:
+                await self.party.client.send(message)
+            except ConnectionLost:
+                return
+
+    def _spawn(self, messages: list[dict[str, Any]]) -> None:
+        if messages:
+            task = asyncio.ensure_future(self._send_quietly(messages))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _resend_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.link.resend_after_s / 2)
+            await self._send_quietly(self.link.due(loop.time()))
+
+    def resumed(self) -> None:
+        """The connection was resumed: say again what arrived (an acknowledgement written on
+        the dead connection may be lost, the first one with it), and send again whatever the
+        peer has not acknowledged."""
+        if self.link.numbered:
+            again = self.link.due(asyncio.get_running_loop().time(), everything=True)
+            self._spawn([self.link.acknowledgement(), *again])
+
+    def _received(self, message: SignalRelay) -> list[dict[str, Any]]:
+        """A relayed signal's data to hand on now (numbered: once and in order)."""
+        if message.seq is None:
+            return [message.data]
+        if self._ack_timer is None:
+            # Acknowledged together, a little later: one ``signal.ack`` for a burst.
+            self._ack_timer = asyncio.get_running_loop().call_later(0.05, self._acknowledge)
+        return list(self.link.receive(message.seq, message.data))
+
+    def _acknowledge(self) -> None:
+        self._ack_timer = None
+        ack = self.link.ack()
+        if ack is not None:
+            self._spawn([ack])
 
     async def _report(self, state: str) -> None:
         await self.party.client.expect({"type": "call.media", "call": self.id, "state": state}, Ack)
 
     def begin(self) -> None:
         self._start = asyncio.create_task(self._begin(), name=f"call-{self.id}")
+        self._resend = asyncio.create_task(self._resend_loop(), name=f"resend-{self.id}")
 
     async def _begin(self) -> None:
         try:
+            if self.link.numbered:
+                await self.party.client.send(self.link.hello())
             await self.media.start()
         except (ConnectionLost, ValueError, OSError) as exc:
             log.warning("media set-up failed: %s", exc)
@@ -100,10 +160,14 @@ class Call:
             self.ended.set_result(message)
 
     async def close(self) -> None:
-        if self._start is not None and not self._start.done():
-            self._start.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._start
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        for task in (self._start, self._resend, *self._tasks):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.media.close()
 
 
@@ -128,6 +192,7 @@ class Party:
         self._closing: set[asyncio.Task[None]] = set()
         client.listeners.append(self._on_message)
         client.on_lost.append(self._on_lost)
+        client.on_resumed.append(self._resumed)
 
     async def __aenter__(self) -> Party:
         if not self.client.connected:
@@ -164,9 +229,14 @@ class Party:
                     self.call.begin()
             case SignalRelay():
                 if self.call is not None and self.call.id == message.call:
-                    task = asyncio.ensure_future(self.call.media.handle_signal(message.data))
-                    self._closing.add(task)
-                    task.add_done_callback(self._closing.discard)
+                    ready = self.call._received(message)
+                    if ready:
+                        task = asyncio.ensure_future(self._handle_signals(self.call, ready))
+                        self._closing.add(task)
+                        task.add_done_callback(self._closing.discard)
+            case SignalAckRelay():
+                if self.call is not None and self.call.id == message.call:
+                    self.call.link.acknowledged(message.seq)
             case CallEnded():
                 call = self.call
                 if call is not None and call.id == message.call:
@@ -176,6 +246,15 @@ class Party:
         for hook in self.on_event:
             hook(message)
         self.events.put_nowait(message)
+
+    @staticmethod
+    async def _handle_signals(call: Call, ready: list[dict[str, Any]]) -> None:
+        for data in ready:
+            await call.media.handle_signal(data)
+
+    def _resumed(self) -> None:
+        if self.call is not None:
+            self.call.resumed()
 
     def _close_call(self, call: Call) -> None:
         task = asyncio.ensure_future(self._finish_call(call))

@@ -156,10 +156,18 @@ class SignalData(BaseModel):
         return value
 
 
+# Numbered signals (docs/protocol.md, "Numbered signals"): a sender's running number, from 1,
+# and a receiver's "every signal up to N arrived" (0: none yet, and I acknowledge). Both are
+# JSON numbers a JavaScript client holds exactly.
+SignalSeq = Annotated[int, Field(ge=1, le=2**53 - 1)]
+SignalAckSeq = Annotated[int, Field(ge=0, le=2**53 - 1)]
+
+
 class Signal(Message):
     type: Literal["signal"]
     call: CallId
     data: dict[str, Any]
+    seq: SignalSeq | None = None
 
     @field_validator("data")
     @classmethod
@@ -168,6 +176,12 @@ class Signal(Message):
             raise ValueError("data must hold 'sdp' or 'candidate'")
         SignalData.model_validate(value)
         return value
+
+
+class SignalAck(Message):
+    type: Literal["signal.ack"]
+    call: CallId
+    seq: SignalAckSeq
 
 
 class CallMedia(Message):
@@ -207,6 +221,7 @@ ClientMessage = Annotated[
     | LobbyOpen
     | LobbyClose
     | Signal
+    | SignalAck
     | CallMedia
     | CallEnd
     | CallFeedback,
@@ -362,6 +377,13 @@ class SignalRelay(Message):
     type: Literal["signal"] = "signal"
     call: str
     data: dict[str, Any]
+    seq: int | None = None
+
+
+class SignalAckRelay(Message):
+    type: Literal["signal.ack"] = "signal.ack"
+    call: str
+    seq: int
 
 
 class CallEnded(Message):
@@ -446,6 +468,7 @@ ServerMessage = Annotated[
     | CallWithdrawn
     | CallAssigned
     | SignalRelay
+    | SignalAckRelay
     | CallEnded
     | QueueUpdateMessage
     | LobbyMessage

@@ -52,6 +52,7 @@ from signaling.messages import (
     Pong,
     RestrictionInfo,
     Signal,
+    SignalAck,
     UserInfo,
     Welcome,
     parse_client,
@@ -325,7 +326,7 @@ async def _serve(ctx: Context, session: Session) -> None:
 
 # Messages that never schedule a timer: they need not wake the hub's timer loop, which would
 # otherwise run a look at the store's timers for every relayed signal.
-_SETS_NO_TIMER = frozenset({"signal", "ping"})
+_SETS_NO_TIMER = frozenset({"signal", "signal.ack", "ping"})
 
 
 def _error(
@@ -435,8 +436,18 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
             peer = await broker.peer(user, message.call)
             # ``data`` was checked with the frame (size, depth, shape, text) and is opaque to
             # the broker: it goes on as it came, with no model to build and dump again.
-            ctx.hub.send(peer, {"type": "signal", "call": message.call, "data": message.data})
+            relayed: dict[str, object] = {
+                "type": "signal",
+                "call": message.call,
+                "data": message.data,
+            }
+            if message.seq is not None:
+                relayed["seq"] = message.seq
+            ctx.hub.send(peer, relayed)
             ctx.metrics.relayed.inc()
+        case SignalAck():
+            peer = await broker.peer(user, message.call)
+            ctx.hub.send(peer, {"type": "signal.ack", "call": message.call, "seq": message.seq})
         case CallMedia():
             outcome = await broker.media(user, message.call, message.state == "connected")
             call = outcome.call

@@ -246,6 +246,41 @@ async def test_signalling_is_for_the_two_parties_only(server: Server) -> None:
     assert await eve.quiet(0.2) == []
 
 
+async def test_numbered_signals_and_their_acknowledgements_are_relayed(server: Server) -> None:
+    """``seq`` goes on with its signal and ``signal.ack`` goes to the peer, both checked like
+    any input and allowed only to the call's parties (docs/protocol.md, "Numbered signals")."""
+    vol = await on_duty(server, "v1")
+    eve = await server.connect("eve", "volunteer", **EN_LONDON)
+    rec = await server.connect("r1", "recipient", **EN_LONDON)
+    call = (await rec.request({"type": "call.request"}))["call"]
+    await vol.expect("call.ring")
+    ack = {"type": "signal.ack", "call": call, "seq": 0}
+    assert (await rec.request(ack))["code"] == "forbidden"  # not assigned yet
+    await vol.request({"type": "call.accept", "call": call})
+    await rec.expect("call.assigned")
+    await rec.send(ack)
+    assert await vol.expect("signal.ack") == ack
+    signal = {"type": "signal", "call": call, "seq": 1, "data": {"candidate": None}}
+    await vol.send(signal)
+    assert await rec.expect("signal") == signal
+    await vol.send({**signal, "seq": 2**53 - 1})
+    assert (await rec.expect("signal"))["seq"] == 2**53 - 1
+    await rec.send({**ack, "seq": 2**53 - 1})
+    assert (await vol.expect("signal.ack"))["seq"] == 2**53 - 1
+    assert (await eve.request(ack))["code"] == "forbidden"
+    assert (await eve.request({**ack, "call": "c_does_not_exist"}))["code"] == "forbidden"
+    for bad in (0, -1, 2**53, 1.0, 1.5, "1", True, [1]):
+        answer = await vol.request({**signal, "seq": bad})
+        assert answer["code"] == "bad_message" and "seq" in answer["message"], (bad, answer)
+    for bad in (-1, 2**53, 0.0, "0", False, None, {}):
+        answer = await rec.request({**ack, "seq": bad})
+        assert answer["code"] == "bad_message" and "seq" in answer["message"], (bad, answer)
+    answer = await rec.request({"type": "signal.ack", "call": call})
+    assert answer["code"] == "bad_message" and "seq" in answer["message"], answer
+    assert await rec.quiet(0.2) == [] and await vol.quiet(0.0) == []
+    assert await eve.quiet(0.0) == []
+
+
 # --- the call over the wire -------------------------------------------------------------------
 
 

@@ -220,6 +220,7 @@ async function main() {
       .on("call.withdrawn", onWithdrawn)
       .on("call.assigned", call.onAssigned)
       .on("signal", call.onSignal)
+      .on("signal.ack", call.onSignal)
       .on("call.ended", onEnded)
       .on("queue.update", renderQueue)
       .on("agent.status", onStatusFromBroker);

@@ -34,10 +34,9 @@ export function helperCall(page) {
     page.media.start();
   }
 
+  // A relayed signal or signal.ack (numbered signals: docs/protocol.md).
   function onSignal(message) {
-    if (page.media && message.call === page.callId) {
-      page.media.handleSignal(message.data).catch((err) => console.warn(err));
-    }
+    if (page.media && message.call === page.callId) page.media.onSignal(message);
   }
 
   // Ends this page's side of the call; returns what to say about it (from `ended`, keyed by

@@ -129,7 +129,9 @@ const SERVER_MESSAGES = {
   },
   "call.withdrawn": { call: str, reason: str },
   "call.assigned": { call: str, peer: obj, ice_servers: Array.isArray, offerer: bool, reading: optStr },
-  signal: { call: str, data: obj },
+  signal: { call: str, data: obj, seq: optNum },
+  // Numbered signals: the peer has every signal of ours up to seq (docs/protocol.md).
+  "signal.ack": { call: str, seq: num },
   "call.ended": { call: str, reason: str, by: optStr, retry_after_s: optNum },
   reconnect: { after_s: optNum },
   // The sign-in: the token expires soon (send auth.refresh), and the answer to auth.refresh.
@@ -199,6 +201,8 @@ export class Session {
     this.reconnectAfterS = null;
     // Told to reconnect: read on until the node closes, but send nothing more on this socket.
     this.draining = false;
+    // Called with welcome after each resume (a call sends again what its peer may have missed).
+    this.onResumed = new Set();
     // A phone that slept may hold a socket that is dead without knowing it: when the page is
     // shown again, a ping that goes unanswered for 5 s closes it, and the session resumes.
     document.addEventListener("visibilitychange", () => {
@@ -240,11 +244,13 @@ export class Session {
         if (!welcomed) {
           if (message.type === "welcome") {
             welcomed = true;
+            const resumed = this.welcome !== null && message.session === this.welcome.session;
             this.retries = 0;
             this.welcome = message;
             this.resumeToken = message.resume;
             this.onConnection("open");
             resolve(message);
+            if (resumed) for (const hook of [...this.onResumed]) hook(message);
           } else if (message.type === "error") {
             reject(new ProtocolError(message.code, message.message));
           }
@@ -380,6 +386,91 @@ export class Session {
   }
 }
 
+// --- numbered signals ---------------------------------------------------------------------
+
+// One call's signals numbered and acknowledged end to end (docs/protocol.md, "Numbered
+// signals"; the SDK's clients/signals.py is the same bookkeeping): a broker node killed
+// mid-call loses none, and none is taken twice. No I/O: the caller sends what it returns.
+export class SignalLink {
+  constructor(call, { resendAfterS = 1, hold = 1000, joinedLate = false } = {}) {
+    this.call = call;
+    this.resendAfterS = resendAfterS;
+    this.hold = hold;
+    this.numbered = !joinedLate; // joined late (a reload resuming the call): count unknown
+    this.findPlace = joinedLate;
+    this.peerAcknowledges = false;
+    this.received = 0;
+    this.copies = 0;
+    this.sentAgain = 0;
+    this.sent = 0;
+    this.unacked = new Map(); // seq -> { message, at }, in seq order
+    this.early = new Map(); // arrived ahead of a gap: seq -> data
+    this.ackOwed = false;
+  }
+
+  send(data, now) {
+    if (!this.numbered) return { type: "signal", call: this.call, data };
+    this.sent += 1;
+    const message = { type: "signal", call: this.call, seq: this.sent, data };
+    this.unacked.set(this.sent, { message, at: now });
+    return message;
+  }
+
+  acknowledged(seq) {
+    this.peerAcknowledges = true;
+    for (const sent of [...this.unacked.keys()]) {
+      if (sent > seq) break;
+      this.unacked.delete(sent);
+    }
+  }
+
+  // Not acknowledged for resendAfterS (or everything, after a resume); nothing before the
+  // peer said it acknowledges: a client that ignores seq would take a copy as a new signal.
+  due(now, everything = false) {
+    if (!this.peerAcknowledges) return [];
+    const again = [];
+    for (const entry of this.unacked.values()) {
+      if (everything || now - entry.at >= this.resendAfterS) {
+        entry.at = now;
+        again.push(entry.message);
+      }
+    }
+    this.sentAgain += again.length;
+    return again;
+  }
+
+  // A numbered signal arrived: the data to hand on now, once and in order.
+  receive(seq, data) {
+    this.ackOwed = true;
+    if (this.findPlace) {
+      this.findPlace = false;
+      this.received = seq - 1;
+    }
+    if (seq <= this.received || this.early.has(seq)) {
+      this.copies += 1;
+      return [];
+    }
+    this.early.set(seq, data);
+    if (this.early.size > this.hold) this.received = Math.min(...this.early.keys()) - 1;
+    const ready = [];
+    while (this.early.has(this.received + 1)) {
+      this.received += 1;
+      ready.push(this.early.get(this.received));
+      this.early.delete(this.received);
+    }
+    return ready;
+  }
+
+  ack() {
+    return this.ackOwed ? this.acknowledgement() : null;
+  }
+
+  acknowledgement() {
+    this.ackOwed = false;
+    return { type: "signal.ack", call: this.call, seq: this.received };
+  }
+}
+
 // --- media ----------------------------------------------------------------------------------
 
 // The WebRTC side of an assigned call. The recipient offers (video and audio from its camera);
@@ -394,6 +485,22 @@ export class MediaCall {
     this.onMediaState = onMediaState || (() => {});
     this.heldCandidates = [];
     this.reported = false;
+    // Signals numbered and acknowledged end to end; handed on one after another, in order.
+    this.link = new SignalLink(assigned.call, { joinedLate: assigned.resumed === true });
+    this.handling = Promise.resolve();
+    // seq 0: this page acknowledges numbered signals (and has none yet).
+    if (this.link.numbered) session.send(this.link.acknowledgement());
+    this.linkTimer = setInterval(() => {
+      const ack = this.link.ack();
+      if (ack) session.send(ack);
+      for (const message of this.link.due(performance.now() / 1000)) session.send(message);
+    }, 50);
+    this.resumed = () => {
+      if (!this.link.numbered) return;
+      const again = this.link.due(performance.now() / 1000, true);
+      for (const message of [this.link.acknowledgement(), ...again]) session.send(message);
+    };
+    session.onResumed.add(this.resumed);
     this.pc = new RTCPeerConnection({ iceServers: assigned.ice_servers || [] });
     this.pc.ontrack = (event) => onRemoteTrack(event.track, event.streams[0]);
     this.pc.onicecandidate = (event) => {
@@ -412,7 +519,21 @@ export class MediaCall {
   }
 
   signal(data) {
-    this.session.send({ type: "signal", call: this.callId, data });
+    // Sent while the connection is down, it is kept by the link and sent again after the resume.
+    this.session.send(this.link.send(data, performance.now() / 1000));
+  }
+
+  // A relayed signal (numbered: once and in order) or signal.ack for this call.
+  onSignal(message) {
+    if (message.call !== this.callId) return;
+    if (message.type === "signal.ack") {
+      this.link.acknowledged(message.seq);
+      return;
+    }
+    const ready = message.seq === undefined ? [message.data] : this.link.receive(message.seq, message.data);
+    for (const data of ready) {
+      this.handling = this.handling.then(() => this.handleSignal(data)).catch((err) => console.warn(err));
+    }
   }
 
   async start() {
@@ -455,6 +576,8 @@ export class MediaCall {
   }
 
   close() {
+    clearInterval(this.linkTimer);
+    this.session.onResumed.delete(this.resumed);
     this.pc.close();
   }
 }

@@ -224,10 +224,9 @@ async function onAssigned(assigned) {
   await page.media.start();
 }
 
+// A relayed signal or signal.ack (numbered signals: docs/protocol.md).
 function onSignal(message) {
-  if (page.media && message.call === page.callId) {
-    page.media.handleSignal(message.data).catch((err) => console.warn(err));
-  }
+  if (page.media && message.call === page.callId) page.media.onSignal(message);
 }
 
 function finish(reasonText) {
@@ -533,6 +532,7 @@ async function main() {
       .on("call.status", onStatus)
       .on("call.assigned", onAssigned)
       .on("signal", onSignal)
+      .on("signal.ack", onSignal)
       .on("call.ended", onEnded);
   });
   languages(await loadProfile(page.session));

@@ -676,6 +676,7 @@ async function main() {
       .on("call.withdrawn", onWithdrawn)
       .on("call.assigned", onAssigned)
       .on("signal", call.onSignal)
+      .on("signal.ack", call.onSignal)
       .on("call.ended", onEnded)
       .on("availability", onAvailabilityFromBroker);
     lobby.register(session);

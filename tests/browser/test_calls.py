@@ -52,6 +52,24 @@ async def test_recipient_page_calls_volunteer_page(browser: Browser, broker_serv
     )
     assert constraints["facingMode"] in ("environment", {"ideal": "environment"})
 
+    # Both pages numbered their signals and acknowledged the other's (docs/protocol.md,
+    # "Numbered signals"): every signal arrived once, nothing is left to send again.
+    for tab in (rec, vol):
+        await tab.wait_for_function(
+            "() => { const l = window.vabrokerPage.media.link;"
+            " return l.peerAcknowledges && l.unacked.size === 0 && l.received > 0; }",
+            timeout=5000,
+        )
+    links = [
+        await tab.evaluate(
+            "() => { const l = window.vabrokerPage.media.link;"
+            " return [l.sent, l.received, l.copies]; }"
+        )
+        for tab in (rec, vol)
+    ]
+    assert links[0][0] == links[1][1] and links[1][0] == links[0][1], links
+    assert links[0][2] == links[1][2] == 0, links
+
     await vol.click("#hang-up")
     await expect(live(vol)).to_have_text(re.compile("Call ended. You hung up."))
     await expect(live(rec)).to_have_text("Call ended. The helper ended the call.")

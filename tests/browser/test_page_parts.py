@@ -311,6 +311,65 @@ async def test_the_pages_accept_good_and_newer_messages(ui_module_page: Page) ->
     assert kinds == ["call.withdrawn", "call.ended", "something.new", "lobby", "lobby"]
 
 
+async def test_the_pages_number_and_acknowledge_signals_as_the_sdk_does(
+    ui_module_page: Page,
+) -> None:
+    """The pages' ``SignalLink`` (clients/web/protocol.js) fed by hand, the same cases as the
+    SDK's (tests/test_signal_link.py): kept until acknowledged, sent again only to a peer
+    that acknowledges, handed on once and in order, a late joiner finding its place."""
+    said = await ui_module_page.evaluate(
+        """async () => {
+            const { SignalLink, parseServer } = await import('./protocol.js');
+            const out = {};
+            const link = new SignalLink('c1', { resendAfterS: 1 });
+            out.hello = link.acknowledgement();
+            out.seqs = [0, 1, 2].map((i) => link.send({ candidate: { n: i } }, 0).seq);
+            out.beforePeerAcks = link.due(5, true).length;
+            link.acknowledged(0);
+            out.early = link.due(0.5).length;
+            out.due = link.due(1).map((m) => m.seq);
+            out.again = link.due(1.5).length;
+            link.acknowledged(2);
+            out.afterAck = link.due(2).map((m) => m.seq);
+            out.afterResume = link.due(2.1, true).map((m) => m.seq);
+
+            const rx = new SignalLink('c1');
+            out.noAck = rx.ack();
+            out.r1 = rx.receive(1, 'offer');
+            out.r3 = rx.receive(3, 'c3');
+            out.ack1 = rx.ack().seq;
+            out.r2 = rx.receive(2, 'c2');
+            out.copy = rx.receive(3, 'c3');
+            out.copies = rx.copies;
+            out.ack3 = rx.ack().seq;
+
+            const late = new SignalLink('c1', { joinedLate: true });
+            out.lateSend = late.send({ candidate: null }, 0);
+            out.late = [late.receive(41, 'a'), late.receive(43, 'c'), late.receive(42, 'b')];
+
+            out.parsed = parseServer('{"type": "signal.ack", "call": "c1", "seq": 4}').seq;
+            try { parseServer('{"type": "signal.ack", "call": "c1"}'); } catch (err) {
+                out.badAck = err.message;
+            }
+            try { parseServer('{"type": "signal", "call": "c1", "data": {}, "seq": "1"}'); }
+            catch (err) { out.badSeq = err.message; }
+            return out;
+        }"""
+    )
+    assert said["hello"] == {"type": "signal.ack", "call": "c1", "seq": 0}
+    assert said["seqs"] == [1, 2, 3] and said["beforePeerAcks"] == 0
+    assert said["early"] == 0 and said["due"] == [1, 2, 3] and said["again"] == 0
+    assert said["afterAck"] == [3] and said["afterResume"] == [3]
+    assert said["noAck"] is None and said["r1"] == ["offer"] and said["r3"] == []
+    assert said["ack1"] == 1 and said["r2"] == ["c2", "c3"]
+    assert said["copy"] == [] and said["copies"] == 1 and said["ack3"] == 3
+    assert said["lateSend"] == {"type": "signal", "call": "c1", "data": {"candidate": None}}
+    assert said["late"] == [["a"], [], ["b", "c"]]
+    assert said["parsed"] == 4
+    assert said["badAck"] == "The broker's signal.ack has a bad seq."
+    assert said["badSeq"] == "The broker's signal has a bad seq."
+
+
 async def test_ping_is_answered(browser: Browser, broker_server: Server) -> None:
     rec = await open_as(browser, broker_server, "recipient", "rec-ping", "recipient")
     await expect(live(rec)).to_have_text(re.compile("Signed in as"))
