@@ -866,8 +866,12 @@ class RedisRouter:
             ]
             if sends:
                 log.info("sending %d unacknowledged messages again", len(sends))
-                with contextlib.suppress(*_DOWN):
+                try:
                     await self._publish(sends)
+                except _DOWN:
+                    pass  # still kept: sent again at the next round
+                except Exception:
+                    log.exception("sending unacknowledged messages again")
 
     # --- liveness --------------------------------------------------------------------------
     async def _beat_loop(self) -> None:
