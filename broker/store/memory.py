@@ -73,6 +73,14 @@ def _window_key(profile: Profile) -> _WindowKey:
     return (profile.timezone, profile.ring_window.start, profile.ring_window.end)
 
 
+def kept_call(call: Call) -> Call:
+    """``call`` (this store's own copy) as kept: without pydantic's set of the fields given
+    explicitly, which only ``exclude_unset`` reads (nothing does for a call) and which is
+    over a third of an assigned call's memory (a set of 14 names, about 1.2 KB)."""
+    call.model_fields_set.clear()
+    return call
+
+
 def _copy(profile: Profile) -> Profile:
     # Every field but ``languages`` is immutable; a deep copy costs ten times more.
     return profile.model_copy(update={"languages": list(profile.languages)})
@@ -146,7 +154,9 @@ class MemoryStore(MemoryLobbyIndex):
         self._rung_ended: deque[tuple[float, str]] = deque()  # (ended at, call): for expiry
         self._ring_count: dict[str, tuple[str, int]] = {}
         self._last_rung: dict[str, float] = {}
-        self._answered: dict[str, deque[float]] = defaultdict(deque)
+        # Lists, not deques: a deque starts with a block of 64 slots (about 700 bytes) and a
+        # volunteer's answers in 30 days, or a user's hits in a rate window, are a few.
+        self._answered: dict[str, list[float]] = defaultdict(list)
         self._history: dict[str, list[str]] = defaultdict(list)
         self._ended: list[str] = []
         self._feedback: set[tuple[str, str]] = set()
@@ -160,7 +170,7 @@ class MemoryStore(MemoryLobbyIndex):
         self._circles_of: dict[str, dict[str, float]] = {}  # helper -> recipient -> since
         self._invites: dict[str, Invite] = {}
         self._proposals: dict[str, set[str]] = {}  # helper -> keys of invites addressed to them
-        self._hits: dict[str, deque[float]] = defaultdict(deque)
+        self._hits: dict[str, list[float]] = defaultdict(list)
         # partner organisations, queues and agents
         self._orgs: dict[str, Org] = {}
         self._queues: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
@@ -269,7 +279,7 @@ class MemoryStore(MemoryLobbyIndex):
         answered = self._answered.get(user_id)
         horizon = now - THIRTY_DAYS
         while answered and answered[0] < horizon:
-            answered.popleft()
+            del answered[0]
         recount_at = answered[0] + THIRTY_DAYS if answered else float("inf")
         candidate = Candidate(
             user_id=user_id,
@@ -442,7 +452,7 @@ class MemoryStore(MemoryLobbyIndex):
     async def create_call(self, call: Call) -> bool:
         if call.recipient_id in self._open_call or call.id in self._calls:
             return False
-        self._calls[call.id] = call.model_copy(deep=True)
+        self._calls[call.id] = kept_call(call.model_copy(deep=True))
         self._open_call[call.recipient_id] = call.id
         self._changed(call.recipient_id)  # a volunteer asking for help is busy
         return True
@@ -460,7 +470,7 @@ class MemoryStore(MemoryLobbyIndex):
         call = self._calls.get(call_id)
         if call is None:
             return
-        self._calls[call_id] = call.model_copy(update=fields)
+        self._calls[call_id] = kept_call(call.model_copy(update=fields))
 
     async def current_call(self, user_id: str) -> str | None:
         return self._open_call.get(user_id)
@@ -474,7 +484,7 @@ class MemoryStore(MemoryLobbyIndex):
             or call.id in self._calls
         ):
             return False
-        self._calls[call.id] = call.model_copy(deep=True)
+        self._calls[call.id] = kept_call(call.model_copy(deep=True))
         self._handover[recipient] = call.id
         return True
 
@@ -502,7 +512,7 @@ class MemoryStore(MemoryLobbyIndex):
                 "assigned_at": now,
             }
         )
-        self._calls[call_id] = call
+        self._calls[call_id] = kept_call(call)
         self._open_call[helper_id] = call_id
         if call.replaces is not None:
             # A handover answered: the recipient's current call from now on (the one it
@@ -534,7 +544,7 @@ class MemoryStore(MemoryLobbyIndex):
         call = call.model_copy(
             update={"state": CallState.ENDED, "ended_at": now, "end_reason": reason, "ended_by": by}
         )
-        self._calls[call_id] = call
+        self._calls[call_id] = kept_call(call)
         for party in (call.recipient_id, call.helper_id):
             if party is None:
                 continue
@@ -558,7 +568,7 @@ class MemoryStore(MemoryLobbyIndex):
         call = self._calls.get(call_id)
         if call is None or call.media_at is not None:
             return False
-        self._calls[call_id] = call.model_copy(update={"media_at": now})
+        self._calls[call_id] = kept_call(call.model_copy(update={"media_at": now}))
         return True
 
     # --- rings -----------------------------------------------------------------------------
@@ -671,7 +681,7 @@ class MemoryStore(MemoryLobbyIndex):
     async def hit(self, key: str, now: float, window_s: float) -> int:
         hits = self._hits[key]
         while hits and hits[0] <= now - window_s:
-            hits.popleft()
+            del hits[0]
         hits.append(now)
         return len(hits)
 
@@ -839,7 +849,7 @@ class MemoryStore(MemoryLobbyIndex):
             if self._ring_of.get(user_id) == call_id:
                 del self._ring_of[user_id]
         call = call.model_copy(update={"state": CallState.SEARCHING, "overflowed_at": now})
-        self._calls[call_id] = call
+        self._calls[call_id] = kept_call(call)
         return Handover(call=call.model_copy(deep=True), withdrawn=withdrawn)
 
     async def escalate(
@@ -862,7 +872,7 @@ class MemoryStore(MemoryLobbyIndex):
                 "escalation": EscalationOutcome.QUEUED,
             }
         )
-        self._calls[call_id] = call
+        self._calls[call_id] = kept_call(call)
         return Handover(call=call.model_copy(deep=True), withdrawn=withdrawn)
 
     async def count_queue_outcome(
@@ -1137,7 +1147,7 @@ class MemoryStore(MemoryLobbyIndex):
         call = self._calls.get(call_id)
         if call is None:
             return
-        self._calls[call_id] = scrubbed_call(call, pseudonyms)
+        self._calls[call_id] = kept_call(scrubbed_call(call, pseudonyms))
         for i, fb in enumerate(self._feedback_log):
             if fb.call_id == call_id and fb.user_id in pseudonyms:
                 self._feedback.discard((call_id, fb.user_id))

@@ -70,7 +70,7 @@ from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats
 from broker.outbox import WebhookDelivery
 from broker.stats import Counts, counts_of, day_of, scopes_of
 from broker.store.base import Assignment, Finish, Handover, Record
-from broker.store.memory import THIRTY_DAYS, MemoryStore
+from broker.store.memory import THIRTY_DAYS, MemoryStore, kept_call
 from broker.store.sqlite_file import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -354,7 +354,7 @@ class SqliteStore(MemoryStore):
         handovers: list[Call] = []
         for (body,) in self._db.execute("SELECT body FROM calls WHERE ended_at IS NULL"):
             call = Call.model_validate_json(body)
-            self._calls[call.id] = call
+            self._calls[call.id] = kept_call(call)
             if call.replaces is not None:
                 handovers.append(call)
             else:
