@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.clock import Clock, RealClock
-from broker.model import Profile
+from broker.model import Profile, lean
 from broker.policies import build_policy
 from broker.service import Broker
 from broker.store import Store, open_store, shown_url
@@ -57,15 +57,17 @@ class Context:
         profile = await self.store.get_profile(claims.sub)
         if profile is None:
             languages = claims.languages or ([claims.locale] if claims.locale else ["en"])
-            profile = Profile(
-                user_id=claims.sub,
-                role=claims.role,
-                org=claims.org,
-                display_name=claims.name or claims.sub,
-                languages=languages,
-                timezone=claims.zoneinfo or "UTC",
-                ring_window=self.settings.ring_window(),
-                daily_ring_cap=self.settings.daily_ring_cap,
+            profile = lean(
+                Profile(
+                    user_id=claims.sub,
+                    role=claims.role,
+                    org=claims.org,
+                    display_name=claims.name or claims.sub,
+                    languages=languages,
+                    timezone=claims.zoneinfo or "UTC",
+                    ring_window=self.settings.ring_window(),
+                    daily_ring_cap=self.settings.daily_ring_cap,
+                )
             )
             await self.store.put_profile(profile)
         elif profile.role is not claims.role or profile.org != claims.org:

@@ -6,6 +6,7 @@ TOML file, defaults. A bad value stops start-up with a message naming the settin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import os
@@ -396,9 +397,7 @@ class Settings(BaseSettings):
         return hashlib.sha256(b"vabroker pseudonyms|" + (base or "").encode()).digest()
 
     def ring_window(self) -> RingWindow:
-        return RingWindow.model_validate(
-            {"start": self.ring_window_start, "end": self.ring_window_end}
-        )
+        return _ring_window(self.ring_window_start, self.ring_window_end)
 
     def public_key_pem(self) -> str | None:
         key = self.jwt_public_key
@@ -514,3 +513,9 @@ def load_settings(
             f"invalid configuration ({source}): {exc}; lists are JSON, e.g. "
             "VABROKER_STUN_URLS='[\"stun:stun.example.org:3478\"]'"
         ) from None
+
+
+@functools.lru_cache(maxsize=16)
+def _ring_window(start: str, end: str) -> RingWindow:
+    # One (frozen) object for every profile given the default window, not one each.
+    return RingWindow.model_validate({"start": start, "end": end})

@@ -97,7 +97,9 @@ class Session:
         # unless refreshed (seconds since the epoch, like the token's claims).
         self.issued_at = issued_at
         self.expires_at: float | None = None
-        self._expiry: list[asyncio.TimerHandle] = []
+        # One timer at a time: the warning, which then sets the end (a handle each would be
+        # another 370 bytes per connection).
+        self._expiry: asyncio.TimerHandle | None = None
         # Set once the server decided to close the session (a close code above): what the
         # client sends meanwhile is ignored, and the close decides whether it may resume.
         self.ending: int | None = None
@@ -175,9 +177,9 @@ class Session:
         self._queue(_Close(code, reason))
 
     def stop_expiry(self) -> None:
-        for handle in self._expiry:
-            handle.cancel()
-        self._expiry = []
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     async def _write(self) -> None:
         loop = asyncio.get_running_loop()
@@ -285,17 +287,19 @@ class Hub:
         session.expires_at = deadline
         loop = asyncio.get_running_loop()
         left = deadline - time.time()
-        session._expiry = [loop.call_later(max(0.0, left), self._expired, session)]
         if self.warning_s > 0:
             warn_in = max(0.0, left - self.warning_s)
-            session._expiry.append(loop.call_later(warn_in, self._warn, session))
+            session._expiry = loop.call_later(warn_in, self._warn, session)
+        else:
+            session._expiry = loop.call_later(max(0.0, left), self._expired, session)
 
     def _warn(self, session: Session) -> None:
         deadline = session.expires_at
         if deadline is None or session.ending is not None:
             return
-        left = round(max(0.0, deadline - time.time()), 3)
-        session.send(AuthExpiring(expires_at=deadline, expires_in_s=left))
+        left = max(0.0, deadline - time.time())
+        session._expiry = asyncio.get_running_loop().call_later(left, self._expired, session)
+        session.send(AuthExpiring(expires_at=deadline, expires_in_s=round(left, 3)))
 
     def _expired(self, session: Session) -> None:
         log.info("token expired, closing the session", extra={"user": session.user_id})

@@ -34,6 +34,7 @@ from broker.model import (
     Profile,
     RingWindow,
     Role,
+    lean,
     local_datetime,
     primary_language,
 )
@@ -73,17 +74,9 @@ def _window_key(profile: Profile) -> _WindowKey:
     return (profile.timezone, profile.ring_window.start, profile.ring_window.end)
 
 
-def kept_call(call: Call) -> Call:
-    """``call`` (this store's own copy) as kept: without pydantic's set of the fields given
-    explicitly, which only ``exclude_unset`` reads (nothing does for a call) and which is
-    over a third of an assigned call's memory (a set of 14 names, about 1.2 KB)."""
-    call.model_fields_set.clear()
-    return call
-
-
 def _copy(profile: Profile) -> Profile:
     # Every field but ``languages`` is immutable; a deep copy costs ten times more.
-    return profile.model_copy(update={"languages": list(profile.languages)})
+    return lean(profile.model_copy(update={"languages": list(profile.languages)}))
 
 
 class _Bag:
@@ -452,7 +445,7 @@ class MemoryStore(MemoryLobbyIndex):
     async def create_call(self, call: Call) -> bool:
         if call.recipient_id in self._open_call or call.id in self._calls:
             return False
-        self._calls[call.id] = kept_call(call.model_copy(deep=True))
+        self._calls[call.id] = lean(call.model_copy(deep=True))
         self._open_call[call.recipient_id] = call.id
         self._changed(call.recipient_id)  # a volunteer asking for help is busy
         return True
@@ -470,7 +463,7 @@ class MemoryStore(MemoryLobbyIndex):
         call = self._calls.get(call_id)
         if call is None:
             return
-        self._calls[call_id] = kept_call(call.model_copy(update=fields))
+        self._calls[call_id] = lean(call.model_copy(update=fields))
 
     async def current_call(self, user_id: str) -> str | None:
         return self._open_call.get(user_id)
@@ -484,7 +477,7 @@ class MemoryStore(MemoryLobbyIndex):
             or call.id in self._calls
         ):
             return False
-        self._calls[call.id] = kept_call(call.model_copy(deep=True))
+        self._calls[call.id] = lean(call.model_copy(deep=True))
         self._handover[recipient] = call.id
         return True
 
@@ -512,7 +505,7 @@ class MemoryStore(MemoryLobbyIndex):
                 "assigned_at": now,
             }
         )
-        self._calls[call_id] = kept_call(call)
+        self._calls[call_id] = lean(call)
         self._open_call[helper_id] = call_id
         if call.replaces is not None:
             # A handover answered: the recipient's current call from now on (the one it
@@ -544,7 +537,7 @@ class MemoryStore(MemoryLobbyIndex):
         call = call.model_copy(
             update={"state": CallState.ENDED, "ended_at": now, "end_reason": reason, "ended_by": by}
         )
-        self._calls[call_id] = kept_call(call)
+        self._calls[call_id] = lean(call)
         for party in (call.recipient_id, call.helper_id):
             if party is None:
                 continue
@@ -568,7 +561,7 @@ class MemoryStore(MemoryLobbyIndex):
         call = self._calls.get(call_id)
         if call is None or call.media_at is not None:
             return False
-        self._calls[call_id] = kept_call(call.model_copy(update={"media_at": now}))
+        self._calls[call_id] = lean(call.model_copy(update={"media_at": now}))
         return True
 
     # --- rings -----------------------------------------------------------------------------
@@ -624,8 +617,8 @@ class MemoryStore(MemoryLobbyIndex):
     async def block(self, user_id: str, other_id: str) -> None:
         profile = self._profiles.get(user_id)
         if profile is not None:
-            self._profiles[user_id] = profile.model_copy(
-                update={"blocked": profile.blocked | {other_id}}
+            self._profiles[user_id] = lean(
+                profile.model_copy(update={"blocked": profile.blocked | {other_id}})
             )
             self._changed(user_id)
 
@@ -849,7 +842,7 @@ class MemoryStore(MemoryLobbyIndex):
             if self._ring_of.get(user_id) == call_id:
                 del self._ring_of[user_id]
         call = call.model_copy(update={"state": CallState.SEARCHING, "overflowed_at": now})
-        self._calls[call_id] = kept_call(call)
+        self._calls[call_id] = lean(call)
         return Handover(call=call.model_copy(deep=True), withdrawn=withdrawn)
 
     async def escalate(
@@ -872,7 +865,7 @@ class MemoryStore(MemoryLobbyIndex):
                 "escalation": EscalationOutcome.QUEUED,
             }
         )
-        self._calls[call_id] = kept_call(call)
+        self._calls[call_id] = lean(call)
         return Handover(call=call.model_copy(deep=True), withdrawn=withdrawn)
 
     async def count_queue_outcome(
@@ -1109,8 +1102,8 @@ class MemoryStore(MemoryLobbyIndex):
         for peer in peers:
             blocker = self._profiles.get(peer)
             if blocker is not None and uid in blocker.blocked:
-                self._profiles[peer] = blocker.model_copy(
-                    update={"blocked": blocker.blocked - {uid}}
+                self._profiles[peer] = lean(
+                    blocker.model_copy(update={"blocked": blocker.blocked - {uid}})
                 )
                 self._changed(peer)
         for token in [t for t, (ticket, _) in self._resume.items() if ticket.user_id == uid]:
@@ -1147,7 +1140,7 @@ class MemoryStore(MemoryLobbyIndex):
         call = self._calls.get(call_id)
         if call is None:
             return
-        self._calls[call_id] = kept_call(scrubbed_call(call, pseudonyms))
+        self._calls[call_id] = lean(scrubbed_call(call, pseudonyms))
         for i, fb in enumerate(self._feedback_log):
             if fb.call_id == call_id and fb.user_id in pseudonyms:
                 self._feedback.discard((call_id, fb.user_id))

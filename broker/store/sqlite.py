@@ -62,6 +62,7 @@ from broker.model import (
     Invite,
     Profile,
     Role,
+    lean,
     primary_language,
 )
 from broker.moderation import AuditEntry, Case, Resolution, Restriction, scrubbed_call
@@ -70,7 +71,7 @@ from broker.orgs import AgentRecord, AgentStateName, Org, QueueDayStats
 from broker.outbox import WebhookDelivery
 from broker.stats import Counts, counts_of, day_of, scopes_of
 from broker.store.base import Assignment, Finish, Handover, Record
-from broker.store.memory import THIRTY_DAYS, MemoryStore, kept_call
+from broker.store.memory import THIRTY_DAYS, MemoryStore
 from broker.store.sqlite_file import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -288,7 +289,7 @@ class SqliteStore(MemoryStore):
     def _load(self) -> None:
         """Rebuild the memory store's structures from the file."""
         for user_id, value in self._records(PROFILE):
-            self._profiles[user_id] = Profile.model_validate_json(value)
+            self._profiles[user_id] = lean(Profile.model_validate_json(value))
         for user_id, _ in self._records(DUTY):
             self._on_duty.add(user_id)
         for user_id in self._on_duty:
@@ -354,7 +355,7 @@ class SqliteStore(MemoryStore):
         handovers: list[Call] = []
         for (body,) in self._db.execute("SELECT body FROM calls WHERE ended_at IS NULL"):
             call = Call.model_validate_json(body)
-            self._calls[call.id] = kept_call(call)
+            self._calls[call.id] = lean(call)
             if call.replaces is not None:
                 handovers.append(call)
             else:
