@@ -857,11 +857,20 @@ class RedisRouter:
         """Envelopes not acknowledged in time go again to the node that was to get them, now
         addressed to the life that acknowledged earlier ones (a node restarted since under
         the same name drops them: its previous life may have delivered them)."""
+        given_up = 0
         while not self._stopping:
             await asyncio.sleep(self.unacked.wait_s / 2)
+            due = self.unacked.due(time.monotonic())
+            if self.unacked.given_up > given_up:
+                # Their node died with them or never came back within give_up_s: in doubt.
+                log.warning(
+                    "gave up %d messages no node acknowledged",
+                    self.unacked.given_up - given_up,
+                )
+                given_up = self.unacked.given_up
             sends = [
                 (node, text[:-1] + ',"for":' + json.dumps(self._lives[node]) + "}")
-                for node, _number, text in self.unacked.due(time.monotonic())
+                for node, _number, text in due
                 if node in self._lives
             ]
             if sends:
