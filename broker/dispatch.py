@@ -177,11 +177,22 @@ class Dispatcher:
         self.rng = rng or random.Random()
 
     async def start(self, call: Call) -> tuple[Call, list[Event]]:
-        """Begin the search for a call just created: the maximum-wait timer and wave 0."""
-        await self.store.schedule(
-            timer(EXPIRE, call.id), call.search_started_at + self.settings.max_wait_s
+        """Begin the search for a call just created: the maximum-wait timer and wave 0, at
+        once (on a shared store the timer's write shares a round trip with the wave's reads).
+        Both are seen through before a failure of either is raised, so that no wave goes on
+        unseen behind an error."""
+        expire, first = await asyncio.gather(
+            self.store.schedule(
+                timer(EXPIRE, call.id), call.search_started_at + self.settings.max_wait_s
+            ),
+            self.wave(call),
+            return_exceptions=True,
         )
-        return await self.wave(call)
+        for outcome in (expire, first):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert not isinstance(first, BaseException)
+        return first
 
     async def wave(self, call: Call) -> tuple[Call, list[Event]]:
         """Ring the next wave of ``call`` and schedule the one after. Returns the call as updated

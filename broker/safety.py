@@ -120,7 +120,11 @@ class Safety:
 
     async def check(self, user_id: str) -> None:
         """Refuse with ``suspended`` if the user is restricted now."""
-        current = await self.restriction(user_id)
+        self.refuse(await self.restriction(user_id))
+
+    @staticmethod
+    def refuse(current: Restriction | None) -> None:
+        """Refuse with ``suspended`` if ``current`` (``restriction()``'s answer) is in force."""
         if current is not None:
             raise BrokerError(ErrorCode.SUSPENDED, current.message, until=current.until)
 

@@ -8,6 +8,7 @@ same methods with a virtual clock.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import random
@@ -174,9 +175,14 @@ class Broker:
                 ErrorCode.NOT_FOUND,
                 "Your circle has nobody in it yet: invite someone first, or ask everyone.",
             )
-        await self.safety.check(profile.user_id)
+        # Both reads at once (on a shared store each is a round trip before the first ring);
+        # a restriction is still the answer when both refuse.
+        restriction, open_call = await asyncio.gather(
+            self.safety.restriction(profile.user_id), self.store.current_call(profile.user_id)
+        )
+        self.safety.refuse(restriction)
         now = self.clock.now()
-        if await self.store.current_call(profile.user_id):
+        if open_call:
             raise BrokerError(
                 ErrorCode.RATE_LIMITED,
                 "You already have a call open. End or cancel it before asking again.",
@@ -348,11 +354,16 @@ class Broker:
         call = won.call
         call_id = call.id
         queued = call.org is not None
-        for key in (timer(WAVE, call_id), timer(EXPIRE, call_id)):
-            await self.store.unschedule(key)
-        for user_id in (*won.withdrawn, profile.user_id):
-            await self.store.unschedule(timer(RING, call_id, user_id))
-        await self.store.lobby_drop(call_id)
+        # Every timer of the search in one step, beside the lobby's: the helper's
+        # ``call.assigned`` waits for both (a thousand rung, one step all the same).
+        await asyncio.gather(
+            self.store.unschedule(
+                timer(WAVE, call_id),
+                timer(EXPIRE, call_id),
+                *(timer(RING, call_id, u) for u in (*won.withdrawn, profile.user_id)),
+            ),
+            self.store.lobby_drop(call_id),
+        )
         events: list[Event] = [
             Withdrawn(to=u, call_id=call_id, reason=WithdrawReason.ANSWERED) for u in won.withdrawn
         ]
@@ -476,8 +487,7 @@ class Broker:
     async def peer(self, user_id: str, call_id: str) -> str:
         """The other party of an assigned call, for relaying signals. Anyone else, and any call
         id that does not exist, gets the same ``forbidden``: the broker does not reveal calls."""
-        call = await self.store.get_call(call_id)
-        peer = call.peer_of(user_id) if call and call.state is CallState.ASSIGNED else None
+        peer = await self.store.call_peer(call_id, user_id)
         if peer is None:
             raise BrokerError(ErrorCode.FORBIDDEN, "You are not a party of that call.")
         return peer

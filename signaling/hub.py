@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import defaultdict, deque
@@ -29,7 +28,14 @@ from broker.events import Assigned, Event, Ring, Withdrawn
 from broker.model import ErrorCode, Profile
 from broker.service import GRACE, Broker
 from broker.store.base import Store, StoreUnavailable
-from signaling.messages import AuthExpiring, Error, Message, Reconnect, event_message
+from signaling.messages import (
+    AuthExpiring,
+    Error,
+    Message,
+    Reconnect,
+    encode,
+    event_message,
+)
 from signaling.metrics import Metrics
 from signaling.routing import LocalRouter, Router
 
@@ -124,7 +130,7 @@ class Session:
     def send(self, message: Message | dict[str, Any]) -> None:
         try:
             data = message.wire() if isinstance(message, Message) else message
-            text = json.dumps(data, separators=(",", ":"))
+            text = encode(data)
         except (ValueError, TypeError, RecursionError) as exc:
             # A message that cannot be encoded is dropped, never the connection: the edge
             # refuses unencodable client text, so this is a backstop, logged to be fixed.
@@ -145,7 +151,7 @@ class Session:
     def welcome(self, message: Message) -> None:
         """Send ``welcome`` ahead of whatever was sent to the session before it, and start
         writing."""
-        self._out.insert(0, json.dumps(message.wire(), separators=(",", ":")))
+        self._out.insert(0, encode(message.wire()))
         self._welcomed = True
         self._wake()
 
@@ -173,7 +179,7 @@ class Session:
                 self.ws.close(code=code, message=reason.encode())
             )
             return
-        self._queue(json.dumps(error, separators=(",", ":")))
+        self._queue(encode(error))
         self._queue(_Close(code, reason))
 
     def stop_expiry(self) -> None:

@@ -8,6 +8,7 @@ ignored (clients and servers may be newer than each other); a wrong type or a mi
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -30,6 +31,10 @@ from signaling import jsonin
 from signaling.jsonin import unpaired_surrogate
 
 MAX_FRAME = 65_536
+
+# Compact JSON for every message sent: one encoder, not the new one ``json.dumps`` builds
+# for each call given separators (a fifth of a small message's encoding time).
+encode = json.JSONEncoder(separators=(",", ":")).encode
 
 Ref = Annotated[str, Field(max_length=64)]
 CallId = Annotated[str, Field(min_length=1, max_length=64)]

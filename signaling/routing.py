@@ -63,6 +63,7 @@ from broker.events import Event
 from broker.store.base import StoreUnavailable
 from broker.store.redis import RedisStore, parse_redis_url
 from broker.store.redis_common import REDIS_DOWN
+from signaling.messages import encode
 
 if TYPE_CHECKING:
     from broker.service import Broker
@@ -457,7 +458,7 @@ class RedisRouter:
         async def publish() -> None:
             nodes = [n for n in await self.r.smembers(_where(user_id)) if n != self.node_id]
             if nodes:
-                text = json.dumps({"to": user_id, "end": end}, separators=(",", ":"))
+                text = encode({"to": user_id, "end": end})
                 await self._publish([(node, text) for node in nodes])
 
         await _guard(publish())
@@ -514,15 +515,8 @@ class RedisRouter:
 
     def _outgoing(self, user_id: str, message: Wire, event: Event | None) -> _Outgoing:
         self._sent += 1
-        text = json.dumps(
-            {
-                "from": self._life,
-                "by": self.node_id,
-                "n": self._sent,
-                "to": user_id,
-                "msg": message,
-            },
-            separators=(",", ":"),
+        text = encode(
+            {"from": self._life, "by": self.node_id, "n": self._sent, "to": user_id, "msg": message}
         )
         return _Outgoing(user_id, message, event, self._sent, text)
 
@@ -825,10 +819,7 @@ class RedisRouter:
         items = [
             (
                 node,
-                json.dumps(
-                    {"ack": life, "by": self.node_id, "life": self._life, "n": numbers},
-                    separators=(",", ":"),
-                ),
+                encode({"ack": life, "by": self.node_id, "life": self._life, "n": numbers}),
             )
             for (node, life), numbers in acks.items()
         ]

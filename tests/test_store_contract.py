@@ -492,6 +492,23 @@ async def test_first_accept_wins(st: Store) -> None:
     assert await st.rung("c_1") == {v.user_id for v in vols}
 
 
+async def test_a_call_s_peer_is_told_to_its_two_parties_only_while_it_is_assigned(
+    st: Store,
+) -> None:
+    # What every relayed signal asks: who else is in the call, if the sender is in it.
+    await online(st, volunteer("v1"), volunteer("v2"))
+    await ringing_call(st, "c_1", "v1", "v2")
+    assert [await st.call_peer("c_1", u) for u in ("r1", "v1", "v2")] == [None] * 3  # ringing
+    assert await st.assign("c_1", "v1", "Val", Role.VOLUNTEER, NOW + 1) is not None
+    assert await st.call_peer("c_1", "r1") == "v1"
+    assert await st.call_peer("c_1", "v1") == "r1"
+    assert await st.call_peer("c_1", "v2") is None  # rung, never a party
+    assert await st.call_peer("c_1", "") is None
+    assert await st.call_peer("c_404", "r1") is None
+    await st.finish("c_1", EndReason.COMPLETED, Role.RECIPIENT, NOW + 2)
+    assert [await st.call_peer("c_1", u) for u in ("r1", "v1")] == [None, None]
+
+
 async def test_accept_needs_a_ring(st: Store) -> None:
     await online(st, volunteer("v1"), volunteer("v2"))
     await ringing_call(st, "c_1", "v1")
@@ -618,8 +635,12 @@ async def test_timers_fire_in_order_once(st: Store) -> None:
     await st.schedule("grace|u|s", NOW + 1)
     await st.unschedule("grace|u|s")
     await st.unschedule("never|set")
+    await st.schedule("ring|c_1|v2", NOW + 2)
+    await st.schedule("ring|c_1|v3", NOW + 2)
+    await st.unschedule("ring|c_1|v2", "never|set", "ring|c_1|v3")  # several in one step
+    await st.unschedule()
     assert await st.deadline("ring|c_1|v1") == NOW + 3
-    assert await st.deadline("grace|u|s") is None
+    assert [await st.deadline(k) for k in ("grace|u|s", "ring|c_1|v2", "ring|c_1|v3")] == [None] * 3
     assert await st.next_deadline() == NOW + 3
     assert await st.claim_due(NOW + 2) == []
     assert await st.claim_due(NOW + 6) == ["ring|c_1|v1", "wave|c_1"]

@@ -272,6 +272,11 @@ class Store(Protocol):
 
     async def get_call(self, call_id: str) -> Call | None: ...
 
+    async def call_peer(self, call_id: str, user_id: str) -> str | None:
+        """The other party of an assigned call that ``user_id`` is a party of; None for any
+        other call, user or id. Every relayed signal asks it, so it reads the call's state and
+        parties only, not the whole record."""
+
     async def update_call(self, call_id: str, **fields: Any) -> None:
         """Set fields of a call other than its state, helper and end (those change only through
         ``assign`` and ``finish``), so that a concurrent accept is never overwritten."""
@@ -395,7 +400,8 @@ class Store(Protocol):
     async def schedule(self, key: str, at: float) -> None:
         """Set (or move) the deadline of a named timer."""
 
-    async def unschedule(self, key: str) -> None: ...
+    async def unschedule(self, *keys: str) -> None:
+        """Cancel named timers (those not set are no matter), in one step."""
 
     async def claim_due(self, now: float, limit: int = 100) -> list[str]:
         """Remove and return timers whose deadline has passed, earliest first. A timer is

@@ -456,6 +456,12 @@ class MemoryStore(MemoryLobbyIndex):
         # at a tenth of the cost of a deep one (every other field is immutable).
         return call.model_copy(update={"languages": list(call.languages)}) if call else None
 
+    async def call_peer(self, call_id: str, user_id: str) -> str | None:
+        call = self._calls.get(call_id)  # no copy: nothing of it leaves but a user id
+        if call is None or call.state is not CallState.ASSIGNED:
+            return None
+        return call.peer_of(user_id)
+
     async def update_call(self, call_id: str, **fields: Any) -> None:
         locked = _LOCKED_FIELDS.intersection(fields)
         if locked:
@@ -627,8 +633,9 @@ class MemoryStore(MemoryLobbyIndex):
         self._timers[key] = at
         heapq.heappush(self._timer_heap, (at, key))
 
-    async def unschedule(self, key: str) -> None:
-        self._timers.pop(key, None)
+    async def unschedule(self, *keys: str) -> None:
+        for key in keys:
+            self._timers.pop(key, None)
 
     async def claim_due(self, now: float, limit: int = 100) -> list[str]:
         due: list[str] = []

@@ -1258,6 +1258,21 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
         return _decode_call(raw) if raw else None
 
     @unavailable_on_redis_errors
+    async def call_peer(self, call_id: str, user_id: str) -> str | None:
+        # Three fields, not the whole record validated into a ``Call``: most of a relayed
+        # signal's store cost on Redis.
+        state, recipient, helper = await self.r.hmget(
+            _call(call_id) + ":call", "state", "recipient_id", "helper_id"
+        )
+        if state is None or json.loads(state) != CallState.ASSIGNED.value:
+            return None
+        parties = [json.loads(recipient), json.loads(helper)]
+        if user_id not in parties:
+            return None
+        peer = parties[1] if user_id == parties[0] else parties[0]
+        return peer if isinstance(peer, str) else None
+
+    @unavailable_on_redis_errors
     async def update_call(self, call_id: str, **fields: Any) -> None:
         locked = _LOCKED_FIELDS.intersection(fields)
         if locked:
@@ -1486,8 +1501,9 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
         await self.r.zadd(_TIMERS, {key: at})
 
     @unavailable_on_redis_errors
-    async def unschedule(self, key: str) -> None:
-        await self.r.zrem(_TIMERS, key)
+    async def unschedule(self, *keys: str) -> None:
+        if keys:
+            await self.r.zrem(_TIMERS, *keys)
 
     @unavailable_on_redis_errors
     async def claim_due(self, now: float, limit: int = 100) -> list[str]:

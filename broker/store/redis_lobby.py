@@ -49,18 +49,25 @@ class LobbyMixin:
     @unavailable_on_redis_errors
     async def lobby_put(self, call_id: str, language: str, requested_at: float) -> None:
         lang = primary_language(language)
-        old = await self.r.hget(_WHERE, call_id)
+        # One round trip (a request waits for it before its first ring goes out); a second
+        # only when the call moved to its next language.
+        old, _, _ = await self._pipelined(
+            lambda pipe: (
+                pipe.hget(_WHERE, call_id),
+                pipe.zadd(_listed(lang), {call_id: requested_at}),
+                pipe.hset(_WHERE, call_id, lang),
+            )
+        )
         if old is not None and old != lang:
             await self.r.zrem(_listed(old), call_id)
-        await self.r.zadd(_listed(lang), {call_id: requested_at})
-        await self.r.hset(_WHERE, call_id, lang)
 
     @unavailable_on_redis_errors
     async def lobby_drop(self, call_id: str) -> None:
         old = await self.r.hget(_WHERE, call_id)
         if old is not None:
-            await self.r.zrem(_listed(old), call_id)
-            await self.r.hdel(_WHERE, call_id)
+            await self._pipelined(
+                lambda pipe: (pipe.zrem(_listed(old), call_id), pipe.hdel(_WHERE, call_id))
+            )
 
     @unavailable_on_redis_errors
     async def lobby_calls(self, language: str, limit: int) -> tuple[list[Call], int]:

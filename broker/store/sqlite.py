@@ -598,11 +598,12 @@ class SqliteStore(MemoryStore):
         await super().schedule(key, at)
         self._put(TIMER, key, repr(at))
 
-    async def unschedule(self, key: str) -> None:
-        had = key in self._timers
-        await super().unschedule(key)
-        if had:
-            self._delete(TIMER, key)
+    async def unschedule(self, *keys: str) -> None:
+        had = [key for key in keys if key in self._timers]
+        await super().unschedule(*keys)
+        with self._tx():
+            for key in had:
+                self._delete(TIMER, key)
 
     async def claim_due(self, now: float, limit: int = 100) -> list[str]:
         due = await super().claim_due(now, limit)
