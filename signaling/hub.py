@@ -50,6 +50,9 @@ RECONNECT_DRAIN_S = 0.5  # a stopping node reads on this long after telling clie
 CLOSE_EXPIRED = 4401  # the token expired unrefreshed: sign in again, and resume
 CLOSE_REVOKED = 4403  # the sign-in was revoked (or the user banned): no resume
 CLOSE_REPLACED = 4409  # the user opened more sessions than allowed: this, the oldest, closed
+# How long a session relays its call's signals to the peer it last read from the store, unless
+# it hears of the call sooner (docs/operations.md, "A call's peer, remembered").
+PEER_MEMORY_S = 1.0
 
 Wire = dict[str, Any]
 
@@ -67,8 +70,10 @@ class _Close:
 class Session:
     # Slots: one per connection, thousands per node.
     __slots__ = (
+        "_call_news",
         "_expiry",
         "_out",
+        "_peers",
         "_wakeup",
         "_welcomed",
         "_writer",
@@ -121,15 +126,47 @@ class Session:
         # it (store round trips), a peer's signal may already be sent to it, and a client that
         # reads anything before its welcome takes the connection for failed.
         self._welcomed = False
+        # The peer of each call this session signals in, and until when (monotonic) it is
+        # taken without a store read: every relayed signal would read the call otherwise, a
+        # round trip on a shared store. Any ``call.*`` message to the session about the call
+        # forgets it, and ``_call_news`` counts them, so a read overtaken by one is not kept.
+        self._peers: dict[str, tuple[str, float]] | None = None
+        self._call_news = 0
         self._writer = loop.create_task(self._write(), name=f"writer-{session_id}")
 
     @property
     def user_id(self) -> str:
         return self.profile.user_id
 
+    def known_peer(self, call_id: str) -> str | None:
+        """The peer remembered for ``call_id``, if still fresh."""
+        if self._peers is None:
+            return None
+        known = self._peers.get(call_id)
+        if known is None or known[1] < time.monotonic():
+            return None
+        return known[0]
+
+    def call_news(self) -> int:
+        """How many ``call.*`` messages the session was sent: ``remember_peer`` takes it as
+        read before the store was."""
+        return self._call_news
+
+    def remember_peer(self, call_id: str, peer: str, news: int) -> None:
+        if news != self._call_news:
+            return  # the call changed while its peer was being read
+        if self._peers is None or len(self._peers) >= 8:
+            self._peers = {}
+        self._peers[call_id] = (peer, time.monotonic() + PEER_MEMORY_S)
+
     def send(self, message: Message | dict[str, Any]) -> None:
         try:
             data = message.wire() if isinstance(message, Message) else message
+            kind = data.get("type")
+            if isinstance(kind, str) and kind.startswith("call."):
+                self._call_news += 1
+                if self._peers is not None:
+                    self._peers.pop(str(data.get("call")), None)
             text = encode(data)
         except (ValueError, TypeError, RecursionError) as exc:
             # A message that cannot be encoded is dropped, never the connection: the edge

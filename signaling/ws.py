@@ -441,7 +441,7 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
             session.send(Ack(ref=ref))
             ctx.hub.deliver(outcome.events)
         case Signal():
-            peer = await broker.peer(user, message.call)
+            peer = await _peer(ctx, session, message.call)
             # ``data`` was checked with the frame (size, depth, shape, text) and is opaque to
             # the broker: it goes on as it came, with no model to build and dump again.
             relayed: dict[str, object] = {
@@ -454,7 +454,7 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
             ctx.hub.send(peer, relayed)
             ctx.metrics.relayed.inc()
         case SignalAck():
-            peer = await broker.peer(user, message.call)
+            peer = await _peer(ctx, session, message.call)
             ctx.hub.send(peer, {"type": "signal.ack", "call": message.call, "seq": message.seq})
         case CallMedia():
             outcome = await broker.media(user, message.call, message.state == "connected")
@@ -472,6 +472,17 @@ async def _dispatch(ctx: Context, session: Session, message: ClientMessage) -> N
             )
             session.send(Ack(ref=ref))
             ctx.hub.deliver(events)
+
+
+async def _peer(ctx: Context, session: Session, call_id: str) -> str:
+    """Whom a session's signal for ``call_id`` goes to: the broker's answer, remembered by the
+    session for a moment (``Session.known_peer``)."""
+    peer = session.known_peer(call_id)
+    if peer is None:
+        news = session.call_news()
+        peer = await ctx.broker.peer(session.user_id, call_id)
+        session.remember_peer(call_id, peer, news)
+    return peer
 
 
 async def _goodbye(ctx: Context, session: Session) -> None:

@@ -14,8 +14,10 @@ import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from broker.model import EndReason, Role
 from broker.store.base import StoreUnavailable
 from broker.store.memory import MemoryStore
+from signaling.hub import PEER_MEMORY_S
 from tests.helpers import SECRET, Server, start_server
 
 EN_LONDON: dict[str, Any] = {"languages": ["en"], "timezone": "Europe/London"}
@@ -279,6 +281,50 @@ async def test_numbered_signals_and_their_acknowledgements_are_relayed(server: S
     assert answer["code"] == "bad_message" and "seq" in answer["message"], answer
     assert await rec.quiet(0.2) == [] and await vol.quiet(0.0) == []
     assert await eve.quiet(0.0) == []
+
+
+async def test_a_signal_after_the_call_ended_is_refused_at_once(server: Server) -> None:
+    """Each session remembers its call's peer for a moment (no store read per signal); the
+    end, heard by both parties' sessions, forgets it there and then."""
+    vol = await on_duty(server, "v1")
+    rec = await server.connect("r1", "recipient", **EN_LONDON)
+    call = (await rec.request({"type": "call.request"}))["call"]
+    await vol.expect("call.ring")
+    await vol.request({"type": "call.accept", "call": call})
+    await rec.expect("call.assigned")
+    signal = {"type": "signal", "call": call, "data": {"candidate": None}}
+    for sender, receiver in ((rec, vol), (vol, rec)):
+        await sender.send(signal)
+        assert await receiver.expect("signal") == signal
+    assert (await rec.request({"type": "call.end", "call": call}))["type"] == "call.ended"
+    await vol.expect("call.ended")
+    for sender in (rec, vol):
+        assert (await sender.request(signal))["code"] == "forbidden"
+        answer = await sender.request({"type": "signal.ack", "call": call, "seq": 0})
+        assert answer["code"] == "forbidden"
+    assert await rec.quiet(0.2) == [] and await vol.quiet(0.0) == []
+
+
+async def test_a_call_ended_unheard_stops_relaying_within_the_peer_memory(
+    server: Server,
+) -> None:
+    """An end this node has not heard of (decided on another node, its news on the way) is
+    found by the next store read: at most ``PEER_MEMORY_S`` after the peer was last read."""
+    vol = await on_duty(server, "v1")
+    rec = await server.connect("r1", "recipient", **EN_LONDON)
+    call = (await rec.request({"type": "call.request"}))["call"]
+    await vol.expect("call.ring")
+    await vol.request({"type": "call.accept", "call": call})
+    await rec.expect("call.assigned")
+    signal = {"type": "signal", "call": call, "data": {"candidate": None}}
+    await rec.send(signal)
+    assert await vol.expect("signal") == signal
+    # Ended in the store only: no event reaches either session.
+    store = server.ctx.store
+    assert await store.finish(call, EndReason.COMPLETED, Role.VOLUNTEER, time.time()) is not None
+    await asyncio.sleep(PEER_MEMORY_S + 0.1)
+    assert (await rec.request(signal))["code"] == "forbidden"
+    assert await vol.quiet(0.2) == []
 
 
 # --- the call over the wire -------------------------------------------------------------------
