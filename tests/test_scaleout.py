@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import websockets
 
+from broker.model import Call
+from broker.store.base import StoreUnavailable
 from broker.store.redis import RedisStore
 from signaling.auth import mint
 from tests.helpers import SECRET, Client, start_server
@@ -230,6 +232,37 @@ async def test_node_killed_mid_search_the_other_node_carries_on(
 def redis_with_aof() -> Iterator[RedisServer]:
     with RedisServer.start(aof=True) as server:
         yield server
+
+
+async def test_the_store_s_pooled_connections_are_made_again_after_a_redis_restart(
+    redis_with_aof: RedisServer,
+) -> None:
+    """Connections the store pooled before Redis restarted are closed by then: each is made
+    again when taken from the pool, not tried once and failed (commands are not retried)."""
+    store = RedisStore.from_url(redis_with_aof.url)
+    try:
+        assert await store.create_call(
+            Call(id="c_1", recipient_id="r1", language="en", requested_at=1.0)
+        )
+        # Many reads at once: many connections in the pool.
+        assert all(await asyncio.gather(*(store.get_call("c_1") for _ in range(16))))
+        redis_with_aof.stop()
+        redis_with_aof.run()
+
+        async def answers() -> bool:
+            try:
+                await store.ping()
+            except StoreUnavailable:
+                return False
+            return True
+
+        await wait_for(answers, "Redis to answer again")
+        got = await asyncio.gather(
+            *(store.get_call("c_1") for _ in range(16)), return_exceptions=True
+        )
+        assert [c.id if isinstance(c, Call) else repr(c) for c in got] == ["c_1"] * 16
+    finally:
+        await store.close()
 
 
 async def test_redis_stopped_mid_search_then_back(

@@ -817,6 +817,21 @@ def parse_redis_url(url: str) -> tuple[str, bool, dict[str, Any]]:
     return urlunsplit((base, parts.netloc, parts.path, "", "")), cluster, options
 
 
+# A pooled connection is looked at when taken from the pool, and made again if the server
+# closed it (a Redis restarted): otherwise its next command fails, and commands are not
+# retried (a script may have run before its reply was lost). redis-py 7 and later skip that
+# look while "maintenance notifications" (a Redis Enterprise feature) are on, as they are by
+# default ("auto"); the broker does not use them.
+try:
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    _CHECKED_ON_CHECKOUT: dict[str, Any] = {
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False)
+    }
+except ImportError:  # an older redis-py: no such notifications, the look is always made
+    _CHECKED_ON_CHECKOUT = {}
+
+
 def _seed(url: str, seed: str) -> tuple[str, int]:
     host, colon, port = seed.rpartition(":")
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -887,6 +902,7 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
                 max_connections=128,
                 timeout=max(5.0, options["socket_timeout"] * 4),
                 **options,
+                **_CHECKED_ON_CHECKOUT,
             )
             client = aioredis.Redis(connection_pool=pool)
         return cls(client)
