@@ -37,6 +37,17 @@ async def on_duty(server: Server, sub: str, **claims: Any) -> Any:
     return client
 
 
+async def in_a_call(server: Server) -> tuple[Any, Any, str]:
+    """A recipient and a volunteer in an assigned call: (recipient, volunteer, call id)."""
+    vol = await on_duty(server, "v1")
+    rec = await server.connect("r1", "recipient", **EN_LONDON)
+    call = (await rec.request({"type": "call.request"}))["call"]
+    await vol.expect("call.ring")
+    await vol.request({"type": "call.accept", "call": call})
+    await rec.expect("call.assigned")
+    return rec, vol, call
+
+
 # --- authentication ---------------------------------------------------------------------------
 
 
@@ -286,12 +297,7 @@ async def test_numbered_signals_and_their_acknowledgements_are_relayed(server: S
 async def test_a_signal_after_the_call_ended_is_refused_at_once(server: Server) -> None:
     """Each session remembers its call's peer for a moment (no store read per signal); the
     end, heard by both parties' sessions, forgets it there and then."""
-    vol = await on_duty(server, "v1")
-    rec = await server.connect("r1", "recipient", **EN_LONDON)
-    call = (await rec.request({"type": "call.request"}))["call"]
-    await vol.expect("call.ring")
-    await vol.request({"type": "call.accept", "call": call})
-    await rec.expect("call.assigned")
+    rec, vol, call = await in_a_call(server)
     signal = {"type": "signal", "call": call, "data": {"candidate": None}}
     for sender, receiver in ((rec, vol), (vol, rec)):
         await sender.send(signal)
@@ -310,12 +316,7 @@ async def test_a_call_ended_unheard_stops_relaying_within_the_peer_memory(
 ) -> None:
     """An end this node has not heard of (decided on another node, its news on the way) is
     found by the next store read: at most ``PEER_MEMORY_S`` after the peer was last read."""
-    vol = await on_duty(server, "v1")
-    rec = await server.connect("r1", "recipient", **EN_LONDON)
-    call = (await rec.request({"type": "call.request"}))["call"]
-    await vol.expect("call.ring")
-    await vol.request({"type": "call.accept", "call": call})
-    await rec.expect("call.assigned")
+    rec, vol, call = await in_a_call(server)
     signal = {"type": "signal", "call": call, "data": {"candidate": None}}
     await rec.send(signal)
     assert await vol.expect("signal") == signal
