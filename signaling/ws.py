@@ -320,7 +320,7 @@ async def _act_on(ctx: Context, session: Session, bucket: TokenBucket, msg: WSMe
     except BadMessage as exc:
         _error(ctx, session, ErrorCode.BAD_MESSAGE, str(exc), exc.ref)
         return True
-    ctx.metrics.messages.labels(message.type).inc()
+    ctx.metrics.count_message(message.type)
     try:
         await _dispatch(ctx, session, message)
     except BrokerError as exc:
