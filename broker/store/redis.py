@@ -320,6 +320,37 @@ end
 return out
 """
 
+# The draw and the facts of those drawn in one step, on one Redis (every key on one server);
+# a Cluster takes two, ``_SAMPLE`` on the language's slot then ``_FACTS`` per volunteer. The
+# KEYS and ARGV of ``_SAMPLE``, and its reply with one element more: the facts of every
+# volunteer it names, once each in the order first named, encoded as ``_FACTS_MANY`` does. A
+# volunteer's keys follow from the draw, so they cannot be declared beforehand: a standalone
+# server allows that, which is why a Cluster does not run this.
+_SAMPLE_FACTS = (
+    _FACTS_OF
+    + "local function draw()\n"
+    + _SAMPLE
+    + """end
+local out = draw()
+if out[1] == 'stale' then return out end
+local seen, found = {}, {}
+local function add(uid, want_idx)
+  if seen[uid] then return end
+  seen[uid] = true
+  local key = 'vb:{u:' .. uid .. '}'
+  found[#found + 1] = facts(key, key .. ':ans', key .. ':blocked', ARGV[4], want_idx)
+end
+local first = 2
+if out[1] == 'drawn' then
+  for i = 3, 2 + out[2] do add(out[i], '1') end
+  first = 3 + out[2]
+end
+for i = first, #out, 2 do add(out[i], '0') end
+out[#out + 1] = cjson.encode(found)
+return out
+"""
+)
+
 # Step 1 of reserve_ring, on the volunteer's slot. KEYS: user hash. ARGV: call, day, cap, now.
 # Returns false, or {previous rday, previous rcount, previous last_rung}.
 _RESERVE_USER = """
@@ -861,6 +892,7 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
         self._facts = reg(_FACTS)
         self._facts_many = reg(_FACTS_MANY)
         self._sample = reg(_SAMPLE)
+        self._sample_facts = reg(_SAMPLE_FACTS)
         self._reserve_user = reg(_RESERVE_USER)
         self._reserve_undo = reg(_RESERVE_UNDO)
         self._reserve_call = reg(_RESERVE_CALL)
@@ -1062,7 +1094,9 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
                 del self._groups[lang]
                 continue
             groups = sorted(inside)
-            reply = await self._sample(
+            # On one server the facts come with the draw: one round trip, not two.
+            step = self._sample if self.cluster else self._sample_facts
+            reply = await step(
                 keys=[base + ":groups", base + ":helpers", *(base + ":g:" + g for g in groups)],
                 args=[len(known), n, recent, repr(now - THIRTY_DAYS), seed],
             )
@@ -1071,13 +1105,19 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
             del self._groups[lang]
         else:
             raise StoreUnavailable(f"the index of language {lang!r} keeps changing")
+        facts: list[Any] | None = None
+        if not self.cluster:
+            facts = json.loads(reply.pop())
+            if isinstance(facts, dict):  # an empty Lua table encodes as {}
+                facts = []
         if reply[0] == "all":
             members = [(reply[i], groups[int(reply[i + 1]) - 1]) for i in range(1, len(reply), 2)]
-            return CandidateSample(await self._build(members, lang, inside, now), complete=True)
+            built = await self._build(members, lang, inside, now, facts)
+            return CandidateSample(built, complete=True)
         read = int(reply[1])
         helpers = reply[2 : 2 + read]
         drawn = [(reply[i], groups[int(reply[i + 1]) - 1]) for i in range(2 + read, len(reply), 2)]
-        found = await self._build([(uid, "") for uid in helpers] + drawn, lang, inside, now)
+        found = await self._build([(uid, "") for uid in helpers] + drawn, lang, inside, now, facts)
         in_lead = set(helpers)
         first = [c for c in found if c.user_id in in_lead]
         rest = [c for c in found if c.user_id not in in_lead]
@@ -1127,17 +1167,21 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
         lang: str,
         inside: dict[str, tuple[str, str]],
         now: float,
+        facts: list[Any] | None = None,
     ) -> list[Candidate]:
         """Candidates from (user, group) pairs read from the index, each checked against the
         user's own hash. A group of ``""`` (a helper, read from the helpers index): their group
-        is read from the hash, and they are kept only when it is in window."""
+        is read from the hash, and they are kept only when it is in window. ``facts``: those
+        hashes already read (``_SAMPLE_FACTS``), one per user in the order first named."""
         horizon = repr(now - THIRTY_DAYS)
         unique: dict[str, str] = {}
         for uid, group in members:
             unique.setdefault(uid, group)
         if not unique:
             return []
-        if self.cluster:  # each volunteer's keys are on their own slot: one call each
+        if facts is not None:
+            replies = facts
+        elif self.cluster:  # each volunteer's keys are on their own slot: one call each
             sha = self._facts.sha
 
             def fill(pipe: Any) -> None:
