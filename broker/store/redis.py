@@ -180,6 +180,16 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
+# create_call in one step, on one Redis (a Cluster: the call's step above, then the recipient's
+# HSETNX on their own slot, undone if it fails). KEYS: call hash, recipient's user hash.
+# ARGV: call id, then field, value, ...  -> 1 if created
+_CREATE_CALL_OPEN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('HSETNX', KEYS[2], 'open', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
 # KEYS: call hash. ARGV: field, value, ... -> set only if the call exists
 _UPDATE_CALL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -382,6 +392,25 @@ if state ~= '"searching"' and state ~= '"queued"' then return 0 end
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 0 end
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+# reserve_ring in one step, on one Redis (a Cluster takes the two steps above, each on its own
+# slot, with an undo between them). KEYS: user hash, call hash, its ringing set, its rung set.
+# ARGV: call, day, cap, now, user. Both checks first, then both writes: nothing to undo.
+_RESERVE_BOTH = """
+local state = redis.call('HGET', KEYS[2], 'state')
+if state ~= '"searching"' and state ~= '"queued"' then return 0 end
+if redis.call('SISMEMBER', KEYS[4], ARGV[5]) == 1 then return 0 end
+local h = redis.call('HMGET', KEYS[1], 'ring_of', 'open', 'rday', 'rcount')
+if h[1] or h[2] then return 0 end
+local count = 0
+if h[3] == ARGV[2] then count = tonumber(h[4] or '0') end
+if count >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'ring_of', ARGV[1], 'rday', ARGV[2], 'rcount', count + 1,
+  'last_rung', ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[5])
+redis.call('SADD', KEYS[3], ARGV[5])
 return 1
 """
 
@@ -884,6 +913,7 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
         self._groups: dict[str, list[str]] = {}  # language -> its index groups, as last read
         reg = client.register_script
         self._create_call = reg(_CREATE_CALL)
+        self._create_call_open = reg(_CREATE_CALL_OPEN)
         self._update_call = reg(_UPDATE_CALL)
         self._mark_media = reg(_MARK_MEDIA)
         self._put_profile = reg(_PUT_PROFILE)
@@ -896,6 +926,7 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
         self._reserve_user = reg(_RESERVE_USER)
         self._reserve_undo = reg(_RESERVE_UNDO)
         self._reserve_call = reg(_RESERVE_CALL)
+        self._reserve_both = reg(_RESERVE_BOTH)
         self._clear_if = reg(_CLEAR_IF)
         self._assign_claim = reg(_ASSIGN_CLAIM)
         self._assign_call = reg(_ASSIGN_CALL)
@@ -1305,6 +1336,11 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
     async def create_call(self, call: Call) -> bool:
         key = _call(call.id) + ":call"
         flat = [x for kv in _call_fields(call).items() for x in kv]
+        if not self.cluster:  # one step where every key is on one server
+            opened = await self._create_call_open(
+                keys=[key, _user(call.recipient_id)], args=[call.id, *flat]
+            )
+            return bool(opened)
         if not await self._create_call(keys=[key], args=flat):
             return False
         if await self.r.hsetnx(_user(call.recipient_id), "open", call.id):
@@ -1488,11 +1524,17 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
         self, call_id: str, user_id: str, day: str, cap: int, now: float
     ) -> bool:
         user = _user(user_id)
+        base = _call(call_id)
+        if not self.cluster:  # one step where every key is on one server
+            reserved = await self._reserve_both(
+                keys=[user, base + ":call", base + ":ringing", base + ":rung"],
+                args=[call_id, day, cap, repr(now), user_id],
+            )
+            return bool(reserved)
         reply = await self._reserve_user(keys=[user], args=[call_id, day, cap, repr(now)])
         if reply is None:
             return False
         previous = list(reply)
-        base = _call(call_id)
         try:
             ok = await self._reserve_call(
                 keys=[base + ":call", base + ":ringing", base + ":rung"], args=[user_id]
