@@ -332,10 +332,11 @@ return out
 
 # The draw and the facts of those drawn in one step, on one Redis (every key on one server);
 # a Cluster takes two, ``_SAMPLE`` on the language's slot then ``_FACTS`` per volunteer. The
-# KEYS and ARGV of ``_SAMPLE``, and its reply with one element more: the facts of every
-# volunteer it names, once each in the order first named, encoded as ``_FACTS_MANY`` does. A
-# volunteer's keys follow from the draw, so they cannot be declared beforehand: a standalone
-# server allows that, which is why a Cluster does not run this.
+# KEYS and ARGV of ``_SAMPLE``, then the text before and after the id in a user's key
+# (``user_key``); its reply with one element more: the facts of every volunteer it names, once
+# each in the order first named, encoded as ``_FACTS_MANY`` does. A volunteer's keys follow
+# from the draw, so they cannot be declared beforehand: a standalone server allows that, which
+# is why a Cluster does not run this.
 _SAMPLE_FACTS = (
     _FACTS_OF
     + "local function draw()\n"
@@ -347,7 +348,7 @@ local seen, found = {}, {}
 local function add(uid, want_idx)
   if seen[uid] then return end
   seen[uid] = true
-  local key = 'vb:{u:' .. uid .. '}'
+  local key = ARGV[6] .. uid .. ARGV[7]
   found[#found + 1] = facts(key, key .. ':ans', key .. ':blocked', ARGV[4], want_idx)
 end
 local first = 2
@@ -394,6 +395,9 @@ redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
+
+# A user's key is these two around their id (for a script that derives it).
+_USER_KEY_AROUND = _user("\n").split("\n")
 
 # reserve_ring in one step, on one Redis (a Cluster takes the two steps above, each on its own
 # slot, with an undo between them). KEYS: user hash, call hash, its ringing set, its rung set.
@@ -1126,10 +1130,11 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
                 continue
             groups = sorted(inside)
             # On one server the facts come with the draw: one round trip, not two.
+            args: list[str | int] = [len(known), n, recent, repr(now - THIRTY_DAYS), seed]
             step = self._sample if self.cluster else self._sample_facts
             reply = await step(
                 keys=[base + ":groups", base + ":helpers", *(base + ":g:" + g for g in groups)],
-                args=[len(known), n, recent, repr(now - THIRTY_DAYS), seed],
+                args=args if self.cluster else [*args, *_USER_KEY_AROUND],
             )
             if reply[0] != "stale":
                 break
