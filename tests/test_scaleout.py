@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import websockets
 
 from broker.model import Call
 from broker.store.base import StoreUnavailable
 from broker.store.redis import RedisStore
+from broker.store.redis_common import WaitingPool
 from signaling.auth import mint
 from tests.helpers import SECRET, Client, start_server
 from tests.nodes import BrokerNode, broker_nodes, wait_for
@@ -263,6 +265,68 @@ async def test_the_store_s_pooled_connections_are_made_again_after_a_redis_resta
         assert [c.id if isinstance(c, Call) else repr(c) for c in got] == ["c_1"] * 16
     finally:
         await store.close()
+
+
+def _store_with_pool(url: str, size: int, wait_s: float) -> tuple[RedisStore, WaitingPool]:
+    target = url.partition("?")[0]  # the store's own options are not redis-py's
+    pool = WaitingPool.from_url(target, decode_responses=True, max_connections=size, wait_s=wait_s)
+    return RedisStore(aioredis.Redis(connection_pool=pool)), pool
+
+
+async def test_commands_beyond_the_pool_s_size_wait_for_a_connection(redis_url: str) -> None:
+    """Sixty reads at once through a pool of three: each waits its turn for a connection
+    instead of failing (redis-py's plain pool refuses the fourth at once)."""
+    store, pool = _store_with_pool(redis_url, size=3, wait_s=5.0)
+    try:
+        assert await store.create_call(
+            Call(id="c_1", recipient_id="r1", language="en", requested_at=1.0)
+        )
+        got = await asyncio.gather(*(store.get_call("c_1") for _ in range(60)))
+        assert [c.id if c else None for c in got] == ["c_1"] * 60
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 3
+        assert not pool._waiters
+    finally:
+        await store.close()
+
+
+async def test_a_command_kept_waiting_for_a_connection_too_long_is_unavailable(
+    redis_url: str,
+) -> None:
+    """The pool's only connection is held (a blocking read of two seconds): a read waits 0.3
+    s for it, then is refused as ``StoreUnavailable``; once it is free, reads work again."""
+    store, pool = _store_with_pool(redis_url, size=1, wait_s=0.3)
+    try:
+        holding = asyncio.create_task(store.r.blpop(["nothing"], timeout=2))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.get_call("c_1")
+        assert 0.25 <= time.monotonic() - started < 1.5
+        assert not pool._waiters
+        assert await holding is None
+        assert await store.get_call("c_1") is None
+    finally:
+        await store.close()
+
+
+async def test_a_waiter_cancelled_as_it_is_woken_passes_its_turn_on(redis_url: str) -> None:
+    """A connection given back wakes the first waiter; if that one is cancelled before it
+    runs, the next waiter gets the connection rather than waiting out its time."""
+    _, pool = _store_with_pool(redis_url, size=1, wait_s=5.0)
+    try:
+        held = await pool.get_connection()
+        first = asyncio.create_task(pool.get_connection())
+        second = asyncio.create_task(pool.get_connection())
+        await asyncio.sleep(0.05)
+        assert len(pool._waiters) == 2
+        await pool.release(held)
+        first.cancel()
+        connection = await asyncio.wait_for(second, timeout=1.0)
+        assert first.cancelled()
+        await pool.release(connection)
+        assert not pool._waiters
+    finally:
+        await pool.aclose()
 
 
 async def test_redis_stopped_mid_search_then_back(

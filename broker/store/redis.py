@@ -104,6 +104,7 @@ from broker.store.base import (
 from broker.store.redis_circles import CirclesMixin
 from broker.store.redis_common import (
     REDIS_DOWN,
+    WaitingPool,
     agent_record,
     unavailable_on_redis_errors,
 )
@@ -961,13 +962,12 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
         if cluster:
             client = RedisCluster.from_url(target, decode_responses=True, **options)
         else:
-            # Requests beyond the pool's size wait for a connection rather than fail: a burst
-            # of a thousand accepts is load, not an outage.
-            pool = aioredis.BlockingConnectionPool.from_url(
+            # Requests beyond the pool's size wait for a connection rather than fail.
+            pool = WaitingPool.from_url(
                 target,
                 decode_responses=True,
                 max_connections=128,
-                timeout=max(5.0, options["socket_timeout"] * 4),
+                wait_s=max(5.0, options["socket_timeout"] * 4),
                 **options,
                 **_CHECKED_ON_CHECKOUT,
             )
