@@ -130,6 +130,8 @@ async def to_pages(request: web.Request) -> web.Response:
 
 
 async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    if isinstance(response, web.WebSocketResponse):
+        return  # the broker's socket, not a page
     if request.path == "/" or request.path.startswith(PAGES):
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
