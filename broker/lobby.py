@@ -107,10 +107,18 @@ class Lobby:
         self.clock = clock
         self.settings = settings
 
+    def entry(self, call: Call) -> tuple[str, float] | None:
+        """How the index lists ``call`` now (its search language and when it was asked for),
+        or None when it does not."""
+        if listable(call, self.settings, self.clock.now()):
+            return search_language(call), call.requested_at
+        return None
+
     async def track(self, call: Call) -> None:
         """Keep the index up with a call the broker just moved (a wave, an answer, an end)."""
-        if listable(call, self.settings, self.clock.now()):
-            await self.store.lobby_put(call.id, search_language(call), call.requested_at)
+        entry = self.entry(call)
+        if entry is not None:
+            await self.store.lobby_put(call.id, *entry)
         else:
             await self.store.lobby_drop(call.id)
 

@@ -217,9 +217,21 @@ class Broker:
                 "You already have a call open. End or cancel it before asking again.",
             )
         log.info("call requested", extra={"call": call.id, "language": call.language})
-        call, events = await self.dispatcher.start(call)
+        # The lobby lists the new call beside the first wave's reads (on a shared store, one
+        # round trip fewer before the first ring), and again after only if the wave changed
+        # how it is listed (an escalation). Both are seen through before an error is raised.
+        listed = self.lobby.entry(call)
+        started, tracked = await asyncio.gather(
+            self.dispatcher.start(call), self.lobby.track(call), return_exceptions=True
+        )
+        for outcome in (started, tracked):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert not isinstance(started, BaseException)
+        call, events = started
         escalated, more = await self._after_wave(call, events)
-        await self.lobby.track(escalated or call)
+        if self.lobby.entry(escalated or call) != listed:
+            await self.lobby.track(escalated or call)
         return Outcome(escalated or call, events + more)
 
     async def cancel(self, user_id: str, call_id: str) -> Outcome:
