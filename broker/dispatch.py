@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +37,21 @@ from broker.store.base import Store
 WAVE = "wave"
 EXPIRE = "expire"
 RING = "ring"
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both at once (on a shared store, their round trips overlap), each seen through before
+    an error of either is raised: neither goes on unseen behind the other's failure."""
+    a, b = await asyncio.gather(first, second, return_exceptions=True)
+    if isinstance(a, BaseException):
+        raise a
+    if isinstance(b, BaseException):
+        raise b
+    return a, b
 
 
 def timer(kind: str, *parts: str) -> str:
@@ -181,17 +196,12 @@ class Dispatcher:
         once (on a shared store the timer's write shares a round trip with the wave's reads).
         Both are seen through before a failure of either is raised, so that no wave goes on
         unseen behind an error."""
-        expire, first = await asyncio.gather(
+        _, first = await both(
             self.store.schedule(
                 timer(EXPIRE, call.id), call.search_started_at + self.settings.max_wait_s
             ),
             self.wave(call),
-            return_exceptions=True,
         )
-        for outcome in (expire, first):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert not isinstance(first, BaseException)
         return first
 
     async def wave(self, call: Call) -> tuple[Call, list[Event]]:

@@ -28,6 +28,7 @@ from broker.dispatch import (
     Dispatcher,
     DispatchSettings,
     Policy,
+    both,
     search_languages,
     timer,
 )
@@ -219,16 +220,9 @@ class Broker:
         log.info("call requested", extra={"call": call.id, "language": call.language})
         # The lobby lists the new call beside the first wave's reads (on a shared store, one
         # round trip fewer before the first ring), and again after only if the wave changed
-        # how it is listed (an escalation). Both are seen through before an error is raised.
+        # how it is listed (an escalation).
         listed = self.lobby.entry(call)
-        started, tracked = await asyncio.gather(
-            self.dispatcher.start(call), self.lobby.track(call), return_exceptions=True
-        )
-        for outcome in (started, tracked):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert not isinstance(started, BaseException)
-        call, events = started
+        (call, events), _ = await both(self.dispatcher.start(call), self.lobby.track(call))
         escalated, more = await self._after_wave(call, events)
         if self.lobby.entry(escalated or call) != listed:
             await self.lobby.track(escalated or call)
