@@ -56,8 +56,8 @@ class WaitingPool(aioredis.ConnectionPool):
     redis-py's ``BlockingConnectionPool`` waits too, but takes a condition variable, a timeout
     scope and a wait-time record on every checkout and a lock on every release, whether the
     pool is short or not: about 16 µs of CPU per command, which every command pays. Here a
-    checkout with a connection free is a list pop, and only a command that must wait makes a
-    future. Waiters are woken in turn as connections come back; the count of connections in
+    checkout with a connection free takes it from a list, and only a command that must wait
+    makes a future. Waiters are woken in turn as connections come back; the count of connections in
     use is redis-py's own (a weak set), so a connection dropped without being given back is
     not counted against the limit for ever.
     """
