@@ -67,13 +67,17 @@ from broker.moderation import (
     RestrictionKind,
 )
 from broker.orgs import AgentStateName
-from broker.privacy import RETENTION, Privacy
+from broker.privacy import RETENTION, Privacy, request_hit_key
 from broker.queues import QROUTE, QWAIT, Queues, QueueSettings
 from broker.safety import RESTRICTION_END, SYSTEM, Safety, SafetySettings
 from broker.stats import counts_of, day_of, scopes_of
 from broker.store.base import Assignment, Store
 
 log = logging.getLogger("vabroker.broker")
+
+_TOO_MANY_REQUESTS = "Too many calls in the last hour. Please wait a few minutes and try again."
+_REQUEST_WINDOW_S = 3600.0  # requests_per_hour counts in the last hour
+
 
 GRACE = "grace"
 
@@ -192,8 +196,7 @@ class Broker:
             # Specialised help: refused before it counts against the rate limit when the
             # organisation is unknown or closed.
             partner, line = await self.queues.admit(profile, org, queue, language)
-        await self._count_request(profile.user_id, now)
-        if org is not None:
+            await self._count_request(profile.user_id, now)
             queued, events = await self.queues.request(
                 profile, partner, line, self.new_id(), language, topic, note
             )
@@ -212,7 +215,18 @@ class Broker:
             requested_at=now,
             circle=circle,
         )
-        if not await self.store.create_call(call):
+        # Counted against the hourly limit and created in one step (one round trip on a shared
+        # store): the count as ``_count_request`` keeps it.
+        admitted = await self.store.create_counted_call(
+            call,
+            request_hit_key(profile.user_id),
+            now,
+            _REQUEST_WINDOW_S,
+            self.limits.requests_per_hour,
+        )
+        if admitted == "limited":
+            raise BrokerError(ErrorCode.RATE_LIMITED, _TOO_MANY_REQUESTS)
+        if admitted == "open":
             raise BrokerError(
                 ErrorCode.RATE_LIMITED,
                 "You already have a call open. End or cancel it before asking again.",
@@ -298,12 +312,9 @@ class Broker:
 
     async def _count_request(self, user_id: str, now: float) -> None:
         """Count a request for help against the recipient's hourly limit; refuse one over it."""
-        hits = await self.store.hit(f"request|{user_id}", now, 3600.0)
+        hits = await self.store.hit(request_hit_key(user_id), now, _REQUEST_WINDOW_S)
         if hits > self.limits.requests_per_hour:
-            raise BrokerError(
-                ErrorCode.RATE_LIMITED,
-                "Too many calls in the last hour. Please wait a few minutes and try again.",
-            )
+            raise BrokerError(ErrorCode.RATE_LIMITED, _TOO_MANY_REQUESTS)
 
     def _search_after(self, call: Call, now: float, **fields: Any) -> Call:
         """A new volunteers' search for the recipient of ``call``, in its languages, with its

@@ -661,6 +661,32 @@ async def test_a_timer_is_claimed_by_one_caller(st: Store) -> None:
     assert sorted(flat) == sorted(f"t|{i}" for i in range(50))
 
 
+async def test_a_counted_call_is_counted_then_created_unless_over_the_limit_or_open(
+    st: Store,
+) -> None:
+    """``create_counted_call`` is ``hit`` then ``create_call`` unless over the limit: the
+    request counts whatever the answer, and nothing is created when it is over the limit or
+    the recipient already has a call open."""
+    first = Call(id="c_1", recipient_id="r1", language="en", requested_at=NOW)
+    assert await st.create_counted_call(first, "request|r1", NOW, 3600.0, 2) == "created"
+    stored = await st.get_call("c_1")
+    assert stored is not None and stored.recipient_id == "r1"
+    assert await st.current_call("r1") == "c_1"
+    again = Call(id="c_2", recipient_id="r1", language="en", requested_at=NOW + 1)
+    assert await st.create_counted_call(again, "request|r1", NOW + 1, 3600.0, 2) == "open"
+    assert await st.get_call("c_2") is None
+    # Both counted: a third under the same count is over a limit of two, whoever it is for.
+    third = Call(id="c_3", recipient_id="r2", language="en", requested_at=NOW + 2)
+    assert await st.create_counted_call(third, "request|r1", NOW + 2, 3600.0, 2) == "limited"
+    assert await st.get_call("c_3") is None
+    assert await st.current_call("r2") is None
+    assert await st.hit("request|r1", NOW + 3, 3600.0) == 4
+    # The window passed: counted afresh, and created.
+    later = Call(id="c_4", recipient_id="r2", language="en", requested_at=NOW + 4000)
+    assert await st.create_counted_call(later, "request|r1", NOW + 4000, 3600.0, 2) == "created"
+    assert await st.current_call("r2") == "c_4"
+
+
 async def test_hits_count_within_the_window(st: Store) -> None:
     assert [await st.hit("k", NOW + t, 10.0) for t in (0, 1, 2)] == [1, 2, 3]
     assert await st.hit("k", NOW + 10.0, 10.0) == 3  # the hit at NOW fell out

@@ -40,6 +40,10 @@ from broker.stats import Counts
 RUNG_KEPT_S = 3600.0
 
 
+# What ``Store.create_counted_call`` did.
+Admission = Literal["created", "open", "limited"]
+
+
 class StoreUnavailable(Exception):
     """The store cannot be reached. Nothing was written; the caller may retry later."""
 
@@ -269,6 +273,14 @@ class Store(Protocol):
     # --- calls -----------------------------------------------------------------------------
     async def create_call(self, call: Call) -> bool:
         """Store a new open call, unless its recipient already has one open (then False)."""
+
+    async def create_counted_call(
+        self, call: Call, key: str, now: float, window_s: float, limit: int
+    ) -> Admission:
+        """``hit(key, now, window_s)``, then ``create_call(call)`` unless that count is over
+        ``limit``: ``"limited"`` (nothing created), ``"open"`` (the recipient already has a
+        call open) or ``"created"``. The request counts in every case, as it would with the
+        two steps; on a shared store both are one round trip."""
 
     async def get_call(self, call_id: str) -> Call | None: ...
 

@@ -56,6 +56,7 @@ from broker.outbox import WebhookDelivery, due_deliveries
 from broker.stats import Counts
 from broker.store.base import (
     RUNG_KEPT_S,
+    Admission,
     Assignment,
     CandidateSample,
     Finish,
@@ -449,6 +450,13 @@ class MemoryStore(MemoryLobbyIndex):
         self._open_call[call.recipient_id] = call.id
         self._changed(call.recipient_id)  # a volunteer asking for help is busy
         return True
+
+    async def create_counted_call(
+        self, call: Call, key: str, now: float, window_s: float, limit: int
+    ) -> Admission:
+        if await self.hit(key, now, window_s) > limit:
+            return "limited"
+        return "created" if await self.create_call(call) else "open"
 
     async def get_call(self, call_id: str) -> Call | None:
         call = self._calls.get(call_id)

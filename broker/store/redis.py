@@ -92,6 +92,7 @@ from broker.outbox import WebhookDelivery
 from broker.store import shown_url
 from broker.store.base import (
     RUNG_KEPT_S,
+    Admission,
     Assignment,
     CandidateSample,
     Finish,
@@ -569,12 +570,26 @@ return redis.call('HDEL', KEYS[2], ARGV[1])
 """
 
 # KEYS: hits zset. ARGV: now, window start (exclusive), unique member, ttl ms.
-_HIT = """
+_HIT_COUNT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return redis.call('ZCARD', KEYS[1])
+local hits = redis.call('ZCARD', KEYS[1])
 """
+_HIT = _HIT_COUNT + "return hits\n"
+
+# create_counted_call in one step, on one Redis (a Cluster takes the hit, then create_call).
+# KEYS: the hit's key, the call hash, the recipient's user hash. ARGV: the hit's four (as
+# _HIT), the limit, the call id, then field, value, ... (as _CREATE_CALL_OPEN).
+_CREATE_COUNTED_CALL = (
+    _HIT_COUNT
+    + """if hits > tonumber(ARGV[5]) then return 'limited' end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'open' end
+if redis.call('HSETNX', KEYS[3], 'open', ARGV[6]) == 0 then return 'open' end
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+return 'created'
+"""
+)
 
 # KEYS: the user's revocation string. ARGV: the new time. Keeps the latest; returns it as text
 # (a Lua number would come back truncated to an integer).
@@ -897,6 +912,16 @@ except ImportError:  # an older redis-py: no such notifications, the look is alw
     _CHECKED_ON_CHECKOUT = {}
 
 
+def _hit_key(key: str) -> str:
+    return "vb:hit:{" + key + "}"
+
+
+def _hit_args(now: float, window_s: float) -> list[Any]:
+    """A hit's arguments to ``_HIT``: now, the window's start, a member of its own, the TTL."""
+    ttl_ms = max(1000, int(window_s * 1000) + 1000)
+    return [repr(now), repr(now - window_s), f"{now!r}:{secrets.token_hex(6)}", ttl_ms]
+
+
 def _seed(url: str, seed: str) -> tuple[str, int]:
     host, colon, port = seed.rpartition(":")
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -946,6 +971,7 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
         self._retry_webhook = reg(_RETRY_WEBHOOK)
         self._drop_webhook = reg(_DROP_WEBHOOK)
         self._hit = reg(_HIT)
+        self._create_counted_call = reg(_CREATE_COUNTED_CALL)
         self._revoke = reg(_REVOKE)
         self._queue_scripts()
         self._add_device = reg(_ADD_DEVICE)
@@ -1354,6 +1380,23 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
         return False
 
     @unavailable_on_redis_errors
+    async def create_counted_call(
+        self, call: Call, key: str, now: float, window_s: float, limit: int
+    ) -> Admission:
+        if self.cluster:  # the count and the call live on different slots: two steps
+            if await self.hit(key, now, window_s) > limit:
+                return "limited"
+            return "created" if await self.create_call(call) else "open"
+        flat = [x for kv in _call_fields(call).items() for x in kv]
+        admitted = await self._create_counted_call(
+            keys=[_hit_key(key), _call(call.id) + ":call", _user(call.recipient_id)],
+            args=[*_hit_args(now, window_s), limit, call.id, *flat],
+        )
+        if admitted not in ("created", "open", "limited"):
+            raise RuntimeError(f"create_counted_call: unexpected answer {admitted!r}")
+        return cast(Admission, admitted)
+
+    @unavailable_on_redis_errors
     async def get_call(self, call_id: str) -> Call | None:
         raw = await self.r.hgetall(_call(call_id) + ":call")
         return _decode_call(raw) if raw else None
@@ -1670,14 +1713,7 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
     # --- rate limits -----------------------------------------------------------------------
     @unavailable_on_redis_errors
     async def hit(self, key: str, now: float, window_s: float) -> int:
-        ttl_ms = max(1000, int(window_s * 1000) + 1000)
-        member = f"{now!r}:{secrets.token_hex(6)}"
-        return int(
-            await self._hit(
-                keys=["vb:hit:{" + key + "}"],
-                args=[repr(now), repr(now - window_s), member, ttl_ms],
-            )
-        )
+        return int(await self._hit(keys=[_hit_key(key)], args=_hit_args(now, window_s)))
 
     # --- resume ----------------------------------------------------------------------------
     @unavailable_on_redis_errors
