@@ -44,6 +44,15 @@ RUNG_KEPT_S = 3600.0
 Admission = Literal["created", "open", "limited"]
 
 
+async def counted_then_created(
+    store: Store, call: Call, key: str, now: float, window_s: float, limit: int
+) -> Admission:
+    """``Store.create_counted_call`` as its two steps, for a store without one step for both."""
+    if await store.hit(key, now, window_s) > limit:
+        return "limited"
+    return "created" if await store.create_call(call) else "open"
+
+
 class StoreUnavailable(Exception):
     """The store cannot be reached. Nothing was written; the caller may retry later."""
 

@@ -63,6 +63,7 @@ from broker.store.base import (
     Handover,
     PushedRing,
     ResumeTicket,
+    counted_then_created,
 )
 from broker.store.lobby_index import MemoryLobbyIndex
 
@@ -454,9 +455,7 @@ class MemoryStore(MemoryLobbyIndex):
     async def create_counted_call(
         self, call: Call, key: str, now: float, window_s: float, limit: int
     ) -> Admission:
-        if await self.hit(key, now, window_s) > limit:
-            return "limited"
-        return "created" if await self.create_call(call) else "open"
+        return await counted_then_created(self, call, key, now, window_s, limit)
 
     async def get_call(self, call_id: str) -> Call | None:
         call = self._calls.get(call_id)

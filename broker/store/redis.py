@@ -101,6 +101,7 @@ from broker.store.base import (
     Record,
     ResumeTicket,
     StoreUnavailable,
+    counted_then_created,
 )
 from broker.store.redis_circles import CirclesMixin
 from broker.store.redis_common import (
@@ -185,12 +186,15 @@ return 1
 # create_call in one step, on one Redis (a Cluster: the call's step above, then the recipient's
 # HSETNX on their own slot, undone if it fails). KEYS: call hash, recipient's user hash.
 # ARGV: call id, then field, value, ...  -> 1 if created
-_CREATE_CALL_OPEN = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('HSETNX', KEYS[2], 'open', ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return 1
+_OPEN_CALL_OF = """
+local function open_call(call_key, user_key, id, first_field)
+  if redis.call('EXISTS', call_key) == 1 then return 0 end
+  if redis.call('HSETNX', user_key, 'open', id) == 0 then return 0 end
+  redis.call('HSET', call_key, unpack(ARGV, first_field))
+  return 1
+end
 """
+_CREATE_CALL_OPEN = _OPEN_CALL_OF + "return open_call(KEYS[1], KEYS[2], ARGV[1], 2)\n"
 
 # KEYS: call hash. ARGV: field, value, ... -> set only if the call exists
 _UPDATE_CALL = """
@@ -582,12 +586,11 @@ _HIT = _HIT_COUNT + "return hits\n"
 # KEYS: the hit's key, the call hash, the recipient's user hash. ARGV: the hit's four (as
 # _HIT), the limit, the call id, then field, value, ... (as _CREATE_CALL_OPEN).
 _CREATE_COUNTED_CALL = (
-    _HIT_COUNT
+    _OPEN_CALL_OF
+    + _HIT_COUNT
     + """if hits > tonumber(ARGV[5]) then return 'limited' end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'open' end
-if redis.call('HSETNX', KEYS[3], 'open', ARGV[6]) == 0 then return 'open' end
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
-return 'created'
+if open_call(KEYS[2], KEYS[3], ARGV[6], 7) == 1 then return 'created' end
+return 'open'
 """
 )
 
@@ -1384,9 +1387,7 @@ class RedisStore(LobbyMixin, CirclesMixin, SafetyMixin):
         self, call: Call, key: str, now: float, window_s: float, limit: int
     ) -> Admission:
         if self.cluster:  # the count and the call live on different slots: two steps
-            if await self.hit(key, now, window_s) > limit:
-                return "limited"
-            return "created" if await self.create_call(call) else "open"
+            return await counted_then_created(self, call, key, now, window_s, limit)
         flat = [x for kv in _call_fields(call).items() for x in kv]
         admitted = await self._create_counted_call(
             keys=[_hit_key(key), _call(call.id) + ":call", _user(call.recipient_id)],
