@@ -4,7 +4,9 @@ a node channel could use, measured side by side.
 ``nodes`` (the default): starts a ``redis-server`` (or, with ``--cluster``, a local three-master
 Redis Cluster) on free loopback ports and two ``vabroker serve`` nodes on it; sets up ``--calls``
 calls, each recipient on node A and its volunteer on node B; then both parties of every call
-send numbered signals, ``--rate`` messages a second in all, for ``--seconds``. Each signal's
+send numbered signals, ``--rate`` messages a second in all, for ``--seconds``: one signal every
+1/rate, the senders taking turns (``--aligned``: every sender at once, a burst of all of them
+every ``2 * calls / rate``, as this bench sent before the turns were added). Each signal's
 latency is from the sender's ``send`` to the other party's receipt (both in this process, one
 clock): client -> node A -> Redis -> node B -> client (``--same-node``: both parties on node A,
 the baseline without node-to-node traffic). Every signal is counted: copies, and those not
@@ -144,13 +146,19 @@ async def _call(a_url: str, b_url: str, i: int) -> tuple[Peer, Peer, str]:
 
 
 async def _pump(
-    sender: Peer, call: str, rate: float, until: float, first: int, sent: dict[int, float]
+    sender: Peer,
+    call: str,
+    rate: float,
+    due: float,
+    until: float,
+    first: int,
+    sent: dict[int, float],
 ) -> int:
-    """Send numbered signals from ``first`` on at ``rate`` until ``until``; returns the next
-    number (numbers go on across the warm-up, so that a late warm-up signal is told apart)."""
+    """Send numbered signals from ``first`` on at ``rate``, the first at ``due``, until
+    ``until``; returns the next number (numbers go on across the warm-up, so that a late
+    warm-up signal is told apart)."""
     period = 1.0 / rate
     seq = first
-    due = time.perf_counter()
     while due < until:
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
         text = f"candidate:{seq} 1 udp 1 127.0.0.1 9 typ host"
@@ -163,7 +171,12 @@ async def _pump(
 
 
 async def nodes_run(
-    store_url: str, calls: int, rate: float, seconds: float, same_node: bool = False
+    store_url: str,
+    calls: int,
+    rate: float,
+    seconds: float,
+    same_node: bool = False,
+    aligned: bool = False,
 ) -> dict[str, Any]:
     settings = {
         "VABROKER_STORE_URL": store_url,
@@ -189,15 +202,28 @@ async def nodes_run(
         # Warm up for a second at the rate (not counted), then measure.
         for phase in ("warm-up", "measured"):
             cpu_before = _cpu_s(a.pid) + _cpu_s(b.pid)
+            clients_before = time.process_time()
             start = time.perf_counter()
             end = start + (1.0 if phase == "warm-up" else seconds)
+            # Sender k first sends k / rate after the start, so that the senders together
+            # send one signal every 1 / rate; with ``aligned``, all at once every
+            # len(senders) / rate (bursts, as this bench sent before).
+            step = 0.0 if aligned else 1.0 / rate
             sent: list[dict[int, float]] = [{} for _ in senders]
             for peer in senders:
                 peer.arrived.clear()
             next_seq = list(
                 await asyncio.gather(
                     *(
-                        _pump(peer, calls_of[k], per_sender, end, next_seq[k], sent[k])
+                        _pump(
+                            peer,
+                            calls_of[k],
+                            per_sender,
+                            start + k * step,
+                            end,
+                            next_seq[k],
+                            sent[k],
+                        )
                         for k, peer in enumerate(senders)
                     )
                 )
@@ -216,6 +242,7 @@ async def nodes_run(
                 await asyncio.sleep(0.1)
             await asyncio.sleep(0.5)  # copies, if any
             cpu_used = _cpu_s(a.pid) + _cpu_s(b.pid) - cpu_before
+            clients_used = time.process_time() - clients_before
         latencies: list[float] = []
         lost = copies = 0
         for k in range(len(senders)):
@@ -237,6 +264,9 @@ async def nodes_run(
         "errors": errors,
         # Both nodes' CPU time (user + system) per signal relayed, backlog included.
         "node_cpu_ms_per_signal": round(cpu_used * 1000 / max(1, len(latencies)), 3),
+        # This process's (every party's socket, sending and timing): on the same machine, it
+        # competes with the nodes for the CPUs.
+        "client_cpu_ms_per_signal": round(clients_used * 1000 / max(1, len(latencies)), 3),
     }
 
 
@@ -324,6 +354,11 @@ async def main() -> None:
     parser.add_argument(
         "--same-node", action="store_true", help="both parties on one node (the baseline)"
     )
+    parser.add_argument(
+        "--aligned",
+        action="store_true",
+        help="every sender at once, in bursts, instead of one signal every 1/rate in all",
+    )
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--rate", type=float, default=2000.0, help="signals per second in all")
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -335,7 +370,9 @@ async def main() -> None:
         runs = []
         with redis_for(args.cluster) as url:
             for i in range(args.runs):
-                run = await nodes_run(url, args.calls, args.rate, args.seconds, args.same_node)
+                run = await nodes_run(
+                    url, args.calls, args.rate, args.seconds, args.same_node, args.aligned
+                )
                 runs.append(run)
                 if not args.json:
                     print(f"run {i + 1}: {run}")
@@ -343,6 +380,7 @@ async def main() -> None:
         result.update(
             store="redis cluster" if args.cluster else "redis",
             same_node=args.same_node,
+            aligned=args.aligned,
             calls=args.calls,
             runs=runs,
             p50_ms=spread(runs, "p50_ms"),

@@ -198,6 +198,24 @@ return 1
 """
 
 
+# One Redis only (a cluster would need every key and channel on one slot). KEYS: each user's
+# presence set. ARGV: this node, the node channels' prefix, then (user's place in KEYS,
+# envelope) for each message. Publishes each envelope on the channel of every node presence
+# names but this one, in one round trip with the look at presence; returns each user's nodes
+# as presence named them and the count of receivers of each publish, in that order.
+_ROUTE = """
+local where = {}
+for i, key in ipairs(KEYS) do where[i] = redis.call('SMEMBERS', key) end
+local me, prefix, heard = ARGV[1], ARGV[2], {}
+for j = 3, #ARGV, 2 do
+  for _, node in ipairs(where[tonumber(ARGV[j])]) do
+    if node ~= me then heard[#heard + 1] = redis.call('PUBLISH', prefix .. node, ARGV[j + 1]) end
+  end
+end
+return {where, heard}
+"""
+
+
 # KEYS: parked list. Everything parked, taken at once.
 _TAKE = """
 local got = redis.call('LRANGE', KEYS[1], 0, -1)
@@ -377,6 +395,7 @@ class RedisRouter:
         self.watch = BeatWatch(ttl_s, gap_s=max(2 * beat_s, ttl_s / 2))
         self._park = self.r.register_script(_PARK)
         self._take = self.r.register_script(_TAKE)
+        self._look_and_publish = self.r.register_script(_ROUTE)
         self._out: asyncio.Queue[tuple[str, Wire, Event | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -543,30 +562,58 @@ class RedisRouter:
     async def _route(self, items: list[_Outgoing]) -> None:
         todo = [i for i in items if not (i.reached or i.parked)]
         users = list(dict.fromkeys(i.user_id for i in todo))
-        pipe = self.r.pipeline(transaction=False)
-        for uid in users:
-            pipe.smembers(_where(uid))
-        where: dict[str, set[str]] = {
-            u: set(nodes) for u, nodes in zip(users, await pipe.execute(), strict=True)
-        }
         tried: dict[str, set[str]] = {u: set() for u in users}
-        # Rounds: send to the nodes presence names; park what reached none, unless presence
-        # changed meanwhile (then send again to the nodes it names now).
-        for round_ in range(1, _ROUNDS + 1):
+        if self.cluster:
+            pipe = self.r.pipeline(transaction=False)
+            for uid in users:
+                pipe.smembers(_where(uid))
+            where = {u: set(nodes) for u, nodes in zip(users, await pipe.execute(), strict=True)}
             await self._send_to(todo, where, tried)
+        else:
+            await self._look_and_send(todo, users, tried)
+        # Then rounds: park what reached none, unless presence changed meanwhile (then send
+        # again to the nodes it names now); presence changing round after round: park at last
+        # rather than go on.
+        for round_ in range(1, _ROUNDS + 1):
             todo = [i for i in todo if not i.reached]
             if not todo:
                 break
-            # Presence changing round after round: park at last rather than go on.
             fresh = await self._park_or_refresh(todo, tried, force=round_ == _ROUNDS)
             todo = [i for i in todo if i.user_id in fresh]
-            where = fresh
-            if not todo:
+            if not todo or round_ == _ROUNDS:
                 break
+            await self._send_to(todo, fresh, tried)
         if self._host is not None:
             for item in items:
                 if item.event is not None:
                     self._host.routed(item.event, item.reached)
+
+    async def _look_and_send(
+        self, items: list[_Outgoing], users: list[str], tried: dict[str, set[str]]
+    ) -> None:
+        """A batch's first round on one Redis: presence looked at and the envelopes published
+        by one script (see ``_send_to`` for the rounds after it, and for a cluster)."""
+        place = {uid: k for k, uid in enumerate(users, start=1)}
+        args: list[str | int] = [self.node_id, _channel("")]
+        for item in items:
+            args += (place[item.user_id], item.text)
+        now = time.monotonic()
+        where, heard = await self._look_and_publish(keys=[_where(u) for u in users], args=args)
+        counts = iter(heard)
+        for uid, nodes in zip(users, where, strict=True):
+            tried[uid].update(nodes)
+        for item in items:
+            for node in where[place[item.user_id] - 1]:
+                if node == self.node_id:
+                    self._deliver_here(item)
+                elif next(counts) > 0:
+                    item.reached = True
+                    self.unacked.sent(node, item.number, item.text, now)
+
+    def _deliver_here(self, item: _Outgoing) -> None:
+        # The user connected here since the hub looked.
+        if self._host is not None and self._host.deliver_here(item.user_id, item.message):
+            item.reached = True
 
     async def _send_to(
         self, items: list[_Outgoing], where: dict[str, set[str]], tried: dict[str, set[str]]
@@ -576,11 +623,7 @@ class RedisRouter:
         for item in items:
             for node in sorted(where.get(item.user_id, ())):
                 if node == self.node_id:
-                    # The user connected here since the hub looked.
-                    if self._host is not None and self._host.deliver_here(
-                        item.user_id, item.message
-                    ):
-                        item.reached = True
+                    self._deliver_here(item)
                     continue
                 sends.append((node, item.text))
                 owners.append(item)

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,76 @@ async def test_a_message_sent_again_is_for_the_life_that_acknowledged(
                 await router.beat_store.close()
             for store in stores:
                 await store.close()
+
+
+async def test_one_round_trip_looks_at_presence_and_publishes_a_batch_on_one_redis() -> None:
+    """On one Redis a batch's first round is one script: it reads each user's presence and
+    publishes on the channel of every node named but the sender's; the sender hands on here
+    what is for a user presence puts here, and parks what no node heard."""
+    with RedisServer.start() as server:
+        store = RedisStore.from_url(server.url)
+        sender = RedisRouter(store, server.url, "a", cast(Any, None), grace_s=30)
+        here = _Here()
+        sender._host = cast(Any, here)
+        listener = aioredis.Redis.from_url(server.url, decode_responses=True)
+        pubsub = listener.pubsub()
+        try:
+            await pubsub.subscribe("vb:node:b", "vb:node:c")
+            for _ in range(2):
+                assert (await pubsub.get_message(timeout=5.0) or {}).get("type") == "subscribe"
+            for uid, nodes in (("u1", ["a", "b", "c"]), ("u2", ["b", "gone"])):
+                await store.r.sadd(f"vb:where:{{u:{uid}}}", *nodes)
+            messages = [{"type": "signal", "call": "c1", "data": {"seq": n}} for n in range(4)]
+            items = [
+                sender._outgoing(uid, msg, None)
+                for uid, msg in zip(["u1", "u2", "u3", "u1"], messages, strict=True)
+            ]
+            # The scripts loaded first (by a batch of its own), so that what is counted is
+            # what every batch after the first costs.
+            await sender._route([sender._outgoing("u3", {"type": "ping"}, None)])
+            here.delivered.clear()
+            await store.r.delete("vb:parked:{u:u3}")
+            sender.unacked = Unacked(wait_s=1.0, give_up_s=5.0)
+            before = await _commands(store)
+            await sender._route(items)
+            # One script for the presence and every publish; one more to park u3's message.
+            assert await _commands(store) - before == {"evalsha": 2}
+            assert here.delivered == [("u1", messages[0]), ("u1", messages[3])]
+            heard: dict[str, list[int]] = {}
+            while (msg := await pubsub.get_message(timeout=1.0)) is not None:
+                envelope = json.loads(msg["data"])
+                heard.setdefault(msg["channel"], []).append(envelope["msg"]["data"]["seq"])
+            assert heard == {"vb:node:b": [0, 1, 3], "vb:node:c": [0, 3]}
+            assert [(i.reached, i.parked) for i in items] == [
+                (True, False),
+                (True, False),
+                (False, True),
+                (True, False),
+            ]
+            assert len(sender.unacked) == 5  # b: three, c: two; "gone" heard none
+            parked = await store.r.lrange("vb:parked:{u:u3}", 0, -1)
+            assert [json.loads(p)["msg"] for p in parked] == [messages[2]]
+        finally:
+            await pubsub.aclose()
+            await listener.aclose()
+            if sender.pubsub_client is not None:
+                await sender.pubsub_client.aclose()
+            await sender.beat_store.close()
+            await store.close()
+
+
+async def _commands(store: RedisStore) -> Counter[str]:
+    """The commands Redis has run, by name, but those run inside scripts and INFO (this
+    count's own)."""
+    stats = await store.r.info("commandstats")
+    inside = ("smembers", "publish", "rpush", "ltrim", "expire", "info")
+    return Counter(
+        {
+            name: int(v["calls"])
+            for k, v in stats.items()
+            if (name := k.removeprefix("cmdstat_")) not in inside
+        }
+    )
 
 
 def test_unacknowledged_messages_go_again_until_acknowledged_or_given_up() -> None:
