@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
@@ -64,6 +65,7 @@ from broker.store.base import StoreUnavailable
 from broker.store.redis import RedisStore, parse_redis_url
 from broker.store.redis_common import REDIS_DOWN
 from signaling.messages import encode
+from signaling.resp import RespClient, Subscription
 
 if TYPE_CHECKING:
     from broker.service import Broker
@@ -372,12 +374,12 @@ class RedisRouter:
             **{k: v for k, v in options.items() if k != "startup_nodes"},
             "socket_timeout": None,
         }
-        # One Redis: pub/sub on a plain connection of its own. A cluster: one per subscription,
-        # to whichever master owns the channel then (see _subscribe).
-        self.pubsub_client: Any = (
-            None
-            if self.cluster
-            else aioredis.Redis.from_url(target, decode_responses=True, **self._pubsub_options)
+        # One Redis: the node channels (and the script that publishes on them) on connections
+        # of their own, driven directly (see signaling/resp.py). A cluster: redis-py, one
+        # connection per subscription, to whichever master owns the channel then (see
+        # _subscribe).
+        self.pubsub_client: RespClient | None = (
+            None if self.cluster else RespClient(target, float(options["socket_timeout"]))
         )
         self._subscriber: Any = None
         # Beats on connections of their own: behind a burst of a thousand queued requests in the
@@ -395,16 +397,16 @@ class RedisRouter:
         self.watch = BeatWatch(ttl_s, gap_s=max(2 * beat_s, ttl_s / 2))
         self._park = self.r.register_script(_PARK)
         self._take = self.r.register_script(_TAKE)
-        self._look_and_publish = self.r.register_script(_ROUTE)
+        self._route_sha = hashlib.sha1(_ROUTE.encode()).hexdigest()
         self._out: asyncio.Queue[tuple[str, Wire, Event | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._host: RouterHost | None = None
         self._subscribed = asyncio.Event()
-        # Closed while parked messages are handed on, so that a live message arriving meanwhile
-        # does not overtake the older parked ones.
-        self._gate = asyncio.Event()
-        self._gate.set()
+        # While parked messages are handed on, live ones arriving meanwhile are held, so that
+        # they do not overtake the older parked ones.
+        self._redelivering = 0
+        self._held: list[str] = []
         self._stopping = False
         # Envelopes are numbered by (this node's life, running number); the numbers heard
         # lately from each sender drop a copy of a batch sent again.
@@ -598,7 +600,7 @@ class RedisRouter:
         for item in items:
             args += (place[item.user_id], item.text)
         now = time.monotonic()
-        where, heard = await self._look_and_publish(keys=[_where(u) for u in users], args=args)
+        where, heard = await self._run_route([_where(u) for u in users], args)
         counts = iter(heard)
         for uid, nodes in zip(users, where, strict=True):
             tried[uid].update(nodes)
@@ -609,6 +611,15 @@ class RedisRouter:
                 elif next(counts) > 0:
                     item.reached = True
                     self.unacked.sent(node, item.number, item.text, now)
+
+    async def _run_route(self, keys: list[str], args: list[str | int]) -> Any:
+        assert self.pubsub_client is not None
+        command = ("EVALSHA", self._route_sha, len(keys), *keys, *args)
+        try:
+            return await self.pubsub_client.call(*command)
+        except rex.NoScriptError:  # a Redis restarted, or flushed its scripts
+            await self.pubsub_client.call("SCRIPT", "LOAD", _ROUTE)
+            return await self.pubsub_client.call(*command)
 
     def _deliver_here(self, item: _Outgoing) -> None:
         # The user connected here since the hub looked.
@@ -698,29 +709,22 @@ class RedisRouter:
             pipe = self.r.pipeline(transaction=False)
             for node, text in items:
                 pipe.execute_command("SPUBLISH", _channel(node), text)
-        else:
-            pipe = self.pubsub_client.pipeline(transaction=False)
-            for node, text in items:
-                pipe.publish(_channel(node), text)
-        return [int(n) for n in await pipe.execute()]
+            return [int(n) for n in await pipe.execute()]
+        assert self.pubsub_client is not None
+        replies = await self.pubsub_client.pipeline(
+            [("PUBLISH", _channel(node), text) for node, text in items]
+        )
+        return [int(n) for n in replies]
 
     @property
     def listening(self) -> bool:
         """Whether this node hears its channel; a node that does not is not ready."""
         return self._subscribed.is_set()
 
-    async def _subscribe(self) -> tuple[Any, str | None]:
-        """A subscription to this node's channel: on one Redis, at it; on a cluster, at the
-        master the current topology says owns the channel's slot (returned by name)."""
+    async def _subscribe(self) -> tuple[Any, str]:
+        """On a cluster, a subscription to this node's channel at the master the current
+        topology says owns the channel's slot (returned by name)."""
         channel = _channel(self.node_id)
-        if not self.cluster:
-            pubsub = self.pubsub_client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await asyncio.wait_for(pubsub.subscribe(channel), 5.0)
-            except BaseException:
-                await self._close_quietly(pubsub)
-                raise
-            return pubsub, None
         # Read the topology afresh: after a failover the cached one names a dead master.
         await asyncio.wait_for(self.r.nodes_manager.initialize(), 5.0)
         owner = self.r.get_node_from_key(channel)
@@ -737,11 +741,9 @@ class RedisRouter:
             raise
         return pubsub, str(owner.name)
 
-    def _moved(self, owner: str | None) -> bool:
+    def _moved(self, owner: str) -> bool:
         """Whether the channel's slot is no longer where this node subscribed (as far as the
         store's cluster client, which follows MOVED replies, knows)."""
-        if owner is None:
-            return False
         try:
             return bool(self.r.get_node_from_key(_channel(self.node_id)).name != owner)
         except Exception:
@@ -753,7 +755,17 @@ class RedisRouter:
         on what was parked meanwhile for the users whose sockets are here."""
         while not self._stopping:
             pubsub: Any = None
+            subscription: Subscription | None = None
             try:
+                if self.pubsub_client is not None:  # one Redis: messages handed on as read
+                    subscription = await self.pubsub_client.subscribe(
+                        _channel(self.node_id), self._incoming
+                    )
+                    self._subscribed.set()
+                    await self._redeliver()
+                    self._spawn(self._redeliver(after=self.settle_s))
+                    await subscription.lost
+                    raise ConnectionError("the connection to Redis was lost")
                 pubsub, owner = await self._subscribe()
                 self._subscribed.set()
                 await self._redeliver()
@@ -765,9 +777,7 @@ class RedisRouter:
                     # read and then dropped with the subscription would be lost.
                     kind = msg.get("type") if msg is not None else None
                     if kind in ("message", "smessage"):
-                        if not self._gate.is_set():
-                            await self._gate.wait()
-                        self._arrived(msg["data"])
+                        self._incoming(msg["data"])
                     elif kind == "sunsubscribe":  # the slot left that master
                         raise ConnectionError("the master dropped this node's channel")
                     if time.monotonic() - checked >= 1.0:
@@ -785,6 +795,8 @@ class RedisRouter:
                     await self._close_quietly(pubsub)
                 await asyncio.sleep(0.5)
             finally:
+                if subscription is not None:
+                    subscription.close()
                 if self._subscriber is not None:
                     subscriber, self._subscriber = self._subscriber, None
                     with contextlib.suppress(Exception):
@@ -797,13 +809,25 @@ class RedisRouter:
             await asyncio.sleep(after)
         if self._host is None:
             return
-        self._gate.clear()
+        self._redelivering += 1
         try:
             if reassert:
                 await self._host.reassert()
             await self._host.redeliver_parked()
         finally:
-            self._gate.set()
+            self._redelivering -= 1
+            if not self._redelivering:
+                held, self._held = self._held, []
+                for data in held:
+                    self._arrived(data)
+
+    def _incoming(self, data: str) -> None:
+        """A message read from this node's channel: handed on, or held while parked ones
+        are (see ``_redeliver``)."""
+        if self._redelivering:
+            self._held.append(data)
+        else:
+            self._arrived(data)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def run() -> None:
