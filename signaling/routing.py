@@ -348,9 +348,11 @@ class RedisRouter:
     """Presence, cross-node delivery and node liveness on the Redis the store uses.
 
     Keys go through the store's client (a cluster client on a cluster, which follows failovers).
-    On one Redis, pub/sub goes through a plain connection to it; on a cluster, through sharded
-    channels at the master owning this node's channel, found anew in the cluster's current
-    topology each time the subscription is lost or its slot moves.
+    On one Redis, the node channels go through a client of their own (``RespClient``: a
+    batch's first round is one script that reads presence and publishes; a subscription
+    hands each message on as it is read); on a cluster, through sharded channels at the
+    master owning this node's channel, found anew in the cluster's current topology each time
+    the subscription is lost or its slot moves.
     """
 
     remote = True
