@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as rex
 import websockets
 
 from broker.model import Call
 from broker.store.base import StoreUnavailable
 from broker.store.redis import RedisStore
-from broker.store.redis_common import WaitingPool
+from broker.store.redis_common import PromptConnection, PromptSSLConnection, WaitingPool
 from signaling.auth import mint
 from tests.helpers import SECRET, Client, start_server
 from tests.nodes import BrokerNode, broker_nodes, wait_for
@@ -327,6 +328,32 @@ async def test_a_waiter_cancelled_as_it_is_woken_passes_its_turn_on(redis_url: s
         assert not pool._waiters
     finally:
         await pool.aclose()
+
+
+async def test_a_write_redis_does_not_take_fails_after_the_socket_timeout() -> None:
+    """Commands are written without a timer while the socket takes them; one Redis stops
+    reading (SIGSTOP) fills the socket, and still fails after the socket timeout rather than
+    hang; once Redis reads again, the store is used again. Over TLS or not, the store's
+    connections write this way."""
+    assert WaitingPool.from_url("rediss://127.0.0.1:1/0").connection_class is PromptSSLConnection
+    with RedisServer.start() as server:
+        store = RedisStore.from_url(server.url + "?timeout=0.5")
+        assert store.r.connection_pool.connection_class is PromptConnection
+        try:
+            await store.r.set("k", "v")
+            assert server.proc is not None
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(rex.TimeoutError, match="Timeout writing to socket"):
+                    await store.r.set("big", "x" * 32_000_000)
+                assert time.monotonic() - started < 5
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            assert await store.r.get("k") == "v"
+            assert await store.r.get("big") is None
+        finally:
+            await store.close()
 
 
 async def test_redis_stopped_mid_search_then_back(
