@@ -331,10 +331,10 @@ async def test_a_waiter_cancelled_as_it_is_woken_passes_its_turn_on(redis_url: s
 
 
 async def test_a_write_redis_does_not_take_fails_after_the_socket_timeout() -> None:
-    """Commands are written without a timer while the socket takes them; one Redis stops
-    reading (SIGSTOP) fills the socket, and still fails after the socket timeout rather than
-    hang; once Redis reads again, the store is used again. Over TLS or not, the store's
-    connections write this way."""
+    """Commands are written without a timer while the socket takes them; a write to a Redis
+    that stopped reading (SIGSTOP) fills the socket and fails after the socket timeout rather
+    than hang; once Redis reads again, the store is used again and the half-written command
+    was not run. Over TLS or not, the store's connections write this way."""
     assert WaitingPool.from_url("rediss://127.0.0.1:1/0").connection_class is PromptSSLConnection
     with RedisServer.start() as server:
         store = RedisStore.from_url(server.url + "?timeout=0.5")
