@@ -285,6 +285,8 @@ class Party:
     sent: int = 0
     refused: dict[int, str] = field(default_factory=dict)
     got: list[int] = field(default_factory=list)
+    sent_at: dict[int, float] = field(default_factory=dict)
+    got_at: dict[int, float] = field(default_factory=dict)  # each signal's first arrival
     others: list[dict[str, Any]] = field(default_factory=list)
     link: SignalLink | None = None
 
@@ -299,6 +301,7 @@ class Party:
         while not stop.is_set():
             self.sent += 1
             seq = self.sent
+            self.sent_at[seq] = time.monotonic()
             await self.client.send({**self.signal(seq), "ref": f"s{seq}"})
             await asyncio.sleep(period_s)
 
@@ -335,7 +338,9 @@ class Party:
                 ready = [msg["data"]]
             for data in ready:
                 text = data["candidate"]["candidate"]
-                self.got.append(int(text.split()[0].removeprefix("candidate:")))
+                seq = int(text.split()[0].removeprefix("candidate:"))
+                self.got.append(seq)
+                self.got_at.setdefault(seq, time.monotonic())
         elif msg.get("type") == "signal.ack" and self.link is not None:
             self.link.acknowledged(msg["seq"])
         elif msg.get("type") == "error" and ref.startswith("s"):
@@ -406,6 +411,7 @@ class Traffic:
         the connection was gone when the sender wrote it, and told so). Signals ``in_doubt``
         (by sender) may be missing, but never arrive twice."""
         figures = {"sent": 0, "refused": 0, "delivered": 0, "lost": 0, "copies": 0, "doubt": 0}
+        slowest_s = 0.0  # the longest a delivered signal took
         for a, b in self.pairs:
             for src, dst in ((a, b), (b, a)):
                 doubt = (in_doubt or {}).get(src.client.sub, set())
@@ -421,9 +427,13 @@ class Traffic:
                     print(f"of {src.sent}; errors without a ref: {errors}")
                 figures["lost"] += len(missing)
                 figures["copies"] += len(dst.got) - len(set(dst.got))
+                slowest_s = max(
+                    [slowest_s, *(at - src.sent_at[seq] for seq, at in dst.got_at.items())]
+                )
                 assert set(src.refused.values()) <= {"unavailable", "lost"}, src.refused
                 # Nothing refused arrives (it was refused before being routed).
                 assert not set(dst.got) & set(src.refused), (src.call, sorted(src.refused))
+        figures["slowest_ms"] = round(slowest_s * 1000)
         print(figures)
         assert figures["lost"] == 0, figures
         assert figures["copies"] == 0, figures
@@ -672,7 +682,12 @@ async def test_the_seed_master_fails_over_during_calls(how: str, tmp_path: Path)
                 await traffic.settle(timeout=20)
                 figures = traffic.check()
             if how == "killed":
-                assert figures["refused"] > 0  # the failover was seen, and answered
+                # The failover was seen: the channels lived on the master killed, so signals
+                # between the nodes were held until they moved, and a signal whose call lived
+                # there was refused while redis-py's retries could not reach it (which of the
+                # two happens depends on where the calls' keys fell, and on how soon the
+                # replica was promoted).
+                assert figures["refused"] > 0 or figures["slowest_ms"] >= 1000, figures
             print(f"promoted after {promoted_after:.1f} s, nodes ready after {ready_after:.1f} s")
             # The channels now live on the promoted master, and the nodes listen there.
             direct = aioredis.Redis(host="127.0.0.1", port=promoted.port, decode_responses=True)
