@@ -297,12 +297,15 @@ class Party:
         assert message["seq"] == seq
         return message
 
+    def next_signal(self) -> dict[str, Any]:
+        """The next numbered signal, its sending time noted."""
+        self.sent += 1
+        self.sent_at[self.sent] = time.monotonic()
+        return {**self.signal(self.sent), "ref": f"s{self.sent}"}
+
     async def pump(self, stop: asyncio.Event, period_s: float) -> None:
         while not stop.is_set():
-            self.sent += 1
-            seq = self.sent
-            self.sent_at[seq] = time.monotonic()
-            await self.client.send({**self.signal(seq), "ref": f"s{seq}"})
+            await self.client.send(self.next_signal())
             await asyncio.sleep(period_s)
 
     async def keep_link(self) -> None:
@@ -740,9 +743,8 @@ class Resuming:
         party = self.party
         while not stop.is_set():
             await self.back.wait()
-            party.sent += 1
+            message = party.next_signal()
             seq = party.sent
-            message = {**party.signal(seq), "ref": f"s{seq}"}
             try:
                 if not self.back.is_set():
                     self.after_reconnect.add(seq)
