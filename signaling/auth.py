@@ -185,6 +185,13 @@ class Authenticator:
         self.audience = audience
         self.issuer = issuer
         self.leeway_s = leeway_s
+        # With one key for one algorithm, the key does not depend on the token's header.
+        self._sole_key: str | None = None
+        if jwks is None and len(self.algorithms) == 1:
+            if self.algorithms == ["HS256"]:
+                self._sole_key = secret if public_key is None else None
+            elif secret is None:
+                self._sole_key = public_key
 
     async def check(self, token: str) -> Claims:
         """``verify``, after fetching the identity provider's keys if the token names a key
@@ -223,6 +230,16 @@ class Authenticator:
 
     def verify(self, token: str) -> Claims:
         """The token's claims, checked against the keys at hand (no I/O)."""
+        if self._sole_key is not None:
+            # The header is not read first to choose the key (a third of the work of a valid
+            # token); PyJWT still refuses any other algorithm. A token refused here is
+            # checked again below, which says why.
+            try:
+                payload = self._decode(token, self._sole_key, self.algorithms)
+            except jwt.PyJWTError:
+                pass
+            else:
+                return self._claims(payload)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -234,21 +251,28 @@ class Authenticator:
         if key is None:
             raise AuthError(f"Tokens signed with {alg!r} are not accepted.")
         try:
-            payload: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                audience=self.audience,
-                issuer=self.issuer,
-                leeway=self.leeway_s,
-                options={"require": ["sub", "exp"], "verify_aud": self.audience is not None},
-            )
+            payload = self._decode(token, key, [alg])
         except jwt.ExpiredSignatureError:
             raise AuthError("The token has expired; sign in again.") from None
         except jwt.InvalidSignatureError:
             raise AuthError("The token's signature is not valid.") from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"The token is not valid: {exc}.") from None
+        return self._claims(payload)
+
+    def _decode(self, token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
+        payload: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=algorithms,
+            audience=self.audience,
+            issuer=self.issuer,
+            leeway=self.leeway_s,
+            options={"require": ["sub", "exp"], "verify_aud": self.audience is not None},
+        )
+        return payload
+
+    def _claims(self, payload: dict[str, Any]) -> Claims:
         try:
             claims = Claims.model_validate(payload)
         except ValidationError as exc:

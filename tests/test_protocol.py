@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import time
 from typing import Any
@@ -17,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from broker.model import EndReason, Role
 from broker.store.base import StoreUnavailable
 from broker.store.memory import MemoryStore
+from signaling.auth import Authenticator, AuthError
 from signaling.hub import PEER_MEMORY_S
 from tests.helpers import SECRET, Server, start_server
 
@@ -129,6 +133,74 @@ async def test_public_key_tokens(alg: str) -> None:
         await ws.send(json.dumps({"type": "hello", "token": server.token("u2")}))
         assert json.loads(await ws.recv())["code"] == "unauthenticated"
         assert await closed_with(ws) == 4401
+
+
+def test_each_refused_token_says_why_with_one_key_or_a_key_chosen_by_its_header() -> None:
+    """With one HS256 secret (or one public key for one algorithm) the key does not depend on
+    the header, which is then not read before verifying; a refusal says the same as when the
+    key is chosen by the header."""
+    rsa_key = rsa.generate_private_key(65537, 2048)
+    pem = (
+        rsa_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    now = time.time()
+    claims = {"sub": "u", "role": "volunteer", "exp": now + 60}
+    hs256 = {
+        "good": (jwt.encode(claims, SECRET), None),
+        "garbage": ("not-a-jwt", "The token is not a JWT."),
+        "alg-none": (
+            jwt.encode(claims, None, algorithm="none"),
+            "Tokens signed with 'none' are not accepted.",
+        ),
+        "hs512": (
+            jwt.encode(claims, SECRET + "-longer-for-hs512-0123456789abcdef0123", "HS512"),
+            "Tokens signed with 'HS512' are not accepted.",
+        ),
+        "bad-signature": (
+            jwt.encode(claims, "wrong-secret-0123456789abcdef012345"),
+            "The token's signature is not valid.",
+        ),
+        "expired": (
+            jwt.encode({**claims, "exp": now - 3600}, SECRET),
+            "The token has expired; sign in again.",
+        ),
+        "no-exp": (
+            jwt.encode({"sub": "u", "role": "volunteer"}, SECRET),
+            'The token is not valid: Token is missing the "exp" claim.',
+        ),
+        "bad-role": (
+            jwt.encode({**claims, "role": "wizard"}, SECRET),
+            "The token's claim 'role' is not valid:",
+        ),
+    }
+    sole = Authenticator(secret=SECRET)
+    by_header = Authenticator(secret=SECRET, public_key=pem, algorithms=["HS256", "RS256"])
+    assert sole._sole_key == SECRET and by_header._sole_key is None
+    for name, (token, refusal) in hs256.items():
+        for auth in (sole, by_header):
+            if refusal is None:
+                assert auth.verify(token).sub == "u", name
+                continue
+            with pytest.raises(AuthError) as refused:
+                auth.verify(token)
+            assert str(refused.value).startswith(refusal), (name, str(refused.value))
+    # One public key for RS256: its own tokens pass; an HS256 token signed with the public key
+    # as its secret (the algorithm confusion) does not.
+    rs256 = Authenticator(public_key=pem, algorithms=["RS256"])
+    assert rs256._sole_key == pem
+    assert rs256.verify(jwt.encode(claims, rsa_key, algorithm="RS256")).sub == "u"
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    signing_input = f"{header}.{b64(json.dumps(claims).encode())}"
+    mac = hmac.new(pem.encode(), signing_input.encode(), hashlib.sha256).digest()
+    for token in (f"{signing_input}.{b64(mac)}", jwt.encode(claims, SECRET)):
+        with pytest.raises(AuthError, match="Tokens signed with 'HS256' are not accepted"):
+            rs256.verify(token)
 
 
 async def test_welcome(server: Server) -> None:
