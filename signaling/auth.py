@@ -185,13 +185,12 @@ class Authenticator:
         self.audience = audience
         self.issuer = issuer
         self.leeway_s = leeway_s
-        # With one key for one algorithm, the key does not depend on the token's header.
-        self._sole_key: str | None = None
-        if jwks is None and len(self.algorithms) == 1:
-            if self.algorithms == ["HS256"]:
-                self._sole_key = secret if public_key is None else None
-            elif secret is None:
-                self._sole_key = public_key
+        # With one algorithm and no key set, the key does not depend on the token's header.
+        self._sole_key: Any = (
+            self._key_for({"alg": self.algorithms[0]})
+            if jwks is None and len(self.algorithms) == 1
+            else None
+        )
 
     async def check(self, token: str) -> Claims:
         """``verify``, after fetching the identity provider's keys if the token names a key
@@ -230,35 +229,35 @@ class Authenticator:
 
     def verify(self, token: str) -> Claims:
         """The token's claims, checked against the keys at hand (no I/O)."""
-        if self._sole_key is not None:
-            # The header is not read first to choose the key (a third of the work of a valid
-            # token); PyJWT still refuses any other algorithm. A token refused here is
-            # checked again below, which says why.
-            try:
-                payload = self._decode(token, self._sole_key, self.algorithms)
-            except jwt.PyJWTError:
-                pass
-            else:
-                return self._claims(payload)
+        key, algorithms = self._sole_key, self.algorithms
+        sole = key is not None
+        if not sole:
+            header = self._accepted_header(token)
+            key, algorithms = self._key_for(header), [header["alg"]]
+            if key is None:
+                raise AuthError(f"Tokens signed with {header['alg']!r} are not accepted.")
+        # With a sole key the header is not read first (a third of the work of a valid token):
+        # PyJWT refuses any other algorithm, and the header is read only to say why.
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise AuthError("The token is not a JWT.") from None
-        alg = header.get("alg")
-        if alg not in self.algorithms:
-            raise AuthError(f"Tokens signed with {alg!r} are not accepted.")
-        key = self._key_for(header)
-        if key is None:
-            raise AuthError(f"Tokens signed with {alg!r} are not accepted.")
-        try:
-            payload = self._decode(token, key, [alg])
+            payload = self._decode(token, key, algorithms)
         except jwt.ExpiredSignatureError:
             raise AuthError("The token has expired; sign in again.") from None
         except jwt.InvalidSignatureError:
             raise AuthError("The token's signature is not valid.") from None
         except jwt.PyJWTError as exc:
+            if sole:
+                self._accepted_header(token)  # not a JWT, or an algorithm not accepted
             raise AuthError(f"The token is not valid: {exc}.") from None
         return self._claims(payload)
+
+    def _accepted_header(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("The token is not a JWT.") from None
+        if header.get("alg") not in self.algorithms:
+            raise AuthError(f"Tokens signed with {header.get('alg')!r} are not accepted.")
+        return header
 
     def _decode(self, token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
         payload: dict[str, Any] = jwt.decode(
